@@ -1,0 +1,371 @@
+//! The plant file: assets, signals with units and ranges, setpoints with their safety
+//! envelopes, and the physics relations the twin checks.
+//!
+//! This crate only describes a plant; it does no I/O beyond parsing a string. Every other
+//! stage of twinguard reads the same [`Plant`]: the simulator, ingest (schema, units,
+//! instrument ranges), the twin (relations), the detectors (alarm limits) and the guard
+//! (envelopes, safe states).
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+/// The reference bottling line, embedded so that `twinguard demo` needs no files.
+pub const REFERENCE_PLANT: &str = include_str!("../plants/bottling-line.toml");
+
+/// Largest plant file accepted, in bytes.
+pub const MAX_PLANT_FILE_BYTES: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlantError {
+    #[error("plant file {source_name} is {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        source_name: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("plant file {source_name}: {message}")]
+    Syntax {
+        source_name: String,
+        message: String,
+    },
+    #[error("plant file {source_name}: {location}: {message}")]
+    Invalid {
+        source_name: String,
+        location: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlantInfo {
+    /// Short identifier, used in MQTT topics (`[a-z0-9_-]+`).
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Asset {
+    pub id: String,
+    pub name: String,
+    /// The edge device (gateway) that publishes this asset's signals.
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signal {
+    pub id: String,
+    pub asset: String,
+    pub unit: String,
+    /// Instrument range `[min, max]`: outside it a value is impossible and rejected at ingest.
+    pub range: [f64; 2],
+    /// Operating limits `[low, high]`: outside them a value is a detection.
+    pub alarm: [f64; 2],
+    /// Largest plausible change per second.
+    pub max_rate: f64,
+    /// A noisy signal repeating one value this long is flagged as stuck.
+    #[serde(default)]
+    pub stuck_after_s: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskTier {
+    /// Executed without a human when inside the envelope.
+    Auto,
+    /// Waits for one human approval.
+    Approve,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Setpoint {
+    pub id: String,
+    pub asset: String,
+    pub unit: String,
+    pub min: f64,
+    pub max: f64,
+    /// Largest change in one command.
+    pub max_step: f64,
+    /// Most changes accepted in any sliding hour.
+    pub max_changes_per_hour: u32,
+    pub initial: f64,
+    /// Value in the plant's safe state (applied by a line stop).
+    pub safe: f64,
+    pub risk: RiskTier,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RelationKind {
+    /// `area * d(level)/dt = sum(inflows) - sum(outflows)`, flows in m3/h, level in m.
+    MassBalance {
+        level: String,
+        inflows: Vec<String>,
+        outflows: Vec<String>,
+        area_m2: f64,
+        window_s: u32,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Relation {
+    pub id: String,
+    #[serde(flatten)]
+    pub kind: RelationKind,
+}
+
+impl Relation {
+    /// Every signal the relation reads.
+    pub fn signals(&self) -> Vec<&str> {
+        match &self.kind {
+            RelationKind::MassBalance {
+                level,
+                inflows,
+                outflows,
+                ..
+            } => std::iter::once(level.as_str())
+                .chain(inflows.iter().map(String::as_str))
+                .chain(outflows.iter().map(String::as_str))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plant {
+    pub plant: PlantInfo,
+    pub assets: Vec<Asset>,
+    pub signals: Vec<Signal>,
+    pub setpoints: Vec<Setpoint>,
+    #[serde(default)]
+    pub relations: Vec<Relation>,
+}
+
+impl Plant {
+    /// The embedded reference plant.
+    pub fn reference() -> Plant {
+        // The embedded file is checked by a unit test; failing here would be a build defect.
+        match Plant::parse(REFERENCE_PLANT, "<embedded reference plant>") {
+            Ok(p) => p,
+            Err(e) => unreachable!("embedded plant file is invalid: {e}"),
+        }
+    }
+
+    /// Parses and validates a plant file. `source_name` names it in errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<Plant, PlantError> {
+        if text.len() > MAX_PLANT_FILE_BYTES {
+            return Err(PlantError::TooLarge {
+                source_name: source_name.to_string(),
+                size: text.len(),
+                limit: MAX_PLANT_FILE_BYTES,
+            });
+        }
+        let plant: Plant = toml::from_str(text).map_err(|e| PlantError::Syntax {
+            source_name: source_name.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        plant.validate(source_name)?;
+        Ok(plant)
+    }
+
+    fn validate(&self, source_name: &str) -> Result<(), PlantError> {
+        let bad = |location: String, message: String| PlantError::Invalid {
+            source_name: source_name.to_string(),
+            location,
+            message,
+        };
+        let ident_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        };
+        if !ident_ok(&self.plant.id) || self.plant.id.contains('.') {
+            return Err(bad(
+                "plant.id".into(),
+                format!("{:?} must be 1-64 of [A-Za-z0-9_-]", self.plant.id),
+            ));
+        }
+        let mut assets = HashSet::new();
+        for (i, a) in self.assets.iter().enumerate() {
+            if !ident_ok(&a.id) || a.id.contains('.') {
+                return Err(bad(
+                    format!("assets[{i}].id"),
+                    format!("{:?} must be 1-64 of [A-Za-z0-9_-]", a.id),
+                ));
+            }
+            if !assets.insert(a.id.as_str()) {
+                return Err(bad(
+                    format!("assets[{i}].id"),
+                    format!("duplicate asset {:?}", a.id),
+                ));
+            }
+            if !ident_ok(&a.device) {
+                return Err(bad(
+                    format!("assets[{i}].device"),
+                    format!("{:?} is not a valid device id", a.device),
+                ));
+            }
+        }
+        let mut signals = HashSet::new();
+        for (i, s) in self.signals.iter().enumerate() {
+            let loc = |f: &str| format!("signals[{i}] ({}).{f}", s.id);
+            if !ident_ok(&s.id) {
+                return Err(bad(loc("id"), format!("{:?} is not a valid signal id", s.id)));
+            }
+            if !signals.insert(s.id.as_str()) {
+                return Err(bad(loc("id"), "duplicate signal".into()));
+            }
+            if !assets.contains(s.asset.as_str()) {
+                return Err(bad(loc("asset"), format!("unknown asset {:?}", s.asset)));
+            }
+            if !(s.range[0].is_finite() && s.range[1].is_finite() && s.range[0] < s.range[1]) {
+                return Err(bad(loc("range"), "needs finite [min, max] with min < max".into()));
+            }
+            if !(s.alarm[0] <= s.alarm[1]) {
+                return Err(bad(loc("alarm"), "needs [low, high] with low <= high".into()));
+            }
+            if !(s.max_rate.is_finite() && s.max_rate > 0.0) {
+                return Err(bad(loc("max_rate"), "must be a positive number".into()));
+            }
+        }
+        let mut setpoints = HashSet::new();
+        for (i, sp) in self.setpoints.iter().enumerate() {
+            let loc = |f: &str| format!("setpoints[{i}] ({}).{f}", sp.id);
+            if !ident_ok(&sp.id) || signals.contains(sp.id.as_str()) {
+                return Err(bad(loc("id"), "must be a valid id distinct from signals".into()));
+            }
+            if !setpoints.insert(sp.id.as_str()) {
+                return Err(bad(loc("id"), "duplicate setpoint".into()));
+            }
+            if !assets.contains(sp.asset.as_str()) {
+                return Err(bad(loc("asset"), format!("unknown asset {:?}", sp.asset)));
+            }
+            if !(sp.min.is_finite() && sp.max.is_finite() && sp.min <= sp.max) {
+                return Err(bad(loc("min"), "needs finite min <= max".into()));
+            }
+            if !(sp.max_step.is_finite() && sp.max_step > 0.0) {
+                return Err(bad(loc("max_step"), "must be a positive number".into()));
+            }
+            if !(sp.min..=sp.max).contains(&sp.initial) {
+                return Err(bad(
+                    loc("initial"),
+                    format!("{} is outside [{}, {}]", sp.initial, sp.min, sp.max),
+                ));
+            }
+            if !sp.safe.is_finite() {
+                return Err(bad(loc("safe"), "must be a finite number".into()));
+            }
+        }
+        for (i, r) in self.relations.iter().enumerate() {
+            for s in r.signals() {
+                if !signals.contains(s) {
+                    return Err(bad(
+                        format!("relations[{i}] ({})", r.id),
+                        format!("unknown signal {s:?}"),
+                    ));
+                }
+            }
+            let RelationKind::MassBalance {
+                area_m2, window_s, ..
+            } = &r.kind;
+            if !(area_m2.is_finite() && *area_m2 > 0.0) || *window_s == 0 {
+                return Err(bad(
+                    format!("relations[{i}] ({})", r.id),
+                    "area_m2 and window_s must be positive".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn signal(&self, id: &str) -> Option<&Signal> {
+        self.signals.iter().find(|s| s.id == id)
+    }
+
+    pub fn setpoint(&self, id: &str) -> Option<&Setpoint> {
+        self.setpoints.iter().find(|s| s.id == id)
+    }
+
+    pub fn asset(&self, id: &str) -> Option<&Asset> {
+        self.assets.iter().find(|a| a.id == id)
+    }
+
+    /// The asset whose signals a device may publish.
+    pub fn asset_of_device(&self, device: &str) -> Option<&Asset> {
+        self.assets.iter().find(|a| a.device == device)
+    }
+
+    /// Setpoint values of the safe state, by setpoint id.
+    pub fn safe_state(&self) -> BTreeMap<String, f64> {
+        self.setpoints
+            .iter()
+            .map(|s| (s.id.clone(), s.safe))
+            .collect()
+    }
+
+    /// MQTT topic on which an asset's telemetry frames are published.
+    pub fn telemetry_topic(&self, asset: &str) -> String {
+        format!("twinguard/{}/{}/telemetry", self.plant.id, asset)
+    }
+
+    /// MQTT topic on which signed commands for an asset are published.
+    pub fn command_topic(&self, asset: &str) -> String {
+        format!("twinguard/{}/{}/cmd", self.plant.id, asset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_plant_is_valid_and_large_enough() {
+        let p = Plant::parse(REFERENCE_PLANT, "ref").unwrap();
+        assert!(p.signals.len() >= 20, "{} signals", p.signals.len());
+        assert!(p.setpoints.len() >= 4);
+        assert_eq!(p.relations.len(), 1);
+        assert_eq!(p.asset_of_device("gw-pump").unwrap().id, "pump");
+    }
+
+    #[test]
+    fn syntax_error_names_the_file_and_line() {
+        let e = Plant::parse("[plant\nid=1", "bad.toml").unwrap_err().to_string();
+        assert!(e.contains("bad.toml"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let text = REFERENCE_PLANT.replace("max_rate = 0.02", "max_rate = 0.02\nmax_rat = 1");
+        let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("max_rat"), "{e}");
+    }
+
+    #[test]
+    fn unknown_asset_names_the_signal() {
+        let text = REFERENCE_PLANT.replacen("asset = \"tank\"", "asset = \"tnak\"", 1);
+        let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("signals[0] (tank.level).asset"), "{e}");
+        assert!(e.contains("tnak"), "{e}");
+    }
+
+    #[test]
+    fn initial_outside_envelope_is_refused() {
+        let text = REFERENCE_PLANT.replace("initial = 1600.0", "initial = 5000.0");
+        let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("pump.speed_sp") && e.contains("initial"), "{e}");
+    }
+
+    #[test]
+    fn relation_with_unknown_signal_is_refused() {
+        let text = REFERENCE_PLANT.replace("outflows = [\"pump.flow\"]", "outflows = [\"pump.flo\"]");
+        let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("pump.flo"), "{e}");
+    }
+}
