@@ -1,0 +1,279 @@
+//! The signed envelope that carries telemetry from edge devices and commands to the plant.
+//!
+//! The byte layout is specified in `docs/frame-format.md`; this crate is its reference
+//! implementation. It does no I/O besides key files ([`keys`]).
+//!
+//! - [`encode`] builds an envelope, signed with Ed25519 when given a key.
+//! - [`Envelope::decode`] checks the structure and bounds of untrusted bytes without
+//!   parsing the body; [`Envelope::verify`] checks the signature against a known key.
+//! - [`TelemetryBody`] and [`CommandBody`] are the JSON bodies, parsed only after the
+//!   signature has been checked.
+
+pub mod keys;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use plant_model::PlantCommand;
+use serde::{Deserialize, Serialize};
+
+/// Largest body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest whole envelope accepted, in bytes.
+pub const MAX_ENVELOPE_BYTES: usize = MAX_BODY_BYTES + 256;
+/// Most samples in one telemetry frame.
+pub const MAX_SAMPLES: usize = 2048;
+/// Domain separator that starts every signed message.
+pub const SIGNING_CONTEXT: &[u8] = b"twinguard/envelope/v1\0";
+
+const VERSION: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Samples from an edge device, magic `TGF1`.
+    Telemetry,
+    /// A command to the plant, magic `TGC1`.
+    Command,
+}
+
+impl Kind {
+    fn magic(self) -> &'static [u8; 4] {
+        match self {
+            Kind::Telemetry => b"TGF1",
+            Kind::Command => b"TGC1",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Alg {
+    None = 0,
+    Ed25519 = 1,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("envelope is {0} bytes, more than the limit of {MAX_ENVELOPE_BYTES}")]
+    TooLarge(usize),
+    #[error("envelope truncated: {0}")]
+    Truncated(&'static str),
+    #[error("bad magic {0:02x?}, expected TGF1 or TGC1")]
+    BadMagic([u8; 4]),
+    #[error("unsupported envelope version {0}")]
+    BadVersion(u8),
+    #[error("unknown signature algorithm {0}")]
+    BadAlg(u8),
+    #[error("signer id is not 1-64 characters of [A-Za-z0-9_.-]")]
+    BadSigner,
+    #[error("body is {0} bytes, more than the limit of {MAX_BODY_BYTES}")]
+    BodyTooLarge(usize),
+    #[error("{0} trailing bytes after the envelope")]
+    TrailingBytes(usize),
+    #[error("envelope is unsigned")]
+    Unsigned,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("body is not valid: {0}")]
+    BadBody(String),
+}
+
+/// A structurally valid envelope; its signature is not yet checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub kind: Kind,
+    pub alg: Alg,
+    pub signer: &'a str,
+    pub body: &'a [u8],
+    signed: &'a [u8],
+    signature: Option<[u8; 64]>,
+}
+
+/// Builds an envelope. With a key it is signed (alg 1), without one it is unsigned (alg 0).
+pub fn encode(
+    kind: Kind,
+    topic: &str,
+    signer: &str,
+    body: &[u8],
+    key: Option<&SigningKey>,
+) -> Result<Vec<u8>, FrameError> {
+    if !signer_ok(signer) {
+        return Err(FrameError::BadSigner);
+    }
+    if body.len() > MAX_BODY_BYTES {
+        return Err(FrameError::BodyTooLarge(body.len()));
+    }
+    let mut out = Vec::with_capacity(11 + signer.len() + body.len() + 64);
+    out.extend_from_slice(kind.magic());
+    out.push(VERSION);
+    out.push(if key.is_some() {
+        Alg::Ed25519 as u8
+    } else {
+        Alg::None as u8
+    });
+    out.push(signer.len() as u8);
+    out.extend_from_slice(signer.as_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    if let Some(key) = key {
+        let sig = key.sign(&signing_message(topic, &out));
+        out.extend_from_slice(&sig.to_bytes());
+    }
+    Ok(out)
+}
+
+/// The exact bytes an Ed25519 signature covers.
+pub fn signing_message(topic: &str, envelope_without_signature: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(
+        SIGNING_CONTEXT.len() + topic.len() + 1 + envelope_without_signature.len(),
+    );
+    m.extend_from_slice(SIGNING_CONTEXT);
+    m.extend_from_slice(topic.as_bytes());
+    m.push(0);
+    m.extend_from_slice(envelope_without_signature);
+    m
+}
+
+fn signer_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+fn take<'a>(bytes: &'a [u8], at: usize, n: usize, what: &'static str) -> Result<&'a [u8], FrameError> {
+    bytes
+        .get(at..at.checked_add(n).ok_or(FrameError::Truncated(what))?)
+        .ok_or(FrameError::Truncated(what))
+}
+
+impl<'a> Envelope<'a> {
+    /// Checks layout and bounds. Never panics, whatever the bytes.
+    pub fn decode(bytes: &'a [u8]) -> Result<Envelope<'a>, FrameError> {
+        if bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(FrameError::TooLarge(bytes.len()));
+        }
+        let magic: [u8; 4] = take(bytes, 0, 4, "magic")?
+            .try_into()
+            .map_err(|_| FrameError::Truncated("magic"))?;
+        let kind = match &magic {
+            b"TGF1" => Kind::Telemetry,
+            b"TGC1" => Kind::Command,
+            _ => return Err(FrameError::BadMagic(magic)),
+        };
+        let head = take(bytes, 4, 3, "header")?;
+        let (version, alg, signer_len) = match head {
+            [v, a, s] => (*v, *a, *s as usize),
+            _ => return Err(FrameError::Truncated("header")),
+        };
+        if version != VERSION {
+            return Err(FrameError::BadVersion(version));
+        }
+        let alg = match alg {
+            0 => Alg::None,
+            1 => Alg::Ed25519,
+            other => return Err(FrameError::BadAlg(other)),
+        };
+        let signer = take(bytes, 7, signer_len, "signer id")?;
+        let signer = std::str::from_utf8(signer).map_err(|_| FrameError::BadSigner)?;
+        if !signer_ok(signer) {
+            return Err(FrameError::BadSigner);
+        }
+        let at = 7 + signer_len;
+        let len_bytes: [u8; 4] = take(bytes, at, 4, "body length")?
+            .try_into()
+            .map_err(|_| FrameError::Truncated("body length"))?;
+        let body_len = u32::from_be_bytes(len_bytes) as usize;
+        if body_len > MAX_BODY_BYTES {
+            return Err(FrameError::BodyTooLarge(body_len));
+        }
+        let body = take(bytes, at + 4, body_len, "body")?;
+        let signed_len = at + 4 + body_len;
+        let signature = match alg {
+            Alg::None => None,
+            Alg::Ed25519 => Some(
+                take(bytes, signed_len, 64, "signature")?
+                    .try_into()
+                    .map_err(|_| FrameError::Truncated("signature"))?,
+            ),
+        };
+        let total = signed_len + if signature.is_some() { 64 } else { 0 };
+        if bytes.len() > total {
+            return Err(FrameError::TrailingBytes(bytes.len() - total));
+        }
+        Ok(Envelope {
+            kind,
+            alg,
+            signer,
+            body,
+            signed: take(bytes, 0, signed_len, "envelope")?,
+            signature,
+        })
+    }
+
+    /// Checks the signature for the topic it arrived on. Unsigned envelopes fail.
+    pub fn verify(&self, topic: &str, key: &VerifyingKey) -> Result<(), FrameError> {
+        let sig = self.signature.ok_or(FrameError::Unsigned)?;
+        key.verify_strict(&signing_message(topic, self.signed), &Signature::from_bytes(&sig))
+            .map_err(|_| FrameError::BadSignature)
+    }
+
+    pub fn is_signed(&self) -> bool {
+        self.signature.is_some()
+    }
+}
+
+/// One value of one signal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireSample {
+    pub signal: String,
+    pub t_ms: i64,
+    pub value: f64,
+    pub unit: String,
+}
+
+/// The body of a telemetry frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryBody {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub samples: Vec<WireSample>,
+}
+
+/// The body of a command envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub command_id: String,
+    pub asset: String,
+    pub command: PlantCommand,
+}
+
+impl TelemetryBody {
+    pub fn parse(body: &[u8]) -> Result<TelemetryBody, FrameError> {
+        let b: TelemetryBody =
+            serde_json::from_slice(body).map_err(|e| FrameError::BadBody(e.to_string()))?;
+        if b.samples.len() > MAX_SAMPLES {
+            return Err(FrameError::BadBody(format!(
+                "{} samples, more than the limit of {MAX_SAMPLES}",
+                b.samples.len()
+            )));
+        }
+        Ok(b)
+    }
+}
+
+impl CommandBody {
+    pub fn parse(body: &[u8]) -> Result<CommandBody, FrameError> {
+        serde_json::from_slice(body).map_err(|e| FrameError::BadBody(e.to_string()))
+    }
+}
+
+/// Serialises a body to JSON bytes.
+pub fn to_body<T: Serialize>(body: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail (no maps with non-string keys).
+    serde_json::to_vec(body).unwrap_or_default()
+}

@@ -135,6 +135,19 @@ impl Relation {
     }
 }
 
+/// Something the plant's control system is told to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PlantCommand {
+    SetSetpoint { setpoint: String, value: f64 },
+    /// Drive every setpoint to its safe value and hold there.
+    StopLine,
+    /// Leave the stopped state, back to the setpoints held before the stop.
+    StartLine,
+    /// Stop the pump, replace the bearing, restart (takes two hours).
+    Maintenance,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plant {

@@ -17,8 +17,9 @@ pub mod rng;
 
 use std::collections::HashMap;
 
+pub use plant_model::PlantCommand;
 use plant_model::Plant;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use fault::{Fault, FaultKind, FaultParseError};
 use rng::Rng;
@@ -42,19 +43,6 @@ const H_FG: f64 = 2100.0; // kJ/kg, latent heat of the steam
 const REGEN: f64 = 0.8; // regenerative section recovers this share of the heating duty
 const HOLDUP_KJ_PER_K: f64 = 200.0;
 const MAINTENANCE_S: u64 = 2 * 3600;
-
-/// Something the plant's control system is told to do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum PlantCommand {
-    SetSetpoint { setpoint: String, value: f64 },
-    /// Drive every setpoint to its safe value and hold there.
-    StopLine,
-    /// Leave the stopped state, back to the setpoints held before the stop.
-    StartLine,
-    /// Stop the pump, replace the bearing, restart (takes two hours).
-    Maintenance,
-}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SimError {
