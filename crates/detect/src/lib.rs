@@ -1,0 +1,306 @@
+//! Detectors: per-signal plausibility (operating limits, rate of change, stuck value) and
+//! the twin's physics residuals. Each detection is an episode (raised, then cleared) that
+//! names the evidence it rests on: the signals, the relation, the devices and whether all
+//! of that data can be trusted.
+//!
+//! No I/O and no clock: time comes from the samples.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use ingest::{Sample, Trust};
+use plant_model::Plant;
+use serde::Serialize;
+use twin::Residual;
+
+/// Samples outside the operating limits in a row before a limit detection is raised.
+const LIMIT_DEBOUNCE: u32 = 3;
+/// Samples back inside before a limit detection clears.
+const LIMIT_CLEAR: u32 = 30;
+/// A rate or residual episode clears this long after its last violation.
+const HOLD_MS: i64 = 120_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectionKind {
+    LimitHigh,
+    LimitLow,
+    Rate,
+    Stuck,
+    /// A physics relation of the twin does not hold.
+    Physics,
+}
+
+impl DetectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetectionKind::LimitHigh => "limit_high",
+            DetectionKind::LimitLow => "limit_low",
+            DetectionKind::Rate => "rate",
+            DetectionKind::Stuck => "stuck",
+            DetectionKind::Physics => "physics",
+        }
+    }
+}
+
+/// What a detection rests on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    pub signals: Vec<String>,
+    pub relation: Option<String>,
+    pub devices: Vec<String>,
+    /// All samples came verified and no physics relation over them is in alarm.
+    pub trusted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    pub id: u64,
+    pub kind: DetectionKind,
+    pub raised_ms: i64,
+    pub value: f64,
+    pub limit: f64,
+    pub message: String,
+    pub evidence: Evidence,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Raised(Detection),
+    Cleared { id: u64, t_ms: i64 },
+}
+
+#[derive(Debug, Default)]
+struct SignalMemory {
+    last: Option<(i64, f64)>,
+    same_since_ms: Option<i64>,
+    outside: u32,
+    inside: u32,
+    last_rate_violation: Option<i64>,
+}
+
+/// Key of an episode: the detector and what it watches.
+type Key = (DetectionKind, String);
+
+pub struct Detectors {
+    plant: Arc<Plant>,
+    memory: HashMap<String, SignalMemory>,
+    active: BTreeMap<Key, Detection>,
+    relation_last_alarm: HashMap<String, i64>,
+    next_id: u64,
+    counts: BTreeMap<DetectionKind, u64>,
+}
+
+impl Detectors {
+    pub fn new(plant: Arc<Plant>) -> Detectors {
+        Detectors {
+            plant,
+            memory: HashMap::new(),
+            active: BTreeMap::new(),
+            relation_last_alarm: HashMap::new(),
+            next_id: 1,
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// Detections currently raised.
+    pub fn active(&self) -> impl Iterator<Item = &Detection> {
+        self.active.values()
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Detection> {
+        self.active.values().find(|d| d.id == id)
+    }
+
+    /// Episodes raised so far, by kind.
+    pub fn counts(&self) -> &BTreeMap<DetectionKind, u64> {
+        &self.counts
+    }
+
+    /// Signals named by an active physics detection: their values contradict the physics.
+    pub fn suspect_signals(&self) -> HashSet<&str> {
+        self.active
+            .values()
+            .filter(|d| d.kind == DetectionKind::Physics)
+            .flat_map(|d| d.evidence.signals.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// Checks one accepted sample (in time order per signal).
+    pub fn observe(&mut self, s: &Sample) -> Vec<Event> {
+        let mut events = Vec::new();
+        let Some(sig) = self.plant.signal(&s.signal).cloned() else {
+            return events;
+        };
+        let trusted = s.provenance.trust == Trust::Verified
+            && !self.suspect_signals().contains(s.signal.as_str());
+        let evidence = Evidence {
+            signals: vec![s.signal.clone()],
+            relation: None,
+            devices: vec![s.provenance.device.clone()],
+            trusted,
+        };
+        let m = self.memory.entry(s.signal.clone()).or_default();
+
+        // Operating limits, debounced.
+        let (lo, hi) = (sig.alarm[0], sig.alarm[1]);
+        let outside = s.value > hi || s.value < lo;
+        if outside {
+            m.outside += 1;
+            m.inside = 0;
+        } else {
+            m.inside += 1;
+            m.outside = 0;
+        }
+        let (kind, limit) = if s.value > hi {
+            (DetectionKind::LimitHigh, hi)
+        } else {
+            (DetectionKind::LimitLow, lo)
+        };
+        let raise_limit = outside && m.outside >= LIMIT_DEBOUNCE;
+        let clear_limit = m.inside >= LIMIT_CLEAR;
+
+        // Rate of change.
+        let mut rate_violation = None;
+        if let Some((t0, v0)) = m.last {
+            let dt = (s.t_ms - t0) as f64 / 1000.0;
+            if dt > 0.0 {
+                let rate = (s.value - v0) / dt;
+                if rate.abs() > sig.max_rate {
+                    rate_violation = Some(rate);
+                    m.last_rate_violation = Some(s.t_ms);
+                }
+            }
+        }
+        let rate_expired = m
+            .last_rate_violation
+            .is_some_and(|t| s.t_ms - t > HOLD_MS);
+
+        // Stuck value.
+        match m.last {
+            Some((_, v0)) if v0 == s.value => {
+                m.same_since_ms.get_or_insert(s.t_ms);
+            }
+            _ => m.same_since_ms = Some(s.t_ms),
+        }
+        let stuck_for_ms = m.same_since_ms.map_or(0, |t| s.t_ms - t);
+        let stuck = sig
+            .stuck_after_s
+            .is_some_and(|lim| stuck_for_ms >= i64::from(lim) * 1000);
+        m.last = Some((s.t_ms, s.value));
+
+        if raise_limit {
+            let word = if kind == DetectionKind::LimitHigh { "above" } else { "below" };
+            self.raise(
+                &mut events,
+                (kind, s.signal.clone()),
+                s.t_ms,
+                s.value,
+                limit,
+                format!("{} = {:.3} {} {word} its operating limit {limit}", s.signal, s.value, sig.unit),
+                evidence.clone(),
+            );
+        } else if clear_limit {
+            self.clear(&mut events, &(DetectionKind::LimitHigh, s.signal.clone()), s.t_ms);
+            self.clear(&mut events, &(DetectionKind::LimitLow, s.signal.clone()), s.t_ms);
+        }
+        if let Some(rate) = rate_violation {
+            self.raise(
+                &mut events,
+                (DetectionKind::Rate, s.signal.clone()),
+                s.t_ms,
+                rate,
+                sig.max_rate,
+                format!("{} changed at {rate:.3} {}/s, more than the plausible {}", s.signal, sig.unit, sig.max_rate),
+                evidence.clone(),
+            );
+        } else if rate_expired {
+            self.clear(&mut events, &(DetectionKind::Rate, s.signal.clone()), s.t_ms);
+        }
+        if stuck {
+            self.raise(
+                &mut events,
+                (DetectionKind::Stuck, s.signal.clone()),
+                s.t_ms,
+                s.value,
+                f64::from(sig.stuck_after_s.unwrap_or(0)),
+                format!("{} has read exactly {} for {} s", s.signal, s.value, stuck_for_ms / 1000),
+                evidence,
+            );
+        } else {
+            self.clear(&mut events, &(DetectionKind::Stuck, s.signal.clone()), s.t_ms);
+        }
+        events
+    }
+
+    /// Checks one evaluation of a physics relation.
+    pub fn observe_residual(&mut self, r: &Residual, devices: Vec<String>) -> Vec<Event> {
+        let mut events = Vec::new();
+        let key = (DetectionKind::Physics, r.relation.clone());
+        if r.alarm {
+            self.relation_last_alarm.insert(r.relation.clone(), r.t_ms);
+            let stat = r.cusum_pos.max(r.cusum_neg);
+            self.raise(
+                &mut events,
+                key,
+                r.t_ms,
+                r.residual,
+                stat,
+                format!(
+                    "{} does not hold: residual {:+.4} ({:+.1} sigma), CUSUM alarm",
+                    r.relation, r.residual, r.z
+                ),
+                Evidence {
+                    signals: r.signals.clone(),
+                    relation: Some(r.relation.clone()),
+                    devices,
+                    // A broken relation is evidence that some of its data is wrong.
+                    trusted: false,
+                },
+            );
+        } else if self
+            .relation_last_alarm
+            .get(&r.relation)
+            .is_some_and(|t| r.t_ms - t > 5 * HOLD_MS)
+        {
+            self.clear(&mut events, &key, r.t_ms);
+        }
+        events
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one call site per detector, all fields named")]
+    fn raise(
+        &mut self,
+        events: &mut Vec<Event>,
+        key: Key,
+        t_ms: i64,
+        value: f64,
+        limit: f64,
+        message: String,
+        evidence: Evidence,
+    ) {
+        if self.active.contains_key(&key) {
+            return;
+        }
+        let d = Detection {
+            id: self.next_id,
+            kind: key.0,
+            raised_ms: t_ms,
+            value,
+            limit,
+            message,
+            evidence,
+        };
+        self.next_id += 1;
+        *self.counts.entry(key.0).or_default() += 1;
+        events.push(Event::Raised(d.clone()));
+        self.active.insert(key, d);
+    }
+
+    fn clear(&mut self, events: &mut Vec<Event>, key: &Key, t_ms: i64) {
+        if let Some(d) = self.active.remove(key) {
+            events.push(Event::Cleared { id: d.id, t_ms });
+        }
+    }
+}
