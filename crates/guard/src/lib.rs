@@ -1,0 +1,523 @@
+//! The guard: the one door between an agent's proposal and the plant.
+//!
+//! [`Guard::decide`] checks, in order: the agent's identity (registered, not revoked, a
+//! valid short-lived token bound to it, a fresh signature by the agent's own key, an unused
+//! nonce), the declarative [`Policy`] (deny unless allowed), the plant's process state, the
+//! setpoint's safety envelope (min, max, max step, changes per hour) and the risk tier.
+//! A line stop is automatic only when corroborated by two independent detections on
+//! trusted data; otherwise a human decides.
+//!
+//! The outcome is executed, pending human approval, or denied with a reason. Only this
+//! crate can construct an [`Approved`] command, and the actuation stage accepts nothing
+//! else. The guard does no I/O, reads no clock and does not know the agents' code.
+
+mod identity;
+mod policy;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use detect::Detection;
+use plant_model::{Plant, PlantCommand, RiskTier};
+use serde::{Deserialize, Serialize};
+
+pub use identity::{AgentRegistry, IdentityError, SignedProposal, Token, sign_proposal};
+pub use policy::{DEFAULT_POLICY, Policy, PolicyError, Rule};
+
+/// How long a pending approval waits before it expires.
+pub const APPROVAL_TTL_MS: i64 = 60 * 60 * 1000;
+
+/// What an agent asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    SetSetpoint { setpoint: String, value: f64 },
+    StopLine,
+    Maintenance { asset: String },
+}
+
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::SetSetpoint { .. } => "set_setpoint",
+            Action::StopLine => "stop_line",
+            Action::Maintenance { .. } => "maintenance",
+        }
+    }
+}
+
+/// A proposal, as the agent signs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proposal {
+    pub agent: String,
+    pub action: Action,
+    /// Why, in words an operator can read.
+    pub reason: String,
+    /// Ids of the detections the proposal rests on.
+    #[serde(default)]
+    pub evidence: Vec<u64>,
+    pub created_ms: i64,
+    /// Unique per proposal; a repeat is a replay.
+    pub nonce: String,
+}
+
+/// A command the plant will carry out. Only the guard constructs one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Command {
+    pub id: String,
+    pub asset: String,
+    pub command: PlantCommand,
+    /// The agent that proposed it, or the human who ordered it.
+    pub origin: String,
+    pub approved_by: Vec<String>,
+}
+
+/// Proof that the guard approved a command. Its field is private and it has no public
+/// constructor, no `Clone` and no `Deserialize`: holding one means the guard said yes.
+#[derive(Debug)]
+pub struct Approved(Command);
+
+impl Approved {
+    pub fn command(&self) -> &Command {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    Identity,
+    TokenWithoutKey,
+    Replay,
+    Policy,
+    LineStopped,
+    UnknownTarget,
+    Envelope,
+    RateLimit,
+    Rejected,
+    Expired,
+}
+
+impl DenyReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::Identity => "identity",
+            DenyReason::TokenWithoutKey => "token_without_key",
+            DenyReason::Replay => "replay",
+            DenyReason::Policy => "policy",
+            DenyReason::LineStopped => "line_stopped",
+            DenyReason::UnknownTarget => "unknown_target",
+            DenyReason::Envelope => "envelope",
+            DenyReason::RateLimit => "rate_limit",
+            DenyReason::Rejected => "rejected_by_human",
+            DenyReason::Expired => "approval_expired",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Decision {
+    Execute(Approved),
+    Pending { id: u64, why: String },
+    Denied { reason: DenyReason, detail: String },
+}
+
+/// What gets audited about a decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRecord {
+    pub proposal_id: u64,
+    pub agent: String,
+    pub action: Option<Action>,
+    pub outcome: &'static str,
+    pub reason: Option<DenyReason>,
+    pub detail: String,
+    pub rule: Option<String>,
+}
+
+impl Decision {
+    pub fn record(&self, proposal_id: u64, agent: &str, action: Option<&Action>, rule: Option<String>) -> DecisionRecord {
+        let (outcome, reason, detail) = match self {
+            Decision::Execute(a) => ("executed", None, format!("command {}", a.0.id)),
+            Decision::Pending { why, .. } => ("pending", None, why.clone()),
+            Decision::Denied { reason, detail } => ("denied", Some(*reason), detail.clone()),
+        };
+        DecisionRecord {
+            proposal_id,
+            agent: agent.to_string(),
+            action: action.cloned(),
+            outcome,
+            reason,
+            detail,
+            rule,
+        }
+    }
+}
+
+/// A proposal waiting for a human.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingApproval {
+    pub id: u64,
+    pub proposal: Proposal,
+    pub why: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GuardStats {
+    pub executed: u64,
+    pub pending: u64,
+    pub denied: BTreeMap<DenyReason, u64>,
+    pub executed_by_agent: BTreeMap<String, u64>,
+    pub line_stops: u64,
+    /// Alerts raised by identity failures (a token presented without its key).
+    pub alerts: Vec<String>,
+}
+
+pub struct Guard {
+    plant: Arc<Plant>,
+    agents: AgentRegistry,
+    policy: Policy,
+    /// Last commanded value per setpoint.
+    commanded: HashMap<String, f64>,
+    /// Times of executed changes per setpoint, newest last.
+    changes: HashMap<String, VecDeque<i64>>,
+    line_stopped: bool,
+    pending: BTreeMap<u64, PendingApproval>,
+    next_proposal: u64,
+    next_command: u64,
+    stats: GuardStats,
+}
+
+/// Independent corroboration: the largest number of trusted detections whose evidence
+/// signals are pairwise disjoint (greedy, in the order given).
+pub fn independent_trusted(detections: &[&Detection]) -> usize {
+    let mut used: Vec<&str> = Vec::new();
+    let mut n = 0;
+    for d in detections.iter().filter(|d| d.evidence.trusted) {
+        if d.evidence.signals.iter().any(|s| used.contains(&s.as_str())) {
+            continue;
+        }
+        used.extend(d.evidence.signals.iter().map(String::as_str));
+        n += 1;
+    }
+    n
+}
+
+impl Guard {
+    pub fn new(plant: Arc<Plant>, agents: AgentRegistry, policy: Policy) -> Guard {
+        let commanded = plant
+            .setpoints
+            .iter()
+            .map(|s| (s.id.clone(), s.initial))
+            .collect();
+        Guard {
+            plant,
+            agents,
+            policy,
+            commanded,
+            changes: HashMap::new(),
+            line_stopped: false,
+            pending: BTreeMap::new(),
+            next_proposal: 1,
+            next_command: 1,
+            stats: GuardStats::default(),
+        }
+    }
+
+    pub fn agents(&mut self) -> &mut AgentRegistry {
+        &mut self.agents
+    }
+
+    pub fn stats(&self) -> GuardStats {
+        let mut s = self.stats.clone();
+        s.pending = self.pending.len() as u64;
+        s
+    }
+
+    pub fn line_stopped(&self) -> bool {
+        self.line_stopped
+    }
+
+    pub fn commanded(&self, setpoint: &str) -> Option<f64> {
+        self.commanded.get(setpoint).copied()
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &PendingApproval> {
+        self.pending.values()
+    }
+
+    /// Decides on a signed proposal. `active` are the detections currently raised.
+    pub fn decide(&mut self, sp: &SignedProposal, active: &[&Detection], now_ms: i64) -> (u64, Decision, DecisionRecord) {
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        let proposal = match self.agents.authenticate(sp, now_ms) {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = match e {
+                    IdentityError::TokenWithoutKey { .. } => {
+                        self.stats.alerts.push(format!(
+                            "token of agent {} presented without its key at {now_ms}",
+                            e.agent()
+                        ));
+                        DenyReason::TokenWithoutKey
+                    }
+                    IdentityError::Replay { .. } => DenyReason::Replay,
+                    _ => DenyReason::Identity,
+                };
+                let d = Decision::Denied {
+                    reason,
+                    detail: e.to_string(),
+                };
+                let rec = d.record(id, e.agent(), None, None);
+                self.count(&d, e.agent());
+                return (id, d, rec);
+            }
+        };
+        let (decision, rule) = self.evaluate(id, &proposal, active, now_ms);
+        let rec = decision.record(id, &proposal.agent, Some(&proposal.action), rule);
+        self.count(&decision, &proposal.agent);
+        (id, decision, rec)
+    }
+
+    fn count(&mut self, d: &Decision, agent: &str) {
+        match d {
+            Decision::Execute(a) => {
+                self.stats.executed += 1;
+                *self.stats.executed_by_agent.entry(agent.to_string()).or_default() += 1;
+                if a.0.command == PlantCommand::StopLine {
+                    self.stats.line_stops += 1;
+                }
+            }
+            Decision::Pending { .. } => {}
+            Decision::Denied { reason, .. } => *self.stats.denied.entry(*reason).or_default() += 1,
+        }
+    }
+
+    fn deny(reason: DenyReason, detail: impl Into<String>) -> Decision {
+        Decision::Denied {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// Policy, state, envelope and tier, for an authenticated proposal.
+    fn evaluate(&mut self, id: u64, p: &Proposal, active: &[&Detection], now_ms: i64) -> (Decision, Option<String>) {
+        let asset = match self.target_asset(&p.action) {
+            Ok(a) => a,
+            Err(d) => return (d, None),
+        };
+        let Some(rule) = self.policy.allows(&p.agent, p.action.kind(), &asset) else {
+            return (
+                Self::deny(
+                    DenyReason::Policy,
+                    format!("no policy rule allows agent {} to {} on {asset}", p.agent, p.action.kind()),
+                ),
+                None,
+            );
+        };
+        let rule = Some(rule);
+        if self.line_stopped && p.action != Action::StopLine {
+            return (
+                Self::deny(DenyReason::LineStopped, "the line is stopped; nothing automatic runs until a human restarts it"),
+                rule,
+            );
+        }
+        let tier = match &p.action {
+            Action::SetSetpoint { setpoint, value } => {
+                if let Err(d) = self.check_envelope(setpoint, *value, now_ms) {
+                    return (d, rule);
+                }
+                self.plant.setpoint(setpoint).map_or(RiskTier::Approve, |s| s.risk)
+            }
+            Action::Maintenance { .. } => RiskTier::Approve,
+            Action::StopLine => {
+                let cited: Vec<&Detection> = active
+                    .iter()
+                    .copied()
+                    .filter(|d| p.evidence.contains(&d.id))
+                    .collect();
+                if independent_trusted(&cited) >= 2 {
+                    RiskTier::Auto
+                } else {
+                    RiskTier::Approve
+                }
+            }
+        };
+        let decision = match tier {
+            RiskTier::Auto => Decision::Execute(self.approve_now(p.action.clone(), &asset, &p.agent, vec![], now_ms)),
+            RiskTier::Approve => {
+                let why = match &p.action {
+                    Action::StopLine => "a line stop without two independent detections on trusted data needs a human".to_string(),
+                    Action::Maintenance { .. } => "maintenance needs a human".to_string(),
+                    Action::SetSetpoint { setpoint, .. } => format!("changes to {setpoint} need a human"),
+                };
+                self.pending.insert(
+                    id,
+                    PendingApproval {
+                        id,
+                        proposal: p.clone(),
+                        why: why.clone(),
+                        created_ms: now_ms,
+                        expires_ms: now_ms + APPROVAL_TTL_MS,
+                    },
+                );
+                Decision::Pending { id, why }
+            }
+        };
+        (decision, rule)
+    }
+
+    fn target_asset(&self, action: &Action) -> Result<String, Decision> {
+        match action {
+            Action::SetSetpoint { setpoint, .. } => self
+                .plant
+                .setpoint(setpoint)
+                .map(|s| s.asset.clone())
+                .ok_or_else(|| Self::deny(DenyReason::UnknownTarget, format!("unknown setpoint {setpoint:?}"))),
+            Action::Maintenance { asset } => self
+                .plant
+                .asset(asset)
+                .map(|a| a.id.clone())
+                .ok_or_else(|| Self::deny(DenyReason::UnknownTarget, format!("unknown asset {asset:?}"))),
+            Action::StopLine => Ok("line".to_string()),
+        }
+    }
+
+    fn check_envelope(&mut self, setpoint: &str, value: f64, now_ms: i64) -> Result<(), Decision> {
+        let Some(sp) = self.plant.setpoint(setpoint) else {
+            return Err(Self::deny(DenyReason::UnknownTarget, format!("unknown setpoint {setpoint:?}")));
+        };
+        if !value.is_finite() || value < sp.min || value > sp.max {
+            return Err(Self::deny(
+                DenyReason::Envelope,
+                format!("{setpoint} = {value} is outside its envelope [{}, {}] {}", sp.min, sp.max, sp.unit),
+            ));
+        }
+        let current = self.commanded.get(setpoint).copied().unwrap_or(sp.initial);
+        if (value - current).abs() > sp.max_step + 1e-9 {
+            return Err(Self::deny(
+                DenyReason::Envelope,
+                format!(
+                    "{setpoint}: step from {current} to {value} is {} {}, more than the max step {}",
+                    (value - current).abs(),
+                    sp.unit,
+                    sp.max_step
+                ),
+            ));
+        }
+        let recent = self.changes.entry(setpoint.to_string()).or_default();
+        while recent.front().is_some_and(|t| now_ms - t >= 3_600_000) {
+            recent.pop_front();
+        }
+        if recent.len() as u32 >= sp.max_changes_per_hour {
+            return Err(Self::deny(
+                DenyReason::RateLimit,
+                format!("{setpoint} already changed {} times in the last hour (limit {})", recent.len(), sp.max_changes_per_hour),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The only place an [`Approved`] is made. Updates the guard's view of the plant.
+    fn approve_now(&mut self, action: Action, asset: &str, origin: &str, approved_by: Vec<String>, now_ms: i64) -> Approved {
+        let command = match action {
+            Action::SetSetpoint { setpoint, value } => {
+                self.commanded.insert(setpoint.clone(), value);
+                self.changes.entry(setpoint.clone()).or_default().push_back(now_ms);
+                PlantCommand::SetSetpoint { setpoint, value }
+            }
+            Action::StopLine => {
+                self.line_stopped = true;
+                PlantCommand::StopLine
+            }
+            Action::Maintenance { .. } => PlantCommand::Maintenance,
+        };
+        let id = format!("cmd-{}", self.next_command);
+        self.next_command += 1;
+        Approved(Command {
+            id,
+            asset: asset.to_string(),
+            command,
+            origin: origin.to_string(),
+            approved_by,
+        })
+    }
+
+    /// A human approves a pending proposal. The envelope is checked again: the plant may
+    /// have moved on since the proposal was made.
+    pub fn approve(&mut self, id: u64, human: &str, now_ms: i64) -> Result<Decision, String> {
+        let p = self.pending.remove(&id).ok_or_else(|| format!("no pending approval {id}"))?;
+        let agent = p.proposal.agent.clone();
+        let decision = if now_ms > p.expires_ms {
+            Self::deny(DenyReason::Expired, format!("approval {id} expired at {}", p.expires_ms))
+        } else if self.line_stopped && p.proposal.action != Action::StopLine {
+            Self::deny(DenyReason::LineStopped, "the line is stopped")
+        } else {
+            let asset = match self.target_asset(&p.proposal.action) {
+                Ok(a) => a,
+                Err(d) => return Ok(d),
+            };
+            let check = match &p.proposal.action {
+                Action::SetSetpoint { setpoint, value } => self.check_envelope(setpoint, *value, now_ms),
+                _ => Ok(()),
+            };
+            match check {
+                Err(d) => d,
+                Ok(()) => Decision::Execute(self.approve_now(p.proposal.action.clone(), &asset, &agent, vec![human.to_string()], now_ms)),
+            }
+        };
+        self.count(&decision, &agent);
+        Ok(decision)
+    }
+
+    /// A human rejects a pending proposal.
+    pub fn reject(&mut self, id: u64, human: &str) -> Result<Decision, String> {
+        let p = self.pending.remove(&id).ok_or_else(|| format!("no pending approval {id}"))?;
+        let d = Self::deny(DenyReason::Rejected, format!("rejected by {human}"));
+        self.count(&d, &p.proposal.agent);
+        Ok(d)
+    }
+
+    /// Expires pending approvals past their time; returns their ids.
+    pub fn expire(&mut self, now_ms: i64) -> Vec<u64> {
+        let expired: Vec<u64> = self
+            .pending
+            .values()
+            .filter(|p| now_ms > p.expires_ms)
+            .map(|p| p.id)
+            .collect();
+        for id in &expired {
+            if let Some(p) = self.pending.remove(id) {
+                *self.stats.denied.entry(DenyReason::Expired).or_default() += 1;
+                let _ = p;
+            }
+        }
+        expired
+    }
+
+    /// The stop button: a human drives the line to its safe state. Always allowed.
+    pub fn human_stop(&mut self, human: &str, now_ms: i64) -> Approved {
+        let a = self.approve_now(Action::StopLine, "line", human, vec![human.to_string()], now_ms);
+        self.stats.line_stops += 1;
+        a
+    }
+
+    /// A human restarts a stopped line.
+    pub fn human_start(&mut self, human: &str) -> Option<Approved> {
+        if !self.line_stopped {
+            return None;
+        }
+        self.line_stopped = false;
+        let id = format!("cmd-{}", self.next_command);
+        self.next_command += 1;
+        Some(Approved(Command {
+            id,
+            asset: "line".into(),
+            command: PlantCommand::StartLine,
+            origin: human.to_string(),
+            approved_by: vec![human.to_string()],
+        }))
+    }
+}
