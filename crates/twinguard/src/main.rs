@@ -1,1 +1,210 @@
-fn main() {}
+//! twinguard: a secure-by-design AI digital twin for manufacturing.
+
+mod attack;
+mod broker;
+mod core;
+mod datadir;
+mod demo;
+mod gateway;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "twinguard", version, about = "A digital twin that believes nothing it cannot trace and lets no AI action reach the plant except through its guard")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the reference bottling line through the whole secure loop over MQTT.
+    Demo {
+        /// Simulated hours to run.
+        #[arg(long, default_value_t = 24.0)]
+        hours: f64,
+        /// Simulated seconds per wall-clock second (0 = as fast as possible).
+        #[arg(long, default_value_t = 120.0)]
+        speed: f64,
+        /// Run an attack against the loop.
+        #[arg(long, value_enum)]
+        attack: Option<attack::Attack>,
+        /// Seed of the simulated plant.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where keys, the device registry and the audit log live.
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+        /// A plant file instead of the embedded reference plant.
+        #[arg(long)]
+        plant: Option<PathBuf>,
+        /// Inject a fault: kind:target@start[+duration][=magnitude] (repeatable).
+        #[arg(long = "fault")]
+        faults: Vec<String>,
+        /// Use an external MQTT broker at HOST:PORT instead of the embedded one
+        /// (credentials from TWINGUARD_MQTT_USERNAME / TWINGUARD_MQTT_PASSWORD).
+        #[arg(long)]
+        broker: Option<String>,
+        /// Port of the HTTP API and page on 127.0.0.1 (0 = any free port).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Plant files.
+    Plant {
+        #[command(subcommand)]
+        command: PlantCommand,
+    },
+    /// (demo attacker) Present a copied agent token to the agent API without the agent's key.
+    #[command(hide = true)]
+    AttackAgent {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        token_file: PathBuf,
+        #[arg(long)]
+        now_ms: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and the signed head; exits 1 and names the first bad record.
+    Verify {
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlantCommand {
+    /// Validate a plant file.
+    Check { file: PathBuf },
+    /// Print the embedded reference plant file.
+    Reference,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TWINGUARD_LOG").unwrap_or_else(|_| "error,rumqttd=off".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("twinguard: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Demo {
+            hours,
+            speed,
+            attack,
+            seed,
+            data_dir,
+            plant,
+            faults,
+            broker,
+            port,
+            json,
+            quiet,
+        } => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let report = rt.block_on(demo::run(demo::DemoArgs {
+                hours,
+                speed,
+                attack,
+                seed,
+                data_dir,
+                plant_file: plant,
+                faults,
+                broker,
+                api_port: port,
+                quiet: quiet || json,
+            }))?;
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", demo::summary(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { data_dir },
+        } => {
+            let dir = datadir::DataDir::open(&data_dir)?;
+            let key = dir.public_key("audit")?;
+            let v = audit::SqliteStore::verify_file(&dir.audit_db(), &key)?;
+            match v.problem {
+                None => {
+                    println!(
+                        "audit log {} verified: {} records, head {}",
+                        dir.audit_db().display(),
+                        v.records,
+                        v.head.map(|h| format!("{} ({})", h.seq, h.hash_hex())).unwrap_or_else(|| "-".into())
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(p) => {
+                    println!("audit log {} FAILED verification at record {}: {}", dir.audit_db().display(), p.seq, p.what);
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Plant {
+            command: PlantCommand::Check { file },
+        } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read plant file {}", file.display()))?;
+            let p = plant_model::Plant::parse(&text, &file.display().to_string())?;
+            println!(
+                "plant file {} is valid: {} assets, {} signals, {} setpoints, {} relations",
+                file.display(),
+                p.assets.len(),
+                p.signals.len(),
+                p.setpoints.len(),
+                p.relations.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plant {
+            command: PlantCommand::Reference,
+        } => {
+            print!("{}", plant_model::REFERENCE_PLANT);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::AttackAgent {
+            api,
+            agent,
+            token_file,
+            now_ms,
+        } => {
+            let token = std::fs::read_to_string(&token_file).with_context(|| format!("cannot read {}", token_file.display()))?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let v = rt.block_on(attack::thief(&api, &agent, token.trim(), now_ms))?;
+            println!("{v}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Attacks the demo can run against itself, each from outside twinguard's process or
+//! connection, over the same real paths an attacker would use.
+//!
+//! - `forged-frames`: an intruder on the broker publishes frames for the tank signed with
+//!   a key not in the registry, unsigned frames, frames from an unknown device and garbage.
+//! - `replay`: an intruder captures a valid tank frame and re-sends it, at once and later.
+//! - `fdi-level`: the tank's gateway is compromised and reports a slowly rising level,
+//!   validly signed (implemented in the gateway: see `gateway::LevelRamp`).
+//! - `stolen-agent-token`: another process copies the optimiser's token and presents it to
+//!   the agent API without the optimiser's key.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use frames::{Kind, TelemetryBody, WireSample, encode, to_body};
+use ingest::mqtt::BrokerEndpoint;
+use plant_model::Plant;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::gateway::{SimClock, lock};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Attack {
+    ForgedFrames,
+    Replay,
+    FdiLevel,
+    StolenAgentToken,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AttackReport {
+    /// Messages or requests the attacker sent.
+    pub attempts: u64,
+    /// Of those, how many twinguard accepted (for frames: cannot be seen by the attacker
+    /// and stays 0; the verdicts are in `samples.rejected`).
+    pub accepted: u64,
+    pub notes: Vec<String>,
+}
+
+const START_MS: i64 = 30 * 60 * 1000;
+const EVERY_MS: i64 = 10 * 60 * 1000;
+
+async fn wait_until(clock: &SimClock, t: i64, end: i64) -> bool {
+    while clock.now_ms() < t {
+        if clock.now_ms() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    clock.now_ms() < end
+}
+
+fn spawn_poll(mut ev: rumqttc::EventLoop, captured: Option<Arc<Mutex<Option<(String, Vec<u8>)>>>>) {
+    tokio::spawn(async move {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(c) = &captured {
+                        let mut slot = lock(c);
+                        if slot.is_none() {
+                            *slot = Some((p.topic.clone(), p.payload.to_vec()));
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+}
+
+/// Forged, unsigned, unknown-device and garbage frames on the tank's topic.
+pub async fn forged_frames(plant: Arc<Plant>, endpoint: BrokerEndpoint, clock: SimClock, t0: i64, end: i64, report: Arc<Mutex<AttackReport>>) -> Result<()> {
+    let (client, ev) = AsyncClient::new(endpoint.options("intruder-forger"), 64);
+    spawn_poll(ev, None);
+    let forger = frames::keys::generate()?;
+    let topic = plant.telemetry_topic("tank");
+    let mut t = t0 + START_MS;
+    let mut seq = 1_000_000_000u64;
+    while wait_until(&clock, t, end).await {
+        let now = clock.now_ms();
+        seq += 1;
+        let body = to_body(&TelemetryBody {
+            seq,
+            ts_ms: now,
+            samples: vec![WireSample {
+                signal: "tank.level".into(),
+                t_ms: now,
+                value: 2.9,
+                unit: "m".into(),
+            }],
+        });
+        let frames = [
+            encode(Kind::Telemetry, &topic, "gw-tank", &body, Some(&forger))?,
+            encode(Kind::Telemetry, &topic, "gw-tank", &body, None)?,
+            encode(Kind::Telemetry, &topic, "gw-rogue", &body, Some(&forger))?,
+            b"TGF1\x01\x01\xff garbage that claims a 255-byte signer".to_vec(),
+        ];
+        for f in frames {
+            client.publish(topic.clone(), QoS::AtLeastOnce, false, f).await?;
+            lock(&report).attempts += 1;
+        }
+        t += EVERY_MS;
+    }
+    Ok(())
+}
+
+/// Captures one valid tank frame and replays it immediately and every ten minutes.
+pub async fn replay(plant: Arc<Plant>, endpoint: BrokerEndpoint, clock: SimClock, t0: i64, end: i64, report: Arc<Mutex<AttackReport>>) -> Result<()> {
+    let (client, ev) = AsyncClient::new(endpoint.options("intruder-replayer"), 64);
+    let captured = Arc::new(Mutex::new(None));
+    spawn_poll(ev, Some(captured.clone()));
+    let topic = plant.telemetry_topic("tank");
+    if !wait_until(&clock, t0 + START_MS, end).await {
+        return Ok(());
+    }
+    client.subscribe(topic.clone(), QoS::AtLeastOnce).await?;
+    let frame = loop {
+        if let Some(f) = lock(&captured).clone() {
+            break f;
+        }
+        if clock.now_ms() >= end {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    client.unsubscribe(topic).await?;
+    lock(&report).notes.push(format!("captured a {}-byte frame on {}", frame.1.len(), frame.0));
+    let mut t = clock.now_ms();
+    while wait_until(&clock, t, end).await {
+        client.publish(frame.0.clone(), QoS::AtLeastOnce, false, frame.1.clone()).await?;
+        lock(&report).attempts += 1;
+        t = clock.now_ms().max(t) + EVERY_MS;
+    }
+    Ok(())
+}
+
+/// Runs the thief as a separate process with the copied token.
+pub async fn stolen_token(api: String, leak: Arc<Mutex<Option<String>>>, clock: SimClock, t0: i64, end: i64, dir: PathBuf, report: Arc<Mutex<AttackReport>>) -> Result<()> {
+    if !wait_until(&clock, t0 + 2 * START_MS, end).await {
+        return Ok(());
+    }
+    let token = loop {
+        if let Some(t) = lock(&leak).clone() {
+            break t;
+        }
+        if clock.now_ms() >= end {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let token_file = dir.join("stolen-optimiser.token");
+    std::fs::write(&token_file, &token).with_context(|| format!("cannot write {}", token_file.display()))?;
+    let exe = std::env::current_exe().context("cannot find twinguard's own executable")?;
+    let out = tokio::process::Command::new(exe)
+        .args(["attack-agent", "--api", &api, "--agent", "optimiser", "--token-file"])
+        .arg(&token_file)
+        .args(["--now-ms", &clock.now_ms().to_string()])
+        .output()
+        .await
+        .context("cannot start the thief process")?;
+    let _ = std::fs::remove_file(&token_file);
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!("thief process printed no JSON: {}", String::from_utf8_lossy(&out.stderr))
+    })?;
+    let mut r = lock(&report);
+    for resp in v["responses"].as_array().into_iter().flatten() {
+        r.attempts += 1;
+        let outcome = resp["body"]["outcome"].as_str().unwrap_or("");
+        if outcome == "executed" || outcome == "pending" {
+            r.accepted += 1;
+        }
+        r.notes.push(format!("HTTP {}: {}", resp["status"], resp["body"]));
+    }
+    Ok(())
+}
+
+/// The thief: presents a copied token with proposals it signs with its own key, or with
+/// no signature at all. Prints what the API answered, as JSON.
+pub async fn thief(api: &str, agent: &str, token: &str, now_ms: i64) -> Result<Value> {
+    let own_key = frames::keys::generate()?;
+    let proposal = guard::Proposal {
+        agent: agent.to_string(),
+        action: guard::Action::SetSetpoint {
+            setpoint: "pump.speed_sp".into(),
+            value: 1650.0,
+        },
+        reason: "attacker".into(),
+        evidence: vec![],
+        created_ms: now_ms,
+        nonce: format!("thief-{now_ms}"),
+    };
+    let signed = guard::sign_proposal(&proposal, token, &own_key);
+    let mut unsigned = signed.clone();
+    unsigned.signature = String::new();
+    let mut responses = Vec::new();
+    for sp in [signed, unsigned] {
+        let (status, body) = post_json(api, "/api/v1/agent/proposals", &json!(sp)).await?;
+        responses.push(json!({ "status": status, "body": body }));
+    }
+    Ok(json!({ "responses": responses }))
+}
+
+/// A minimal HTTP/1.1 POST over loopback TCP.
+pub async fn post_json(addr: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let payload = serde_json::to_vec(body)?;
+    let mut s = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        payload.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(&payload).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.take(1 << 20).read_to_end(&mut buf))
+        .await
+        .context("no answer within 10 s")??;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("response has no status line")?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::String(body.to_string()))))
+}

@@ -1,0 +1,404 @@
+//! The core: ingest -> twin -> detectors -> agents -> guard -> actuation, with every step
+//! that matters written to the audit log. One task owns all of it, so decisions are made
+//! in one place and in order. The HTTP API reads a published snapshot and sends writes
+//! here as operations.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use actuate::CommandSink;
+use agents::{Agent, Maintenance, Optimiser};
+use api::{Op, Snapshot};
+use audit::{AuditStore, Entry, Quarantined};
+use detect::{Detection, Detectors, Event};
+use ed25519_dalek::VerifyingKey;
+use guard::{Decision, DecisionRecord, Guard, SignedProposal};
+use ingest::Verifier;
+use ingest::mqtt::RawFrame;
+use plant_model::{Plant, PlantCommand};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use twin::Twin;
+
+use crate::gateway::SimClock;
+
+/// How often agents look at the plant (data time).
+const AGENT_PERIOD_MS: i64 = 60_000;
+/// Points per signal in the page's plots.
+const PLOT_POINTS: usize = 120;
+
+pub struct Core {
+    pub plant: Arc<Plant>,
+    pub verifier: Verifier,
+    pub twin: Twin,
+    pub detectors: Detectors,
+    pub guard: Guard,
+    pub maintenance: Maintenance,
+    pub optimiser: Optimiser,
+    pub sink: Box<dyn CommandSink>,
+    pub audit: Box<dyn AuditStore>,
+    pub audit_public: VerifyingKey,
+    pub clock: SimClock,
+    pub snapshot: Arc<RwLock<Snapshot>>,
+    pub progress: watch::Sender<i64>,
+    /// Where a thief could copy the optimiser's token from (only set in the stolen-token demo).
+    pub token_leak: Option<Arc<std::sync::Mutex<Option<String>>>>,
+    pub(crate) next_agent_ms: Option<i64>,
+    pub(crate) recent: VecDeque<Value>,
+    pub(crate) commands: VecDeque<Value>,
+    pub(crate) audit_failure: Option<String>,
+    pub(crate) last_snapshot: Option<Instant>,
+    pub(crate) detections_by_kind: BTreeMap<String, u64>,
+}
+
+fn random_token() -> String {
+    frames::keys::random_hex(32).unwrap_or_default()
+}
+
+impl Core {
+    /// Runs until `stop` fires, then returns itself for the final report.
+    pub async fn run(mut self, mut frames_rx: mpsc::Receiver<RawFrame>, mut ops_rx: mpsc::Receiver<Op>, stop: oneshot::Receiver<()>) -> Core {
+        let mut stop = stop;
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                Some(op) = ops_rx.recv() => self.handle_op(op),
+                f = frames_rx.recv() => match f {
+                    Some(f) => self.handle_frame(f),
+                    None => break,
+                },
+            }
+        }
+        // Drain what is already queued: nothing accepted by the broker is left unprocessed.
+        while let Ok(f) = frames_rx.try_recv() {
+            self.handle_frame(f);
+        }
+        while let Ok(op) = ops_rx.try_recv() {
+            self.handle_op(op);
+        }
+        self.publish_snapshot(true);
+        self
+    }
+
+    /// Appends to the audit log; on failure the core stops executing anything (fail safe).
+    fn audit(&mut self, entries: Vec<Entry>) -> Option<u64> {
+        if entries.is_empty() {
+            return self.audit.head().map(|h| h.seq);
+        }
+        match self.audit.append(&entries) {
+            Ok(h) => Some(h.seq),
+            Err(e) => {
+                tracing::error!(error = %e, "audit log unavailable: nothing will execute");
+                self.audit_failure = Some(e.to_string());
+                None
+            }
+        }
+    }
+
+    pub fn handle_frame(&mut self, f: RawFrame) {
+        let now = self.clock.now_ms();
+        let out = self.verifier.check(&f.topic, &f.payload, now);
+        if !out.rejected.is_empty() {
+            let entries: Vec<Entry> = out
+                .rejected
+                .iter()
+                .map(|r| {
+                    Entry::new(
+                        now,
+                        if r.whole_frame { "frame_rejected" } else { "sample_rejected" },
+                        json!({ "topic": f.topic, "reason": r.reason, "detail": r.detail, "device": r.device, "signal": r.signal, "samples": r.samples }),
+                    )
+                })
+                .collect();
+            if let Some(seq) = self.audit(entries) {
+                let reasons: Vec<&str> = out.rejected.iter().map(|r| r.reason.as_str()).collect();
+                let q = Quarantined {
+                    ts_ms: now,
+                    topic: f.topic.clone(),
+                    reason: reasons.join(","),
+                    detail: out.rejected.first().map(|r| r.detail.clone()).unwrap_or_default(),
+                    bytes: f.payload.clone(),
+                };
+                if let Err(e) = self.audit.quarantine(&q, seq) {
+                    tracing::error!(error = %e, "cannot quarantine a rejected frame");
+                    self.audit_failure = Some(e.to_string());
+                }
+            }
+        }
+        let mut events = Vec::new();
+        for s in &out.accepted {
+            if self.twin.update(s) {
+                events.extend(self.detectors.observe(s));
+            }
+        }
+        for r in self.twin.evaluate_relations() {
+            let devices: Vec<String> = r
+                .signals
+                .iter()
+                .filter_map(|s| self.twin.signal(s).and_then(|st| st.provenance.as_ref()).map(|p| p.device.clone()))
+                .collect();
+            events.extend(self.detectors.observe_residual(&r, devices));
+        }
+        self.record_detections(events);
+        if let Some(t) = self.twin.complete_until() {
+            let due = *self.next_agent_ms.get_or_insert(t + AGENT_PERIOD_MS);
+            if t >= due {
+                self.next_agent_ms = Some(t + AGENT_PERIOD_MS);
+                self.run_agents(t);
+            }
+            for id in self.guard.expire(t) {
+                self.audit(vec![Entry::new(t, "approval_expired", json!({ "proposal_id": id }))]);
+            }
+            self.progress.send_replace(t);
+        }
+        self.publish_snapshot(false);
+    }
+
+    fn record_detections(&mut self, events: Vec<Event>) {
+        let entries: Vec<Entry> = events
+            .iter()
+            .map(|e| match e {
+                Event::Raised(d) => {
+                    *self.detections_by_kind.entry(d.kind.as_str().to_string()).or_default() += 1;
+                    Entry::new(d.raised_ms, "detection_raised", json!(d))
+                }
+                Event::Cleared { id, t_ms } => Entry::new(*t_ms, "detection_cleared", json!({ "id": id })),
+            })
+            .collect();
+        self.audit(entries);
+    }
+
+    fn run_agents(&mut self, now: i64) {
+        let margin = 5 * 60 * 1000;
+        let mut proposals = Vec::new();
+        let active: Vec<Detection> = self.detectors.active().cloned().collect();
+        let refs: Vec<&Detection> = active.iter().collect();
+        for agent in [&mut self.maintenance as &mut dyn Agent, &mut self.optimiser as &mut dyn Agent] {
+            let id = agent.identity();
+            if id.needs_token(now, margin) {
+                match self.guard.agents().issue_token(&id.name, random_token(), now) {
+                    Ok(t) => id.set_token(t),
+                    Err(e) => tracing::warn!(agent = %id.name, error = %e, "no token issued"),
+                }
+            }
+            proposals.extend(agent.observe(&self.twin, &refs, now));
+        }
+        if let Some(leak) = &self.token_leak {
+            if let Some(t) = self.optimiser.identity().token_value() {
+                *crate::gateway::lock(leak) = Some(t.to_string());
+            }
+        }
+        for sp in proposals {
+            self.submit(&sp, now);
+        }
+    }
+
+    /// Puts a signed proposal through the guard and carries out the decision.
+    fn submit(&mut self, sp: &SignedProposal, now: i64) -> DecisionRecord {
+        let active: Vec<Detection> = self.detectors.active().cloned().collect();
+        let refs: Vec<&Detection> = active.iter().collect();
+        let (id, decision, rec) = self.guard.decide(sp, &refs, now);
+        let proposal: Value = serde_json::from_str(&sp.body).unwrap_or(Value::Null);
+        self.audit(vec![
+            Entry::new(now, "proposal", json!({ "proposal_id": id, "proposal": proposal })),
+            Entry::new(now, "decision", json!(rec)),
+        ]);
+        self.remember(json!({ "proposal_id": id, "t_ms": now, "proposal": proposal, "decision": rec }));
+        if let Decision::Execute(approved) = decision {
+            self.execute(approved, now);
+        }
+        rec
+    }
+
+    /// Sends an approved command, after its decision is on record. Fails safe.
+    fn execute(&mut self, approved: guard::Approved, now: i64) -> Value {
+        if let Some(why) = &self.audit_failure {
+            let msg = format!("not executed: the audit log is unavailable ({why})");
+            tracing::error!("{msg}");
+            return json!({ "executed": false, "error": msg });
+        }
+        if let PlantCommand::SetSetpoint { setpoint, value } = &approved.command().command {
+            if setpoint == "past.temp_sp" {
+                self.optimiser.set_known_temp_sp(*value);
+            }
+        }
+        match self.sink.send(approved, now) {
+            Ok(sent) => {
+                let v = json!(sent);
+                self.audit(vec![Entry::new(now, "actuation", v.clone())]);
+                self.commands.push_back(v.clone());
+                while self.commands.len() > 50 {
+                    self.commands.pop_front();
+                }
+                json!({ "executed": true, "sent": v })
+            }
+            Err(e) => {
+                self.audit(vec![Entry::new(now, "actuation_failed", json!({ "error": e.to_string() }))]);
+                json!({ "executed": false, "error": e.to_string() })
+            }
+        }
+    }
+
+    fn remember(&mut self, v: Value) {
+        self.recent.push_back(v);
+        while self.recent.len() > 50 {
+            self.recent.pop_front();
+        }
+    }
+
+    pub fn handle_op(&mut self, op: Op) {
+        let now = self.clock.now_ms();
+        match op {
+            Op::Approve { id, by, reply } => {
+                let r = self.guard.approve(id, &by, now).map(|d| self.after_human(d, id, &by, "approved", now));
+                let _ = reply.send(r);
+            }
+            Op::Reject { id, by, reply } => {
+                let r = self.guard.reject(id, &by).map(|d| self.after_human(d, id, &by, "rejected", now));
+                let _ = reply.send(r);
+            }
+            Op::Stop { by, reply } => {
+                let approved = self.guard.human_stop(&by, now);
+                self.audit(vec![Entry::new(now, "stop_button", json!({ "by": by }))]);
+                let r = self.execute(approved, now);
+                let _ = reply.send(Ok(r));
+            }
+            Op::Start { by, reply } => {
+                let r = match self.guard.human_start(&by) {
+                    Some(approved) => {
+                        self.audit(vec![Entry::new(now, "restart", json!({ "by": by }))]);
+                        Ok(self.execute(approved, now))
+                    }
+                    None => Err("the line is not stopped".to_string()),
+                };
+                let _ = reply.send(r);
+            }
+            Op::AgentProposal { body, reply } => {
+                let r = match serde_json::from_value::<SignedProposal>(body) {
+                    Ok(sp) => Ok(json!(self.submit(&sp, now))),
+                    Err(e) => Err(format!("not a signed proposal: {e}")),
+                };
+                let _ = reply.send(r);
+            }
+        }
+        self.publish_snapshot(true);
+    }
+
+    fn after_human(&mut self, d: Decision, id: u64, by: &str, verb: &str, now: i64) -> Value {
+        let rec = d.record(id, by, None, None);
+        self.audit(vec![Entry::new(now, "approval", json!({ "proposal_id": id, "by": by, "verb": verb, "decision": rec }))]);
+        self.remember(json!({ "proposal_id": id, "t_ms": now, "human": by, "decision": rec }));
+        let executed = match d {
+            Decision::Execute(a) => self.execute(a, now),
+            _ => Value::Null,
+        };
+        json!({ "decision": rec, "execution": executed })
+    }
+
+    pub fn report(&self) -> Value {
+        let c = self.verifier.counters();
+        let g = self.guard.stats();
+        let head = self.audit.head();
+        json!({
+            "samples": { "accepted": c.samples_accepted, "rejected": c.samples_rejected },
+            "frames": { "accepted": c.frames_accepted, "rejected": c.frames_rejected },
+            "detections": self.detections_by_kind,
+            "proposals": { "executed": g.executed, "pending": g.pending, "denied": g.denied },
+            "actions_executed_by_agent": g.executed_by_agent,
+            "line_stops": g.line_stops,
+            "alerts": g.alerts,
+            "commands": self.commands,
+            "audit": {
+                "records": self.audit.records(),
+                "head": head.as_ref().map(|h| h.hash_hex()),
+                "head_seq": head.as_ref().map(|h| h.seq),
+                "failure": self.audit_failure,
+            },
+        })
+    }
+
+    fn state_json(&self) -> Value {
+        let assets: Vec<Value> = self
+            .plant
+            .assets
+            .iter()
+            .map(|a| {
+                let signals: Vec<Value> = self
+                    .plant
+                    .signals
+                    .iter()
+                    .filter(|s| s.asset == a.id)
+                    .map(|s| {
+                        let st = self.twin.signal(&s.id);
+                        let history: Vec<[f64; 2]> = st
+                            .map(|st| {
+                                let n = st.history.len();
+                                let step = n.div_ceil(PLOT_POINTS).max(1);
+                                st.history.iter().step_by(step).map(|p| [p.t_ms as f64, p.value]).collect()
+                            })
+                            .unwrap_or_default();
+                        json!({
+                            "id": s.id,
+                            "unit": s.unit,
+                            "value": st.and_then(|s| s.last).map(|p| p.value),
+                            "t_ms": st.and_then(|s| s.last).map(|p| p.t_ms),
+                            "provenance": st.and_then(|s| s.provenance.clone()),
+                            "history": history,
+                        })
+                    })
+                    .collect();
+                json!({ "id": a.id, "name": a.name, "signals": signals })
+            })
+            .collect();
+        let t = self.twin.complete_until();
+        json!({
+            "plant": self.plant.plant.name,
+            "t_ms": t,
+            "time": t.map(format_time),
+            "line_stopped": self.guard.line_stopped(),
+            "setpoints": self.plant.setpoints.iter().map(|s| (s.id.clone(), self.guard.commanded(&s.id))).collect::<BTreeMap<_, _>>(),
+            "assets": assets,
+        })
+    }
+
+    pub fn publish_snapshot(&mut self, force: bool) {
+        if !force && self.last_snapshot.is_some_and(|t| t.elapsed().as_millis() < 250) {
+            return;
+        }
+        self.last_snapshot = Some(Instant::now());
+        let snap = Snapshot {
+            state: self.state_json(),
+            alerts: json!(self.detectors.active().collect::<Vec<_>>()),
+            proposals: json!({ "pending": self.guard.pending().collect::<Vec<_>>(), "recent": self.recent }),
+            report: self.report(),
+            audit_head: json!(self.audit.head().map(|h| json!({ "seq": h.seq, "hash": h.hash_hex() }))),
+        };
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = snap;
+        }
+    }
+
+    pub fn verify_audit(&self) -> Result<audit::Verification, audit::AuditError> {
+        self.audit.verify(&self.audit_public)
+    }
+}
+
+/// `2026-01-01 06:30:00` from milliseconds since the epoch (UTC).
+pub fn format_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}

@@ -1,0 +1,371 @@
+//! `twinguard demo`: the whole loop on embedded defaults, over the real MQTT path.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use audit::{AuditStore, Entry, SqliteStore};
+use guard::{AgentRegistry, DEFAULT_POLICY, Guard, Policy};
+use ingest::mqtt::{BrokerEndpoint, RawFrame};
+use ingest::{Device, IngestConfig, Verifier};
+use plant_model::Plant;
+use plant_sim::{DEFAULT_START_MS, Fault};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use twin::{CusumConfig, DEFAULT_HISTORY, Twin};
+
+use crate::attack::{self, Attack, AttackReport};
+use crate::core::Core;
+use crate::datadir::DataDir;
+use crate::gateway::{self, GatewayConfig, LevelRamp, PlantStats, SimClock, lock};
+
+pub struct DemoArgs {
+    pub hours: f64,
+    pub speed: f64,
+    pub attack: Option<Attack>,
+    pub seed: u64,
+    pub data_dir: PathBuf,
+    pub plant_file: Option<PathBuf>,
+    pub faults: Vec<String>,
+    pub broker: Option<String>,
+    pub api_port: u16,
+    pub quiet: bool,
+}
+
+const AGENTS: [&str; 2] = ["maintenance", "optimiser"];
+
+fn load_plant(path: &Option<PathBuf>) -> Result<Plant> {
+    match path {
+        None => Ok(Plant::reference()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read plant file {}", p.display()))?;
+            Ok(Plant::parse(&text, &p.display().to_string())?)
+        }
+    }
+}
+
+pub async fn run(args: DemoArgs) -> Result<Value> {
+    if !(args.hours > 0.0 && args.hours <= 24.0 * 365.0) {
+        bail!("--hours must be more than 0 and at most one year, got {}", args.hours);
+    }
+    if !(args.speed >= 0.0 && args.speed.is_finite()) {
+        bail!("--speed must be 0 (as fast as possible) or a positive number, got {}", args.speed);
+    }
+    let faults = args
+        .faults
+        .iter()
+        .map(|f| Fault::parse(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let plant = Arc::new(load_plant(&args.plant_file)?);
+    let dir = DataDir::open(&args.data_dir)?;
+
+    // Per-install keys and secrets.
+    let audit_key = dir.key("audit")?;
+    let actuation_key = dir.key("actuation")?;
+    let devices = dir.enrol_edge_devices(&plant)?;
+    let operator_token = dir.operator_token()?;
+    let mut agent_keys = HashMap::new();
+    for a in AGENTS {
+        agent_keys.insert(a, dir.key(&format!("agent-{a}"))?);
+    }
+
+    // Broker: embedded by default.
+    let (endpoint_for, broker_desc): (Box<dyn Fn(&str) -> BrokerEndpoint>, String) = match &args.broker {
+        None => {
+            let secrets = dir.mqtt_secrets(&["twinguard", "edge-gateway", "intruder"])?;
+            let port = crate::broker::free_port()?;
+            crate::broker::start(port, secrets.users.clone().into_iter().collect())?;
+            crate::broker::wait_ready(port).await?;
+            let users = secrets.users;
+            (
+                Box::new(move |user: &str| BrokerEndpoint {
+                    host: "127.0.0.1".into(),
+                    port,
+                    username: Some(user.to_string()),
+                    password: users.get(user).cloned(),
+                }),
+                format!("embedded MQTT broker on 127.0.0.1:{port}"),
+            )
+        }
+        Some(addr) => {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
+                .with_context(|| format!("--broker {addr:?} is not HOST:PORT"))?;
+            let username = std::env::var("TWINGUARD_MQTT_USERNAME").ok();
+            let password = std::env::var("TWINGUARD_MQTT_PASSWORD").ok();
+            (
+                Box::new(move |_user: &str| BrokerEndpoint {
+                    host: host.clone(),
+                    port,
+                    username: username.clone(),
+                    password: password.clone(),
+                }),
+                format!("external MQTT broker at {addr}"),
+            )
+        }
+    };
+
+    // Audit log first: if it cannot be opened, nothing runs.
+    let mut store = SqliteStore::open(&dir.audit_db(), audit_key.clone())?;
+    store.append(&[Entry::new(
+        DEFAULT_START_MS,
+        "run_started",
+        json!({ "seed": args.seed, "hours": args.hours, "attack": args.attack, "faults": args.faults, "plant": plant.plant.id, "broker": broker_desc }),
+    )])?;
+
+    let registry: Vec<Device> = devices
+        .iter()
+        .map(|(id, d)| -> Result<Device> {
+            Ok(Device {
+                id: id.clone(),
+                key: frames::keys::parse_public(&d.public_key, &format!("device {id}"))?,
+                asset: d.asset.clone(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let verifier = Verifier::new(plant.clone(), registry, IngestConfig::default());
+    let mut agents = AgentRegistry::default();
+    for (name, key) in &agent_keys {
+        agents.register(name, key.verifying_key());
+    }
+    let asset_ids: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
+    let policy = Policy::parse(DEFAULT_POLICY, "<default policy>", &asset_ids)?;
+    let guard = Guard::new(plant.clone(), agents, policy);
+
+    // Actuation client.
+    let (act_client, mut act_ev) = rumqttc::AsyncClient::new(endpoint_for("twinguard").options("twinguard-actuation"), 64);
+    tokio::spawn(async move {
+        loop {
+            if act_ev.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let sink = actuate::MqttSink::new(plant.clone(), act_client, actuation_key.clone(), 0);
+
+    // Ingest subscription, ready before the plant starts publishing.
+    let (frames_tx, frames_rx) = mpsc::channel::<RawFrame>(1024);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    tokio::spawn(ingest::mqtt::run_subscriber(
+        endpoint_for("twinguard"),
+        "twinguard-ingest".into(),
+        vec![format!("twinguard/{}/+/telemetry", plant.plant.id)],
+        frames_tx,
+        Some(ready_tx),
+    ));
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .map_err(|_| anyhow::anyhow!("could not subscribe at the {broker_desc} within 10 s"))??;
+
+    // API and page.
+    let snapshot = Arc::new(RwLock::new(api::Snapshot::default()));
+    let (ops_tx, ops_rx) = mpsc::channel(64);
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", args.api_port)).await {
+        Ok(l) => l,
+        Err(e) if args.api_port != 0 => {
+            eprintln!("port {} is busy ({e}); using a free port instead", args.api_port);
+            tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let api_addr = listener.local_addr()?;
+    let api_state = api::ApiState::new(snapshot.clone(), ops_tx, "operator", &operator_token);
+    tokio::spawn(async move {
+        if let Err(e) = api::serve(listener, api_state).await {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    });
+    if !args.quiet {
+        eprintln!("twinguard: {broker_desc}; data in {}", args.data_dir.display());
+        eprintln!("twinguard: live twin at http://{api_addr}/#token={operator_token}");
+    }
+
+    let clock = SimClock::default();
+    let (progress_tx, progress_rx) = watch::channel(i64::MIN);
+    let token_leak = (args.attack == Some(Attack::StolenAgentToken)).then(|| Arc::new(Mutex::new(None)));
+    let core = Core {
+        plant: plant.clone(),
+        verifier,
+        twin: Twin::new(plant.clone(), DEFAULT_HISTORY, CusumConfig::default()),
+        detectors: detect::Detectors::new(plant.clone()),
+        guard,
+        maintenance: agents::Maintenance::new(agents::Identity::new("maintenance", agent_keys["maintenance"].clone())),
+        optimiser: agents::Optimiser::new(agents::Identity::new("optimiser", agent_keys["optimiser"].clone())),
+        sink: Box::new(sink),
+        audit: Box::new(store),
+        audit_public: audit_key.verifying_key(),
+        clock: clock.clone(),
+        snapshot: snapshot.clone(),
+        progress: progress_tx,
+        token_leak: token_leak.clone(),
+        next_agent_ms: None,
+        recent: VecDeque::new(),
+        commands: VecDeque::new(),
+        audit_failure: None,
+        last_snapshot: None,
+        detections_by_kind: BTreeMap::new(),
+    };
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let core_task = tokio::spawn(core.run(frames_rx, ops_rx, stop_rx));
+
+    // Attacks.
+    let end_ms = DEFAULT_START_MS + (args.hours * 3_600_000.0) as i64;
+    let attack_report = Arc::new(Mutex::new(AttackReport::default()));
+    let attack_task = args.attack.map(|a| {
+        let (p, c, r) = (plant.clone(), clock.clone(), attack_report.clone());
+        let intruder = endpoint_for("intruder");
+        let dir = args.data_dir.clone();
+        let api = api_addr.to_string();
+        let leak = token_leak.clone();
+        tokio::spawn(async move {
+            match a {
+                Attack::ForgedFrames => attack::forged_frames(p, intruder, c, DEFAULT_START_MS, end_ms, r).await,
+                Attack::Replay => attack::replay(p, intruder, c, DEFAULT_START_MS, end_ms, r).await,
+                Attack::StolenAgentToken => match leak {
+                    Some(l) => attack::stolen_token(api, l, c, DEFAULT_START_MS, end_ms, dir, r).await,
+                    None => Ok(()),
+                },
+                Attack::FdiLevel => Ok(()),
+            }
+        })
+    });
+
+    // The plant.
+    let plant_stats = Arc::new(Mutex::new(PlantStats::default()));
+    let mut device_keys = HashMap::new();
+    for a in &plant.assets {
+        device_keys.insert(a.device.clone(), dir.edge_key(&a.device)?);
+    }
+    let gw = GatewayConfig {
+        plant: plant.clone(),
+        seed: args.seed,
+        start_ms: DEFAULT_START_MS,
+        hours: args.hours,
+        speed: args.speed,
+        batch: 5,
+        lead_ms: 10_000,
+        faults,
+        level_ramp: (args.attack == Some(Attack::FdiLevel)).then_some(LevelRamp {
+            start_s: 3600,
+            metres_per_hour: 0.3,
+        }),
+        endpoint: endpoint_for("edge-gateway"),
+        device_keys,
+        actuation_key: actuation_key.verifying_key(),
+    };
+    let progress_task = (!args.quiet).then(|| {
+        let mut rx = progress_rx.clone();
+        let snapshot = snapshot.clone();
+        let hours = args.hours;
+        tokio::spawn(async move {
+            let mut next_h = 1.0;
+            while rx.changed().await.is_ok() {
+                let t = *rx.borrow();
+                let h = (t - DEFAULT_START_MS) as f64 / 3_600_000.0;
+                if h >= next_h {
+                    next_h = h.floor() + 1.0;
+                    let r = snapshot.read().map(|s| s.report.clone()).unwrap_or_default();
+                    eprintln!(
+                        "[{h:5.1}/{hours} h] samples accepted {} · frames rejected {} · detections {} · executed {} · pending {}",
+                        r["samples"]["accepted"],
+                        r["frames"]["rejected"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>()),
+                        r["detections"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>()),
+                        r["proposals"]["executed"],
+                        r["proposals"]["pending"],
+                    );
+                }
+            }
+        })
+    });
+    let gateway_result = tokio::select! {
+        r = gateway::run(gw, clock.clone(), progress_rx, plant_stats.clone()) => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("twinguard: interrupted; finishing the report");
+            Ok(())
+        }
+    };
+    if let Some(t) = attack_task {
+        match tokio::time::timeout(Duration::from_secs(30), t).await {
+            Ok(Ok(Err(e))) => lock(&attack_report).notes.push(format!("attack failed: {e:#}")),
+            Err(_) => lock(&attack_report).notes.push("attack did not finish within 30 s".into()),
+            _ => {}
+        }
+    }
+    // Let the last frames and commands land, then stop the core.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stop_tx.send(());
+    let mut core = core_task.await.context("the core task failed")?;
+    if let Some(p) = progress_task {
+        p.abort();
+    }
+    gateway_result?;
+
+    let mut report = core.report();
+    let finished = Entry::new(clock.now_ms(), "run_finished", report.clone());
+    core.audit.append(&[finished])?;
+    let verification = core.verify_audit()?;
+    let head = core.audit.head();
+    report["audit"] = json!({
+        "records": core.audit.records(),
+        "head": head.as_ref().map(|h| h.hash_hex()),
+        "head_seq": head.as_ref().map(|h| h.seq),
+        "verified": verification.problem.is_none(),
+        "problem": verification.problem,
+        "failure": core.audit_failure,
+    });
+    report["data_dir"] = json!(args.data_dir.display().to_string());
+    report["seed"] = json!(args.seed);
+    report["hours"] = json!(args.hours);
+    report["attack"] = json!(args.attack);
+    report["attack_report"] = json!(*lock(&attack_report));
+    report["plant"] = json!(*lock(&plant_stats));
+    report["api"] = json!(format!("http://{api_addr}"));
+    core.publish_snapshot(true);
+    Ok(report)
+}
+
+/// The human-readable summary.
+pub fn summary(r: &Value) -> String {
+    let obj = |v: &Value| -> String {
+        match v.as_object() {
+            Some(m) if !m.is_empty() => m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+            _ => "none".into(),
+        }
+    };
+    let plant = &r["plant"]["truth"];
+    let mut s = String::new();
+    s.push_str(&format!("twinguard demo: {} simulated hours, seed {}, attack {}\n", r["hours"], r["seed"], r["attack"]));
+    s.push_str(&format!("  samples accepted   {}\n", r["samples"]["accepted"]));
+    s.push_str(&format!("  samples rejected   {}\n", obj(&r["samples"]["rejected"])));
+    s.push_str(&format!("  detections         {}\n", obj(&r["detections"])));
+    s.push_str(&format!(
+        "  proposals          executed {}, pending {}, denied: {}\n",
+        r["proposals"]["executed"],
+        r["proposals"]["pending"],
+        obj(&r["proposals"]["denied"])
+    ));
+    s.push_str(&format!("  executed by agent  {}\n", obj(&r["actions_executed_by_agent"])));
+    s.push_str(&format!("  line stops         {}\n", r["line_stops"]));
+    if let Some(a) = r["alerts"].as_array().filter(|a| !a.is_empty()) {
+        s.push_str(&format!("  alerts             {}\n", a.len()));
+    }
+    s.push_str(&format!(
+        "  plant              good bottles {}, energy {:.1} kWh ({:.2} Wh per good bottle), bearing wear {:.2}, pump failures {}\n",
+        plant["good_bottles"],
+        plant["energy_kwh"].as_f64().unwrap_or(0.0),
+        plant["energy_per_good_bottle_wh"].as_f64().unwrap_or(0.0),
+        plant["bearing_wear"].as_f64().unwrap_or(0.0),
+        plant["pump_failures"]
+    ));
+    s.push_str(&format!(
+        "  audit              {} records, head {}, {}\n",
+        r["audit"]["records"],
+        r["audit"]["head"].as_str().unwrap_or("-"),
+        if r["audit"]["verified"] == json!(true) { "verified" } else { "NOT VERIFIED" }
+    ));
+    s.push_str(&format!("  data directory     {}\n", r["data_dir"].as_str().unwrap_or("")));
+    s
+}

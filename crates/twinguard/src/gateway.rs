@@ -1,0 +1,278 @@
+//! The plant side of the demo: the reference simulator behind its edge gateway.
+//!
+//! The gateway signs each asset's samples with that asset's device key and publishes them
+//! in batches to the asset's telemetry topic. It accepts commands only in envelopes signed
+//! by twinguard's actuation key, fresh and never repeated; anything else is refused and
+//! counted. It runs in lockstep with twinguard's pipeline (never more than `lead_ms` of
+//! simulated time ahead of what twinguard has processed) so that simulated time can run
+//! much faster than real time without the freshness checks losing meaning.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use frames::{CommandBody, Envelope, Kind, TelemetryBody, WireSample, encode, to_body};
+use ingest::mqtt::BrokerEndpoint;
+use plant_model::Plant;
+use plant_sim::{Fault, Sim, Truth};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// The simulated world's clock, shared by the plant and twinguard in the demo.
+#[derive(Clone, Default)]
+pub struct SimClock(Arc<AtomicI64>);
+
+impl SimClock {
+    pub fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn set(&self, t: i64) {
+        self.0.store(t, Ordering::SeqCst);
+    }
+}
+
+/// A compromised gateway that adds a slow ramp to the tank level it reports, after signing
+/// keys and all: validly signed, false data.
+#[derive(Debug, Clone, Copy)]
+pub struct LevelRamp {
+    pub start_s: u64,
+    pub metres_per_hour: f64,
+}
+
+pub struct GatewayConfig {
+    pub plant: Arc<Plant>,
+    pub seed: u64,
+    pub start_ms: i64,
+    pub hours: f64,
+    /// Simulated seconds per wall second; 0 runs as fast as the pipeline allows.
+    pub speed: f64,
+    /// Ticks (seconds) per frame.
+    pub batch: u32,
+    pub lead_ms: i64,
+    pub faults: Vec<Fault>,
+    pub level_ramp: Option<LevelRamp>,
+    pub endpoint: BrokerEndpoint,
+    pub device_keys: HashMap<String, SigningKey>,
+    pub actuation_key: VerifyingKey,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlantStats {
+    pub frames_published: u64,
+    pub commands_applied: u64,
+    pub commands_refused: HashMap<String, u64>,
+    pub truth: Option<TruthReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TruthReport {
+    pub bearing_wear: f64,
+    pub pump_failures: u32,
+    pub line_stopped: bool,
+    pub in_maintenance: bool,
+    pub good_bottles: f64,
+    pub energy_kwh: f64,
+    pub energy_per_good_bottle_wh: Option<f64>,
+}
+
+impl From<Truth> for TruthReport {
+    fn from(t: Truth) -> Self {
+        TruthReport {
+            bearing_wear: t.bearing_wear,
+            pump_failures: t.failures,
+            line_stopped: t.line_stopped,
+            in_maintenance: t.in_maintenance,
+            good_bottles: t.good_bottles.floor(),
+            energy_kwh: t.energy_kwh,
+            energy_per_good_bottle_wh: (t.good_bottles > 0.0).then(|| t.energy_kwh * 1000.0 / t.good_bottles),
+        }
+    }
+}
+
+/// Checks command envelopes on the plant side.
+pub struct CommandCheck {
+    key: VerifyingKey,
+    last_seq: u64,
+    max_age_ms: i64,
+}
+
+impl CommandCheck {
+    pub fn new(key: VerifyingKey) -> CommandCheck {
+        CommandCheck {
+            key,
+            last_seq: 0,
+            max_age_ms: 60_000,
+        }
+    }
+
+    /// The command, or the reason it is refused.
+    pub fn check(&mut self, topic: &str, bytes: &[u8], now_ms: i64) -> Result<CommandBody, &'static str> {
+        let env = Envelope::decode(bytes).map_err(|_| "malformed")?;
+        if env.kind != Kind::Command {
+            return Err("malformed");
+        }
+        if env.signer != actuate::SIGNER {
+            return Err("unknown_signer");
+        }
+        env.verify(topic, &self.key).map_err(|e| match e {
+            frames::FrameError::Unsigned => "unsigned",
+            _ => "bad_signature",
+        })?;
+        let body = CommandBody::parse(env.body).map_err(|_| "malformed")?;
+        if body.seq <= self.last_seq {
+            return Err("replay");
+        }
+        if (now_ms - body.ts_ms).abs() > self.max_age_ms {
+            return Err("stale");
+        }
+        self.last_seq = body.seq;
+        Ok(body)
+    }
+}
+
+/// Runs the plant for the configured hours. `progress` is the newest time twinguard has
+/// fully processed.
+pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Receiver<i64>, stats: Arc<Mutex<PlantStats>>) -> Result<()> {
+    let plant = cfg.plant.clone();
+    let mut sim = Sim::new(&plant, cfg.seed, cfg.start_ms).context("cannot build the reference plant")?;
+    for f in &cfg.faults {
+        sim.add_fault(f.clone());
+    }
+    clock.set(sim.now_ms());
+    let (client, mut eventloop) = AsyncClient::new(cfg.endpoint.options("edge-gateway"), 512);
+    client
+        .subscribe(format!("twinguard/{}/+/cmd", plant.plant.id), QoS::AtLeastOnce)
+        .await
+        .context("cannot subscribe to command topics")?;
+    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if cmd_tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "edge gateway connection error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+
+    // Device, topic and signal indices per asset.
+    struct Out {
+        device: String,
+        topic: String,
+        signals: Vec<(usize, String, String)>,
+        seq: u64,
+    }
+    let mut outs: Vec<Out> = plant
+        .assets
+        .iter()
+        .map(|a| Out {
+            device: a.device.clone(),
+            topic: plant.telemetry_topic(&a.id),
+            signals: plant
+                .signals
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.asset == a.id)
+                .map(|(i, s)| (i, s.id.clone(), s.unit.clone()))
+                .collect(),
+            seq: 0,
+        })
+        .collect();
+    let level_idx = sim.signal_index("tank.level");
+    let mut check = CommandCheck::new(cfg.actuation_key);
+    let total_s = (cfg.hours * 3600.0).round() as u64;
+    let started = Instant::now();
+    let mut t_s = 0u64;
+    while t_s < total_s {
+        // Commands that arrived since the last batch.
+        while let Ok((topic, bytes)) = cmd_rx.try_recv() {
+            let now = sim.now_ms();
+            match check.check(&topic, &bytes, now) {
+                Ok(body) => match sim.apply(&body.command) {
+                    Ok(()) => lock(&stats).commands_applied += 1,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "plant refused a command");
+                        *lock(&stats).commands_refused.entry("invalid".into()).or_default() += 1;
+                    }
+                },
+                Err(reason) => *lock(&stats).commands_refused.entry(reason.into()).or_default() += 1,
+            }
+        }
+        let n = u64::from(cfg.batch).min(total_s - t_s);
+        let mut samples: Vec<Vec<WireSample>> = vec![Vec::new(); outs.len()];
+        for _ in 0..n {
+            let mut tick = sim.step();
+            t_s += 1;
+            if let (Some(r), Some(i)) = (cfg.level_ramp, level_idx) {
+                if t_s > r.start_s {
+                    if let Some(v) = tick.values.get_mut(i) {
+                        *v += r.metres_per_hour * (t_s - r.start_s) as f64 / 3600.0;
+                    }
+                }
+            }
+            for (o, buf) in outs.iter().zip(samples.iter_mut()) {
+                for (i, id, unit) in &o.signals {
+                    if let Some(v) = tick.values.get(*i) {
+                        buf.push(WireSample {
+                            signal: id.clone(),
+                            t_ms: tick.t_ms,
+                            value: *v,
+                            unit: unit.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        let now = sim.now_ms();
+        clock.set(now);
+        for (o, buf) in outs.iter_mut().zip(samples) {
+            o.seq += 1;
+            let body = to_body(&TelemetryBody {
+                seq: o.seq,
+                ts_ms: now,
+                samples: buf,
+            });
+            let key = cfg.device_keys.get(&o.device).with_context(|| format!("no key for device {}", o.device))?;
+            let bytes = encode(Kind::Telemetry, &o.topic, &o.device, &body, Some(key))?;
+            client
+                .publish(o.topic.clone(), QoS::AtLeastOnce, false, bytes)
+                .await
+                .context("cannot publish telemetry")?;
+        }
+        lock(&stats).frames_published += outs.len() as u64;
+        // Lockstep: stay within lead_ms of what twinguard has processed.
+        let wait_for = now - cfg.lead_ms;
+        if tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| *p >= wait_for))
+            .await
+            .is_err()
+        {
+            anyhow::bail!("twinguard's pipeline made no progress for 30 s at simulated time {now}");
+        }
+        if cfg.speed > 0.0 {
+            let due = Duration::from_secs_f64(t_s as f64 / cfg.speed);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    let end = sim.now_ms();
+    let _ = tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| *p >= end)).await;
+    lock(&stats).truth = Some(sim.truth().into());
+    let _ = client.disconnect().await;
+    Ok(())
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
