@@ -85,6 +85,8 @@ fn mean_recent(twin: &Twin, id: &str, window_ms: i64) -> Option<f64> {
 
 /// Vibration (mm/s) at which ISO 10816 puts a pump of this class in zone D (damage).
 pub const VIBRATION_DANGER: f64 = 7.1;
+/// Vibration (mm/s) above which the pump is not sped up (ISO 10816 zone C: restricted).
+pub const VIBRATION_WATCH: f64 = 4.5;
 
 pub struct Maintenance {
     id: Identity,
@@ -277,8 +279,10 @@ impl Agent for Optimiser {
             return out; // stopped or starting
         }
         // Pumping product that the filler cannot take only to recirculate it heats it for
-        // nothing: slow the pump until recirculation is small.
-        if recirc > 0.6 {
+        // nothing: slow the pump until recirculation is small. One 50 rpm step moves the
+        // flow by about 0.8 m3/h, so the dead band (0.05 to 1.0) is wider than a step and
+        // the agent does not hunt.
+        if recirc > 1.0 {
             let target = ((speed - 50.0) / 10.0).round() * 10.0;
             out.push(self.id.sign(
                 Action::SetSetpoint {
@@ -289,7 +293,7 @@ impl Agent for Optimiser {
                 vec![],
                 now_ms,
             ));
-        } else if recirc < 0.1 && speed < 1700.0 {
+        } else if recirc < 0.05 && speed < 1700.0 && twin.value("pump.vibration").is_some_and(|v| v < VIBRATION_WATCH) {
             let target = ((speed + 50.0) / 10.0).round() * 10.0;
             out.push(self.id.sign(
                 Action::SetSetpoint {

@@ -21,6 +21,8 @@ pub enum FaultKind {
     ValveStick,
     /// The pasteuriser loses `magnitude` of its effectiveness per hour.
     Fouling,
+    /// The pump bearing wears `magnitude` times faster (target `pump`).
+    Wear,
 }
 
 impl FaultKind {
@@ -32,6 +34,7 @@ impl FaultKind {
             "spike" => FaultKind::Spike,
             "stick" | "valve-stick" => FaultKind::ValveStick,
             "fouling" => FaultKind::Fouling,
+            "wear" => FaultKind::Wear,
             _ => return None,
         })
     }
@@ -42,6 +45,7 @@ impl FaultKind {
             FaultKind::Bias => 0.2,
             FaultKind::Spike => 5.0,
             FaultKind::Fouling => 0.02,
+            FaultKind::Wear => 3.0,
             FaultKind::Stuck | FaultKind::ValveStick => 0.0,
         }
     }
@@ -58,7 +62,7 @@ pub struct Fault {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("fault {spec:?}: {message} (expected kind:target@start[+duration][=magnitude], kinds: stuck, drift, bias, spike, stick, fouling)")]
+#[error("fault {spec:?}: {message} (expected kind:target@start[+duration][=magnitude], kinds: stuck, drift, bias, spike, stick, fouling, wear)")]
 pub struct FaultParseError {
     pub spec: String,
     pub message: String,

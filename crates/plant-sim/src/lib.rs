@@ -398,7 +398,13 @@ impl Sim {
 
         // Bearing wear grows with speed cubed and with itself, until failure.
         if pump_available && self.speed > 1.0 {
-            self.wear += self.wear_rate * n.powi(3) * (1.0 + 3.0 * self.wear) * dt;
+            let factor: f64 = self
+                .faults
+                .iter()
+                .filter(|f| f.kind == FaultKind::Wear && f.active(self.t_s))
+                .map(|f| f.magnitude.max(0.0))
+                .product();
+            self.wear += self.wear_rate * factor * n.powi(3) * (1.0 + 3.0 * self.wear) * dt;
             if self.wear >= 1.0 {
                 self.wear = 1.0;
                 self.failed = true;
@@ -550,7 +556,7 @@ impl Sim {
                         v += f.magnitude;
                     }
                 }
-                FaultKind::ValveStick | FaultKind::Fouling => {}
+                FaultKind::ValveStick | FaultKind::Fouling | FaultKind::Wear => {}
             }
         }
         v

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use twin::Twin;
 
-use crate::gateway::SimClock;
+use crate::gateway::{Progress, SimClock};
 
 /// How often agents look at the plant (data time).
 const AGENT_PERIOD_MS: i64 = 60_000;
@@ -41,7 +41,7 @@ pub struct Core {
     pub audit_public: VerifyingKey,
     pub clock: SimClock,
     pub snapshot: Arc<RwLock<Snapshot>>,
-    pub progress: watch::Sender<i64>,
+    pub progress: watch::Sender<Progress>,
     /// Where a thief could copy the optimiser's token from (only set in the stolen-token demo).
     pub token_leak: Option<Arc<std::sync::Mutex<Option<String>>>>,
     pub(crate) next_agent_ms: Option<i64>,
@@ -151,7 +151,7 @@ impl Core {
             for id in self.guard.expire(t) {
                 self.audit(vec![Entry::new(t, "approval_expired", json!({ "proposal_id": id }))]);
             }
-            self.progress.send_replace(t);
+            self.progress.send_modify(|p| p.t_ms = t);
         }
         self.publish_snapshot(false);
     }
@@ -226,6 +226,7 @@ impl Core {
         }
         match self.sink.send(approved, now) {
             Ok(sent) => {
+                self.progress.send_modify(|p| p.commands_sent += 1);
                 let v = json!(sent);
                 self.audit(vec![Entry::new(now, "actuation", v.clone())]);
                 self.commands.push_back(v.clone());

@@ -178,15 +178,13 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
             tracing::error!(error = %e, "HTTP API stopped");
         }
     });
-    if !args.quiet {
-        eprintln!("twinguard: {broker_desc}; data in {}", args.data_dir.display());
-        eprintln!("twinguard: live twin at http://{api_addr}/#token={operator_token}");
-    }
+    eprintln!("twinguard: {broker_desc}; data in {}", args.data_dir.display());
+    eprintln!("twinguard: live twin at http://{api_addr}/#token={operator_token}");
 
     let clock = SimClock::default();
-    let (progress_tx, progress_rx) = watch::channel(i64::MIN);
+    let (progress_tx, progress_rx) = watch::channel(gateway::Progress::default());
     let token_leak = (args.attack == Some(Attack::StolenAgentToken)).then(|| Arc::new(Mutex::new(None)));
-    let core = Core {
+    let mut core = Core {
         plant: plant.clone(),
         verifier,
         twin: Twin::new(plant.clone(), DEFAULT_HISTORY, CusumConfig::default()),
@@ -208,6 +206,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         last_snapshot: None,
         detections_by_kind: BTreeMap::new(),
     };
+    core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();
     let core_task = tokio::spawn(core.run(frames_rx, ops_rx, stop_rx));
 
@@ -263,7 +262,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         tokio::spawn(async move {
             let mut next_h = 1.0;
             while rx.changed().await.is_ok() {
-                let t = *rx.borrow();
+                let t = rx.borrow().t_ms;
                 let h = (t - DEFAULT_START_MS) as f64 / 3_600_000.0;
                 if h >= next_h {
                     next_h = h.floor() + 1.0;

@@ -22,6 +22,23 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde::Serialize;
 use tokio::sync::watch;
 
+/// How far twinguard has got, for the demo's lockstep: the newest time it has fully
+/// processed and the number of commands it has sent to the plant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub t_ms: i64,
+    pub commands_sent: u64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            t_ms: i64::MIN,
+            commands_sent: 0,
+        }
+    }
+}
+
 /// The simulated world's clock, shared by the plant and twinguard in the demo.
 #[derive(Clone, Default)]
 pub struct SimClock(Arc<AtomicI64>);
@@ -136,7 +153,7 @@ impl CommandCheck {
 
 /// Runs the plant for the configured hours. `progress` is the newest time twinguard has
 /// fully processed.
-pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Receiver<i64>, stats: Arc<Mutex<PlantStats>>) -> Result<()> {
+pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Receiver<Progress>, stats: Arc<Mutex<PlantStats>>) -> Result<()> {
     let plant = cfg.plant.clone();
     let mut sim = Sim::new(&plant, cfg.seed, cfg.start_ms).context("cannot build the reference plant")?;
     for f in &cfg.faults {
@@ -148,7 +165,7 @@ pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Recei
         .subscribe(format!("twinguard/{}/+/cmd", plant.plant.id), QoS::AtLeastOnce)
         .await
         .context("cannot subscribe to command topics")?;
-    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -194,20 +211,23 @@ pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Recei
     let total_s = (cfg.hours * 3600.0).round() as u64;
     let started = Instant::now();
     let mut t_s = 0u64;
+    let mut received = 0u64;
     while t_s < total_s {
-        // Commands that arrived since the last batch.
-        while let Ok((topic, bytes)) = cmd_rx.try_recv() {
-            let now = sim.now_ms();
-            match check.check(&topic, &bytes, now) {
-                Ok(body) => match sim.apply(&body.command) {
-                    Ok(()) => lock(&stats).commands_applied += 1,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "plant refused a command");
-                        *lock(&stats).commands_refused.entry("invalid".into()).or_default() += 1;
-                    }
-                },
-                Err(reason) => *lock(&stats).commands_refused.entry(reason.into()).or_default() += 1,
+        // Every command twinguard has sent so far is applied before the plant moves on,
+        // as it would be within a second in real time.
+        let sent = progress.borrow().commands_sent;
+        while received < sent {
+            match tokio::time::timeout(Duration::from_secs(10), cmd_rx.recv()).await {
+                Ok(Some((topic, bytes))) => {
+                    received += 1;
+                    apply_command(&mut sim, &mut check, &topic, &bytes, &stats);
+                }
+                _ => anyhow::bail!("{} of {sent} commands sent by twinguard did not reach the plant within 10 s", sent - received),
             }
+        }
+        while let Ok((topic, bytes)) = cmd_rx.try_recv() {
+            received += 1;
+            apply_command(&mut sim, &mut check, &topic, &bytes, &stats);
         }
         let n = u64::from(cfg.batch).min(total_s - t_s);
         let mut samples: Vec<Vec<WireSample>> = vec![Vec::new(); outs.len()];
@@ -253,7 +273,7 @@ pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Recei
         lock(&stats).frames_published += outs.len() as u64;
         // Lockstep: stay within lead_ms of what twinguard has processed.
         let wait_for = now - cfg.lead_ms;
-        if tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| *p >= wait_for))
+        if tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| p.t_ms >= wait_for))
             .await
             .is_err()
         {
@@ -267,10 +287,23 @@ pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Recei
         }
     }
     let end = sim.now_ms();
-    let _ = tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| *p >= end)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| p.t_ms >= end)).await;
     lock(&stats).truth = Some(sim.truth().into());
     let _ = client.disconnect().await;
     Ok(())
+}
+
+fn apply_command(sim: &mut Sim, check: &mut CommandCheck, topic: &str, bytes: &[u8], stats: &Mutex<PlantStats>) {
+    match check.check(topic, bytes, sim.now_ms()) {
+        Ok(body) => match sim.apply(&body.command) {
+            Ok(()) => lock(stats).commands_applied += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "plant refused a command");
+                *lock(stats).commands_refused.entry("invalid".into()).or_default() += 1;
+            }
+        },
+        Err(reason) => *lock(stats).commands_refused.entry(reason.into()).or_default() += 1,
+    }
 }
 
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
