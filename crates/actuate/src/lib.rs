@@ -45,7 +45,13 @@ pub trait CommandSink: Send {
 }
 
 /// Builds the signed envelope for an approved command.
-pub fn envelope(plant: &Plant, key: &SigningKey, approved: &Approved, seq: u64, now_ms: i64) -> Result<(String, Vec<u8>), ActuateError> {
+pub fn envelope(
+    plant: &Plant,
+    key: &SigningKey,
+    approved: &Approved,
+    seq: u64,
+    now_ms: i64,
+) -> Result<(String, Vec<u8>), ActuateError> {
     let c = approved.command();
     let topic = plant.command_topic(&c.asset);
     let body = to_body(&CommandBody {
@@ -55,9 +61,11 @@ pub fn envelope(plant: &Plant, key: &SigningKey, approved: &Approved, seq: u64, 
         asset: c.asset.clone(),
         command: c.command.clone(),
     });
-    let bytes = encode(Kind::Command, &topic, SIGNER, &body, Some(key)).map_err(|e| ActuateError::Encode {
-        id: c.id.clone(),
-        message: e.to_string(),
+    let bytes = encode(Kind::Command, &topic, SIGNER, &body, Some(key)).map_err(|e| {
+        ActuateError::Encode {
+            id: c.id.clone(),
+            message: e.to_string(),
+        }
     })?;
     Ok((topic, bytes))
 }
@@ -73,7 +81,12 @@ pub struct MqttSink {
 impl MqttSink {
     /// `client` must have its event loop polled elsewhere. `first_seq` continues the
     /// sequence across restarts so that the plant's replay window accepts new commands.
-    pub fn new(plant: Arc<Plant>, client: AsyncClient, key: SigningKey, first_seq: u64) -> MqttSink {
+    pub fn new(
+        plant: Arc<Plant>,
+        client: AsyncClient,
+        key: SigningKey,
+        first_seq: u64,
+    ) -> MqttSink {
         MqttSink {
             plant,
             client,

@@ -42,7 +42,9 @@ impl Identity {
 
     /// True when the token is missing or expires within `margin_ms` (rotate before expiry).
     pub fn needs_token(&self, now_ms: i64, margin_ms: i64) -> bool {
-        self.token.as_ref().is_none_or(|t| t.expires_ms - now_ms < margin_ms)
+        self.token
+            .as_ref()
+            .is_none_or(|t| t.expires_ms - now_ms < margin_ms)
     }
 
     /// The current token's value, as a thief with access to the agent's pod would copy it.
@@ -50,7 +52,13 @@ impl Identity {
         self.token.as_ref().map(|t| t.value.as_str())
     }
 
-    fn sign(&mut self, action: Action, reason: String, evidence: Vec<u64>, now_ms: i64) -> SignedProposal {
+    fn sign(
+        &mut self,
+        action: Action,
+        reason: String,
+        evidence: Vec<u64>,
+        now_ms: i64,
+    ) -> SignedProposal {
         self.nonce += 1;
         let p = Proposal {
             agent: self.name.clone(),
@@ -60,7 +68,11 @@ impl Identity {
             created_ms: now_ms,
             nonce: format!("{}-{}-{}", self.name, now_ms, self.nonce),
         };
-        let token = self.token.as_ref().map(|t| t.value.clone()).unwrap_or_default();
+        let token = self
+            .token
+            .as_ref()
+            .map(|t| t.value.clone())
+            .unwrap_or_default();
         sign_proposal(&p, &token, &self.key)
     }
 }
@@ -123,7 +135,11 @@ impl Maintenance {
     /// last three hours of ten-minute means), None without a rising trend.
     fn estimate(&self) -> Option<f64> {
         let last = self.trend.back()?;
-        let pts: Vec<&(i64, f64)> = self.trend.iter().filter(|(t, _)| last.0 - t <= 3 * 3_600_000).collect();
+        let pts: Vec<&(i64, f64)> = self
+            .trend
+            .iter()
+            .filter(|(t, _)| last.0 - t <= 3 * 3_600_000)
+            .collect();
         if pts.len() < 6 {
             return None;
         }
@@ -157,7 +173,9 @@ impl Agent for Maintenance {
             .copied()
             .filter(|d| {
                 d.kind == DetectionKind::LimitHigh
-                    && d.evidence.signals.iter().any(|s| s == "pump.vibration" || s == "pump.bearing_temp" || s == "tank.level")
+                    && d.evidence.signals.iter().any(|s| {
+                        s == "pump.vibration" || s == "pump.bearing_temp" || s == "tank.level"
+                    })
             })
             .collect();
         if damage.iter().any(|d| !self.stop_cited.contains(&d.id)) {
@@ -184,7 +202,11 @@ impl Agent for Maintenance {
             return out;
         };
         self.trend.push_back((now_ms, v));
-        while self.trend.front().is_some_and(|(t, _)| now_ms - t > 12 * 3_600_000) {
+        while self
+            .trend
+            .front()
+            .is_some_and(|(t, _)| now_ms - t > 12 * 3_600_000)
+        {
             self.trend.pop_front();
         }
         self.hours_to_danger = self.estimate();
@@ -192,7 +214,9 @@ impl Agent for Maintenance {
             return out;
         };
         if h < self.maintenance_horizon_h
-            && self.maintenance_proposed_ms.is_none_or(|t| now_ms - t > 6 * 3_600_000)
+            && self
+                .maintenance_proposed_ms
+                .is_none_or(|t| now_ms - t > 6 * 3_600_000)
         {
             self.maintenance_proposed_ms = Some(now_ms);
             out.push(self.id.sign(
@@ -205,7 +229,9 @@ impl Agent for Maintenance {
         let speed = twin.value("pump.speed").unwrap_or(0.0);
         if h < self.derate_horizon_h
             && speed > 1350.0
-            && self.last_derate_ms.is_none_or(|t| now_ms - t > 30 * 60 * 1000)
+            && self
+                .last_derate_ms
+                .is_none_or(|t| now_ms - t > 30 * 60 * 1000)
         {
             self.last_derate_ms = Some(now_ms);
             let target = ((speed - 100.0) / 10.0).round() * 10.0;
@@ -214,7 +240,9 @@ impl Agent for Maintenance {
                     setpoint: "pump.speed_sp".into(),
                     value: target.max(1300.0),
                 },
-                format!("derate the pump to slow bearing wear until maintenance ({h:.1} h to danger)"),
+                format!(
+                    "derate the pump to slow bearing wear until maintenance ({h:.1} h to danger)"
+                ),
                 vec![],
                 now_ms,
             ));
@@ -293,14 +321,21 @@ impl Agent for Optimiser {
                 vec![],
                 now_ms,
             ));
-        } else if recirc < 0.05 && speed < 1700.0 && twin.value("pump.vibration").is_some_and(|v| v < VIBRATION_WATCH) {
+        } else if recirc < 0.05
+            && speed < 1700.0
+            && twin
+                .value("pump.vibration")
+                .is_some_and(|v| v < VIBRATION_WATCH)
+        {
             let target = ((speed + 50.0) / 10.0).round() * 10.0;
             out.push(self.id.sign(
                 Action::SetSetpoint {
                     setpoint: "pump.speed_sp".into(),
                     value: target,
                 },
-                format!("filler starved (recirculation {recirc:.2} m3/h): pump speed to {target} rpm"),
+                format!(
+                    "filler starved (recirculation {recirc:.2} m3/h): pump speed to {target} rpm"
+                ),
                 vec![],
                 now_ms,
             ));
@@ -308,7 +343,8 @@ impl Agent for Optimiser {
         // Hold temperature with a margin above the pasteurisation limit; each degree less
         // is steam saved.
         let sp = self.temp_sp.unwrap_or(temp.round());
-        if reject < self.max_reject && sp - 0.5 >= self.min_temp_sp && temp > self.min_temp_sp + 0.3 {
+        if reject < self.max_reject && sp - 0.5 >= self.min_temp_sp && temp > self.min_temp_sp + 0.3
+        {
             let target = sp - 0.5;
             out.push(self.id.sign(
                 Action::SetSetpoint {

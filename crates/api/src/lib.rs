@@ -42,12 +42,29 @@ pub type Reply = oneshot::Sender<Result<Value, String>>;
 /// A write, handled by the core.
 #[derive(Debug)]
 pub enum Op {
-    Approve { id: u64, by: String, reply: Reply },
-    Reject { id: u64, by: String, reply: Reply },
-    Stop { by: String, reply: Reply },
-    Start { by: String, reply: Reply },
+    Approve {
+        id: u64,
+        by: String,
+        reply: Reply,
+    },
+    Reject {
+        id: u64,
+        by: String,
+        reply: Reply,
+    },
+    Stop {
+        by: String,
+        reply: Reply,
+    },
+    Start {
+        by: String,
+        reply: Reply,
+    },
     /// A signed proposal from an external agent (JSON of `guard::SignedProposal`).
-    AgentProposal { body: Value, reply: Reply },
+    AgentProposal {
+        body: Value,
+        reply: Reply,
+    },
 }
 
 #[derive(Clone)]
@@ -60,7 +77,12 @@ pub struct ApiState {
 
 impl ApiState {
     /// `operator_token` authenticates the operator named `operator`.
-    pub fn new(snapshot: Arc<RwLock<Snapshot>>, ops: mpsc::Sender<Op>, operator: &str, operator_token: &str) -> ApiState {
+    pub fn new(
+        snapshot: Arc<RwLock<Snapshot>>,
+        ops: mpsc::Sender<Op>,
+        operator: &str,
+        operator_token: &str,
+    ) -> ApiState {
         ApiState {
             snapshot,
             ops,
@@ -69,7 +91,8 @@ impl ApiState {
         }
     }
 
-    fn authenticate(&self, headers: &HeaderMap) -> Result<String, Response> {
+    /// The operator's name, or why the request is not authenticated.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<String, &'static str> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -77,8 +100,8 @@ impl ApiState {
             .map(|t| -> [u8; 32] { Sha256::digest(t.trim().as_bytes()).into() });
         match presented {
             Some(h) if h == self.operator_token_hash => Ok(self.operator.clone()),
-            Some(_) => Err(error(StatusCode::UNAUTHORIZED, "operator token is not valid")),
-            None => Err(error(StatusCode::UNAUTHORIZED, "missing header Authorization: Bearer <operator token>")),
+            Some(_) => Err("operator token is not valid"),
+            None => Err("missing header Authorization: Bearer <operator token>"),
         }
     }
 }
@@ -91,24 +114,46 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/api/v1/state", get(|s: State<ApiState>, h: HeaderMap| read(s, h, |s| s.state.clone())))
-        .route("/api/v1/alerts", get(|s: State<ApiState>, h: HeaderMap| read(s, h, |s| s.alerts.clone())))
-        .route("/api/v1/proposals", get(|s: State<ApiState>, h: HeaderMap| read(s, h, |s| s.proposals.clone())))
-        .route("/api/v1/report", get(|s: State<ApiState>, h: HeaderMap| read(s, h, |s| s.report.clone())))
-        .route("/api/v1/audit/head", get(|s: State<ApiState>, h: HeaderMap| read(s, h, |s| s.audit_head.clone())))
+        .route(
+            "/api/v1/state",
+            get(|s: State<ApiState>, h: HeaderMap| read(s, h, |s| s.state.clone())),
+        )
+        .route(
+            "/api/v1/alerts",
+            get(|s: State<ApiState>, h: HeaderMap| read(s, h, |s| s.alerts.clone())),
+        )
+        .route(
+            "/api/v1/proposals",
+            get(|s: State<ApiState>, h: HeaderMap| read(s, h, |s| s.proposals.clone())),
+        )
+        .route(
+            "/api/v1/report",
+            get(|s: State<ApiState>, h: HeaderMap| read(s, h, |s| s.report.clone())),
+        )
+        .route(
+            "/api/v1/audit/head",
+            get(|s: State<ApiState>, h: HeaderMap| read(s, h, |s| s.audit_head.clone())),
+        )
         .route("/api/v1/proposals/{id}/approve", post(approve))
         .route("/api/v1/proposals/{id}/reject", post(reject))
         .route("/api/v1/stop", post(stop))
         .route("/api/v1/start", post(start))
         .route("/api/v1/agent/proposals", post(agent_proposal))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(10)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(10),
+        ))
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .with_state(state)
 }
 
-async fn read(State(s): State<ApiState>, headers: HeaderMap, f: impl Fn(&Snapshot) -> Value) -> Response {
-    if let Err(r) = s.authenticate(&headers) {
-        return r;
+async fn read(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    f: impl Fn(&Snapshot) -> Value,
+) -> Response {
+    if let Err(why) = s.authenticate(&headers) {
+        return error(StatusCode::UNAUTHORIZED, why);
     }
     match s.snapshot.read() {
         Ok(snap) => Json(f(&snap)).into_response(),
@@ -119,47 +164,58 @@ async fn read(State(s): State<ApiState>, headers: HeaderMap, f: impl Fn(&Snapsho
 async fn call(s: &ApiState, make: impl FnOnce(Reply) -> Op) -> Response {
     let (tx, rx) = oneshot::channel();
     if s.ops.send(make(tx)).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the core is not running; nothing executes");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the core is not running; nothing executes",
+        );
     }
     match tokio::time::timeout(Duration::from_secs(5), rx).await {
         Ok(Ok(Ok(v))) => Json(v).into_response(),
         Ok(Ok(Err(msg))) => error(StatusCode::CONFLICT, &msg),
-        _ => error(StatusCode::SERVICE_UNAVAILABLE, "the core did not answer; nothing executed"),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the core did not answer; nothing executed",
+        ),
     }
 }
 
 async fn approve(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
     match s.authenticate(&headers) {
         Ok(by) => call(&s, |reply| Op::Approve { id, by, reply }).await,
-        Err(r) => r,
+        Err(why) => error(StatusCode::UNAUTHORIZED, why),
     }
 }
 
 async fn reject(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
     match s.authenticate(&headers) {
         Ok(by) => call(&s, |reply| Op::Reject { id, by, reply }).await,
-        Err(r) => r,
+        Err(why) => error(StatusCode::UNAUTHORIZED, why),
     }
 }
 
 async fn stop(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     match s.authenticate(&headers) {
         Ok(by) => call(&s, |reply| Op::Stop { by, reply }).await,
-        Err(r) => r,
+        Err(why) => error(StatusCode::UNAUTHORIZED, why),
     }
 }
 
 async fn start(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     match s.authenticate(&headers) {
         Ok(by) => call(&s, |reply| Op::Start { by, reply }).await,
-        Err(r) => r,
+        Err(why) => error(StatusCode::UNAUTHORIZED, why),
     }
 }
 
 async fn agent_proposal(State(s): State<ApiState>, body: axum::body::Bytes) -> Response {
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("request body is not JSON: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("request body is not JSON: {e}"),
+            );
+        }
     };
     call(&s, |reply| Op::AgentProposal { body, reply }).await
 }

@@ -131,21 +131,27 @@ pub fn sign_head(key: &SigningKey, head: &Head) -> [u8; 64] {
 }
 
 pub fn head_signature_ok(key: &VerifyingKey, head: &Head, sig: &[u8; 64]) -> bool {
-    key.verify_strict(&head_message(head.seq, &head.hash), &Signature::from_bytes(sig))
-        .is_ok()
+    key.verify_strict(
+        &head_message(head.seq, &head.hash),
+        &Signature::from_bytes(sig),
+    )
+    .is_ok()
 }
 
 /// Checks a sequence of stored records (in storage order) against the chain rules and the
 /// signed head. Shared by every store so that they agree on what "intact" means.
-pub fn check_chain<I>(records: I, signed_head: Option<(Head, [u8; 64])>, key: &VerifyingKey) -> Verification
+pub fn check_chain<I>(
+    records: I,
+    signed_head: Option<(Head, [u8; 64])>,
+    key: &VerifyingKey,
+) -> Verification
 where
     I: IntoIterator<Item = Record>,
 {
-    let mut expected_seq = 1u64;
     let mut prev = GENESIS;
     let mut count = 0u64;
     let mut last: Option<Head> = None;
-    for r in records {
+    for (expected_seq, r) in (1u64..).zip(records) {
         count += 1;
         let problem = if r.seq != expected_seq {
             if r.seq > expected_seq {
@@ -181,7 +187,6 @@ where
             seq: r.seq,
             hash: r.hash,
         });
-        expected_seq += 1;
     }
     let problem = match (&signed_head, &last) {
         (None, None) => None,
@@ -195,7 +200,10 @@ where
         }),
         (Some((head, _)), None) => Some(Problem {
             seq: 1,
-            what: format!("the signed head names record {} but no records are stored", head.seq),
+            what: format!(
+                "the signed head names record {} but no records are stored",
+                head.seq
+            ),
         }),
         (Some((head, _)), Some(last)) if head.seq > last.seq => Some(Problem {
             seq: last.seq + 1,

@@ -86,8 +86,7 @@ impl SqliteStore {
 
 fn init(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let tables: i64 =
-        conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+    let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     if version == 0 && tables == 0 {
@@ -204,11 +203,18 @@ impl AuditStore for SqliteStore {
                     message: err.to_string(),
                 })?;
                 let hash = record_hash(seq, e.ts_ms, &e.kind, &body, &prev);
-                stmt.execute(params![seq as i64, e.ts_ms, e.kind, body, &prev[..], &hash[..]])
-                    .map_err(|err| AuditError::Io {
-                        path: self.path.clone(),
-                        message: err.to_string(),
-                    })?;
+                stmt.execute(params![
+                    seq as i64,
+                    e.ts_ms,
+                    e.kind,
+                    body,
+                    &prev[..],
+                    &hash[..]
+                ])
+                .map_err(|err| AuditError::Io {
+                    path: self.path.clone(),
+                    message: err.to_string(),
+                })?;
                 prev = hash;
             }
         }

@@ -1,5 +1,13 @@
 //! The audit log detects and locates every kind of tampering.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a test failure"
+)]
+
 use audit::{AuditStore, Entry, Quarantined, SqliteStore};
 use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, params};
@@ -15,7 +23,13 @@ fn filled(n: u64) -> (tempfile::TempDir, std::path::PathBuf) {
     let mut store = SqliteStore::open(&path, key()).unwrap();
     for batch in 0..n / 5 {
         let entries: Vec<Entry> = (0..5)
-            .map(|i| Entry::new((batch * 5 + i) as i64, "detection", json!({"n": batch * 5 + i})))
+            .map(|i| {
+                Entry::new(
+                    (batch * 5 + i) as i64,
+                    "detection",
+                    json!({"n": batch * 5 + i}),
+                )
+            })
             .collect();
         store.append(&entries).unwrap();
     }
@@ -38,7 +52,9 @@ fn intact_log_verifies_and_survives_reopen() {
     assert_eq!(v.records, 20);
     let mut store = SqliteStore::open(&path, key()).unwrap();
     assert_eq!(store.records(), 20);
-    store.append(&[Entry::new(99, "approval", json!({"by": "ana"}))]).unwrap();
+    store
+        .append(&[Entry::new(99, "approval", json!({"by": "ana"}))])
+        .unwrap();
     let v = verify(&path);
     assert_eq!(v.problem, None);
     assert_eq!(v.head.unwrap().seq, 21);
@@ -76,7 +92,9 @@ fn insertion_with_renumbering_is_located() {
     // Shift records 5.. up by one and insert a forged record 5 that chains from 4.
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch("UPDATE audit SET seq = seq + 1000 WHERE seq >= 5; UPDATE audit SET seq = seq - 999 WHERE seq >= 1005;").unwrap();
-    let prev: Vec<u8> = conn.query_row("SELECT hash FROM audit WHERE seq = 4", [], |r| r.get(0)).unwrap();
+    let prev: Vec<u8> = conn
+        .query_row("SELECT hash FROM audit WHERE seq = 4", [], |r| r.get(0))
+        .unwrap();
     let prev: [u8; 32] = prev.try_into().unwrap();
     let h = audit::record_hash(5, 0, "approval", "{}", &prev);
     conn.execute(
@@ -113,12 +131,22 @@ fn forged_head_is_detected() {
 fn corrupt_or_foreign_database_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.db");
-    std::fs::write(&garbage, b"this is not sqlite at all, just some bytes that go on and on").unwrap();
-    let e = SqliteStore::open(&garbage, key()).err().unwrap().to_string();
+    std::fs::write(
+        &garbage,
+        b"this is not sqlite at all, just some bytes that go on and on",
+    )
+    .unwrap();
+    let e = SqliteStore::open(&garbage, key())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("garbage.db"), "{e}");
     let foreign = dir.path().join("foreign.db");
     exec(&foreign, "CREATE TABLE t (x)");
-    let e = SqliteStore::open(&foreign, key()).err().unwrap().to_string();
+    let e = SqliteStore::open(&foreign, key())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("another application"), "{e}");
     let e = SqliteStore::verify_file(&dir.path().join("none.db"), &key().verifying_key())
         .unwrap_err()
@@ -131,7 +159,11 @@ fn quarantine_keeps_the_bytes() {
     let (_d, path) = filled(5);
     let mut store = SqliteStore::open(&path, key()).unwrap();
     let head = store
-        .append(&[Entry::new(1, "frame_rejected", json!({"reason": "bad_signature"}))])
+        .append(&[Entry::new(
+            1,
+            "frame_rejected",
+            json!({"reason": "bad_signature"}),
+        )])
         .unwrap();
     store
         .quarantine(
@@ -147,7 +179,9 @@ fn quarantine_keeps_the_bytes() {
         .unwrap();
     let conn = Connection::open(&path).unwrap();
     let (bytes, seq): (Vec<u8>, i64) = conn
-        .query_row("SELECT bytes, audit_seq FROM quarantine", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT bytes, audit_seq FROM quarantine", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!(bytes, vec![1, 2, 3]);
     assert_eq!(seq as u64, head.seq);

@@ -173,9 +173,7 @@ impl Detectors {
                 }
             }
         }
-        let rate_expired = m
-            .last_rate_violation
-            .is_some_and(|t| s.t_ms - t > HOLD_MS);
+        let rate_expired = m.last_rate_violation.is_some_and(|t| s.t_ms - t > HOLD_MS);
 
         // Stuck value.
         match m.last {
@@ -191,19 +189,34 @@ impl Detectors {
         m.last = Some((s.t_ms, s.value));
 
         if raise_limit {
-            let word = if kind == DetectionKind::LimitHigh { "above" } else { "below" };
+            let word = if kind == DetectionKind::LimitHigh {
+                "above"
+            } else {
+                "below"
+            };
             self.raise(
                 &mut events,
                 (kind, s.signal.clone()),
                 s.t_ms,
                 s.value,
                 limit,
-                format!("{} = {:.3} {} {word} its operating limit {limit}", s.signal, s.value, sig.unit),
+                format!(
+                    "{} = {:.3} {} {word} its operating limit {limit}",
+                    s.signal, s.value, sig.unit
+                ),
                 evidence.clone(),
             );
         } else if clear_limit {
-            self.clear(&mut events, &(DetectionKind::LimitHigh, s.signal.clone()), s.t_ms);
-            self.clear(&mut events, &(DetectionKind::LimitLow, s.signal.clone()), s.t_ms);
+            self.clear(
+                &mut events,
+                &(DetectionKind::LimitHigh, s.signal.clone()),
+                s.t_ms,
+            );
+            self.clear(
+                &mut events,
+                &(DetectionKind::LimitLow, s.signal.clone()),
+                s.t_ms,
+            );
         }
         if let Some(rate) = rate_violation {
             self.raise(
@@ -212,11 +225,18 @@ impl Detectors {
                 s.t_ms,
                 rate,
                 sig.max_rate,
-                format!("{} changed at {rate:.3} {}/s, more than the plausible {}", s.signal, sig.unit, sig.max_rate),
+                format!(
+                    "{} changed at {rate:.3} {}/s, more than the plausible {}",
+                    s.signal, sig.unit, sig.max_rate
+                ),
                 evidence.clone(),
             );
         } else if rate_expired {
-            self.clear(&mut events, &(DetectionKind::Rate, s.signal.clone()), s.t_ms);
+            self.clear(
+                &mut events,
+                &(DetectionKind::Rate, s.signal.clone()),
+                s.t_ms,
+            );
         }
         if stuck {
             self.raise(
@@ -225,11 +245,20 @@ impl Detectors {
                 s.t_ms,
                 s.value,
                 f64::from(sig.stuck_after_s.unwrap_or(0)),
-                format!("{} has read exactly {} for {} s", s.signal, s.value, stuck_for_ms / 1000),
+                format!(
+                    "{} has read exactly {} for {} s",
+                    s.signal,
+                    s.value,
+                    stuck_for_ms / 1000
+                ),
                 evidence,
             );
         } else {
-            self.clear(&mut events, &(DetectionKind::Stuck, s.signal.clone()), s.t_ms);
+            self.clear(
+                &mut events,
+                &(DetectionKind::Stuck, s.signal.clone()),
+                s.t_ms,
+            );
         }
         events
     }
@@ -269,7 +298,10 @@ impl Detectors {
         events
     }
 
-    #[allow(clippy::too_many_arguments, reason = "one call site per detector, all fields named")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site per detector, all fields named"
+    )]
     fn raise(
         &mut self,
         events: &mut Vec<Event>,

@@ -1,6 +1,14 @@
 //! Twin physics and detectors on the reference plant: quiet in normal operation, and each
 //! fault or attack caught by the detector that should catch it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a test failure"
+)]
+
 use std::sync::Arc;
 
 use detect::{DetectionKind, Detectors, Event};
@@ -74,8 +82,18 @@ fn normal_operation_is_quiet() {
 fn validly_signed_false_level_is_caught_by_physics_alone() {
     // +0.3 m per hour from t = 1 h: slow enough for every plausibility check.
     let start = 3600;
-    let r = run(4, 3, &[], |t| if t > start { 0.3 * (t - start) as f64 / 3600.0 } else { 0.0 });
-    let physics: Vec<_> = r.raised.iter().filter(|d| d.1 == DetectionKind::Physics).collect();
+    let r = run(4, 3, &[], |t| {
+        if t > start {
+            0.3 * (t - start) as f64 / 3600.0
+        } else {
+            0.0
+        }
+    });
+    let physics: Vec<_> = r
+        .raised
+        .iter()
+        .filter(|d| d.1 == DetectionKind::Physics)
+        .collect();
     assert!(!physics.is_empty(), "{:?}", r.raised);
     let delay = physics[0].0 - start;
     assert!(delay < 20 * 60, "detected after {delay} s");
@@ -91,7 +109,9 @@ fn validly_signed_false_level_is_caught_by_physics_alone() {
 fn stuck_sensor_is_flagged_as_stuck() {
     let r = run(5, 2, &["stuck:pump.vibration@1800"], |_| 0.0);
     assert!(
-        r.raised.iter().any(|d| d.1 == DetectionKind::Stuck && d.2 == "pump.vibration"),
+        r.raised
+            .iter()
+            .any(|d| d.1 == DetectionKind::Stuck && d.2 == "pump.vibration"),
         "{:?}",
         r.raised
     );
@@ -101,7 +121,9 @@ fn stuck_sensor_is_flagged_as_stuck() {
 fn spikes_are_flagged_as_rate_violations() {
     let r = run(6, 1, &["spike:pump.discharge_pressure@600=4"], |_| 0.0);
     assert!(
-        r.raised.iter().any(|d| d.1 == DetectionKind::Rate && d.2 == "pump.discharge_pressure"),
+        r.raised
+            .iter()
+            .any(|d| d.1 == DetectionKind::Rate && d.2 == "pump.discharge_pressure"),
         "{:?}",
         r.raised
     );
@@ -111,5 +133,9 @@ fn spikes_are_flagged_as_rate_violations() {
 fn biased_level_sensor_breaks_the_mass_balance() {
     // A step bias is a rate violation and a broken balance at once.
     let r = run(7, 2, &["bias:tank.level@3600=0.15"], |_| 0.0);
-    assert!(r.raised.iter().any(|d| d.1 == DetectionKind::Physics), "{:?}", r.raised);
+    assert!(
+        r.raised.iter().any(|d| d.1 == DetectionKind::Physics),
+        "{:?}",
+        r.raised
+    );
 }

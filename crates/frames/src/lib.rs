@@ -140,7 +140,12 @@ fn signer_ok(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
-fn take<'a>(bytes: &'a [u8], at: usize, n: usize, what: &'static str) -> Result<&'a [u8], FrameError> {
+fn take<'a>(
+    bytes: &'a [u8],
+    at: usize,
+    n: usize,
+    what: &'static str,
+) -> Result<&'a [u8], FrameError> {
     bytes
         .get(at..at.checked_add(n).ok_or(FrameError::Truncated(what))?)
         .ok_or(FrameError::Truncated(what))
@@ -213,8 +218,11 @@ impl<'a> Envelope<'a> {
     /// Checks the signature for the topic it arrived on. Unsigned envelopes fail.
     pub fn verify(&self, topic: &str, key: &VerifyingKey) -> Result<(), FrameError> {
         let sig = self.signature.ok_or(FrameError::Unsigned)?;
-        key.verify_strict(&signing_message(topic, self.signed), &Signature::from_bytes(&sig))
-            .map_err(|_| FrameError::BadSignature)
+        key.verify_strict(
+            &signing_message(topic, self.signed),
+            &Signature::from_bytes(&sig),
+        )
+        .map_err(|_| FrameError::BadSignature)
     }
 
     pub fn is_signed(&self) -> bool {

@@ -1,5 +1,13 @@
 //! Envelope encoding, decoding and verification, including hostile bytes.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a test failure"
+)]
+
 use frames::{Alg, Envelope, FrameError, Kind, TelemetryBody, WireSample, encode, keys, to_body};
 use proptest::prelude::*;
 
@@ -37,7 +45,10 @@ fn wrong_key_wrong_topic_and_flipped_bits_fail() {
     let other = keys::generate().unwrap();
     let bytes = encode(Kind::Telemetry, TOPIC, "gw-tank", &body(), Some(&key)).unwrap();
     let env = Envelope::decode(&bytes).unwrap();
-    assert_eq!(env.verify(TOPIC, &other.verifying_key()), Err(FrameError::BadSignature));
+    assert_eq!(
+        env.verify(TOPIC, &other.verifying_key()),
+        Err(FrameError::BadSignature)
+    );
     assert_eq!(
         env.verify("twinguard/line1/pump/telemetry", &key.verifying_key()),
         Err(FrameError::BadSignature)
@@ -46,7 +57,10 @@ fn wrong_key_wrong_topic_and_flipped_bits_fail() {
         let mut b = bytes.clone();
         b[i] ^= 0x01;
         if let Ok(env) = Envelope::decode(&b) {
-            assert!(env.verify(TOPIC, &key.verifying_key()).is_err(), "bit flip at {i} verified");
+            assert!(
+                env.verify(TOPIC, &key.verifying_key()).is_err(),
+                "bit flip at {i} verified"
+            );
         }
     }
 }
@@ -57,15 +71,24 @@ fn unsigned_envelope_is_reported_as_unsigned() {
     let bytes = encode(Kind::Telemetry, TOPIC, "gw-tank", &body(), None).unwrap();
     let env = Envelope::decode(&bytes).unwrap();
     assert_eq!(env.alg, Alg::None);
-    assert_eq!(env.verify(TOPIC, &key.verifying_key()), Err(FrameError::Unsigned));
+    assert_eq!(
+        env.verify(TOPIC, &key.verifying_key()),
+        Err(FrameError::Unsigned)
+    );
 }
 
 #[test]
 fn structural_errors_are_named() {
     let key = keys::generate().unwrap();
     let good = encode(Kind::Telemetry, TOPIC, "gw-tank", &body(), Some(&key)).unwrap();
-    assert!(matches!(Envelope::decode(b"TG"), Err(FrameError::Truncated("magic"))));
-    assert!(matches!(Envelope::decode(b"XXXX\x01\x01\x01a"), Err(FrameError::BadMagic(_))));
+    assert!(matches!(
+        Envelope::decode(b"TG"),
+        Err(FrameError::Truncated("magic"))
+    ));
+    assert!(matches!(
+        Envelope::decode(b"XXXX\x01\x01\x01a"),
+        Err(FrameError::BadMagic(_))
+    ));
     let mut v = good.clone();
     v[4] = 9;
     assert_eq!(Envelope::decode(&v), Err(FrameError::BadVersion(9)));
@@ -117,7 +140,12 @@ fn key_files_round_trip_with_private_mode() {
         assert_eq!(mode, 0o600);
     }
     std::fs::write(&path, "nothex").unwrap();
-    assert!(keys::load(&path).unwrap_err().to_string().contains("64 hex"));
+    assert!(
+        keys::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("64 hex")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

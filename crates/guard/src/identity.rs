@@ -76,7 +76,11 @@ pub enum IdentityError {
     #[error("valid token of agent {agent} presented without a valid signature by its key")]
     TokenWithoutKey { agent: String },
     #[error("proposal of agent {agent} is {age_ms} ms from the guard's clock, limit {limit_ms}")]
-    Stale { agent: String, age_ms: i64, limit_ms: i64 },
+    Stale {
+        agent: String,
+        age_ms: i64,
+        limit_ms: i64,
+    },
     #[error("nonce {nonce:?} of agent {agent} was already used")]
     Replay { agent: String, nonce: String },
 }
@@ -101,13 +105,16 @@ struct AgentEntry {
     revoked: bool,
 }
 
+/// Nonces seen from one agent, with the time each was seen (oldest first).
+type NonceCache = (HashSet<String>, VecDeque<(i64, String)>);
+
 /// Registered agents, their live tokens and their recent nonces.
 #[derive(Debug, Clone)]
 pub struct AgentRegistry {
     agents: HashMap<String, AgentEntry>,
     /// sha256(token) -> (agent, expiry)
     tokens: HashMap<[u8; 32], (String, i64)>,
-    nonces: HashMap<String, (HashSet<String>, VecDeque<(i64, String)>)>,
+    nonces: HashMap<String, NonceCache>,
     pub token_ttl_ms: i64,
     pub max_skew_ms: i64,
 }
@@ -157,7 +164,12 @@ impl AgentRegistry {
 
     /// Issues a fresh token to a registered, unrevoked agent. `random` is its value
     /// (at least 32 hex characters from a secure generator).
-    pub fn issue_token(&mut self, agent: &str, random: String, now_ms: i64) -> Result<Token, IdentityError> {
+    pub fn issue_token(
+        &mut self,
+        agent: &str,
+        random: String,
+        now_ms: i64,
+    ) -> Result<Token, IdentityError> {
         match self.agents.get(agent) {
             None => {
                 return Err(IdentityError::UnknownAgent {
@@ -183,19 +195,26 @@ impl AgentRegistry {
     }
 
     /// Checks a signed proposal and returns the proposal it carries.
-    pub fn authenticate(&mut self, sp: &SignedProposal, now_ms: i64) -> Result<Proposal, IdentityError> {
+    pub fn authenticate(
+        &mut self,
+        sp: &SignedProposal,
+        now_ms: i64,
+    ) -> Result<Proposal, IdentityError> {
         if sp.body.len() > MAX_PROPOSAL_BYTES {
             return Err(IdentityError::Malformed(format!(
                 "body is {} bytes, limit {MAX_PROPOSAL_BYTES}",
                 sp.body.len()
             )));
         }
-        let p: Proposal = serde_json::from_str(&sp.body).map_err(|e| IdentityError::Malformed(e.to_string()))?;
+        let p: Proposal =
+            serde_json::from_str(&sp.body).map_err(|e| IdentityError::Malformed(e.to_string()))?;
         let agent = p.agent.clone();
         let entry = self
             .agents
             .get(&agent)
-            .ok_or_else(|| IdentityError::UnknownAgent { agent: agent.clone() })?;
+            .ok_or_else(|| IdentityError::UnknownAgent {
+                agent: agent.clone(),
+            })?;
         if entry.revoked {
             return Err(IdentityError::Revoked { agent });
         }

@@ -116,6 +116,25 @@ impl DenyReason {
     }
 }
 
+/// A denial on its way to becoming a [`Decision`].
+#[derive(Debug)]
+struct Denial(DenyReason, String);
+
+impl Denial {
+    fn new(reason: DenyReason, detail: impl Into<String>) -> Denial {
+        Denial(reason, detail.into())
+    }
+}
+
+impl From<Denial> for Decision {
+    fn from(d: Denial) -> Decision {
+        Decision::Denied {
+            reason: d.0,
+            detail: d.1,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Decision {
     Execute(Approved),
@@ -136,7 +155,13 @@ pub struct DecisionRecord {
 }
 
 impl Decision {
-    pub fn record(&self, proposal_id: u64, agent: &str, action: Option<&Action>, rule: Option<String>) -> DecisionRecord {
+    pub fn record(
+        &self,
+        proposal_id: u64,
+        agent: &str,
+        action: Option<&Action>,
+        rule: Option<String>,
+    ) -> DecisionRecord {
         let (outcome, reason, detail) = match self {
             Decision::Execute(a) => ("executed", None, format!("command {}", a.0.id)),
             Decision::Pending { why, .. } => ("pending", None, why.clone()),
@@ -196,7 +221,11 @@ pub fn independent_trusted(detections: &[&Detection]) -> usize {
     let mut used: Vec<&str> = Vec::new();
     let mut n = 0;
     for d in detections.iter().filter(|d| d.evidence.trusted) {
-        if d.evidence.signals.iter().any(|s| used.contains(&s.as_str())) {
+        if d.evidence
+            .signals
+            .iter()
+            .any(|s| used.contains(&s.as_str()))
+        {
             continue;
         }
         used.extend(d.evidence.signals.iter().map(String::as_str));
@@ -249,7 +278,12 @@ impl Guard {
     }
 
     /// Decides on a signed proposal. `active` are the detections currently raised.
-    pub fn decide(&mut self, sp: &SignedProposal, active: &[&Detection], now_ms: i64) -> (u64, Decision, DecisionRecord) {
+    pub fn decide(
+        &mut self,
+        sp: &SignedProposal,
+        active: &[&Detection],
+        now_ms: i64,
+    ) -> (u64, Decision, DecisionRecord) {
         let id = self.next_proposal;
         self.next_proposal += 1;
         let proposal = match self.agents.authenticate(sp, now_ms) {
@@ -285,7 +319,11 @@ impl Guard {
         match d {
             Decision::Execute(a) => {
                 self.stats.executed += 1;
-                *self.stats.executed_by_agent.entry(agent.to_string()).or_default() += 1;
+                *self
+                    .stats
+                    .executed_by_agent
+                    .entry(agent.to_string())
+                    .or_default() += 1;
                 if a.0.command == PlantCommand::StopLine {
                     self.stats.line_stops += 1;
                 }
@@ -303,16 +341,26 @@ impl Guard {
     }
 
     /// Policy, state, envelope and tier, for an authenticated proposal.
-    fn evaluate(&mut self, id: u64, p: &Proposal, active: &[&Detection], now_ms: i64) -> (Decision, Option<String>) {
+    fn evaluate(
+        &mut self,
+        id: u64,
+        p: &Proposal,
+        active: &[&Detection],
+        now_ms: i64,
+    ) -> (Decision, Option<String>) {
         let asset = match self.target_asset(&p.action) {
             Ok(a) => a,
-            Err(d) => return (d, None),
+            Err(d) => return (d.into(), None),
         };
         let Some(rule) = self.policy.allows(&p.agent, p.action.kind(), &asset) else {
             return (
                 Self::deny(
                     DenyReason::Policy,
-                    format!("no policy rule allows agent {} to {} on {asset}", p.agent, p.action.kind()),
+                    format!(
+                        "no policy rule allows agent {} to {} on {asset}",
+                        p.agent,
+                        p.action.kind()
+                    ),
                 ),
                 None,
             );
@@ -320,16 +368,21 @@ impl Guard {
         let rule = Some(rule);
         if self.line_stopped && p.action != Action::StopLine {
             return (
-                Self::deny(DenyReason::LineStopped, "the line is stopped; nothing automatic runs until a human restarts it"),
+                Self::deny(
+                    DenyReason::LineStopped,
+                    "the line is stopped; nothing automatic runs until a human restarts it",
+                ),
                 rule,
             );
         }
         let tier = match &p.action {
             Action::SetSetpoint { setpoint, value } => {
                 if let Err(d) = self.check_envelope(setpoint, *value, now_ms) {
-                    return (d, rule);
+                    return (d.into(), rule);
                 }
-                self.plant.setpoint(setpoint).map_or(RiskTier::Approve, |s| s.risk)
+                self.plant
+                    .setpoint(setpoint)
+                    .map_or(RiskTier::Approve, |s| s.risk)
             }
             Action::Maintenance { .. } => RiskTier::Approve,
             Action::StopLine => {
@@ -346,7 +399,13 @@ impl Guard {
             }
         };
         let decision = match tier {
-            RiskTier::Auto => Decision::Execute(self.approve_now(p.action.clone(), &asset, &p.agent, vec![], now_ms)),
+            RiskTier::Auto => Decision::Execute(self.approve_now(
+                p.action.clone(),
+                &asset,
+                &p.agent,
+                vec![],
+                now_ms,
+            )),
             RiskTier::Approve => {
                 let why = match &p.action {
                     Action::StopLine => "a line stop without two independent detections on trusted data needs a human".to_string(),
@@ -369,35 +428,51 @@ impl Guard {
         (decision, rule)
     }
 
-    fn target_asset(&self, action: &Action) -> Result<String, Decision> {
+    fn target_asset(&self, action: &Action) -> Result<String, Denial> {
         match action {
             Action::SetSetpoint { setpoint, .. } => self
                 .plant
                 .setpoint(setpoint)
                 .map(|s| s.asset.clone())
-                .ok_or_else(|| Self::deny(DenyReason::UnknownTarget, format!("unknown setpoint {setpoint:?}"))),
+                .ok_or_else(|| {
+                    Denial::new(
+                        DenyReason::UnknownTarget,
+                        format!("unknown setpoint {setpoint:?}"),
+                    )
+                }),
             Action::Maintenance { asset } => self
                 .plant
                 .asset(asset)
                 .map(|a| a.id.clone())
-                .ok_or_else(|| Self::deny(DenyReason::UnknownTarget, format!("unknown asset {asset:?}"))),
+                .ok_or_else(|| {
+                    Denial::new(
+                        DenyReason::UnknownTarget,
+                        format!("unknown asset {asset:?}"),
+                    )
+                }),
             Action::StopLine => Ok("line".to_string()),
         }
     }
 
-    fn check_envelope(&mut self, setpoint: &str, value: f64, now_ms: i64) -> Result<(), Decision> {
+    fn check_envelope(&mut self, setpoint: &str, value: f64, now_ms: i64) -> Result<(), Denial> {
         let Some(sp) = self.plant.setpoint(setpoint) else {
-            return Err(Self::deny(DenyReason::UnknownTarget, format!("unknown setpoint {setpoint:?}")));
+            return Err(Denial::new(
+                DenyReason::UnknownTarget,
+                format!("unknown setpoint {setpoint:?}"),
+            ));
         };
         if !value.is_finite() || value < sp.min || value > sp.max {
-            return Err(Self::deny(
+            return Err(Denial::new(
                 DenyReason::Envelope,
-                format!("{setpoint} = {value} is outside its envelope [{}, {}] {}", sp.min, sp.max, sp.unit),
+                format!(
+                    "{setpoint} = {value} is outside its envelope [{}, {}] {}",
+                    sp.min, sp.max, sp.unit
+                ),
             ));
         }
         let current = self.commanded.get(setpoint).copied().unwrap_or(sp.initial);
         if (value - current).abs() > sp.max_step + 1e-9 {
-            return Err(Self::deny(
+            return Err(Denial::new(
                 DenyReason::Envelope,
                 format!(
                     "{setpoint}: step from {current} to {value} is {} {}, more than the max step {}",
@@ -412,20 +487,34 @@ impl Guard {
             recent.pop_front();
         }
         if recent.len() as u32 >= sp.max_changes_per_hour {
-            return Err(Self::deny(
+            return Err(Denial::new(
                 DenyReason::RateLimit,
-                format!("{setpoint} already changed {} times in the last hour (limit {})", recent.len(), sp.max_changes_per_hour),
+                format!(
+                    "{setpoint} already changed {} times in the last hour (limit {})",
+                    recent.len(),
+                    sp.max_changes_per_hour
+                ),
             ));
         }
         Ok(())
     }
 
     /// The only place an [`Approved`] is made. Updates the guard's view of the plant.
-    fn approve_now(&mut self, action: Action, asset: &str, origin: &str, approved_by: Vec<String>, now_ms: i64) -> Approved {
+    fn approve_now(
+        &mut self,
+        action: Action,
+        asset: &str,
+        origin: &str,
+        approved_by: Vec<String>,
+        now_ms: i64,
+    ) -> Approved {
         let command = match action {
             Action::SetSetpoint { setpoint, value } => {
                 self.commanded.insert(setpoint.clone(), value);
-                self.changes.entry(setpoint.clone()).or_default().push_back(now_ms);
+                self.changes
+                    .entry(setpoint.clone())
+                    .or_default()
+                    .push_back(now_ms);
                 PlantCommand::SetSetpoint { setpoint, value }
             }
             Action::StopLine => {
@@ -448,24 +537,38 @@ impl Guard {
     /// A human approves a pending proposal. The envelope is checked again: the plant may
     /// have moved on since the proposal was made.
     pub fn approve(&mut self, id: u64, human: &str, now_ms: i64) -> Result<Decision, String> {
-        let p = self.pending.remove(&id).ok_or_else(|| format!("no pending approval {id}"))?;
+        let p = self
+            .pending
+            .remove(&id)
+            .ok_or_else(|| format!("no pending approval {id}"))?;
         let agent = p.proposal.agent.clone();
         let decision = if now_ms > p.expires_ms {
-            Self::deny(DenyReason::Expired, format!("approval {id} expired at {}", p.expires_ms))
+            Self::deny(
+                DenyReason::Expired,
+                format!("approval {id} expired at {}", p.expires_ms),
+            )
         } else if self.line_stopped && p.proposal.action != Action::StopLine {
             Self::deny(DenyReason::LineStopped, "the line is stopped")
         } else {
             let asset = match self.target_asset(&p.proposal.action) {
                 Ok(a) => a,
-                Err(d) => return Ok(d),
+                Err(d) => return Ok(d.into()),
             };
             let check = match &p.proposal.action {
-                Action::SetSetpoint { setpoint, value } => self.check_envelope(setpoint, *value, now_ms),
+                Action::SetSetpoint { setpoint, value } => {
+                    self.check_envelope(setpoint, *value, now_ms)
+                }
                 _ => Ok(()),
             };
             match check {
-                Err(d) => d,
-                Ok(()) => Decision::Execute(self.approve_now(p.proposal.action.clone(), &asset, &agent, vec![human.to_string()], now_ms)),
+                Err(d) => d.into(),
+                Ok(()) => Decision::Execute(self.approve_now(
+                    p.proposal.action.clone(),
+                    &asset,
+                    &agent,
+                    vec![human.to_string()],
+                    now_ms,
+                )),
             }
         };
         self.count(&decision, &agent);
@@ -474,7 +577,10 @@ impl Guard {
 
     /// A human rejects a pending proposal.
     pub fn reject(&mut self, id: u64, human: &str) -> Result<Decision, String> {
-        let p = self.pending.remove(&id).ok_or_else(|| format!("no pending approval {id}"))?;
+        let p = self
+            .pending
+            .remove(&id)
+            .ok_or_else(|| format!("no pending approval {id}"))?;
         let d = Self::deny(DenyReason::Rejected, format!("rejected by {human}"));
         self.count(&d, &p.proposal.agent);
         Ok(d)
@@ -499,7 +605,13 @@ impl Guard {
 
     /// The stop button: a human drives the line to its safe state. Always allowed.
     pub fn human_stop(&mut self, human: &str, now_ms: i64) -> Approved {
-        let a = self.approve_now(Action::StopLine, "line", human, vec![human.to_string()], now_ms);
+        let a = self.approve_now(
+            Action::StopLine,
+            "line",
+            human,
+            vec![human.to_string()],
+            now_ms,
+        );
         self.stats.line_stops += 1;
         a
     }

@@ -26,7 +26,10 @@ pub struct Policy {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("policy {source_name}: {message}")]
-    Syntax { source_name: String, message: String },
+    Syntax {
+        source_name: String,
+        message: String,
+    },
     #[error("policy {source_name}: allow[{index}]: {message}")]
     Invalid {
         source_name: String,
@@ -50,7 +53,10 @@ impl Policy {
             };
             for k in &r.kinds {
                 if !KINDS.contains(&k.as_str()) {
-                    return Err(bad(format!("unknown action kind {k:?} (known: {})", KINDS.join(", "))));
+                    return Err(bad(format!(
+                        "unknown action kind {k:?} (known: {})",
+                        KINDS.join(", ")
+                    )));
                 }
             }
             for a in &r.assets {
@@ -65,8 +71,10 @@ impl Policy {
     /// The rule that allows it, described for the audit log, or None (deny).
     pub fn allows(&self, agent: &str, kind: &str, asset: &str) -> Option<String> {
         self.allow.iter().enumerate().find_map(|(i, r)| {
-            (r.agent == agent && r.kinds.iter().any(|k| k == kind) && r.assets.iter().any(|a| a == asset))
-                .then(|| format!("allow[{i}]: {agent} may {kind} on {asset}"))
+            (r.agent == agent
+                && r.kinds.iter().any(|k| k == kind)
+                && r.assets.iter().any(|a| a == asset))
+            .then(|| format!("allow[{i}]: {agent} may {kind} on {asset}"))
         })
     }
 }

@@ -1,10 +1,21 @@
 //! The guard: identity, policy, envelopes, tiers and corroboration.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a test failure"
+)]
+
 use std::sync::Arc;
 
 use detect::{Detection, DetectionKind, Evidence};
 use ed25519_dalek::SigningKey;
-use guard::{Action, AgentRegistry, Decision, DenyReason, Guard, Policy, Proposal, DEFAULT_POLICY, sign_proposal};
+use guard::{
+    Action, AgentRegistry, DEFAULT_POLICY, Decision, DenyReason, Guard, Policy, Proposal,
+    sign_proposal,
+};
 use plant_model::{Plant, PlantCommand};
 use proptest::prelude::*;
 
@@ -25,7 +36,10 @@ fn setup() -> Setup {
     let mut reg = AgentRegistry::default();
     reg.register("optimiser", key.verifying_key());
     reg.register("maintenance", key.verifying_key());
-    let token = reg.issue_token("optimiser", "a".repeat(64), T0).unwrap().value;
+    let token = reg
+        .issue_token("optimiser", "a".repeat(64), T0)
+        .unwrap()
+        .value;
     Setup {
         guard: Guard::new(plant, reg, policy),
         key,
@@ -35,12 +49,23 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    fn propose(&mut self, agent: &str, action: Action, evidence: Vec<u64>, active: &[&Detection], now: i64) -> Decision {
+    fn propose(
+        &mut self,
+        agent: &str,
+        action: Action,
+        evidence: Vec<u64>,
+        active: &[&Detection],
+        now: i64,
+    ) -> Decision {
         self.nonce += 1;
         let token = if agent == "optimiser" {
             self.token.clone()
         } else {
-            self.guard.agents().issue_token(agent, format!("{:064}", self.nonce), now).unwrap().value
+            self.guard
+                .agents()
+                .issue_token(agent, format!("{:064}", self.nonce), now)
+                .unwrap()
+                .value
         };
         let p = Proposal {
             agent: agent.into(),
@@ -101,13 +126,27 @@ fn changes_per_hour_are_limited() {
     let mut v = 1600.0;
     for i in 0..6 {
         v -= 50.0;
-        assert!(matches!(s.propose("optimiser", speed(v), vec![], &[], T0 + i * 1000), Decision::Execute(_)));
+        assert!(matches!(
+            s.propose("optimiser", speed(v), vec![], &[], T0 + i * 1000),
+            Decision::Execute(_)
+        ));
     }
     let d = s.propose("optimiser", speed(v - 50.0), vec![], &[], T0 + 10_000);
     assert_eq!(denied(&d), Some(DenyReason::RateLimit));
     let later = T0 + 3_600_000 + 10_000;
-    s.token = s.guard.agents().issue_token("optimiser", "b".repeat(64), later).unwrap().value;
-    assert!(matches!(s.propose("optimiser", speed(v - 50.0), vec![], &[], later), Decision::Execute(_)), "window slides");
+    s.token = s
+        .guard
+        .agents()
+        .issue_token("optimiser", "b".repeat(64), later)
+        .unwrap()
+        .value;
+    assert!(
+        matches!(
+            s.propose("optimiser", speed(v - 50.0), vec![], &[], later),
+            Decision::Execute(_)
+        ),
+        "window slides"
+    );
 }
 
 #[test]
@@ -162,18 +201,30 @@ fn replayed_signed_request_is_refused() {
         nonce: "once".into(),
     };
     let sp = sign_proposal(&p, &s.token, &s.key);
-    assert!(matches!(s.guard.decide(&sp, &[], T0).1, Decision::Execute(_)));
-    assert_eq!(denied(&s.guard.decide(&sp, &[], T0 + 1).1), Some(DenyReason::Replay));
+    assert!(matches!(
+        s.guard.decide(&sp, &[], T0).1,
+        Decision::Execute(_)
+    ));
+    assert_eq!(
+        denied(&s.guard.decide(&sp, &[], T0 + 1).1),
+        Some(DenyReason::Replay)
+    );
 }
 
 #[test]
 fn revocation_and_expiry_take_effect_at_once() {
     let mut s = setup();
     s.guard.agents().revoke("optimiser");
-    assert_eq!(denied(&s.propose("optimiser", speed(1550.0), vec![], &[], T0)), Some(DenyReason::Identity));
+    assert_eq!(
+        denied(&s.propose("optimiser", speed(1550.0), vec![], &[], T0)),
+        Some(DenyReason::Identity)
+    );
     let mut s = setup();
     let late = T0 + 16 * 60 * 1000;
-    assert_eq!(denied(&s.propose("optimiser", speed(1550.0), vec![], &[], late)), Some(DenyReason::Identity));
+    assert_eq!(
+        denied(&s.propose("optimiser", speed(1550.0), vec![], &[], late)),
+        Some(DenyReason::Identity)
+    );
 }
 
 fn detection(id: u64, signals: &[&str], trusted: bool) -> Detection {
@@ -202,26 +253,69 @@ fn line_stop_needs_two_independent_trusted_detections_or_a_human() {
 
     let mut s = setup();
     let d = s.propose("maintenance", Action::StopLine, vec![1], &[&vib], T0);
-    assert!(matches!(d, Decision::Pending { .. }), "one detection: {d:?}");
-    let d = s.propose("maintenance", Action::StopLine, vec![1, 3], &[&vib, &vib_again], T0);
-    assert!(matches!(d, Decision::Pending { .. }), "same signal twice is not independent");
-    let d = s.propose("maintenance", Action::StopLine, vec![1, 4], &[&vib, &suspect], T0);
-    assert!(matches!(d, Decision::Pending { .. }), "untrusted evidence does not count");
+    assert!(
+        matches!(d, Decision::Pending { .. }),
+        "one detection: {d:?}"
+    );
+    let d = s.propose(
+        "maintenance",
+        Action::StopLine,
+        vec![1, 3],
+        &[&vib, &vib_again],
+        T0,
+    );
+    assert!(
+        matches!(d, Decision::Pending { .. }),
+        "same signal twice is not independent"
+    );
+    let d = s.propose(
+        "maintenance",
+        Action::StopLine,
+        vec![1, 4],
+        &[&vib, &suspect],
+        T0,
+    );
+    assert!(
+        matches!(d, Decision::Pending { .. }),
+        "untrusted evidence does not count"
+    );
     let d = s.propose("maintenance", Action::StopLine, vec![1, 2], &[&vib], T0);
-    assert!(matches!(d, Decision::Pending { .. }), "cited evidence must be active");
-    let d = s.propose("maintenance", Action::StopLine, vec![1, 2], &[&vib, &temp], T0);
+    assert!(
+        matches!(d, Decision::Pending { .. }),
+        "cited evidence must be active"
+    );
+    let d = s.propose(
+        "maintenance",
+        Action::StopLine,
+        vec![1, 2],
+        &[&vib, &temp],
+        T0,
+    );
     assert!(matches!(d, Decision::Execute(_)), "{d:?}");
     assert!(s.guard.line_stopped());
     assert_eq!(s.guard.stats().line_stops, 1);
     // Nothing automatic while stopped.
-    assert_eq!(denied(&s.propose("optimiser", speed(1550.0), vec![], &[], T0)), Some(DenyReason::LineStopped));
+    assert_eq!(
+        denied(&s.propose("optimiser", speed(1550.0), vec![], &[], T0)),
+        Some(DenyReason::LineStopped)
+    );
 }
 
 #[test]
 fn human_approval_executes_and_rechecks_the_envelope() {
     let mut s = setup();
-    let d = s.propose("maintenance", Action::Maintenance { asset: "pump".into() }, vec![], &[], T0);
-    let Decision::Pending { id, .. } = d else { panic!("{d:?}") };
+    let d = s.propose(
+        "maintenance",
+        Action::Maintenance {
+            asset: "pump".into(),
+        },
+        vec![],
+        &[],
+        T0,
+    );
+    let Decision::Pending { id, .. } = d else {
+        panic!("{d:?}")
+    };
     assert_eq!(s.guard.pending().count(), 1);
     let d = s.guard.approve(id, "ana", T0 + 1000).unwrap();
     match d {
@@ -232,8 +326,18 @@ fn human_approval_executes_and_rechecks_the_envelope() {
         other => panic!("{other:?}"),
     }
     assert!(s.guard.approve(id, "ana", T0).is_err(), "approved twice");
-    let d = s.propose("maintenance", Action::Maintenance { asset: "pump".into() }, vec![], &[], T0);
-    let Decision::Pending { id, .. } = d else { panic!() };
+    let d = s.propose(
+        "maintenance",
+        Action::Maintenance {
+            asset: "pump".into(),
+        },
+        vec![],
+        &[],
+        T0,
+    );
+    let Decision::Pending { id, .. } = d else {
+        panic!()
+    };
     let d = s.guard.approve(id, "ana", T0 + 2 * 3_600_000).unwrap();
     assert_eq!(denied(&d), Some(DenyReason::Expired));
 }

@@ -311,14 +311,22 @@ impl Verifier {
         if now_ms - body.ts_ms > self.config.max_age_ms {
             return Err(frame_err(
                 Reason::Stale,
-                format!("frame is {} ms old, limit {}", now_ms - body.ts_ms, self.config.max_age_ms),
+                format!(
+                    "frame is {} ms old, limit {}",
+                    now_ms - body.ts_ms,
+                    self.config.max_age_ms
+                ),
                 Some(env.signer),
             ));
         }
         if body.ts_ms - now_ms > self.config.max_future_ms {
             return Err(frame_err(
                 Reason::Future,
-                format!("frame is {} ms ahead of the clock, tolerance {}", body.ts_ms - now_ms, self.config.max_future_ms),
+                format!(
+                    "frame is {} ms ahead of the clock, tolerance {}",
+                    body.ts_ms - now_ms,
+                    self.config.max_future_ms
+                ),
                 Some(env.signer),
             ));
         }
@@ -359,14 +367,19 @@ impl Verifier {
         frame_ts: i64,
         now_ms: i64,
     ) -> Result<(), (Reason, String)> {
-        let signal = self
-            .plant
-            .signal(&s.signal)
-            .ok_or_else(|| (Reason::UnknownSignal, format!("signal {:?} is not in the plant file", s.signal)))?;
+        let signal = self.plant.signal(&s.signal).ok_or_else(|| {
+            (
+                Reason::UnknownSignal,
+                format!("signal {:?} is not in the plant file", s.signal),
+            )
+        })?;
         if signal.asset != device.asset {
             return Err((
                 Reason::UnauthorizedSignal,
-                format!("device {} may not publish {} (asset {})", device.id, s.signal, signal.asset),
+                format!(
+                    "device {} may not publish {} (asset {})",
+                    device.id, s.signal, signal.asset
+                ),
             ));
         }
         if s.unit != signal.unit {
@@ -376,7 +389,10 @@ impl Verifier {
             ));
         }
         if !s.value.is_finite() {
-            return Err((Reason::NotFinite, format!("{} is not a finite number", s.signal)));
+            return Err((
+                Reason::NotFinite,
+                format!("{} is not a finite number", s.signal),
+            ));
         }
         if s.value < signal.range[0] || s.value > signal.range[1] {
             return Err((
@@ -390,7 +406,10 @@ impl Verifier {
         if s.t_ms > frame_ts || now_ms - s.t_ms > self.config.max_age_ms {
             return Err((
                 Reason::Stale,
-                format!("{} sample time {} is after its frame or older than the freshness limit", s.signal, s.t_ms),
+                format!(
+                    "{} sample time {} is after its frame or older than the freshness limit",
+                    s.signal, s.t_ms
+                ),
             ));
         }
         Ok(())

@@ -29,7 +29,10 @@ impl BrokerEndpoint {
     pub fn options(&self, client_id: &str) -> MqttOptions {
         let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
         o.set_keep_alive(Duration::from_secs(30));
-        o.set_max_packet_size(frames::MAX_ENVELOPE_BYTES + 1024, frames::MAX_ENVELOPE_BYTES + 1024);
+        o.set_max_packet_size(
+            frames::MAX_ENVELOPE_BYTES + 1024,
+            frames::MAX_ENVELOPE_BYTES + 1024,
+        );
         o.set_clean_session(true);
         if let (Some(u), Some(p)) = (&self.username, &self.password) {
             o.set_credentials(u.clone(), p.clone());

@@ -1,5 +1,13 @@
 //! Every integrity check of the ingest stage, one rejection reason at a time.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a test failure"
+)]
+
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
@@ -43,7 +51,13 @@ fn sample(signal: &str, value: f64, unit: &str) -> WireSample {
     }
 }
 
-fn frame(f: &Fixture, seq: u64, ts: i64, samples: Vec<WireSample>, key: Option<&SigningKey>) -> (String, Vec<u8>) {
+fn frame(
+    f: &Fixture,
+    seq: u64,
+    ts: i64,
+    samples: Vec<WireSample>,
+    key: Option<&SigningKey>,
+) -> (String, Vec<u8>) {
     let topic = f.plant.telemetry_topic("tank");
     let body = to_body(&TelemetryBody {
         seq,
@@ -87,14 +101,24 @@ fn frame_level_rejections() {
     assert_eq!(reason_of(&mut f, &t, &b, NOW), Reason::BadSignature);
     let (t, b) = frame(&f, 2, NOW, level(1.5), None);
     assert_eq!(reason_of(&mut f, &t, &b, NOW), Reason::Unsigned);
-    assert_eq!(reason_of(&mut f, &t, b"\x00garbage", NOW), Reason::Malformed);
+    assert_eq!(
+        reason_of(&mut f, &t, b"\x00garbage", NOW),
+        Reason::Malformed
+    );
     let rogue = encode(Kind::Telemetry, &t, "gw-rogue", b"{}", Some(&forger)).unwrap();
     assert_eq!(reason_of(&mut f, &t, &rogue, NOW), Reason::UnknownDevice);
     // Valid device signing for another asset's topic.
     let other = f.plant.telemetry_topic("pump");
-    let body = to_body(&TelemetryBody { seq: 3, ts_ms: NOW, samples: level(1.5) });
+    let body = to_body(&TelemetryBody {
+        seq: 3,
+        ts_ms: NOW,
+        samples: level(1.5),
+    });
     let b = encode(Kind::Telemetry, &other, "gw-tank", &body, Some(&k)).unwrap();
-    assert_eq!(reason_of(&mut f, &other, &b, NOW), Reason::UnauthorizedTopic);
+    assert_eq!(
+        reason_of(&mut f, &other, &b, NOW),
+        Reason::UnauthorizedTopic
+    );
     // Stale and future.
     let (t, b) = frame(&f, 4, NOW - 120_000, level(1.5), Some(&k));
     assert_eq!(reason_of(&mut f, &t, &b, NOW), Reason::Stale);
@@ -114,7 +138,11 @@ fn replayed_frame_is_refused_even_when_fresh() {
     assert_eq!(reason_of(&mut f, &t, &b, NOW), Reason::Replay);
     let (t2, b2) = frame(&f, 200, NOW, level(1.5), Some(&k));
     assert!(f.verifier.check(&t2, &b2, NOW).rejected.is_empty());
-    assert_eq!(reason_of(&mut f, &t, &b, NOW), Reason::Replay, "older than the window");
+    assert_eq!(
+        reason_of(&mut f, &t, &b, NOW),
+        Reason::Replay,
+        "older than the window"
+    );
 }
 
 #[test]
@@ -146,9 +174,18 @@ fn sample_level_rejections_keep_the_good_samples() {
     let reasons: Vec<Reason> = out.rejected.iter().map(|r| r.reason).collect();
     assert_eq!(
         reasons,
-        vec![Reason::WrongUnit, Reason::OutOfRange, Reason::UnknownSignal, Reason::UnauthorizedSignal]
+        vec![
+            Reason::WrongUnit,
+            Reason::OutOfRange,
+            Reason::UnknownSignal,
+            Reason::UnauthorizedSignal
+        ]
     );
-    assert!(out.rejected[1].detail.contains("99"), "{}", out.rejected[1].detail);
+    assert!(
+        out.rejected[1].detail.contains("99"),
+        "{}",
+        out.rejected[1].detail
+    );
     let c = f.verifier.counters();
     assert_eq!(c.samples_accepted, 2);
     assert_eq!(c.samples_rejected.values().sum::<u64>(), 4);
@@ -160,6 +197,12 @@ fn json_cannot_smuggle_non_numbers() {
     // malformed frame, rejected whole.
     let mut f = fixture();
     let k = f.key.clone();
-    let (t, b) = frame(&f, 1, NOW, vec![sample("tank.inflow", f64::NAN, "m3/h")], Some(&k));
+    let (t, b) = frame(
+        &f,
+        1,
+        NOW,
+        vec![sample("tank.inflow", f64::NAN, "m3/h")],
+        Some(&k),
+    );
     assert_eq!(reason_of(&mut f, &t, &b, NOW), Reason::Malformed);
 }

@@ -139,7 +139,10 @@ impl Relation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PlantCommand {
-    SetSetpoint { setpoint: String, value: f64 },
+    SetSetpoint {
+        setpoint: String,
+        value: f64,
+    },
     /// Drive every setpoint to its safe value and hold there.
     StopLine,
     /// Leave the stopped state, back to the setpoints held before the stop.
@@ -229,7 +232,10 @@ impl Plant {
         for (i, s) in self.signals.iter().enumerate() {
             let loc = |f: &str| format!("signals[{i}] ({}).{f}", s.id);
             if !ident_ok(&s.id) {
-                return Err(bad(loc("id"), format!("{:?} is not a valid signal id", s.id)));
+                return Err(bad(
+                    loc("id"),
+                    format!("{:?} is not a valid signal id", s.id),
+                ));
             }
             if !signals.insert(s.id.as_str()) {
                 return Err(bad(loc("id"), "duplicate signal".into()));
@@ -238,10 +244,16 @@ impl Plant {
                 return Err(bad(loc("asset"), format!("unknown asset {:?}", s.asset)));
             }
             if !(s.range[0].is_finite() && s.range[1].is_finite() && s.range[0] < s.range[1]) {
-                return Err(bad(loc("range"), "needs finite [min, max] with min < max".into()));
+                return Err(bad(
+                    loc("range"),
+                    "needs finite [min, max] with min < max".into(),
+                ));
             }
-            if !(s.alarm[0] <= s.alarm[1]) {
-                return Err(bad(loc("alarm"), "needs [low, high] with low <= high".into()));
+            if s.alarm[0].is_nan() || s.alarm[1].is_nan() || s.alarm[0] > s.alarm[1] {
+                return Err(bad(
+                    loc("alarm"),
+                    "needs [low, high] with low <= high".into(),
+                ));
             }
             if !(s.max_rate.is_finite() && s.max_rate > 0.0) {
                 return Err(bad(loc("max_rate"), "must be a positive number".into()));
@@ -251,7 +263,10 @@ impl Plant {
         for (i, sp) in self.setpoints.iter().enumerate() {
             let loc = |f: &str| format!("setpoints[{i}] ({}).{f}", sp.id);
             if !ident_ok(&sp.id) || signals.contains(sp.id.as_str()) {
-                return Err(bad(loc("id"), "must be a valid id distinct from signals".into()));
+                return Err(bad(
+                    loc("id"),
+                    "must be a valid id distinct from signals".into(),
+                ));
             }
             if !setpoints.insert(sp.id.as_str()) {
                 return Err(bad(loc("id"), "duplicate setpoint".into()));
@@ -348,7 +363,9 @@ mod tests {
 
     #[test]
     fn syntax_error_names_the_file_and_line() {
-        let e = Plant::parse("[plant\nid=1", "bad.toml").unwrap_err().to_string();
+        let e = Plant::parse("[plant\nid=1", "bad.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad.toml"), "{e}");
         assert!(e.contains("line 1"), "{e}");
     }
@@ -377,7 +394,8 @@ mod tests {
 
     #[test]
     fn relation_with_unknown_signal_is_refused() {
-        let text = REFERENCE_PLANT.replace("outflows = [\"pump.flow\"]", "outflows = [\"pump.flo\"]");
+        let text =
+            REFERENCE_PLANT.replace("outflows = [\"pump.flow\"]", "outflows = [\"pump.flo\"]");
         let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("pump.flo"), "{e}");
     }

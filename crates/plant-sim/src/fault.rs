@@ -62,7 +62,9 @@ pub struct Fault {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("fault {spec:?}: {message} (expected kind:target@start[+duration][=magnitude], kinds: stuck, drift, bias, spike, stick, fouling, wear)")]
+#[error(
+    "fault {spec:?}: {message} (expected kind:target@start[+duration][=magnitude], kinds: stuck, drift, bias, spike, stick, fouling, wear)"
+)]
 pub struct FaultParseError {
     pub spec: String,
     pub message: String,
@@ -80,7 +82,9 @@ impl Fault {
         };
         let (kind, rest) = spec.split_once(':').ok_or_else(|| err("missing ':'"))?;
         let kind = FaultKind::parse(kind).ok_or_else(|| err("unknown fault kind"))?;
-        let (target, when) = rest.split_once('@').ok_or_else(|| err("missing '@start'"))?;
+        let (target, when) = rest
+            .split_once('@')
+            .ok_or_else(|| err("missing '@start'"))?;
         if target.is_empty() {
             return Err(err("missing target"));
         }
@@ -97,7 +101,10 @@ impl Fault {
         let (start, duration) = match when.split_once('+') {
             Some((s, d)) => (
                 s,
-                Some(d.parse::<u64>().map_err(|_| err("duration is not whole seconds"))?),
+                Some(
+                    d.parse::<u64>()
+                        .map_err(|_| err("duration is not whole seconds"))?,
+                ),
             ),
             None => (when, None),
         };

@@ -17,8 +17,8 @@ pub mod rng;
 
 use std::collections::HashMap;
 
-pub use plant_model::PlantCommand;
 use plant_model::Plant;
+pub use plant_model::PlantCommand;
 use serde::Serialize;
 
 pub use fault::{Fault, FaultKind, FaultParseError};
@@ -190,8 +190,10 @@ struct Snapshot {
 impl Sim {
     /// A plant at steady state at `start_ms`, seeded by `seed`.
     pub fn new(plant: &Plant, seed: u64, start_ms: i64) -> Result<Sim, SimError> {
-        let var_of: HashMap<&str, (Var, f64)> =
-            VARS.iter().map(|(v, id, sigma)| (*id, (*v, *sigma))).collect();
+        let var_of: HashMap<&str, (Var, f64)> = VARS
+            .iter()
+            .map(|(v, id, sigma)| (*id, (*v, *sigma)))
+            .collect();
         let mut outputs = Vec::with_capacity(plant.signals.len());
         for s in &plant.signals {
             match var_of.get(s.id.as_str()) {
@@ -227,10 +229,10 @@ impl Sim {
             last_measured: vec![f64::NAN; outputs.len()],
             outputs,
             var_index,
-            speed: setpoints["pump.speed_sp"],
-            level: setpoints["tank.level_sp"],
-            filler_speed: setpoints["filler.speed_sp"],
-            product_temp: setpoints["past.temp_sp"],
+            speed: sp(&setpoints, "pump.speed_sp"),
+            level: sp(&setpoints, "tank.level_sp"),
+            filler_speed: sp(&setpoints, "filler.speed_sp"),
+            product_temp: sp(&setpoints, "past.temp_sp"),
             setpoints,
             held_setpoints: None,
             safe,
@@ -336,8 +338,10 @@ impl Sim {
         let inlet_temp = 18.0 + 0.4 * (ambient - 20.0);
 
         // Maintenance: pump stopped, bearing replaced at the end.
-        if let Some(until) = self.maintenance_until {
-            if self.t_s >= until {
+        if let Some(until) = self.maintenance_until
+            && self.t_s >= until
+        {
+            {
                 self.maintenance_until = None;
                 self.wear = 0.0;
                 self.failed = false;
@@ -349,7 +353,7 @@ impl Sim {
 
         // Pump speed ramps towards its setpoint (50 rpm/s); zero when tripped.
         let speed_target = if pump_available {
-            self.setpoints["pump.speed_sp"].clamp(0.0, N0 * 1.1)
+            sp(&self.setpoints, "pump.speed_sp").clamp(0.0, N0 * 1.1)
         } else {
             0.0
         };
@@ -367,7 +371,7 @@ impl Sim {
         let head = H_STATIC + k_sys * flow * flow;
 
         // Filler takes what it can; the rest returns to the tank.
-        let filler_target = self.setpoints["filler.speed_sp"].max(0.0);
+        let filler_target = sp(&self.setpoints, "filler.speed_sp").max(0.0);
         self.filler_speed += (filler_target - self.filler_speed).clamp(-10.0 * dt, 10.0 * dt);
         let flow_bpm = flow * 1000.0 / BOTTLE_L / 60.0;
         let bpm = self.filler_speed.min(flow_bpm).max(0.0);
@@ -375,7 +379,7 @@ impl Sim {
         let recirc = (flow - filled_flow).max(0.0);
 
         // Tank: PI level control on the inlet valve, mass balance for the level.
-        let level_sp = self.setpoints["tank.level_sp"];
+        let level_sp = sp(&self.setpoints, "tank.level_sp");
         let err = level_sp - self.level;
         self.level_integral = (self.level_integral + err * dt).clamp(-200.0, 200.0);
         let valve_cmd = (0.5 + 2.0 * err + 0.01 * self.level_integral).clamp(0.0, 1.0);
@@ -416,7 +420,7 @@ impl Sim {
 
         // Pasteuriser: PI on the steam valve, first-order heat balance, fouling.
         self.fouling += self.fouling_rate() * dt;
-        let temp_sp = self.setpoints["past.temp_sp"];
+        let temp_sp = sp(&self.setpoints, "past.temp_sp");
         let terr = temp_sp - self.product_temp;
         let m_dot = flow * RHO / 3600.0;
         if m_dot > 0.01 {
@@ -445,7 +449,11 @@ impl Sim {
         }
         let reject = reject.clamp(0.0, 100.0);
         self.good_bottles += bpm / 60.0 * (1.0 - reject / 100.0) * dt;
-        let filler_kw = if bpm > 0.0 { 2.0 + 5.0 * bpm / 600.0 } else { 0.5 };
+        let filler_kw = if bpm > 0.0 {
+            2.0 + 5.0 * bpm / 600.0
+        } else {
+            0.5
+        };
         let total_kw = pump_kw + steam_kw + filler_kw;
         self.energy_kwh += total_kw * dt / 3600.0;
 
@@ -519,14 +527,18 @@ impl Sim {
     fn measure(&mut self) -> Tick {
         let mut values = Vec::with_capacity(self.outputs.len());
         for i in 0..self.outputs.len() {
-            let (var, sigma, range) = self.outputs[i];
+            let Some(&(var, sigma, range)) = self.outputs.get(i) else {
+                continue;
+            };
             let mut v = self.true_value(var) + sigma * self.rng.normal();
             if sigma > 0.0 {
                 // Instruments quantise (4 decimals) and saturate at their range.
                 v = ((v * 1e4).round() / 1e4).clamp(range[0], range[1]);
             }
             v = self.apply_sensor_faults(i, v);
-            self.last_measured[i] = v;
+            if let Some(slot) = self.last_measured.get_mut(i) {
+                *slot = v;
+            }
             values.push(v);
         }
         Tick {
@@ -544,9 +556,8 @@ impl Sim {
             let elapsed = (t - f.start_s) as f64;
             match f.kind {
                 FaultKind::Stuck => {
-                    let last = self.last_measured[index];
-                    if last.is_finite() {
-                        v = last;
+                    if let Some(last) = self.last_measured.get(index).filter(|l| l.is_finite()) {
+                        v = *last;
                     }
                 }
                 FaultKind::Drift => v += f.magnitude * elapsed / 3600.0,
@@ -566,6 +577,11 @@ impl Sim {
     pub fn signal_index(&self, id: &str) -> Option<usize> {
         self.var_index.get(id).copied()
     }
+}
+
+/// A setpoint the simulator holds (all four are checked present in [`Sim::new`]).
+fn sp(setpoints: &HashMap<String, f64>, id: &str) -> f64 {
+    setpoints.get(id).copied().unwrap_or(0.0)
 }
 
 /// Wear rate such that, at rated speed, the bearing fails after `life_h` hours:

@@ -1,5 +1,13 @@
 //! The reference plant's physics, determinism, commands and faults.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a test failure"
+)]
+
 use plant_model::Plant;
 use plant_sim::{DEFAULT_START_MS, Fault, PlantCommand, Sim};
 
@@ -72,7 +80,10 @@ fn level_follows_the_mass_balance() {
         last = t;
     }
     let dl = value(&s, &last, "tank.level") - l0;
-    assert!((dl - integral).abs() < 0.02, "measured {dl}, balance {integral}");
+    assert!(
+        (dl - integral).abs() < 0.02,
+        "measured {dl}, balance {integral}"
+    );
 }
 
 #[test]
@@ -209,5 +220,10 @@ fn fouling_makes_the_steam_valve_open_further() {
         a = clean.step();
         b = fouled.step();
     }
-    assert!(b.values[vi] > a.values[vi] + 5.0, "{} vs {}", b.values[vi], a.values[vi]);
+    assert!(
+        b.values[vi] > a.values[vi] + 5.0,
+        "{} vs {}",
+        b.values[vi],
+        a.values[vi]
+    );
 }

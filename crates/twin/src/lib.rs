@@ -173,8 +173,7 @@ impl Twin {
     pub fn evaluate_relations(&mut self) -> Vec<Residual> {
         let mut out = Vec::new();
         for i in 0..self.relations.len() {
-            loop {
-                let Some(r) = self.relations.get(i) else { break };
+            while let Some(r) = self.relations.get(i) {
                 let RelationKind::MassBalance { window_s, .. } = &r.kind;
                 let window_ms = i64::from(*window_s) * 1000;
                 let ready_until = r
@@ -183,7 +182,9 @@ impl Twin {
                     .map(|s| self.signals.get(s).and_then(|st| st.last).map(|p| p.t_ms))
                     .min()
                     .flatten();
-                let Some(ready_until) = ready_until else { break };
+                let Some(ready_until) = ready_until else {
+                    break;
+                };
                 let end = match r.next_end_ms {
                     Some(e) => e,
                     None => {

@@ -55,7 +55,10 @@ async fn wait_until(clock: &SimClock, t: i64, end: i64) -> bool {
     clock.now_ms() < end
 }
 
-fn spawn_poll(mut ev: rumqttc::EventLoop, captured: Option<Arc<Mutex<Option<(String, Vec<u8>)>>>>) {
+/// The first frame an intruder captured: topic and bytes.
+type Captured = Arc<Mutex<Option<(String, Vec<u8>)>>>;
+
+fn spawn_poll(mut ev: rumqttc::EventLoop, captured: Option<Captured>) {
     tokio::spawn(async move {
         loop {
             match ev.poll().await {
@@ -75,7 +78,14 @@ fn spawn_poll(mut ev: rumqttc::EventLoop, captured: Option<Arc<Mutex<Option<(Str
 }
 
 /// Forged, unsigned, unknown-device and garbage frames on the tank's topic.
-pub async fn forged_frames(plant: Arc<Plant>, endpoint: BrokerEndpoint, clock: SimClock, t0: i64, end: i64, report: Arc<Mutex<AttackReport>>) -> Result<()> {
+pub async fn forged_frames(
+    plant: Arc<Plant>,
+    endpoint: BrokerEndpoint,
+    clock: SimClock,
+    t0: i64,
+    end: i64,
+    report: Arc<Mutex<AttackReport>>,
+) -> Result<()> {
     let (client, ev) = AsyncClient::new(endpoint.options("intruder-forger"), 64);
     spawn_poll(ev, None);
     let forger = frames::keys::generate()?;
@@ -102,7 +112,9 @@ pub async fn forged_frames(plant: Arc<Plant>, endpoint: BrokerEndpoint, clock: S
             b"TGF1\x01\x01\xff garbage that claims a 255-byte signer".to_vec(),
         ];
         for f in frames {
-            client.publish(topic.clone(), QoS::AtLeastOnce, false, f).await?;
+            client
+                .publish(topic.clone(), QoS::AtLeastOnce, false, f)
+                .await?;
             lock(&report).attempts += 1;
         }
         t += EVERY_MS;
@@ -111,7 +123,14 @@ pub async fn forged_frames(plant: Arc<Plant>, endpoint: BrokerEndpoint, clock: S
 }
 
 /// Captures one valid tank frame and replays it immediately and every ten minutes.
-pub async fn replay(plant: Arc<Plant>, endpoint: BrokerEndpoint, clock: SimClock, t0: i64, end: i64, report: Arc<Mutex<AttackReport>>) -> Result<()> {
+pub async fn replay(
+    plant: Arc<Plant>,
+    endpoint: BrokerEndpoint,
+    clock: SimClock,
+    t0: i64,
+    end: i64,
+    report: Arc<Mutex<AttackReport>>,
+) -> Result<()> {
     let (client, ev) = AsyncClient::new(endpoint.options("intruder-replayer"), 64);
     let captured = Arc::new(Mutex::new(None));
     spawn_poll(ev, Some(captured.clone()));
@@ -130,10 +149,16 @@ pub async fn replay(plant: Arc<Plant>, endpoint: BrokerEndpoint, clock: SimClock
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     client.unsubscribe(topic).await?;
-    lock(&report).notes.push(format!("captured a {}-byte frame on {}", frame.1.len(), frame.0));
+    lock(&report).notes.push(format!(
+        "captured a {}-byte frame on {}",
+        frame.1.len(),
+        frame.0
+    ));
     let mut t = clock.now_ms();
     while wait_until(&clock, t, end).await {
-        client.publish(frame.0.clone(), QoS::AtLeastOnce, false, frame.1.clone()).await?;
+        client
+            .publish(frame.0.clone(), QoS::AtLeastOnce, false, frame.1.clone())
+            .await?;
         lock(&report).attempts += 1;
         t = clock.now_ms().max(t) + EVERY_MS;
     }
@@ -141,7 +166,19 @@ pub async fn replay(plant: Arc<Plant>, endpoint: BrokerEndpoint, clock: SimClock
 }
 
 /// Runs the thief as a separate process with the copied token.
-pub async fn stolen_token(api: String, leak: Arc<Mutex<Option<String>>>, clock: SimClock, t0: i64, end: i64, dir: PathBuf, report: Arc<Mutex<AttackReport>>) -> Result<()> {
+#[allow(
+    clippy::indexing_slicing,
+    reason = "serde_json::Value indexing yields Null, it never panics"
+)]
+pub async fn stolen_token(
+    api: String,
+    leak: Arc<Mutex<Option<String>>>,
+    clock: SimClock,
+    t0: i64,
+    end: i64,
+    dir: PathBuf,
+    report: Arc<Mutex<AttackReport>>,
+) -> Result<()> {
     if !wait_until(&clock, t0 + 2 * START_MS, end).await {
         return Ok(());
     }
@@ -155,10 +192,18 @@ pub async fn stolen_token(api: String, leak: Arc<Mutex<Option<String>>>, clock: 
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let token_file = dir.join("stolen-optimiser.token");
-    std::fs::write(&token_file, &token).with_context(|| format!("cannot write {}", token_file.display()))?;
+    std::fs::write(&token_file, &token)
+        .with_context(|| format!("cannot write {}", token_file.display()))?;
     let exe = std::env::current_exe().context("cannot find twinguard's own executable")?;
     let out = tokio::process::Command::new(exe)
-        .args(["attack-agent", "--api", &api, "--agent", "optimiser", "--token-file"])
+        .args([
+            "attack-agent",
+            "--api",
+            &api,
+            "--agent",
+            "optimiser",
+            "--token-file",
+        ])
         .arg(&token_file)
         .args(["--now-ms", &clock.now_ms().to_string()])
         .output()
@@ -166,7 +211,10 @@ pub async fn stolen_token(api: String, leak: Arc<Mutex<Option<String>>>, clock: 
         .context("cannot start the thief process")?;
     let _ = std::fs::remove_file(&token_file);
     let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!("thief process printed no JSON: {}", String::from_utf8_lossy(&out.stderr))
+        format!(
+            "thief process printed no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     })?;
     let mut r = lock(&report);
     for resp in v["responses"].as_array().into_iter().flatten() {
@@ -175,7 +223,8 @@ pub async fn stolen_token(api: String, leak: Arc<Mutex<Option<String>>>, clock: 
         if outcome == "executed" || outcome == "pending" {
             r.accepted += 1;
         }
-        r.notes.push(format!("HTTP {}: {}", resp["status"], resp["body"]));
+        r.notes
+            .push(format!("HTTP {}: {}", resp["status"], resp["body"]));
     }
     Ok(())
 }
@@ -210,7 +259,9 @@ pub async fn thief(api: &str, agent: &str, token: &str, now_ms: i64) -> Result<V
 pub async fn post_json(addr: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let payload = serde_json::to_vec(body)?;
-    let mut s = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         payload.len()
@@ -218,9 +269,12 @@ pub async fn post_json(addr: &str, path: &str, body: &Value) -> Result<(u16, Val
     s.write_all(head.as_bytes()).await?;
     s.write_all(&payload).await?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.take(1 << 20).read_to_end(&mut buf))
-        .await
-        .context("no answer within 10 s")??;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        s.take(1 << 20).read_to_end(&mut buf),
+    )
+    .await
+    .context("no answer within 10 s")??;
     let text = String::from_utf8_lossy(&buf);
     let status = text
         .split_whitespace()
@@ -228,5 +282,8 @@ pub async fn post_json(addr: &str, path: &str, body: &Value) -> Result<(u16, Val
         .and_then(|c| c.parse().ok())
         .context("response has no status line")?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::String(body.to_string()))))
+    Ok((
+        status,
+        serde_json::from_str(body).unwrap_or(Value::String(body.to_string())),
+    ))
 }

@@ -63,7 +63,10 @@ pub fn start(port: u16, users: HashMap<String, String>) -> Result<()> {
 /// Waits until something accepts TCP connections on the port.
 pub async fn wait_ready(port: u16) -> Result<()> {
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;

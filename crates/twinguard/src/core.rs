@@ -58,7 +58,12 @@ fn random_token() -> String {
 
 impl Core {
     /// Runs until `stop` fires, then returns itself for the final report.
-    pub async fn run(mut self, mut frames_rx: mpsc::Receiver<RawFrame>, mut ops_rx: mpsc::Receiver<Op>, stop: oneshot::Receiver<()>) -> Core {
+    pub async fn run(
+        mut self,
+        mut frames_rx: mpsc::Receiver<RawFrame>,
+        mut ops_rx: mpsc::Receiver<Op>,
+        stop: oneshot::Receiver<()>,
+    ) -> Core {
         let mut stop = stop;
         loop {
             tokio::select! {
@@ -118,7 +123,11 @@ impl Core {
                     ts_ms: now,
                     topic: f.topic.clone(),
                     reason: reasons.join(","),
-                    detail: out.rejected.first().map(|r| r.detail.clone()).unwrap_or_default(),
+                    detail: out
+                        .rejected
+                        .first()
+                        .map(|r| r.detail.clone())
+                        .unwrap_or_default(),
                     bytes: f.payload.clone(),
                 };
                 if let Err(e) = self.audit.quarantine(&q, seq) {
@@ -137,7 +146,12 @@ impl Core {
             let devices: Vec<String> = r
                 .signals
                 .iter()
-                .filter_map(|s| self.twin.signal(s).and_then(|st| st.provenance.as_ref()).map(|p| p.device.clone()))
+                .filter_map(|s| {
+                    self.twin
+                        .signal(s)
+                        .and_then(|st| st.provenance.as_ref())
+                        .map(|p| p.device.clone())
+                })
                 .collect();
             events.extend(self.detectors.observe_residual(&r, devices));
         }
@@ -149,7 +163,11 @@ impl Core {
                 self.run_agents(t);
             }
             for id in self.guard.expire(t) {
-                self.audit(vec![Entry::new(t, "approval_expired", json!({ "proposal_id": id }))]);
+                self.audit(vec![Entry::new(
+                    t,
+                    "approval_expired",
+                    json!({ "proposal_id": id }),
+                )]);
             }
             self.progress.send_modify(|p| p.t_ms = t);
         }
@@ -161,10 +179,15 @@ impl Core {
             .iter()
             .map(|e| match e {
                 Event::Raised(d) => {
-                    *self.detections_by_kind.entry(d.kind.as_str().to_string()).or_default() += 1;
+                    *self
+                        .detections_by_kind
+                        .entry(d.kind.as_str().to_string())
+                        .or_default() += 1;
                     Entry::new(d.raised_ms, "detection_raised", json!(d))
                 }
-                Event::Cleared { id, t_ms } => Entry::new(*t_ms, "detection_cleared", json!({ "id": id })),
+                Event::Cleared { id, t_ms } => {
+                    Entry::new(*t_ms, "detection_cleared", json!({ "id": id }))
+                }
             })
             .collect();
         self.audit(entries);
@@ -175,20 +198,27 @@ impl Core {
         let mut proposals = Vec::new();
         let active: Vec<Detection> = self.detectors.active().cloned().collect();
         let refs: Vec<&Detection> = active.iter().collect();
-        for agent in [&mut self.maintenance as &mut dyn Agent, &mut self.optimiser as &mut dyn Agent] {
+        for agent in [
+            &mut self.maintenance as &mut dyn Agent,
+            &mut self.optimiser as &mut dyn Agent,
+        ] {
             let id = agent.identity();
             if id.needs_token(now, margin) {
-                match self.guard.agents().issue_token(&id.name, random_token(), now) {
+                match self
+                    .guard
+                    .agents()
+                    .issue_token(&id.name, random_token(), now)
+                {
                     Ok(t) => id.set_token(t),
                     Err(e) => tracing::warn!(agent = %id.name, error = %e, "no token issued"),
                 }
             }
             proposals.extend(agent.observe(&self.twin, &refs, now));
         }
-        if let Some(leak) = &self.token_leak {
-            if let Some(t) = self.optimiser.identity().token_value() {
-                *crate::gateway::lock(leak) = Some(t.to_string());
-            }
+        if let Some(leak) = &self.token_leak
+            && let Some(t) = self.optimiser.identity().token_value()
+        {
+            *crate::gateway::lock(leak) = Some(t.to_string());
         }
         for sp in proposals {
             self.submit(&sp, now);
@@ -202,10 +232,16 @@ impl Core {
         let (id, decision, rec) = self.guard.decide(sp, &refs, now);
         let proposal: Value = serde_json::from_str(&sp.body).unwrap_or(Value::Null);
         self.audit(vec![
-            Entry::new(now, "proposal", json!({ "proposal_id": id, "proposal": proposal })),
+            Entry::new(
+                now,
+                "proposal",
+                json!({ "proposal_id": id, "proposal": proposal }),
+            ),
             Entry::new(now, "decision", json!(rec)),
         ]);
-        self.remember(json!({ "proposal_id": id, "t_ms": now, "proposal": proposal, "decision": rec }));
+        self.remember(
+            json!({ "proposal_id": id, "t_ms": now, "proposal": proposal, "decision": rec }),
+        );
         if let Decision::Execute(approved) = decision {
             self.execute(approved, now);
         }
@@ -219,10 +255,10 @@ impl Core {
             tracing::error!("{msg}");
             return json!({ "executed": false, "error": msg });
         }
-        if let PlantCommand::SetSetpoint { setpoint, value } = &approved.command().command {
-            if setpoint == "past.temp_sp" {
-                self.optimiser.set_known_temp_sp(*value);
-            }
+        if let PlantCommand::SetSetpoint { setpoint, value } = &approved.command().command
+            && setpoint == "past.temp_sp"
+        {
+            self.optimiser.set_known_temp_sp(*value);
         }
         match self.sink.send(approved, now) {
             Ok(sent) => {
@@ -236,7 +272,11 @@ impl Core {
                 json!({ "executed": true, "sent": v })
             }
             Err(e) => {
-                self.audit(vec![Entry::new(now, "actuation_failed", json!({ "error": e.to_string() }))]);
+                self.audit(vec![Entry::new(
+                    now,
+                    "actuation_failed",
+                    json!({ "error": e.to_string() }),
+                )]);
                 json!({ "executed": false, "error": e.to_string() })
             }
         }
@@ -253,11 +293,17 @@ impl Core {
         let now = self.clock.now_ms();
         match op {
             Op::Approve { id, by, reply } => {
-                let r = self.guard.approve(id, &by, now).map(|d| self.after_human(d, id, &by, "approved", now));
+                let r = self
+                    .guard
+                    .approve(id, &by, now)
+                    .map(|d| self.after_human(d, id, &by, "approved", now));
                 let _ = reply.send(r);
             }
             Op::Reject { id, by, reply } => {
-                let r = self.guard.reject(id, &by).map(|d| self.after_human(d, id, &by, "rejected", now));
+                let r = self
+                    .guard
+                    .reject(id, &by)
+                    .map(|d| self.after_human(d, id, &by, "rejected", now));
                 let _ = reply.send(r);
             }
             Op::Stop { by, reply } => {
@@ -289,7 +335,11 @@ impl Core {
 
     fn after_human(&mut self, d: Decision, id: u64, by: &str, verb: &str, now: i64) -> Value {
         let rec = d.record(id, by, None, None);
-        self.audit(vec![Entry::new(now, "approval", json!({ "proposal_id": id, "by": by, "verb": verb, "decision": rec }))]);
+        self.audit(vec![Entry::new(
+            now,
+            "approval",
+            json!({ "proposal_id": id, "by": by, "verb": verb, "decision": rec }),
+        )]);
         self.remember(json!({ "proposal_id": id, "t_ms": now, "human": by, "decision": rec }));
         let executed = match d {
             Decision::Execute(a) => self.execute(a, now),
@@ -337,7 +387,11 @@ impl Core {
                             .map(|st| {
                                 let n = st.history.len();
                                 let step = n.div_ceil(PLOT_POINTS).max(1);
-                                st.history.iter().step_by(step).map(|p| [p.t_ms as f64, p.value]).collect()
+                                st.history
+                                    .iter()
+                                    .step_by(step)
+                                    .map(|p| [p.t_ms as f64, p.value])
+                                    .collect()
                             })
                             .unwrap_or_default();
                         json!({
@@ -365,7 +419,11 @@ impl Core {
     }
 
     pub fn publish_snapshot(&mut self, force: bool) {
-        if !force && self.last_snapshot.is_some_and(|t| t.elapsed().as_millis() < 250) {
+        if !force
+            && self
+                .last_snapshot
+                .is_some_and(|t| t.elapsed().as_millis() < 250)
+        {
             return;
         }
         self.last_snapshot = Some(Instant::now());
@@ -374,7 +432,11 @@ impl Core {
             alerts: json!(self.detectors.active().collect::<Vec<_>>()),
             proposals: json!({ "pending": self.guard.pending().collect::<Vec<_>>(), "recent": self.recent }),
             report: self.report(),
-            audit_head: json!(self.audit.head().map(|h| json!({ "seq": h.seq, "hash": h.hash_hex() }))),
+            audit_head: json!(
+                self.audit
+                    .head()
+                    .map(|h| json!({ "seq": h.seq, "hash": h.hash_hex() }))
+            ),
         };
         if let Ok(mut s) = self.snapshot.write() {
             *s = snap;
@@ -401,5 +463,10 @@ pub fn format_time(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

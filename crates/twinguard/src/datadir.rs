@@ -62,7 +62,9 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
@@ -71,9 +73,13 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 impl DataDir {
     pub fn open(root: &Path) -> Result<DataDir> {
         if root.exists() && !root.is_dir() {
-            bail!("data directory {} exists and is not a directory", root.display());
+            bail!(
+                "data directory {} exists and is not a directory",
+                root.display()
+            );
         }
-        fs::create_dir_all(root).with_context(|| format!("cannot create data directory {}", root.display()))?;
+        fs::create_dir_all(root)
+            .with_context(|| format!("cannot create data directory {}", root.display()))?;
         Ok(DataDir {
             root: root.to_path_buf(),
         })
@@ -97,13 +103,16 @@ impl DataDir {
 
     pub fn public_key(&self, name: &str) -> Result<VerifyingKey> {
         let path = self.root.join("keys").join(format!("{name}.pub"));
-        let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         Ok(keys::parse_public(&text, &path.display().to_string())?)
     }
 
     /// The simulated edge device's own key (kept under edge/, as it would live on the device).
     pub fn edge_key(&self, device: &str) -> Result<SigningKey> {
-        Ok(keys::load_or_create(&self.root.join("edge").join(format!("{device}.key")))?)
+        Ok(keys::load_or_create(
+            &self.root.join("edge").join(format!("{device}.key")),
+        )?)
     }
 
     fn registry_path(&self) -> PathBuf {
@@ -116,10 +125,15 @@ impl DataDir {
         if !path.exists() {
             return Ok(BTreeMap::new());
         }
-        let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let reg: RegistryFile = toml::from_str(&text).with_context(|| format!("device registry {} is not valid", path.display()))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let reg: RegistryFile = toml::from_str(&text)
+            .with_context(|| format!("device registry {} is not valid", path.display()))?;
         for (id, d) in &reg.devices {
-            keys::parse_public(&d.public_key, &format!("{}: devices.{id}.public_key", path.display()))?;
+            keys::parse_public(
+                &d.public_key,
+                &format!("{}: devices.{id}.public_key", path.display()),
+            )?;
         }
         Ok(reg.devices)
     }
@@ -136,7 +150,9 @@ impl DataDir {
                 asset: a.id.clone(),
                 public_key,
             };
-            let same = devices.get(&a.device).is_some_and(|d| d.public_key == entry.public_key && d.asset == entry.asset);
+            let same = devices
+                .get(&a.device)
+                .is_some_and(|d| d.public_key == entry.public_key && d.asset == entry.asset);
             if !same {
                 devices.insert(a.device.clone(), entry);
                 changed = true;
@@ -146,8 +162,13 @@ impl DataDir {
             let text = toml::to_string(&RegistryFile {
                 devices: devices.clone(),
             })?;
-            fs::write(self.registry_path(), format!("# twinguard device registry: devices whose signed frames are accepted\n{text}"))
-                .with_context(|| format!("cannot write {}", self.registry_path().display()))?;
+            fs::write(
+                self.registry_path(),
+                format!(
+                    "# twinguard device registry: devices whose signed frames are accepted\n{text}"
+                ),
+            )
+            .with_context(|| format!("cannot write {}", self.registry_path().display()))?;
         }
         Ok(devices)
     }
@@ -156,10 +177,14 @@ impl DataDir {
     pub fn operator_token(&self) -> Result<String> {
         let path = self.root.join("secrets").join("operator.token");
         if path.exists() {
-            let t = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let t = fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
             let t = t.trim().to_string();
             if t.len() < 32 {
-                bail!("operator token in {} is shorter than 32 characters", path.display());
+                bail!(
+                    "operator token in {} is shorter than 32 characters",
+                    path.display()
+                );
             }
             return Ok(t);
         }
@@ -172,7 +197,8 @@ impl DataDir {
     pub fn mqtt_secrets(&self, users: &[&str]) -> Result<MqttSecrets> {
         let path = self.root.join("secrets").join("mqtt.toml");
         let mut s = if path.exists() {
-            let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let text = fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?
         } else {
             MqttSecrets {

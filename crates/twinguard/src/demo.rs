@@ -34,24 +34,36 @@ pub struct DemoArgs {
     pub quiet: bool,
 }
 
-const AGENTS: [&str; 2] = ["maintenance", "optimiser"];
+/// The broker endpoint (with that account's credentials) for an account name.
+type EndpointFor = Box<dyn Fn(&str) -> BrokerEndpoint>;
 
 fn load_plant(path: &Option<PathBuf>) -> Result<Plant> {
     match path {
         None => Ok(Plant::reference()),
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read plant file {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read plant file {}", p.display()))?;
             Ok(Plant::parse(&text, &p.display().to_string())?)
         }
     }
 }
 
+#[allow(
+    clippy::indexing_slicing,
+    reason = "serde_json::Value indexing yields Null, it never panics"
+)]
 pub async fn run(args: DemoArgs) -> Result<Value> {
     if !(args.hours > 0.0 && args.hours <= 24.0 * 365.0) {
-        bail!("--hours must be more than 0 and at most one year, got {}", args.hours);
+        bail!(
+            "--hours must be more than 0 and at most one year, got {}",
+            args.hours
+        );
     }
     if !(args.speed >= 0.0 && args.speed.is_finite()) {
-        bail!("--speed must be 0 (as fast as possible) or a positive number, got {}", args.speed);
+        bail!(
+            "--speed must be 0 (as fast as possible) or a positive number, got {}",
+            args.speed
+        );
     }
     let faults = args
         .faults
@@ -66,13 +78,11 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let actuation_key = dir.key("actuation")?;
     let devices = dir.enrol_edge_devices(&plant)?;
     let operator_token = dir.operator_token()?;
-    let mut agent_keys = HashMap::new();
-    for a in AGENTS {
-        agent_keys.insert(a, dir.key(&format!("agent-{a}"))?);
-    }
+    let maintenance_key = dir.key("agent-maintenance")?;
+    let optimiser_key = dir.key("agent-optimiser")?;
 
     // Broker: embedded by default.
-    let (endpoint_for, broker_desc): (Box<dyn Fn(&str) -> BrokerEndpoint>, String) = match &args.broker {
+    let (endpoint_for, broker_desc): (EndpointFor, String) = match &args.broker {
         None => {
             let secrets = dir.mqtt_secrets(&["twinguard", "edge-gateway", "intruder"])?;
             let port = crate::broker::free_port()?;
@@ -128,15 +138,15 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         .collect::<Result<_>>()?;
     let verifier = Verifier::new(plant.clone(), registry, IngestConfig::default());
     let mut agents = AgentRegistry::default();
-    for (name, key) in &agent_keys {
-        agents.register(name, key.verifying_key());
-    }
+    agents.register("maintenance", maintenance_key.verifying_key());
+    agents.register("optimiser", optimiser_key.verifying_key());
     let asset_ids: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
     let policy = Policy::parse(DEFAULT_POLICY, "<default policy>", &asset_ids)?;
     let guard = Guard::new(plant.clone(), agents, policy);
 
     // Actuation client.
-    let (act_client, mut act_ev) = rumqttc::AsyncClient::new(endpoint_for("twinguard").options("twinguard-actuation"), 64);
+    let (act_client, mut act_ev) =
+        rumqttc::AsyncClient::new(endpoint_for("twinguard").options("twinguard-actuation"), 64);
     tokio::spawn(async move {
         loop {
             if act_ev.poll().await.is_err() {
@@ -166,7 +176,10 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", args.api_port)).await {
         Ok(l) => l,
         Err(e) if args.api_port != 0 => {
-            eprintln!("port {} is busy ({e}); using a free port instead", args.api_port);
+            eprintln!(
+                "port {} is busy ({e}); using a free port instead",
+                args.api_port
+            );
             tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?
         }
         Err(e) => return Err(e.into()),
@@ -178,20 +191,27 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
             tracing::error!(error = %e, "HTTP API stopped");
         }
     });
-    eprintln!("twinguard: {broker_desc}; data in {}", args.data_dir.display());
+    eprintln!(
+        "twinguard: {broker_desc}; data in {}",
+        args.data_dir.display()
+    );
     eprintln!("twinguard: live twin at http://{api_addr}/#token={operator_token}");
 
     let clock = SimClock::default();
     let (progress_tx, progress_rx) = watch::channel(gateway::Progress::default());
-    let token_leak = (args.attack == Some(Attack::StolenAgentToken)).then(|| Arc::new(Mutex::new(None)));
+    let token_leak =
+        (args.attack == Some(Attack::StolenAgentToken)).then(|| Arc::new(Mutex::new(None)));
     let mut core = Core {
         plant: plant.clone(),
         verifier,
         twin: Twin::new(plant.clone(), DEFAULT_HISTORY, CusumConfig::default()),
         detectors: detect::Detectors::new(plant.clone()),
         guard,
-        maintenance: agents::Maintenance::new(agents::Identity::new("maintenance", agent_keys["maintenance"].clone())),
-        optimiser: agents::Optimiser::new(agents::Identity::new("optimiser", agent_keys["optimiser"].clone())),
+        maintenance: agents::Maintenance::new(agents::Identity::new(
+            "maintenance",
+            maintenance_key,
+        )),
+        optimiser: agents::Optimiser::new(agents::Identity::new("optimiser", optimiser_key)),
         sink: Box::new(sink),
         audit: Box::new(store),
         audit_public: audit_key.verifying_key(),
@@ -221,10 +241,14 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         let leak = token_leak.clone();
         tokio::spawn(async move {
             match a {
-                Attack::ForgedFrames => attack::forged_frames(p, intruder, c, DEFAULT_START_MS, end_ms, r).await,
+                Attack::ForgedFrames => {
+                    attack::forged_frames(p, intruder, c, DEFAULT_START_MS, end_ms, r).await
+                }
                 Attack::Replay => attack::replay(p, intruder, c, DEFAULT_START_MS, end_ms, r).await,
                 Attack::StolenAgentToken => match leak {
-                    Some(l) => attack::stolen_token(api, l, c, DEFAULT_START_MS, end_ms, dir, r).await,
+                    Some(l) => {
+                        attack::stolen_token(api, l, c, DEFAULT_START_MS, end_ms, dir, r).await
+                    }
                     None => Ok(()),
                 },
                 Attack::FdiLevel => Ok(()),
@@ -288,8 +312,12 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     };
     if let Some(t) = attack_task {
         match tokio::time::timeout(Duration::from_secs(30), t).await {
-            Ok(Ok(Err(e))) => lock(&attack_report).notes.push(format!("attack failed: {e:#}")),
-            Err(_) => lock(&attack_report).notes.push("attack did not finish within 30 s".into()),
+            Ok(Ok(Err(e))) => lock(&attack_report)
+                .notes
+                .push(format!("attack failed: {e:#}")),
+            Err(_) => lock(&attack_report)
+                .notes
+                .push("attack did not finish within 30 s".into()),
             _ => {}
         }
     }
@@ -327,18 +355,35 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
 }
 
 /// The human-readable summary.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "serde_json::Value indexing yields Null, it never panics"
+)]
 pub fn summary(r: &Value) -> String {
     let obj = |v: &Value| -> String {
         match v.as_object() {
-            Some(m) if !m.is_empty() => m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+            Some(m) if !m.is_empty() => m
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             _ => "none".into(),
         }
     };
     let plant = &r["plant"]["truth"];
     let mut s = String::new();
-    s.push_str(&format!("twinguard demo: {} simulated hours, seed {}, attack {}\n", r["hours"], r["seed"], r["attack"]));
-    s.push_str(&format!("  samples accepted   {}\n", r["samples"]["accepted"]));
-    s.push_str(&format!("  samples rejected   {}\n", obj(&r["samples"]["rejected"])));
+    s.push_str(&format!(
+        "twinguard demo: {} simulated hours, seed {}, attack {}\n",
+        r["hours"], r["seed"], r["attack"]
+    ));
+    s.push_str(&format!(
+        "  samples accepted   {}\n",
+        r["samples"]["accepted"]
+    ));
+    s.push_str(&format!(
+        "  samples rejected   {}\n",
+        obj(&r["samples"]["rejected"])
+    ));
     s.push_str(&format!("  detections         {}\n", obj(&r["detections"])));
     s.push_str(&format!(
         "  proposals          executed {}, pending {}, denied: {}\n",
@@ -346,7 +391,10 @@ pub fn summary(r: &Value) -> String {
         r["proposals"]["pending"],
         obj(&r["proposals"]["denied"])
     ));
-    s.push_str(&format!("  executed by agent  {}\n", obj(&r["actions_executed_by_agent"])));
+    s.push_str(&format!(
+        "  executed by agent  {}\n",
+        obj(&r["actions_executed_by_agent"])
+    ));
     s.push_str(&format!("  line stops         {}\n", r["line_stops"]));
     if let Some(a) = r["alerts"].as_array().filter(|a| !a.is_empty()) {
         s.push_str(&format!("  alerts             {}\n", a.len()));
@@ -363,8 +411,15 @@ pub fn summary(r: &Value) -> String {
         "  audit              {} records, head {}, {}\n",
         r["audit"]["records"],
         r["audit"]["head"].as_str().unwrap_or("-"),
-        if r["audit"]["verified"] == json!(true) { "verified" } else { "NOT VERIFIED" }
+        if r["audit"]["verified"] == json!(true) {
+            "verified"
+        } else {
+            "NOT VERIFIED"
+        }
     ));
-    s.push_str(&format!("  data directory     {}\n", r["data_dir"].as_str().unwrap_or("")));
+    s.push_str(&format!(
+        "  data directory     {}\n",
+        r["data_dir"].as_str().unwrap_or("")
+    ));
     s
 }

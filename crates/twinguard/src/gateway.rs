@@ -105,7 +105,8 @@ impl From<Truth> for TruthReport {
             in_maintenance: t.in_maintenance,
             good_bottles: t.good_bottles.floor(),
             energy_kwh: t.energy_kwh,
-            energy_per_good_bottle_wh: (t.good_bottles > 0.0).then(|| t.energy_kwh * 1000.0 / t.good_bottles),
+            energy_per_good_bottle_wh: (t.good_bottles > 0.0)
+                .then(|| t.energy_kwh * 1000.0 / t.good_bottles),
         }
     }
 }
@@ -127,7 +128,12 @@ impl CommandCheck {
     }
 
     /// The command, or the reason it is refused.
-    pub fn check(&mut self, topic: &str, bytes: &[u8], now_ms: i64) -> Result<CommandBody, &'static str> {
+    pub fn check(
+        &mut self,
+        topic: &str,
+        bytes: &[u8],
+        now_ms: i64,
+    ) -> Result<CommandBody, &'static str> {
         let env = Envelope::decode(bytes).map_err(|_| "malformed")?;
         if env.kind != Kind::Command {
             return Err("malformed");
@@ -153,16 +159,25 @@ impl CommandCheck {
 
 /// Runs the plant for the configured hours. `progress` is the newest time twinguard has
 /// fully processed.
-pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Receiver<Progress>, stats: Arc<Mutex<PlantStats>>) -> Result<()> {
+pub async fn run(
+    cfg: GatewayConfig,
+    clock: SimClock,
+    mut progress: watch::Receiver<Progress>,
+    stats: Arc<Mutex<PlantStats>>,
+) -> Result<()> {
     let plant = cfg.plant.clone();
-    let mut sim = Sim::new(&plant, cfg.seed, cfg.start_ms).context("cannot build the reference plant")?;
+    let mut sim =
+        Sim::new(&plant, cfg.seed, cfg.start_ms).context("cannot build the reference plant")?;
     for f in &cfg.faults {
         sim.add_fault(f.clone());
     }
     clock.set(sim.now_ms());
     let (client, mut eventloop) = AsyncClient::new(cfg.endpoint.options("edge-gateway"), 512);
     client
-        .subscribe(format!("twinguard/{}/+/cmd", plant.plant.id), QoS::AtLeastOnce)
+        .subscribe(
+            format!("twinguard/{}/+/cmd", plant.plant.id),
+            QoS::AtLeastOnce,
+        )
         .await
         .context("cannot subscribe to command topics")?;
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
@@ -222,7 +237,10 @@ pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Recei
                     received += 1;
                     apply_command(&mut sim, &mut check, &topic, &bytes, &stats);
                 }
-                _ => anyhow::bail!("{} of {sent} commands sent by twinguard did not reach the plant within 10 s", sent - received),
+                _ => anyhow::bail!(
+                    "{} of {sent} commands sent by twinguard did not reach the plant within 10 s",
+                    sent - received
+                ),
             }
         }
         while let Ok((topic, bytes)) = cmd_rx.try_recv() {
@@ -234,12 +252,11 @@ pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Recei
         for _ in 0..n {
             let mut tick = sim.step();
             t_s += 1;
-            if let (Some(r), Some(i)) = (cfg.level_ramp, level_idx) {
-                if t_s > r.start_s {
-                    if let Some(v) = tick.values.get_mut(i) {
-                        *v += r.metres_per_hour * (t_s - r.start_s) as f64 / 3600.0;
-                    }
-                }
+            if let (Some(r), Some(i)) = (cfg.level_ramp, level_idx)
+                && t_s > r.start_s
+                && let Some(v) = tick.values.get_mut(i)
+            {
+                *v += r.metres_per_hour * (t_s - r.start_s) as f64 / 3600.0;
             }
             for (o, buf) in outs.iter().zip(samples.iter_mut()) {
                 for (i, id, unit) in &o.signals {
@@ -263,7 +280,10 @@ pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Recei
                 ts_ms: now,
                 samples: buf,
             });
-            let key = cfg.device_keys.get(&o.device).with_context(|| format!("no key for device {}", o.device))?;
+            let key = cfg
+                .device_keys
+                .get(&o.device)
+                .with_context(|| format!("no key for device {}", o.device))?;
             let bytes = encode(Kind::Telemetry, &o.topic, &o.device, &body, Some(key))?;
             client
                 .publish(o.topic.clone(), QoS::AtLeastOnce, false, bytes)
@@ -273,9 +293,12 @@ pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Recei
         lock(&stats).frames_published += outs.len() as u64;
         // Lockstep: stay within lead_ms of what twinguard has processed.
         let wait_for = now - cfg.lead_ms;
-        if tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| p.t_ms >= wait_for))
-            .await
-            .is_err()
+        if tokio::time::timeout(
+            Duration::from_secs(30),
+            progress.wait_for(|p| p.t_ms >= wait_for),
+        )
+        .await
+        .is_err()
         {
             anyhow::bail!("twinguard's pipeline made no progress for 30 s at simulated time {now}");
         }
@@ -287,22 +310,40 @@ pub async fn run(cfg: GatewayConfig, clock: SimClock, mut progress: watch::Recei
         }
     }
     let end = sim.now_ms();
-    let _ = tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| p.t_ms >= end)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        progress.wait_for(|p| p.t_ms >= end),
+    )
+    .await;
     lock(&stats).truth = Some(sim.truth().into());
     let _ = client.disconnect().await;
     Ok(())
 }
 
-fn apply_command(sim: &mut Sim, check: &mut CommandCheck, topic: &str, bytes: &[u8], stats: &Mutex<PlantStats>) {
+fn apply_command(
+    sim: &mut Sim,
+    check: &mut CommandCheck,
+    topic: &str,
+    bytes: &[u8],
+    stats: &Mutex<PlantStats>,
+) {
     match check.check(topic, bytes, sim.now_ms()) {
         Ok(body) => match sim.apply(&body.command) {
             Ok(()) => lock(stats).commands_applied += 1,
             Err(e) => {
                 tracing::warn!(error = %e, "plant refused a command");
-                *lock(stats).commands_refused.entry("invalid".into()).or_default() += 1;
+                *lock(stats)
+                    .commands_refused
+                    .entry("invalid".into())
+                    .or_default() += 1;
             }
         },
-        Err(reason) => *lock(stats).commands_refused.entry(reason.into()).or_default() += 1,
+        Err(reason) => {
+            *lock(stats)
+                .commands_refused
+                .entry(reason.into())
+                .or_default() += 1
+        }
     }
 }
 

@@ -14,7 +14,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "twinguard", version, about = "A digital twin that believes nothing it cannot trace and lets no AI action reach the plant except through its guard")]
+#[command(
+    name = "twinguard",
+    version,
+    about = "A digital twin that believes nothing it cannot trace and lets no AI action reach the plant except through its guard"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -102,7 +106,10 @@ enum PlantCommand {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TWINGUARD_LOG").unwrap_or_else(|_| "error,rumqttd=off".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TWINGUARD_LOG")
+                .unwrap_or_else(|_| "error,rumqttd=off".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -163,12 +170,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "audit log {} verified: {} records, head {}",
                         dir.audit_db().display(),
                         v.records,
-                        v.head.map(|h| format!("{} ({})", h.seq, h.hash_hex())).unwrap_or_else(|| "-".into())
+                        v.head
+                            .map(|h| format!("{} ({})", h.seq, h.hash_hex()))
+                            .unwrap_or_else(|| "-".into())
                     );
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(p) => {
-                    println!("audit log {} FAILED verification at record {}: {}", dir.audit_db().display(), p.seq, p.what);
+                    println!(
+                        "audit log {} FAILED verification at record {}: {}",
+                        dir.audit_db().display(),
+                        p.seq,
+                        p.what
+                    );
                     Ok(ExitCode::from(1))
                 }
             }
@@ -176,7 +190,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plant {
             command: PlantCommand::Check { file },
         } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read plant file {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read plant file {}", file.display()))?;
             let p = plant_model::Plant::parse(&text, &file.display().to_string())?;
             println!(
                 "plant file {} is valid: {} assets, {} signals, {} setpoints, {} relations",
@@ -200,7 +215,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             token_file,
             now_ms,
         } => {
-            let token = std::fs::read_to_string(&token_file).with_context(|| format!("cannot read {}", token_file.display()))?;
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("cannot read {}", token_file.display()))?;
             let rt = tokio::runtime::Runtime::new()?;
             let v = rt.block_on(attack::thief(&api, &agent, token.trim(), now_ms))?;
             println!("{v}");

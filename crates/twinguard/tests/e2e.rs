@@ -2,6 +2,14 @@
 //! embedded broker, with and without each attack, and its audit log is verified and
 //! tampered with from outside.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a test failure"
+)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -22,19 +30,29 @@ fn demo(dir: &Path, hours: f64, extra: &[&str]) -> Value {
         .args(extra)
         .output()
         .unwrap();
-    assert!(out.status.success(), "demo failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn sum(v: &Value) -> u64 {
-    v.as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
+    v.as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
 }
 
 fn assert_safe_and_audited(r: &Value) {
     assert_eq!(r["audit"]["verified"], Value::Bool(true), "{}", r["audit"]);
     assert!(r["audit"]["records"].as_u64().unwrap() > 0);
     assert_eq!(r["audit"]["head"].as_str().unwrap().len(), 64);
-    assert_eq!(r["line_stops"], 0, "no line stop may be executed: {}", r["commands"]);
+    assert_eq!(
+        r["line_stops"], 0,
+        "no line stop may be executed: {}",
+        r["commands"]
+    );
     // Everything the plant applied came from the guard, and nothing was refused by it.
     assert_eq!(r["plant"]["commands_applied"], r["proposals"]["executed"]);
     assert_eq!(sum(&r["plant"]["commands_refused"]), 0);
@@ -48,12 +66,25 @@ fn normal_run_accepts_everything_and_the_optimiser_acts() {
     assert_eq!(sum(&r["samples"]["rejected"]), 0);
     assert_eq!(sum(&r["detections"]), 0, "{}", r["detections"]);
     assert!(r["proposals"]["executed"].as_u64().unwrap() >= 2);
-    assert!(r["actions_executed_by_agent"]["optimiser"].as_u64().unwrap() >= 2);
+    assert!(
+        r["actions_executed_by_agent"]["optimiser"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
     assert_eq!(r["data_dir"], dir.path().display().to_string());
     assert_safe_and_audited(&r);
     // The same data directory verifies from the command line.
-    let out = Command::new(BIN).args(["audit", "verify", "--data-dir"]).arg(dir.path()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -71,9 +102,15 @@ fn forged_frames_are_rejected_by_reason_and_quarantined() {
     assert_eq!(sum(&r["detections"]), 0);
     assert_safe_and_audited(&r);
     let conn = rusqlite::Connection::open(dir.path().join("audit.db")).unwrap();
-    let q: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |x| x.get(0)).unwrap();
+    let q: i64 = conn
+        .query_row("SELECT COUNT(*) FROM quarantine", [], |x| x.get(0))
+        .unwrap();
     let audited: i64 = conn
-        .query_row("SELECT COUNT(*) FROM audit WHERE kind = 'frame_rejected'", [], |x| x.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE kind = 'frame_rejected'",
+            [],
+            |x| x.get(0),
+        )
         .unwrap();
     assert_eq!(q as u64, sum(rej));
     assert_eq!(audited as u64, sum(rej));
@@ -97,10 +134,18 @@ fn validly_signed_false_level_is_detected_by_physics_and_cannot_stop_the_line() 
     // Every frame is validly signed, so ingest accepts all of it ...
     assert_eq!(sum(&r["samples"]["rejected"]), 0);
     // ... and only the mass balance gives the attack away.
-    assert!(r["detections"]["physics"].as_u64().unwrap_or(0) >= 1, "{}", r["detections"]);
+    assert!(
+        r["detections"]["physics"].as_u64().unwrap_or(0) >= 1,
+        "{}",
+        r["detections"]
+    );
     // The false high level makes the maintenance agent ask for a stop; with the level
     // contradicted by physics that stop waits for a human.
-    assert!(r["proposals"]["pending"].as_u64().unwrap() >= 1, "{}", r["proposals"]);
+    assert!(
+        r["proposals"]["pending"].as_u64().unwrap() >= 1,
+        "{}",
+        r["proposals"]
+    );
     assert_safe_and_audited(&r);
     let conn = rusqlite::Connection::open(dir.path().join("audit.db")).unwrap();
     let stop_outcome: String = conn
@@ -129,8 +174,15 @@ fn stolen_agent_token_is_worthless_without_the_key() {
 }
 
 fn verify_cli(dir: &Path) -> (bool, String) {
-    let out = Command::new(BIN).args(["audit", "verify", "--data-dir"]).arg(dir).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
 }
 
 #[test]
@@ -141,15 +193,27 @@ fn audit_verify_names_the_first_bad_record_after_tampering() {
     let pristine = std::fs::read(&db).unwrap();
     assert!(verify_cli(dir.path()).0);
     let cases = [
-        ("UPDATE audit SET ts_ms = ts_ms + 1 WHERE seq = 3", "record 3"),
+        (
+            "UPDATE audit SET ts_ms = ts_ms + 1 WHERE seq = 3",
+            "record 3",
+        ),
         ("DELETE FROM audit WHERE seq = 4", "record 4"),
-        ("UPDATE audit SET seq = -5 WHERE seq = 5; UPDATE audit SET seq = 5 WHERE seq = 6; UPDATE audit SET seq = 6 WHERE seq = -5", "record 5"),
-        ("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)", "missing"),
+        (
+            "UPDATE audit SET seq = -5 WHERE seq = 5; UPDATE audit SET seq = 5 WHERE seq = 6; UPDATE audit SET seq = 6 WHERE seq = -5",
+            "record 5",
+        ),
+        (
+            "DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)",
+            "missing",
+        ),
     ];
     for (sql, expect) in cases {
         std::fs::write(&db, &pristine).unwrap();
         let _ = std::fs::remove_file(dir.path().join("audit.db-wal"));
-        rusqlite::Connection::open(&db).unwrap().execute_batch(sql).unwrap();
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
         let (ok, out) = verify_cli(dir.path());
         assert!(!ok, "tampering went unnoticed: {sql}");
         assert!(out.contains(expect), "{sql}: {out}");
@@ -170,7 +234,20 @@ fn http(port: u16, method: &str, path: &str, token: &str) -> (u16, Value) {
 fn a_human_approves_maintenance_through_the_api_and_the_plant_carries_it_out() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
-        .args(["demo", "--speed", "2000", "--port", "0", "--json", "--hours", "12", "--seed", "3", "--fault", "wear:pump@0=8"])
+        .args([
+            "demo",
+            "--speed",
+            "2000",
+            "--port",
+            "0",
+            "--json",
+            "--hours",
+            "12",
+            "--seed",
+            "3",
+            "--fault",
+            "wear:pump@0=8",
+        ])
         .arg("--data-dir")
         .arg(dir.path())
         .stdout(Stdio::piped())
@@ -185,7 +262,15 @@ fn a_human_approves_maintenance_through_the_api_and_the_plant_carries_it_out() {
             break rest.to_string();
         }
     };
-    let port: u16 = url.split(':').nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
+    let port: u16 = url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let token = url.split("#token=").nth(1).unwrap().to_string();
     // Reads need the operator token.
     assert_eq!(http(port, "GET", "/api/v1/state", "wrong").0, 401);
@@ -194,9 +279,19 @@ fn a_human_approves_maintenance_through_the_api_and_the_plant_carries_it_out() {
     while started.elapsed() < Duration::from_secs(60) {
         let (status, p) = http(port, "GET", "/api/v1/proposals", &token);
         assert_eq!(status, 200);
-        if let Some(m) = p["pending"].as_array().unwrap().iter().find(|x| x["proposal"]["action"]["kind"] == "maintenance") {
+        if let Some(m) = p["pending"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["proposal"]["action"]["kind"] == "maintenance")
+        {
             let id = m["id"].as_u64().unwrap();
-            let (status, body) = http(port, "POST", &format!("/api/v1/proposals/{id}/approve"), &token);
+            let (status, body) = http(
+                port,
+                "POST",
+                &format!("/api/v1/proposals/{id}/approve"),
+                &token,
+            );
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["execution"]["executed"], true, "{body}");
             approved = Some(id);
@@ -206,13 +301,27 @@ fn a_human_approves_maintenance_through_the_api_and_the_plant_carries_it_out() {
     }
     assert!(approved.is_some(), "no maintenance proposal appeared");
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(child.wait().unwrap().success());
     let r: Value = serde_json::from_str(&out).unwrap();
     // The bearing was replaced before it failed.
     assert_eq!(r["plant"]["truth"]["pump_failures"], 0, "{}", r["plant"]);
-    assert!(r["plant"]["truth"]["bearing_wear"].as_f64().unwrap() < 0.5, "{}", r["plant"]);
-    assert!(r["actions_executed_by_agent"]["maintenance"].as_u64().unwrap() >= 1);
+    assert!(
+        r["plant"]["truth"]["bearing_wear"].as_f64().unwrap() < 0.5,
+        "{}",
+        r["plant"]
+    );
+    assert!(
+        r["actions_executed_by_agent"]["maintenance"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
     assert_safe_and_audited(&r);
 }
 
@@ -221,7 +330,10 @@ fn bad_input_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         let out = Command::new(BIN).args(args).output().unwrap();
-        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let (code, err) = run(&["demo", "--hourz", "1"]);
     assert_eq!(code, 2);
@@ -236,12 +348,34 @@ fn bad_input_gets_a_clear_error() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("audit.db"), vec![0x42u8; 4096]).unwrap();
-    let (code, err) = run(&["demo", "--hours", "0.1", "--speed", "0", "--port", "0", "--data-dir", data.to_str().unwrap()]);
+    let (code, err) = run(&[
+        "demo",
+        "--hours",
+        "0.1",
+        "--speed",
+        "0",
+        "--port",
+        "0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("audit.db"), "{err}");
-    assert_eq!(std::fs::read(data.join("audit.db")).unwrap(), vec![0x42u8; 4096], "the corrupt file is left as it was");
+    assert_eq!(
+        std::fs::read(data.join("audit.db")).unwrap(),
+        vec![0x42u8; 4096],
+        "the corrupt file is left as it was"
+    );
 
-    let (code, err) = run(&["demo", "--hours", "1", "--fault", "melt:pump@1", "--data-dir", data.to_str().unwrap()]);
+    let (code, err) = run(&[
+        "demo",
+        "--hours",
+        "1",
+        "--fault",
+        "melt:pump@1",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("unknown fault kind"), "{err}");
 }
