@@ -350,3 +350,93 @@ fn apply_command(
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ed25519_dalek::SigningKey;
+    use guard::{
+        Action, AgentRegistry, DEFAULT_POLICY, Decision, Guard, Policy, Proposal, sign_proposal,
+    };
+    use plant_model::{Plant, PlantCommand};
+
+    use super::CommandCheck;
+
+    const T: i64 = 1_767_225_600_000;
+
+    /// An approved command, as only the guard can make one.
+    fn approved(plant: &Arc<Plant>, value: f64, nonce: &str) -> guard::Approved {
+        let assets: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
+        let agent = SigningKey::from_bytes(&[2u8; 32]);
+        let mut reg = AgentRegistry::default();
+        reg.register("optimiser", agent.verifying_key());
+        let token = reg
+            .issue_token("optimiser", "t".repeat(64), T)
+            .unwrap()
+            .value;
+        let mut guard = Guard::new(
+            plant.clone(),
+            reg,
+            Policy::parse(DEFAULT_POLICY, "p", &assets).unwrap(),
+        );
+        let p = Proposal {
+            agent: "optimiser".into(),
+            action: Action::SetSetpoint {
+                setpoint: "pump.speed_sp".into(),
+                value,
+            },
+            reason: "test".into(),
+            evidence: vec![],
+            created_ms: T,
+            nonce: nonce.into(),
+        };
+        match guard.decide(&sign_proposal(&p, &token, &agent), &[], T).1 {
+            Decision::Execute(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn plant_accepts_only_fresh_commands_signed_by_twinguard() {
+        let plant = Arc::new(Plant::reference());
+        let key = SigningKey::from_bytes(&[8u8; 32]);
+        let a = approved(&plant, 1550.0, "a");
+        let (topic, bytes) = actuate::envelope(&plant, &key, &a, 1, T).unwrap();
+        let mut check = CommandCheck::new(key.verifying_key());
+        let body = check.check(&topic, &bytes, T).unwrap();
+        assert_eq!(
+            body.command,
+            PlantCommand::SetSetpoint {
+                setpoint: "pump.speed_sp".into(),
+                value: 1550.0
+            }
+        );
+        assert_eq!(check.check(&topic, &bytes, T), Err("replay"));
+
+        let forger = SigningKey::from_bytes(&[9u8; 32]);
+        let (topic, forged) = actuate::envelope(&plant, &forger, &a, 2, T).unwrap();
+        assert_eq!(check.check(&topic, &forged, T), Err("bad_signature"));
+
+        // Same bytes unsigned: rebuild the envelope without a key.
+        let env = frames::Envelope::decode(&bytes).unwrap();
+        let unsigned = frames::encode(
+            frames::Kind::Command,
+            &topic,
+            actuate::SIGNER,
+            env.body,
+            None,
+        )
+        .unwrap();
+        assert_eq!(check.check(&topic, &unsigned, T), Err("unsigned"));
+
+        let (topic, old) = actuate::envelope(&plant, &key, &a, 3, T - 120_000).unwrap();
+        assert_eq!(check.check(&topic, &old, T), Err("stale"));
+
+        let mut flipped = actuate::envelope(&plant, &key, &a, 4, T).unwrap().1;
+        let n = flipped.len();
+        flipped[n - 70] ^= 1;
+        assert!(check.check(&topic, &flipped, T).is_err());
+        assert_eq!(check.check(&topic, b"junk", T), Err("malformed"));
+    }
+}
