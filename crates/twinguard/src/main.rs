@@ -1,6 +1,7 @@
 //! twinguard: a secure-by-design AI digital twin for manufacturing.
 
 mod attack;
+mod bench;
 mod broker;
 mod core;
 mod datadir;
@@ -62,6 +63,12 @@ enum Command {
         /// No progress lines.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Measure the simulator, envelope signing, ingest and the whole loop on this machine.
+    Bench {
+        /// Simulated hours for the end-to-end run.
+        #[arg(long, default_value_t = 6.0)]
+        hours: f64,
     },
     /// The audit log.
     Audit {
@@ -156,6 +163,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!("{}", demo::summary(&report));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { hours } => {
+            let dir = std::env::temp_dir().join(format!("twinguard-bench-{}", std::process::id()));
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let r = rt.block_on(bench::run(hours, dir.clone()));
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            let _ = std::fs::remove_dir_all(&dir);
+            println!("{}", serde_json::to_string_pretty(&r?)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {
