@@ -400,8 +400,8 @@ pub fn summary(r: &Value) -> String {
         s.push_str(&format!("  alerts             {}\n", a.len()));
     }
     s.push_str(&format!(
-        "  plant              good bottles {}, energy {:.1} kWh ({:.2} Wh per good bottle), bearing wear {:.2}, pump failures {}\n",
-        plant["good_bottles"],
+        "  plant              good bottles {:.0}, energy {:.1} kWh ({:.2} Wh per good bottle), bearing wear {:.2}, pump failures {}\n",
+        plant["good_bottles"].as_f64().unwrap_or(0.0),
         plant["energy_kwh"].as_f64().unwrap_or(0.0),
         plant["energy_per_good_bottle_wh"].as_f64().unwrap_or(0.0),
         plant["bearing_wear"].as_f64().unwrap_or(0.0),
