@@ -75,6 +75,20 @@ pub struct Command {
 
 /// Proof that the guard approved a command. Its field is private and it has no public
 /// constructor, no `Clone` and no `Deserialize`: holding one means the guard said yes.
+///
+/// Code outside this crate cannot make one:
+///
+/// ```compile_fail
+/// use guard::{Approved, Command};
+/// use plant_model::PlantCommand;
+/// let forged = Approved(Command {
+///     id: "cmd-x".into(),
+///     asset: "pump".into(),
+///     command: PlantCommand::StopLine,
+///     origin: "attacker".into(),
+///     approved_by: vec![],
+/// });
+/// ```
 #[derive(Debug)]
 pub struct Approved(Command);
 

@@ -371,3 +371,21 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// However many detections there are, if they all rest on one signal (one faulty
+    /// sensor), a line stop never executes without a human.
+    #[test]
+    fn one_faulty_sensor_never_stops_the_line_on_its_own(
+        signal in proptest::sample::select(vec!["tank.level", "pump.vibration", "pump.bearing_temp", "past.product_temp"]),
+        trusted in proptest::collection::vec(any::<bool>(), 1..8),
+    ) {
+        let mut s = setup();
+        let dets: Vec<Detection> = trusted.iter().enumerate().map(|(i, t)| detection(i as u64 + 1, &[signal], *t)).collect();
+        let refs: Vec<&Detection> = dets.iter().collect();
+        let ids: Vec<u64> = dets.iter().map(|d| d.id).collect();
+        let d = s.propose("maintenance", Action::StopLine, ids, &refs, T0);
+        prop_assert!(matches!(d, Decision::Pending { .. }), "{:?}", d);
+        prop_assert!(!s.guard.line_stopped());
+    }
+}
