@@ -58,6 +58,30 @@ async fn wait_until(clock: &SimClock, t: i64, end: i64) -> bool {
 /// The first frame an intruder captured: topic and bytes.
 type Captured = Arc<Mutex<Option<(String, Vec<u8>)>>>;
 
+/// Waits until `slot` holds a value, or the run ends (None).
+async fn wait_for_slot<T: Clone>(slot: &Mutex<Option<T>>, clock: &SimClock, end: i64) -> Option<T> {
+    loop {
+        if let Some(v) = lock(slot).clone() {
+            return Some(v);
+        }
+        if clock.now_ms() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// When an attack runs and where it reports.
+#[derive(Clone)]
+pub struct Window {
+    pub clock: SimClock,
+    /// Start of the run (simulated ms).
+    pub t0: i64,
+    /// End of the run (simulated ms).
+    pub end: i64,
+    pub report: Arc<Mutex<AttackReport>>,
+}
+
 fn spawn_poll(mut ev: rumqttc::EventLoop, captured: Option<Captured>) {
     tokio::spawn(async move {
         loop {
@@ -78,14 +102,13 @@ fn spawn_poll(mut ev: rumqttc::EventLoop, captured: Option<Captured>) {
 }
 
 /// Forged, unsigned, unknown-device and garbage frames on the tank's topic.
-pub async fn forged_frames(
-    plant: Arc<Plant>,
-    endpoint: BrokerEndpoint,
-    clock: SimClock,
-    t0: i64,
-    end: i64,
-    report: Arc<Mutex<AttackReport>>,
-) -> Result<()> {
+pub async fn forged_frames(plant: Arc<Plant>, endpoint: BrokerEndpoint, w: Window) -> Result<()> {
+    let Window {
+        clock,
+        t0,
+        end,
+        report,
+    } = w;
     let (client, ev) = AsyncClient::new(endpoint.options("intruder-forger"), 64);
     spawn_poll(ev, None);
     let forger = frames::keys::generate()?;
@@ -123,14 +146,13 @@ pub async fn forged_frames(
 }
 
 /// Captures one valid tank frame and replays it immediately and every ten minutes.
-pub async fn replay(
-    plant: Arc<Plant>,
-    endpoint: BrokerEndpoint,
-    clock: SimClock,
-    t0: i64,
-    end: i64,
-    report: Arc<Mutex<AttackReport>>,
-) -> Result<()> {
+pub async fn replay(plant: Arc<Plant>, endpoint: BrokerEndpoint, w: Window) -> Result<()> {
+    let Window {
+        clock,
+        t0,
+        end,
+        report,
+    } = w;
     let (client, ev) = AsyncClient::new(endpoint.options("intruder-replayer"), 64);
     let captured = Arc::new(Mutex::new(None));
     spawn_poll(ev, Some(captured.clone()));
@@ -139,14 +161,8 @@ pub async fn replay(
         return Ok(());
     }
     client.subscribe(topic.clone(), QoS::AtLeastOnce).await?;
-    let frame = loop {
-        if let Some(f) = lock(&captured).clone() {
-            break f;
-        }
-        if clock.now_ms() >= end {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    let Some(frame) = wait_for_slot(&captured, &clock, end).await else {
+        return Ok(());
     };
     client.unsubscribe(topic).await?;
     lock(&report).notes.push(format!(
@@ -173,23 +189,20 @@ pub async fn replay(
 pub async fn stolen_token(
     api: String,
     leak: Arc<Mutex<Option<String>>>,
-    clock: SimClock,
-    t0: i64,
-    end: i64,
     dir: PathBuf,
-    report: Arc<Mutex<AttackReport>>,
+    w: Window,
 ) -> Result<()> {
+    let Window {
+        clock,
+        t0,
+        end,
+        report,
+    } = w;
     if !wait_until(&clock, t0 + 2 * START_MS, end).await {
         return Ok(());
     }
-    let token = loop {
-        if let Some(t) = lock(&leak).clone() {
-            break t;
-        }
-        if clock.now_ms() >= end {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let Some(token) = wait_for_slot(&leak, &clock, end).await else {
+        return Ok(());
     };
     let token_file = dir.join("stolen-optimiser.token");
     std::fs::write(&token_file, &token)

@@ -234,24 +234,28 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let end_ms = DEFAULT_START_MS + (args.hours * 3_600_000.0) as i64;
     let attack_report = Arc::new(Mutex::new(AttackReport::default()));
     let attack_task = args.attack.map(|a| {
-        let (p, c, r) = (plant.clone(), clock.clone(), attack_report.clone());
-        let intruder = endpoint_for("intruder");
-        let dir = args.data_dir.clone();
+        let w = attack::Window {
+            clock: clock.clone(),
+            t0: DEFAULT_START_MS,
+            end: end_ms,
+            report: attack_report.clone(),
+        };
+        let (p, intruder, dir, leak) = (
+            plant.clone(),
+            endpoint_for("intruder"),
+            args.data_dir.clone(),
+            token_leak.clone(),
+        );
         let api = api_addr.to_string();
-        let leak = token_leak.clone();
         tokio::spawn(async move {
-            match a {
-                Attack::ForgedFrames => {
-                    attack::forged_frames(p, intruder, c, DEFAULT_START_MS, end_ms, r).await
+            match (a, leak) {
+                (Attack::ForgedFrames, _) => attack::forged_frames(p, intruder, w).await,
+                (Attack::Replay, _) => attack::replay(p, intruder, w).await,
+                (Attack::StolenAgentToken, Some(leak)) => {
+                    attack::stolen_token(api, leak, dir, w).await
                 }
-                Attack::Replay => attack::replay(p, intruder, c, DEFAULT_START_MS, end_ms, r).await,
-                Attack::StolenAgentToken => match leak {
-                    Some(l) => {
-                        attack::stolen_token(api, l, c, DEFAULT_START_MS, end_ms, dir, r).await
-                    }
-                    None => Ok(()),
-                },
-                Attack::FdiLevel => Ok(()),
+                // fdi-level is the gateway's own doing (LevelRamp).
+                (Attack::StolenAgentToken, None) | (Attack::FdiLevel, _) => Ok(()),
             }
         })
     });
