@@ -1,6 +1,14 @@
 //! Agents on the reference plant: what they propose, and that every proposal passes the
 //! guard's identity check (they sign with their own key and token).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a test failure"
+)]
+
 use std::sync::Arc;
 
 use agents::{Agent, Identity, Maintenance, Optimiser};
@@ -157,19 +165,18 @@ fn optimiser_cuts_recirculation_and_temperature_within_quality_limits() {
         }
         for sp in agent.observe(&w.twin, &[], now) {
             let p = proposal(&sp);
-            if let Action::SetSetpoint { setpoint, value } = &p.action {
-                if setpoint == "past.temp_sp" {
-                    assert!(*value >= 73.0, "{value}");
-                }
+            if let Action::SetSetpoint { setpoint, value } = &p.action
+                && setpoint == "past.temp_sp"
+            {
+                assert!(*value >= 73.0, "{value}");
             }
             if let (_, Decision::Execute(a), _) = guard.decide(&sp, &[], now) {
                 w.sim.apply(&a.command().command).unwrap();
                 if let plant_model::PlantCommand::SetSetpoint { setpoint, value } =
                     &a.command().command
+                    && setpoint == "past.temp_sp"
                 {
-                    if setpoint == "past.temp_sp" {
-                        agent.set_known_temp_sp(*value);
-                    }
+                    agent.set_known_temp_sp(*value);
                 }
             }
         }

@@ -511,3 +511,98 @@ fn python_publisher_from_the_spec_is_accepted() {
         r["frames"]
     );
 }
+
+/// `--broker` points twinguard at a broker it did not start (here a separate rumqttd with
+/// its own credentials, run by the test); everything else is the same loop.
+#[test]
+fn external_broker_is_used_when_configured() {
+    use std::collections::HashMap;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut users = HashMap::new();
+    users.insert("plant-user".to_string(), "s3cret-for-test".to_string());
+    let mut v4 = HashMap::new();
+    v4.insert(
+        "1".to_string(),
+        rumqttd::ServerSettings {
+            name: "external".into(),
+            listen: ([127, 0, 0, 1], port).into(),
+            tls: None,
+            next_connection_delay_ms: 1,
+            connections: rumqttd::ConnectionSettings {
+                connection_timeout_ms: 60_000,
+                max_payload_size: 1 << 17,
+                max_inflight_count: 500,
+                auth: Some(users),
+                external_auth: None,
+                dynamic_filters: true,
+            },
+        },
+    );
+    let config = rumqttd::Config {
+        router: rumqttd::RouterConfig {
+            max_connections: 32,
+            max_outgoing_packet_count: 500,
+            max_segment_size: 1 << 24,
+            max_segment_count: 4,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(v4),
+        ..Default::default()
+    };
+    std::thread::spawn(move || {
+        if let Err(e) = rumqttd::Broker::new(config).start() {
+            eprintln!("test broker stopped: {e}");
+        }
+    });
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "test broker did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = |password: &str| {
+        Command::new(BIN)
+            .args([
+                "demo", "--speed", "0", "--port", "0", "--json", "--hours", "0.5", "--broker",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("TWINGUARD_MQTT_USERNAME", "plant-user")
+            .env("TWINGUARD_MQTT_PASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let out = run("s3cret-for-test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["samples"]["accepted"], 1800 * SIGNALS);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("external MQTT broker at 127.0.0.1:{port}"))
+    );
+    assert_safe_and_audited(&r);
+    // A wrong password is a clear error, not a hang.
+    let out = run("wrong");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("could not subscribe"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
