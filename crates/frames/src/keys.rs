@@ -96,5 +96,10 @@ pub fn parse_public(hex_text: &str, what: &str) -> Result<VerifyingKey, KeyError
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(bad)?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| bad())
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad())?;
+    // Small-order keys would let one signature verify for many messages.
+    if key.is_weak() {
+        return Err(bad());
+    }
+    Ok(key)
 }

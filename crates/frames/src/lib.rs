@@ -49,6 +49,52 @@ impl Kind {
 pub enum Alg {
     None = 0,
     Ed25519 = 1,
+    /// HMAC-SHA256 with a per-device secret, for devices too small for Ed25519.
+    HmacSha256 = 2,
+}
+
+impl Alg {
+    /// Length of the trailer (signature or tag) in bytes.
+    pub fn trailer_len(self) -> usize {
+        match self {
+            Alg::None => 0,
+            Alg::Ed25519 => 64,
+            Alg::HmacSha256 => 32,
+        }
+    }
+}
+
+/// How an envelope is sealed.
+#[derive(Clone, Copy)]
+pub enum Seal<'a> {
+    None,
+    Ed25519(&'a SigningKey),
+    /// The device's shared secret (at least 32 bytes).
+    HmacSha256(&'a [u8]),
+}
+
+impl Seal<'_> {
+    fn alg(&self) -> Alg {
+        match self {
+            Seal::None => Alg::None,
+            Seal::Ed25519(_) => Alg::Ed25519,
+            Seal::HmacSha256(_) => Alg::HmacSha256,
+        }
+    }
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+fn hmac_tag(secret: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    // HMAC accepts keys of any length; new_from_slice cannot fail for it.
+    match HmacSha256::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(message);
+            mac.finalize().into_bytes().into()
+        }
+        Err(_) => [0u8; 32],
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,6 +119,10 @@ pub enum FrameError {
     Unsigned,
     #[error("signature does not verify")]
     BadSignature,
+    #[error("envelope is sealed with {found:?}, the key is for {expected:?}")]
+    WrongAlg { found: Alg, expected: Alg },
+    #[error("HMAC secrets must be at least 32 bytes")]
+    WeakSecret,
     #[error("body is not valid: {0}")]
     BadBody(String),
 }
@@ -85,7 +135,8 @@ pub struct Envelope<'a> {
     pub signer: &'a str,
     pub body: &'a [u8],
     signed: &'a [u8],
-    signature: Option<[u8; 64]>,
+    /// The signature (64 bytes) or HMAC tag (32 bytes); empty when unsigned.
+    trailer: &'a [u8],
 }
 
 /// Builds an envelope. With a key it is signed (alg 1), without one it is unsigned (alg 0).
@@ -96,6 +147,21 @@ pub fn encode(
     body: &[u8],
     key: Option<&SigningKey>,
 ) -> Result<Vec<u8>, FrameError> {
+    let seal = match key {
+        Some(k) => Seal::Ed25519(k),
+        None => Seal::None,
+    };
+    encode_sealed(kind, topic, signer, body, seal)
+}
+
+/// Builds an envelope sealed as `seal` says.
+pub fn encode_sealed(
+    kind: Kind,
+    topic: &str,
+    signer: &str,
+    body: &[u8],
+    seal: Seal<'_>,
+) -> Result<Vec<u8>, FrameError> {
     if !signer_ok(signer) {
         return Err(FrameError::BadSigner);
     }
@@ -105,18 +171,24 @@ pub fn encode(
     let mut out = Vec::with_capacity(11 + signer.len() + body.len() + 64);
     out.extend_from_slice(kind.magic());
     out.push(VERSION);
-    out.push(if key.is_some() {
-        Alg::Ed25519 as u8
-    } else {
-        Alg::None as u8
-    });
+    out.push(seal.alg() as u8);
     out.push(signer.len() as u8);
     out.extend_from_slice(signer.as_bytes());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(body);
-    if let Some(key) = key {
-        let sig = key.sign(&signing_message(topic, &out));
-        out.extend_from_slice(&sig.to_bytes());
+    match seal {
+        Seal::None => {}
+        Seal::Ed25519(key) => {
+            let sig = key.sign(&signing_message(topic, &out));
+            out.extend_from_slice(&sig.to_bytes());
+        }
+        Seal::HmacSha256(secret) => {
+            if secret.len() < 32 {
+                return Err(FrameError::WeakSecret);
+            }
+            let tag = hmac_tag(secret, &signing_message(topic, &out));
+            out.extend_from_slice(&tag);
+        }
     }
     Ok(out)
 }
@@ -176,6 +248,7 @@ impl<'a> Envelope<'a> {
         let alg = match alg {
             0 => Alg::None,
             1 => Alg::Ed25519,
+            2 => Alg::HmacSha256,
             other => return Err(FrameError::BadAlg(other)),
         };
         let signer = take(bytes, 7, signer_len, "signer id")?;
@@ -193,15 +266,8 @@ impl<'a> Envelope<'a> {
         }
         let body = take(bytes, at + 4, body_len, "body")?;
         let signed_len = at + 4 + body_len;
-        let signature = match alg {
-            Alg::None => None,
-            Alg::Ed25519 => Some(
-                take(bytes, signed_len, 64, "signature")?
-                    .try_into()
-                    .map_err(|_| FrameError::Truncated("signature"))?,
-            ),
-        };
-        let total = signed_len + if signature.is_some() { 64 } else { 0 };
+        let trailer = take(bytes, signed_len, alg.trailer_len(), "signature")?;
+        let total = signed_len + alg.trailer_len();
         if bytes.len() > total {
             return Err(FrameError::TrailingBytes(bytes.len() - total));
         }
@@ -211,22 +277,61 @@ impl<'a> Envelope<'a> {
             signer,
             body,
             signed: take(bytes, 0, signed_len, "envelope")?,
-            signature,
+            trailer,
         })
     }
 
-    /// Checks the signature for the topic it arrived on. Unsigned envelopes fail.
+    /// Checks the Ed25519 signature for the topic it arrived on. Unsigned envelopes fail.
     pub fn verify(&self, topic: &str, key: &VerifyingKey) -> Result<(), FrameError> {
-        let sig = self.signature.ok_or(FrameError::Unsigned)?;
-        key.verify_strict(
-            &signing_message(topic, self.signed),
-            &Signature::from_bytes(&sig),
-        )
-        .map_err(|_| FrameError::BadSignature)
+        let sig = self.ed25519_signature()?;
+        key.verify_strict(&signing_message(topic, self.signed), &sig)
+            .map_err(|_| FrameError::BadSignature)
+    }
+
+    /// The Ed25519 signature, for batch verification.
+    pub fn ed25519_signature(&self) -> Result<Signature, FrameError> {
+        match self.alg {
+            Alg::None => Err(FrameError::Unsigned),
+            Alg::Ed25519 => {
+                let bytes: [u8; 64] = self
+                    .trailer
+                    .try_into()
+                    .map_err(|_| FrameError::Truncated("signature"))?;
+                Ok(Signature::from_bytes(&bytes))
+            }
+            found => Err(FrameError::WrongAlg {
+                found,
+                expected: Alg::Ed25519,
+            }),
+        }
+    }
+
+    /// The exact message the signature or tag covers, for the topic it arrived on.
+    pub fn message(&self, topic: &str) -> Vec<u8> {
+        signing_message(topic, self.signed)
+    }
+
+    /// Checks the HMAC-SHA256 tag with the device's secret, in constant time.
+    pub fn verify_hmac(&self, topic: &str, secret: &[u8]) -> Result<(), FrameError> {
+        use hmac::Mac;
+        match self.alg {
+            Alg::None => return Err(FrameError::Unsigned),
+            Alg::HmacSha256 => {}
+            found => {
+                return Err(FrameError::WrongAlg {
+                    found,
+                    expected: Alg::HmacSha256,
+                });
+            }
+        }
+        let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| FrameError::WeakSecret)?;
+        mac.update(&signing_message(topic, self.signed));
+        mac.verify_slice(self.trailer)
+            .map_err(|_| FrameError::BadSignature)
     }
 
     pub fn is_signed(&self) -> bool {
-        self.signature.is_some()
+        self.alg != Alg::None
     }
 }
 

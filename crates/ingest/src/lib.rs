@@ -18,7 +18,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
-use frames::{Envelope, FrameError, Kind, TelemetryBody};
+use frames::{Alg, Envelope, FrameError, Kind, TelemetryBody};
 use plant_model::Plant;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,8 @@ pub enum Reason {
     Unsigned,
     BadSignature,
     UnauthorizedTopic,
+    /// Sealed with a key outside its validity window (rotated out, or not yet valid).
+    RetiredKey,
     Replay,
     Stale,
     Future,
@@ -49,6 +51,7 @@ impl Reason {
             Reason::Unsigned => "unsigned",
             Reason::BadSignature => "bad_signature",
             Reason::UnauthorizedTopic => "unauthorized_topic",
+            Reason::RetiredKey => "retired_key",
             Reason::Replay => "replay",
             Reason::Stale => "stale",
             Reason::Future => "future",
@@ -80,14 +83,49 @@ pub enum Trust {
 /// Where a value came from and how it arrived.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
+    /// The signing device.
     pub device: String,
     /// The channel it arrived on (the MQTT topic).
     pub channel: String,
+    /// The protocol of the source (`mqtt`, ...).
     pub transport: String,
+    /// The source it arrived through, and that source's zone and transport security.
+    #[serde(default)]
+    pub source: Option<Arc<SourceInfo>>,
     pub signed: bool,
+    /// The envelope's seal (`ed25519`, `hmac_sha256`) and the id of the device key that
+    /// verified it.
+    #[serde(default)]
+    pub seal: Option<String>,
     pub seq: u64,
     pub received_ms: i64,
     pub trust: Trust,
+}
+
+/// A source of frames and how it is secured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub id: String,
+    pub protocol: String,
+    /// Transport security: `none`, `tls`, `mtls`, or an OPC UA mode and policy.
+    pub security: String,
+    /// SHA-256 thumbprint of the peer's certificate, when the transport has one.
+    pub peer_certificate: Option<String>,
+    /// The IEC 62443 zone the source belongs to.
+    pub zone: Option<String>,
+}
+
+impl SourceInfo {
+    /// An MQTT source without transport security (the embedded broker on loopback).
+    pub fn mqtt_plain(id: &str) -> SourceInfo {
+        SourceInfo {
+            id: id.to_string(),
+            protocol: "mqtt".into(),
+            security: "none".into(),
+            peer_certificate: None,
+            zone: None,
+        }
+    }
 }
 
 /// An accepted value.
@@ -121,12 +159,73 @@ pub struct Outcome {
     pub rejected: Vec<Rejection>,
 }
 
+/// Key material of a device.
+#[derive(Clone)]
+pub enum KeyMaterial {
+    Ed25519(VerifyingKey),
+    /// Shared secret for HMAC-SHA256 (at least 32 bytes). Never printed.
+    HmacSha256(Vec<u8>),
+}
+
+impl fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyMaterial::Ed25519(k) => write!(f, "Ed25519({})", hex_short(k.as_bytes())),
+            KeyMaterial::HmacSha256(_) => f.write_str("HmacSha256(<secret>)"),
+        }
+    }
+}
+
+fn hex_short(b: &[u8]) -> String {
+    b.iter().take(6).map(|x| format!("{x:02x}")).collect()
+}
+
+/// One key of a device, with the window in which frames sealed with it are accepted
+/// (by the frame's own timestamp). Rotation registers the new key and ends the old one's
+/// window a little later, so that frames in flight during the switch are still accepted.
+#[derive(Debug, Clone)]
+pub struct DeviceKey {
+    pub id: String,
+    pub material: KeyMaterial,
+    pub not_before_ms: Option<i64>,
+    pub not_after_ms: Option<i64>,
+}
+
+impl DeviceKey {
+    fn alg(&self) -> Alg {
+        match self.material {
+            KeyMaterial::Ed25519(_) => Alg::Ed25519,
+            KeyMaterial::HmacSha256(_) => Alg::HmacSha256,
+        }
+    }
+
+    fn valid_at(&self, t_ms: i64) -> bool {
+        self.not_before_ms.is_none_or(|t| t_ms >= t) && self.not_after_ms.is_none_or(|t| t_ms <= t)
+    }
+}
+
 /// A registered edge device.
 #[derive(Debug, Clone)]
 pub struct Device {
     pub id: String,
-    pub key: VerifyingKey,
     pub asset: String,
+    pub keys: Vec<DeviceKey>,
+}
+
+impl Device {
+    /// A device with one Ed25519 key, valid forever.
+    pub fn ed25519(id: &str, asset: &str, key: VerifyingKey) -> Device {
+        Device {
+            id: id.to_string(),
+            asset: asset.to_string(),
+            keys: vec![DeviceKey {
+                id: format!("{id}#1"),
+                material: KeyMaterial::Ed25519(key),
+                not_before_ms: None,
+                not_after_ms: None,
+            }],
+        }
+    }
 }
 
 /// Integrity limits. Clock skew tolerance is configured, never assumed.
@@ -222,10 +321,88 @@ impl Verifier {
         &self.counters
     }
 
-    /// Checks one frame that arrived on `topic` at `now_ms`.
-    pub fn check(&mut self, topic: &str, bytes: &[u8], now_ms: i64) -> Outcome {
+    /// Checks one frame that arrived from `source` on `topic` at `now_ms`.
+    pub fn check(
+        &mut self,
+        source: &Arc<SourceInfo>,
+        topic: &str,
+        bytes: &[u8],
+        now_ms: i64,
+    ) -> Outcome {
+        self.check_one(source, topic, bytes, now_ms, None)
+    }
+
+    /// Checks several frames, verifying their Ed25519 signatures in one batch first. If the
+    /// batch fails (a bad signature among them), every frame is checked on its own, so the
+    /// verdicts are exactly those of [`Verifier::check`].
+    pub fn check_batch(
+        &mut self,
+        source: &Arc<SourceInfo>,
+        frames: &[(String, Vec<u8>)],
+        now_ms: i64,
+    ) -> Vec<Outcome> {
+        let mut candidates: Vec<(
+            usize,
+            usize,
+            Vec<u8>,
+            ed25519_dalek::Signature,
+            VerifyingKey,
+        )> = Vec::new();
+        for (i, (topic, bytes)) in frames.iter().enumerate() {
+            let Ok(env) = Envelope::decode(bytes) else {
+                continue;
+            };
+            let Ok(sig) = env.ed25519_signature() else {
+                continue;
+            };
+            let Some(device) = self.devices.get(env.signer) else {
+                continue;
+            };
+            // The device's newest Ed25519 key is the one its frames normally carry.
+            let Some((k, key)) = device
+                .keys
+                .iter()
+                .enumerate()
+                .rev()
+                .find_map(|(k, dk)| match &dk.material {
+                    KeyMaterial::Ed25519(v) => Some((k, *v)),
+                    KeyMaterial::HmacSha256(_) => None,
+                })
+            else {
+                continue;
+            };
+            candidates.push((i, k, env.message(topic), sig, key));
+        }
+        let mut preverified = vec![None; frames.len()];
+        if candidates.len() >= 2 {
+            let messages: Vec<&[u8]> = candidates.iter().map(|c| c.2.as_slice()).collect();
+            let sigs: Vec<ed25519_dalek::Signature> = candidates.iter().map(|c| c.3).collect();
+            let keys: Vec<VerifyingKey> = candidates.iter().map(|c| c.4).collect();
+            if ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
+                for c in &candidates {
+                    if let Some(slot) = preverified.get_mut(c.0) {
+                        *slot = Some(c.1);
+                    }
+                }
+            }
+        }
+        frames
+            .iter()
+            .zip(preverified)
+            .map(|((topic, bytes), pre)| self.check_one(source, topic, bytes, now_ms, pre))
+            .collect()
+    }
+
+    fn check_one(
+        &mut self,
+        source: &Arc<SourceInfo>,
+        topic: &str,
+        bytes: &[u8],
+        now_ms: i64,
+        preverified: Option<usize>,
+    ) -> Outcome {
         let mut out = Outcome::default();
-        match self.check_frame(topic, bytes, now_ms, &mut out) {
+        match self.check_frame(source, topic, bytes, now_ms, preverified, &mut out) {
             Ok(()) => self.counters.frames_accepted += 1,
             Err(rejection) => {
                 *self
@@ -243,11 +420,37 @@ impl Verifier {
         out
     }
 
+    /// The index of the device key that verifies the envelope.
+    fn verify_seal(env: &Envelope<'_>, topic: &str, device: &Device) -> Result<usize, FrameError> {
+        if env.alg == Alg::None {
+            return Err(FrameError::Unsigned);
+        }
+        let mut last = FrameError::BadSignature;
+        for (k, key) in device
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, key)| key.alg() == env.alg)
+        {
+            let r = match &key.material {
+                KeyMaterial::Ed25519(v) => env.verify(topic, v),
+                KeyMaterial::HmacSha256(secret) => env.verify_hmac(topic, secret),
+            };
+            match r {
+                Ok(()) => return Ok(k),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     fn check_frame(
         &mut self,
+        source: &Arc<SourceInfo>,
         topic: &str,
         bytes: &[u8],
         now_ms: i64,
+        preverified: Option<usize>,
         out: &mut Outcome,
     ) -> Result<(), Rejection> {
         let frame_err = |reason: Reason, detail: String, device: Option<&str>| Rejection {
@@ -274,18 +477,21 @@ impl Verifier {
                 Some(env.signer),
             )
         })?;
-        env.verify(topic, &device.key).map_err(|e| match e {
-            FrameError::Unsigned => frame_err(
-                Reason::Unsigned,
-                "unsigned frames are refused".into(),
-                Some(env.signer),
-            ),
-            other => frame_err(
-                Reason::BadSignature,
-                format!("{other} with the registered key of {}", device.id),
-                Some(env.signer),
-            ),
-        })?;
+        let key_index = match preverified {
+            Some(k) => k,
+            None => Self::verify_seal(&env, topic, device).map_err(|e| match e {
+                FrameError::Unsigned => frame_err(
+                    Reason::Unsigned,
+                    "unsigned frames are refused".into(),
+                    Some(env.signer),
+                ),
+                other => frame_err(
+                    Reason::BadSignature,
+                    format!("{other} with the registered keys of {}", device.id),
+                    Some(env.signer),
+                ),
+            })?,
+        };
         let allowed_topic = self.plant.telemetry_topic(&device.asset);
         if topic != allowed_topic {
             return Err(frame_err(
@@ -296,6 +502,23 @@ impl Verifier {
         }
         let body = TelemetryBody::parse(env.body)
             .map_err(|e| frame_err(Reason::Malformed, e.to_string(), Some(env.signer)))?;
+        let Some(key) = device.keys.get(key_index) else {
+            return Err(frame_err(
+                Reason::BadSignature,
+                "no such key".into(),
+                Some(env.signer),
+            ));
+        };
+        if !key.valid_at(body.ts_ms) {
+            return Err(frame_err(
+                Reason::RetiredKey,
+                format!(
+                    "key {} of {} is valid from {:?} to {:?}, the frame is dated {}",
+                    key.id, device.id, key.not_before_ms, key.not_after_ms, body.ts_ms
+                ),
+                Some(env.signer),
+            ));
+        }
         let window = self.windows.entry(device.id.clone()).or_default();
         if !window.accept(body.seq, self.config.replay_window) {
             return Err(frame_err(
@@ -333,8 +556,10 @@ impl Verifier {
         let provenance = Arc::new(Provenance {
             device: device.id.clone(),
             channel: topic.to_string(),
-            transport: "mqtt".into(),
+            transport: source.protocol.clone(),
+            source: Some(source.clone()),
             signed: true,
+            seal: Some(format!("{}:{}", alg_name(env.alg), key.id)),
             seq: body.seq,
             received_ms: now_ms,
             trust: Trust::Verified,
@@ -403,16 +628,27 @@ impl Verifier {
                 ),
             ));
         }
-        if s.t_ms > frame_ts || now_ms - s.t_ms > self.config.max_age_ms {
+        let limit = signal
+            .max_age_s
+            .map_or(self.config.max_age_ms, |s| i64::from(s) * 1000);
+        if s.t_ms > frame_ts || now_ms - s.t_ms > limit {
             return Err((
                 Reason::Stale,
                 format!(
-                    "{} sample time {} is after its frame or older than the freshness limit",
+                    "{} sample time {} is after its frame or older than its freshness limit of {limit} ms",
                     s.signal, s.t_ms
                 ),
             ));
         }
         Ok(())
+    }
+}
+
+fn alg_name(a: Alg) -> &'static str {
+    match a {
+        Alg::None => "none",
+        Alg::Ed25519 => "ed25519",
+        Alg::HmacSha256 => "hmac_sha256",
     }
 }
 

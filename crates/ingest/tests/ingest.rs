@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use frames::{Kind, TelemetryBody, WireSample, encode, to_body};
-use ingest::{Device, IngestConfig, Reason, Trust, Verifier};
+use frames::{Kind, Seal, TelemetryBody, WireSample, encode, encode_sealed, to_body};
+use ingest::{Device, DeviceKey, IngestConfig, KeyMaterial, Reason, SourceInfo, Trust, Verifier};
 use plant_model::Plant;
 
 const NOW: i64 = 1_767_225_600_000;
@@ -21,6 +21,7 @@ struct Fixture {
     plant: Arc<Plant>,
     key: SigningKey,
     verifier: Verifier,
+    src: Arc<SourceInfo>,
 }
 
 fn fixture() -> Fixture {
@@ -28,17 +29,14 @@ fn fixture() -> Fixture {
     let key = SigningKey::from_bytes(&[1u8; 32]);
     let verifier = Verifier::new(
         plant.clone(),
-        vec![Device {
-            id: "gw-tank".into(),
-            key: key.verifying_key(),
-            asset: "tank".into(),
-        }],
+        vec![Device::ed25519("gw-tank", "tank", key.verifying_key())],
         IngestConfig::default(),
     );
     Fixture {
         plant,
         key,
         verifier,
+        src: Arc::new(SourceInfo::mqtt_plain("test-source")),
     }
 }
 
@@ -76,7 +74,7 @@ fn level(v: f64) -> Vec<WireSample> {
 fn valid_frame_is_accepted_with_provenance() {
     let mut f = fixture();
     let (topic, bytes) = frame(&f, 1, NOW, level(1.5), Some(&f.key.clone()));
-    let out = f.verifier.check(&topic, &bytes, NOW);
+    let out = f.verifier.check(&f.src, &topic, &bytes, NOW);
     assert!(out.rejected.is_empty(), "{:?}", out.rejected);
     let s = &out.accepted[0];
     assert_eq!(s.value, 1.5);
@@ -87,7 +85,7 @@ fn valid_frame_is_accepted_with_provenance() {
 }
 
 fn reason_of(f: &mut Fixture, topic: &str, bytes: &[u8], now: i64) -> Reason {
-    let out = f.verifier.check(topic, bytes, now);
+    let out = f.verifier.check(&f.src, topic, bytes, now);
     assert!(out.accepted.is_empty(), "accepted {:?}", out.accepted);
     out.rejected[0].reason
 }
@@ -134,10 +132,10 @@ fn replayed_frame_is_refused_even_when_fresh() {
     let mut f = fixture();
     let k = f.key.clone();
     let (t, b) = frame(&f, 10, NOW, level(1.5), Some(&k));
-    assert!(f.verifier.check(&t, &b, NOW).rejected.is_empty());
+    assert!(f.verifier.check(&f.src, &t, &b, NOW).rejected.is_empty());
     assert_eq!(reason_of(&mut f, &t, &b, NOW), Reason::Replay);
     let (t2, b2) = frame(&f, 200, NOW, level(1.5), Some(&k));
-    assert!(f.verifier.check(&t2, &b2, NOW).rejected.is_empty());
+    assert!(f.verifier.check(&f.src, &t2, &b2, NOW).rejected.is_empty());
     assert_eq!(
         reason_of(&mut f, &t, &b, NOW),
         Reason::Replay,
@@ -153,7 +151,7 @@ fn forged_frames_do_not_advance_the_replay_window() {
     let (t, b) = frame(&f, 1_000_000, NOW, level(1.5), Some(&forger));
     assert_eq!(reason_of(&mut f, &t, &b, NOW), Reason::BadSignature);
     let (t, b) = frame(&f, 1, NOW, level(1.5), Some(&k));
-    assert!(f.verifier.check(&t, &b, NOW).rejected.is_empty());
+    assert!(f.verifier.check(&f.src, &t, &b, NOW).rejected.is_empty());
 }
 
 #[test]
@@ -169,7 +167,7 @@ fn sample_level_rejections_keep_the_good_samples() {
         sample("tank.inflow", 12.0, "m3/h"),
     ];
     let (t, b) = frame(&f, 1, NOW, samples, Some(&k));
-    let out = f.verifier.check(&t, &b, NOW);
+    let out = f.verifier.check(&f.src, &t, &b, NOW);
     assert_eq!(out.accepted.len(), 2);
     let reasons: Vec<Reason> = out.rejected.iter().map(|r| r.reason).collect();
     assert_eq!(
@@ -205,4 +203,255 @@ fn json_cannot_smuggle_non_numbers() {
         Some(&k),
     );
     assert_eq!(reason_of(&mut f, &t, &b, NOW), Reason::Malformed);
+}
+
+#[test]
+fn provenance_names_source_seal_and_key() {
+    let mut f = fixture();
+    let k = f.key.clone();
+    let (t, b) = frame(&f, 1, NOW, level(1.5), Some(&k));
+    let out = f.verifier.check(&f.src, &t, &b, NOW);
+    let p = &out.accepted[0].provenance;
+    assert_eq!(p.source.as_ref().unwrap().id, "test-source");
+    assert_eq!(p.seal.as_deref(), Some("ed25519:gw-tank#1"));
+}
+
+fn rotated_device(old: &SigningKey, new: &SigningKey, switch: i64, overlap: i64) -> Device {
+    Device {
+        id: "gw-tank".into(),
+        asset: "tank".into(),
+        keys: vec![
+            DeviceKey {
+                id: "old".into(),
+                material: KeyMaterial::Ed25519(old.verifying_key()),
+                not_before_ms: None,
+                not_after_ms: Some(switch + overlap),
+            },
+            DeviceKey {
+                id: "new".into(),
+                material: KeyMaterial::Ed25519(new.verifying_key()),
+                not_before_ms: Some(switch),
+                not_after_ms: None,
+            },
+        ],
+    }
+}
+
+#[test]
+fn key_rotation_overlaps_then_retires_the_old_key() {
+    let plant = Arc::new(Plant::reference());
+    let old = SigningKey::from_bytes(&[1u8; 32]);
+    let new = SigningKey::from_bytes(&[2u8; 32]);
+    let switch = NOW;
+    let overlap = 60_000;
+    let mut v = Verifier::new(
+        plant.clone(),
+        vec![rotated_device(&old, &new, switch, overlap)],
+        IngestConfig::default(),
+    );
+    let src = Arc::new(SourceInfo::mqtt_plain("s"));
+    let topic = plant.telemetry_topic("tank");
+    let mk = |seq: u64, ts: i64, key: &SigningKey| {
+        let body = to_body(&TelemetryBody {
+            seq,
+            ts_ms: ts,
+            samples: vec![WireSample {
+                signal: "tank.level".into(),
+                t_ms: ts,
+                value: 1.5,
+                unit: "m".into(),
+            }],
+        });
+        encode(Kind::Telemetry, &topic, "gw-tank", &body, Some(key)).unwrap()
+    };
+    // Before the switch only the old key is valid; in the overlap both; after it only the new.
+    assert!(
+        v.check(&src, &topic, &mk(1, switch - 1000, &old), switch - 1000)
+            .rejected
+            .is_empty()
+    );
+    assert_eq!(
+        v.check(&src, &topic, &mk(2, switch - 1000, &new), switch - 1000)
+            .rejected[0]
+            .reason,
+        Reason::RetiredKey
+    );
+    assert!(
+        v.check(&src, &topic, &mk(3, switch + 1000, &old), switch + 1000)
+            .rejected
+            .is_empty()
+    );
+    assert!(
+        v.check(&src, &topic, &mk(4, switch + 2000, &new), switch + 2000)
+            .rejected
+            .is_empty()
+    );
+    let late = switch + overlap + 1000;
+    let out = v.check(&src, &topic, &mk(5, late, &old), late);
+    assert_eq!(
+        out.rejected[0].reason,
+        Reason::RetiredKey,
+        "{:?}",
+        out.rejected
+    );
+    assert!(out.rejected[0].detail.contains("old"));
+    assert!(
+        v.check(&src, &topic, &mk(6, late, &new), late)
+            .rejected
+            .is_empty()
+    );
+}
+
+#[test]
+fn hmac_sealed_frames_from_constrained_devices() {
+    let plant = Arc::new(Plant::reference());
+    let secret = vec![7u8; 32];
+    let dev = Device {
+        id: "gw-tank".into(),
+        asset: "tank".into(),
+        keys: vec![DeviceKey {
+            id: "h1".into(),
+            material: KeyMaterial::HmacSha256(secret.clone()),
+            not_before_ms: None,
+            not_after_ms: None,
+        }],
+    };
+    assert!(
+        !format!("{dev:?}").contains("07070707"),
+        "secrets are not printed"
+    );
+    let mut v = Verifier::new(plant.clone(), vec![dev], IngestConfig::default());
+    let src = Arc::new(SourceInfo::mqtt_plain("s"));
+    let topic = plant.telemetry_topic("tank");
+    let body = to_body(&TelemetryBody {
+        seq: 1,
+        ts_ms: NOW,
+        samples: level(1.5),
+    });
+    let good = encode_sealed(
+        Kind::Telemetry,
+        &topic,
+        "gw-tank",
+        &body,
+        Seal::HmacSha256(&secret),
+    )
+    .unwrap();
+    let out = v.check(&src, &topic, &good, NOW);
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    assert_eq!(
+        out.accepted[0].provenance.seal.as_deref(),
+        Some("hmac_sha256:h1")
+    );
+    let body = to_body(&TelemetryBody {
+        seq: 2,
+        ts_ms: NOW,
+        samples: level(1.5),
+    });
+    let wrong = encode_sealed(
+        Kind::Telemetry,
+        &topic,
+        "gw-tank",
+        &body,
+        Seal::HmacSha256(&[8u8; 32]),
+    )
+    .unwrap();
+    assert_eq!(
+        v.check(&src, &topic, &wrong, NOW).rejected[0].reason,
+        Reason::BadSignature
+    );
+    // An Ed25519 frame for a device that only has an HMAC secret does not verify either.
+    let ed = encode(
+        Kind::Telemetry,
+        &topic,
+        "gw-tank",
+        &body,
+        Some(&SigningKey::from_bytes(&[1u8; 32])),
+    )
+    .unwrap();
+    assert_eq!(
+        v.check(&src, &topic, &ed, NOW).rejected[0].reason,
+        Reason::BadSignature
+    );
+    assert!(
+        encode_sealed(
+            Kind::Telemetry,
+            &topic,
+            "gw-tank",
+            &body,
+            Seal::HmacSha256(&[1u8; 16])
+        )
+        .is_err(),
+        "short secrets are refused"
+    );
+}
+
+#[test]
+fn per_signal_freshness_is_tighter_than_the_frame_limit() {
+    let text = plant_model::REFERENCE_PLANT.replacen(
+        "stuck_after_s = 120",
+        "stuck_after_s = 120\nmax_age_s = 5",
+        1,
+    );
+    let plant = Arc::new(Plant::parse(&text, "p").unwrap());
+    let key = SigningKey::from_bytes(&[1u8; 32]);
+    let mut v = Verifier::new(
+        plant.clone(),
+        vec![Device::ed25519("gw-tank", "tank", key.verifying_key())],
+        IngestConfig::default(),
+    );
+    let src = Arc::new(SourceInfo::mqtt_plain("s"));
+    let topic = plant.telemetry_topic("tank");
+    let t = NOW - 10_000;
+    let body = to_body(&TelemetryBody {
+        seq: 1,
+        ts_ms: t,
+        samples: vec![
+            WireSample {
+                signal: "tank.level".into(),
+                t_ms: t,
+                value: 1.5,
+                unit: "m".into(),
+            },
+            WireSample {
+                signal: "tank.inflow".into(),
+                t_ms: t,
+                value: 12.0,
+                unit: "m3/h".into(),
+            },
+        ],
+    });
+    let b = encode(Kind::Telemetry, &topic, "gw-tank", &body, Some(&key)).unwrap();
+    let out = v.check(&src, &topic, &b, NOW);
+    assert_eq!(out.accepted.len(), 1);
+    assert_eq!(out.accepted[0].signal, "tank.inflow");
+    assert_eq!(out.rejected[0].reason, Reason::Stale);
+    assert_eq!(out.rejected[0].signal.as_deref(), Some("tank.level"));
+}
+
+proptest::proptest! {
+    /// Batch verification gives exactly the verdicts of checking frames one by one.
+    #[test]
+    fn batch_verdicts_equal_single_verdicts(kinds in proptest::collection::vec(0u8..4, 1..20)) {
+        let f = fixture();
+        let forger = SigningKey::from_bytes(&[9u8; 32]);
+        let frames: Vec<(String, Vec<u8>)> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let seq = (i as u64 % 7) + 1; // repeats make replays
+                match k {
+                    0 | 1 => frame(&f, seq, NOW, level(1.5), Some(&f.key)),
+                    2 => frame(&f, seq, NOW, level(1.5), Some(&forger)),
+                    _ => frame(&f, seq, NOW, level(99.0), Some(&f.key)),
+                }
+            })
+            .collect();
+        let mut single = fixture();
+        let mut batched = fixture();
+        let one: Vec<Vec<Reason>> = frames.iter().map(|(t, b)| single.verifier.check(&single.src, t, b, NOW).rejected.iter().map(|r| r.reason).collect()).collect();
+        let src = batched.src.clone();
+        let many: Vec<Vec<Reason>> = batched.verifier.check_batch(&src, &frames, NOW).iter().map(|o| o.rejected.iter().map(|r| r.reason).collect()).collect();
+        proptest::prop_assert_eq!(one, many);
+        proptest::prop_assert_eq!(single.verifier.counters().samples_accepted, batched.verifier.counters().samples_accepted);
+    }
 }

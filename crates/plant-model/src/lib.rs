@@ -69,6 +69,9 @@ pub struct Signal {
     /// A noisy signal repeating one value this long is flagged as stuck.
     #[serde(default)]
     pub stuck_after_s: Option<u32>,
+    /// A sample older than this is refused as stale (default: ingest's `max_age_ms`).
+    #[serde(default)]
+    pub max_age_s: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -67,17 +67,14 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
     let sign_s = t.elapsed().as_secs_f64();
     let mut verifier = Verifier::new(
         plant.clone(),
-        vec![Device {
-            id: "gw-tank".into(),
-            key: key.verifying_key(),
-            asset: "tank".into(),
-        }],
+        vec![Device::ed25519("gw-tank", "tank", key.verifying_key())],
         IngestConfig::default(),
     );
+    let source = Arc::new(ingest::SourceInfo::mqtt_plain("bench"));
     let t = Instant::now();
     let mut accepted = 0u64;
     for (ts, f) in &frames_buf {
-        accepted += verifier.check(&topic, f, *ts).accepted.len() as u64;
+        accepted += verifier.check(&source, &topic, f, *ts).accepted.len() as u64;
     }
     let verify_s = t.elapsed().as_secs_f64();
     let t = Instant::now();

@@ -14,8 +14,8 @@ use audit::{AuditStore, Entry, Quarantined};
 use detect::{Detection, Detectors, Event};
 use ed25519_dalek::VerifyingKey;
 use guard::{Decision, DecisionRecord, Guard, SignedProposal};
-use ingest::Verifier;
 use ingest::mqtt::RawFrame;
+use ingest::{SourceInfo, Verifier};
 use plant_model::{Plant, PlantCommand};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -23,6 +23,8 @@ use twin::Twin;
 
 use crate::gateway::{Progress, SimClock};
 
+/// Most frames verified in one batch.
+const BATCH: usize = 64;
 /// How often agents look at the plant (data time).
 const AGENT_PERIOD_MS: i64 = 60_000;
 /// Points per signal in the page's plots.
@@ -31,6 +33,8 @@ const PLOT_POINTS: usize = 120;
 pub struct Core {
     pub plant: Arc<Plant>,
     pub verifier: Verifier,
+    /// The source frames arrive through (one MQTT source in the demo).
+    pub source: Arc<SourceInfo>,
     pub twin: Twin,
     pub detectors: Detectors,
     pub guard: Guard,
@@ -71,14 +75,24 @@ impl Core {
                 _ = &mut stop => break,
                 Some(op) = ops_rx.recv() => self.handle_op(op),
                 f = frames_rx.recv() => match f {
-                    Some(f) => self.handle_frame(f),
+                    Some(f) => {
+                        // Take what else is waiting, to verify signatures in one batch.
+                        let mut batch = vec![f];
+                        while batch.len() < BATCH {
+                            match frames_rx.try_recv() {
+                                Ok(f) => batch.push(f),
+                                Err(_) => break,
+                            }
+                        }
+                        self.handle_frames(batch);
+                    }
                     None => break,
                 },
             }
         }
         // Drain what is already queued: nothing accepted by the broker is left unprocessed.
         while let Ok(f) = frames_rx.try_recv() {
-            self.handle_frame(f);
+            self.handle_frames(vec![f]);
         }
         while let Ok(op) = ops_rx.try_recv() {
             self.handle_op(op);
@@ -102,9 +116,18 @@ impl Core {
         }
     }
 
-    pub fn handle_frame(&mut self, f: RawFrame) {
+    /// Checks a batch of frames (signatures verified together) and applies each in order.
+    pub fn handle_frames(&mut self, frames: Vec<RawFrame>) {
         let now = self.clock.now_ms();
-        let out = self.verifier.check(&f.topic, &f.payload, now);
+        let pairs: Vec<(String, Vec<u8>)> =
+            frames.into_iter().map(|f| (f.topic, f.payload)).collect();
+        let outcomes = self.verifier.check_batch(&self.source, &pairs, now);
+        for ((topic, payload), out) in pairs.into_iter().zip(outcomes) {
+            self.apply_outcome(RawFrame { topic, payload }, out, now);
+        }
+    }
+
+    fn apply_outcome(&mut self, f: RawFrame, out: ingest::Outcome, now: i64) {
         if !out.rejected.is_empty() {
             let entries: Vec<Entry> = out
                 .rejected

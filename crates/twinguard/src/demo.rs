@@ -129,11 +129,11 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let registry: Vec<Device> = devices
         .iter()
         .map(|(id, d)| -> Result<Device> {
-            Ok(Device {
-                id: id.clone(),
-                key: frames::keys::parse_public(&d.public_key, &format!("device {id}"))?,
-                asset: d.asset.clone(),
-            })
+            Ok(Device::ed25519(
+                id,
+                &d.asset,
+                frames::keys::parse_public(&d.public_key, &format!("device {id}"))?,
+            ))
         })
         .collect::<Result<_>>()?;
     let verifier = Verifier::new(plant.clone(), registry, IngestConfig::default());
@@ -204,6 +204,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let mut core = Core {
         plant: plant.clone(),
         verifier,
+        source: Arc::new(ingest::SourceInfo::mqtt_plain(&broker_desc)),
         twin: Twin::new(plant.clone(), DEFAULT_HISTORY, CusumConfig::default()),
         detectors: detect::Detectors::new(plant.clone()),
         guard,
