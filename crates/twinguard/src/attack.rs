@@ -30,6 +30,10 @@ pub enum Attack {
     Replay,
     FdiLevel,
     StolenAgentToken,
+    /// The tank's frames are held back two minutes on their way (they arrive stale).
+    DelayedFrames,
+    /// The tank's key was rotated out; whoever kept the old key signs frames with it.
+    RetiredKey,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -140,6 +144,51 @@ pub async fn forged_frames(plant: Arc<Plant>, endpoint: BrokerEndpoint, w: Windo
                 .await?;
             lock(&report).attempts += 1;
         }
+        t += EVERY_MS;
+    }
+    Ok(())
+}
+
+/// Frames for the tank signed with its rotated-out key, with fresh timestamps.
+pub async fn retired_key(
+    plant: Arc<Plant>,
+    endpoint: BrokerEndpoint,
+    old: ed25519_dalek::SigningKey,
+    w: Window,
+) -> Result<()> {
+    let Window {
+        clock,
+        t0,
+        end,
+        report,
+    } = w;
+    let (client, ev) = AsyncClient::new(endpoint.options("intruder-old-key"), 64);
+    spawn_poll(ev, None);
+    let topic = plant.telemetry_topic("tank");
+    let mut t = t0 + START_MS;
+    let mut seq = 2_000_000_000u64;
+    while wait_until(&clock, t, end).await {
+        let now = clock.now_ms();
+        seq += 1;
+        let body = to_body(&TelemetryBody {
+            seq,
+            ts_ms: now,
+            samples: vec![WireSample {
+                signal: "tank.level".into(),
+                t_ms: now,
+                value: 2.9,
+                unit: "m".into(),
+            }],
+        });
+        client
+            .publish(
+                topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                encode(Kind::Telemetry, &topic, "gw-tank", &body, Some(&old))?,
+            )
+            .await?;
+        lock(&report).attempts += 1;
         t += EVERY_MS;
     }
     Ok(())

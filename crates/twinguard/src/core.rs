@@ -192,7 +192,11 @@ impl Core {
                     json!({ "proposal_id": id }),
                 )]);
             }
-            self.progress.send_modify(|p| p.t_ms = t);
+        }
+        // Progress for the plant's lockstep: the newest data processed, even while one
+        // device lags (its late frames are then judged stale, as they would be).
+        if let Some(newest) = out.accepted.iter().map(|s| s.t_ms).max() {
+            self.progress.send_modify(|p| p.t_ms = p.t_ms.max(newest));
         }
         self.publish_snapshot(false);
     }

@@ -41,7 +41,27 @@ struct RegistryFile {
 #[serde(deny_unknown_fields)]
 pub struct DeviceEntry {
     pub asset: String,
-    pub public_key: String,
+    /// A single Ed25519 public key valid forever (short form of one `keys` entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyEntry>,
+}
+
+/// One key of a device: an Ed25519 public key or a file holding an HMAC secret (64+ hex
+/// characters), with its validity window in milliseconds since the epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ed25519: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_secret_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after_ms: Option<i64>,
 }
 
 /// Credentials of the embedded broker's accounts.
@@ -129,13 +149,137 @@ impl DataDir {
             fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let reg: RegistryFile = toml::from_str(&text)
             .with_context(|| format!("device registry {} is not valid", path.display()))?;
-        for (id, d) in &reg.devices {
-            keys::parse_public(
-                &d.public_key,
-                &format!("{}: devices.{id}.public_key", path.display()),
-            )?;
-        }
         Ok(reg.devices)
+    }
+
+    /// The registry as ingest uses it: every key parsed and checked, HMAC secrets read.
+    pub fn registry(&self) -> Result<Vec<ingest::Device>> {
+        let path = self.registry_path();
+        let mut out = Vec::new();
+        for (id, d) in self.devices()? {
+            let mut keys = Vec::new();
+            if let Some(pk) = &d.public_key {
+                let key = keys::parse_public(
+                    pk,
+                    &format!("{}: devices.{id}.public_key", path.display()),
+                )?;
+                keys.push(ingest::DeviceKey {
+                    id: format!("{id}#0"),
+                    material: ingest::KeyMaterial::Ed25519(key),
+                    not_before_ms: None,
+                    not_after_ms: None,
+                });
+            }
+            for (i, k) in d.keys.iter().enumerate() {
+                let at = format!("{}: devices.{id}.keys[{i}] ({})", path.display(), k.id);
+                let material = match (&k.ed25519, &k.hmac_secret_file) {
+                    (Some(pk), None) => ingest::KeyMaterial::Ed25519(keys::parse_public(
+                        pk,
+                        &format!("{at}.ed25519"),
+                    )?),
+                    (None, Some(file)) => {
+                        let p = self.root.join(file);
+                        let text = fs::read_to_string(&p).with_context(|| {
+                            format!("{at}: cannot read HMAC secret {}", p.display())
+                        })?;
+                        let secret = hex::decode(text.trim())
+                            .with_context(|| format!("{at}: {} is not hex", p.display()))?;
+                        if secret.len() < 32 {
+                            bail!(
+                                "{at}: HMAC secret in {} is {} bytes, at least 32 are needed",
+                                p.display(),
+                                secret.len()
+                            );
+                        }
+                        ingest::KeyMaterial::HmacSha256(secret)
+                    }
+                    _ => bail!("{at}: needs exactly one of ed25519 or hmac_secret_file"),
+                };
+                keys.push(ingest::DeviceKey {
+                    id: k.id.clone(),
+                    material,
+                    not_before_ms: k.not_before_ms,
+                    not_after_ms: k.not_after_ms,
+                });
+            }
+            if keys.is_empty() {
+                bail!("{}: device {id} has no key", path.display());
+            }
+            out.push(ingest::Device {
+                id,
+                asset: d.asset,
+                keys,
+            });
+        }
+        Ok(out)
+    }
+
+    fn write_registry(&self, devices: &BTreeMap<String, DeviceEntry>) -> Result<()> {
+        let text = toml::to_string(&RegistryFile {
+            devices: devices.clone(),
+        })?;
+        fs::write(
+            self.registry_path(),
+            format!(
+                "# twinguard device registry: devices whose signed frames are accepted\n{text}"
+            ),
+        )
+        .with_context(|| format!("cannot write {}", self.registry_path().display()))
+    }
+
+    /// Rotates a device's key at `now_ms`: the edge gets a new key, the registry accepts it
+    /// from now on and keeps accepting the old ones until `now_ms + overlap_ms`. Returns the
+    /// old key (the edge no longer uses it) and the new key's id.
+    pub fn rotate_device_key(
+        &self,
+        device: &str,
+        now_ms: i64,
+        overlap_ms: i64,
+    ) -> Result<(SigningKey, String)> {
+        let mut devices = self.devices()?;
+        let entry = devices.get_mut(device).with_context(|| {
+            format!(
+                "device {device:?} is not in the registry {}",
+                self.registry_path().display()
+            )
+        })?;
+        if let Some(pk) = entry.public_key.take() {
+            entry.keys.insert(
+                0,
+                KeyEntry {
+                    id: format!("{device}#0"),
+                    ed25519: Some(pk),
+                    hmac_secret_file: None,
+                    not_before_ms: None,
+                    not_after_ms: None,
+                },
+            );
+        }
+        for k in entry
+            .keys
+            .iter_mut()
+            .filter(|k| k.not_after_ms.is_none_or(|t| t > now_ms + overlap_ms))
+        {
+            k.not_after_ms = Some(now_ms + overlap_ms);
+        }
+        let n = entry.keys.len() + 1;
+        let edge = self.root.join("edge");
+        let current = edge.join(format!("{device}.key"));
+        let old = keys::load(&current)?;
+        let retired = edge.join(format!("{device}.key.{n}.retired"));
+        fs::rename(&current, &retired)
+            .with_context(|| format!("cannot move {} aside", current.display()))?;
+        let new = keys::load_or_create(&current)?;
+        let id = format!("{device}#{n}");
+        entry.keys.push(KeyEntry {
+            id: id.clone(),
+            ed25519: Some(keys::public_hex(&new.verifying_key())),
+            hmac_secret_file: None,
+            not_before_ms: Some(now_ms),
+            not_after_ms: None,
+        });
+        self.write_registry(&devices)?;
+        Ok((old, id))
     }
 
     /// Enrols the plant's edge devices: each gets a key on the edge side and its public key
@@ -144,31 +288,28 @@ impl DataDir {
         let mut devices = self.devices()?;
         let mut changed = false;
         for a in &plant.assets {
-            let key = self.edge_key(&a.device)?;
-            let public_key = keys::public_hex(&key.verifying_key());
-            let entry = DeviceEntry {
-                asset: a.id.clone(),
-                public_key,
-            };
-            let same = devices
-                .get(&a.device)
-                .is_some_and(|d| d.public_key == entry.public_key && d.asset == entry.asset);
-            if !same {
-                devices.insert(a.device.clone(), entry);
-                changed = true;
+            if devices.contains_key(&a.device) {
+                continue; // already enrolled: its keys change only by rotation
             }
+            let key = self.edge_key(&a.device)?;
+            devices.insert(
+                a.device.clone(),
+                DeviceEntry {
+                    asset: a.id.clone(),
+                    public_key: None,
+                    keys: vec![KeyEntry {
+                        id: format!("{}#1", a.device),
+                        ed25519: Some(keys::public_hex(&key.verifying_key())),
+                        hmac_secret_file: None,
+                        not_before_ms: None,
+                        not_after_ms: None,
+                    }],
+                },
+            );
+            changed = true;
         }
         if changed {
-            let text = toml::to_string(&RegistryFile {
-                devices: devices.clone(),
-            })?;
-            fs::write(
-                self.registry_path(),
-                format!(
-                    "# twinguard device registry: devices whose signed frames are accepted\n{text}"
-                ),
-            )
-            .with_context(|| format!("cannot write {}", self.registry_path().display()))?;
+            self.write_registry(&devices)?;
         }
         Ok(devices)
     }

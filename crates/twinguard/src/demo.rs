@@ -11,7 +11,7 @@ use guard::{AgentRegistry, DEFAULT_POLICY, Guard, Policy};
 use ingest::mqtt::{BrokerEndpoint, RawFrame};
 use ingest::{Device, IngestConfig, Verifier};
 use plant_model::Plant;
-use plant_sim::{DEFAULT_START_MS, Fault};
+use plant_sim::Fault;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use twin::{CusumConfig, DEFAULT_HISTORY, Twin};
@@ -72,11 +72,14 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         .collect::<Result<Vec<_>, _>>()?;
     let plant = Arc::new(load_plant(&args.plant_file)?);
     let dir = DataDir::open(&args.data_dir)?;
+    // Simulated time starts now (to the second), so that records are dated today and key
+    // validity windows in the registry mean the same to the plant and to twinguard.
+    let start_ms = wall_clock_ms() / 1000 * 1000;
 
     // Per-install keys and secrets.
     let audit_key = dir.key("audit")?;
     let actuation_key = dir.key("actuation")?;
-    let devices = dir.enrol_edge_devices(&plant)?;
+    dir.enrol_edge_devices(&plant)?;
     let operator_token = dir.operator_token()?;
     let maintenance_key = dir.key("agent-maintenance")?;
     let optimiser_key = dir.key("agent-optimiser")?;
@@ -121,21 +124,24 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     // Audit log first: if it cannot be opened, nothing runs.
     let mut store = SqliteStore::open(&dir.audit_db(), audit_key.clone())?;
     store.append(&[Entry::new(
-        DEFAULT_START_MS,
+        start_ms,
         "run_started",
         json!({ "seed": args.seed, "hours": args.hours, "attack": args.attack, "faults": args.faults, "plant": plant.plant.id, "broker": broker_desc }),
     )])?;
 
-    let registry: Vec<Device> = devices
-        .iter()
-        .map(|(id, d)| -> Result<Device> {
-            Ok(Device::ed25519(
-                id,
-                &d.asset,
-                frames::keys::parse_public(&d.public_key, &format!("device {id}"))?,
-            ))
-        })
-        .collect::<Result<_>>()?;
+    // The retired-key attack: the tank's key was rotated out just now, and somebody kept it.
+    let retired = if args.attack == Some(Attack::RetiredKey) {
+        let (old, new_id) = dir.rotate_device_key("gw-tank", start_ms, 0)?;
+        store.append(&[Entry::new(
+            start_ms,
+            "device_key_rotated",
+            json!({ "device": "gw-tank", "new_key": new_id, "overlap_ms": 0 }),
+        )])?;
+        Some(old)
+    } else {
+        None
+    };
+    let registry: Vec<Device> = dir.registry()?;
     let verifier = Verifier::new(plant.clone(), registry, IngestConfig::default());
     let mut agents = AgentRegistry::default();
     agents.register("maintenance", maintenance_key.verifying_key());
@@ -232,12 +238,12 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let core_task = tokio::spawn(core.run(frames_rx, ops_rx, stop_rx));
 
     // Attacks.
-    let end_ms = DEFAULT_START_MS + (args.hours * 3_600_000.0) as i64;
+    let end_ms = start_ms + (args.hours * 3_600_000.0) as i64;
     let attack_report = Arc::new(Mutex::new(AttackReport::default()));
     let attack_task = args.attack.map(|a| {
         let w = attack::Window {
             clock: clock.clone(),
-            t0: DEFAULT_START_MS,
+            t0: start_ms,
             end: end_ms,
             report: attack_report.clone(),
         };
@@ -255,8 +261,14 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
                 (Attack::StolenAgentToken, Some(leak)) => {
                     attack::stolen_token(api, leak, dir, w).await
                 }
-                // fdi-level is the gateway's own doing (LevelRamp).
-                (Attack::StolenAgentToken, None) | (Attack::FdiLevel, _) => Ok(()),
+                (Attack::RetiredKey, _) => match retired {
+                    Some(old) => attack::retired_key(p, intruder, old, w).await,
+                    None => Ok(()),
+                },
+                // fdi-level and delayed-frames are done by the gateway (LevelRamp, Delay).
+                (Attack::StolenAgentToken, None)
+                | (Attack::FdiLevel, _)
+                | (Attack::DelayedFrames, _) => Ok(()),
             }
         })
     });
@@ -270,7 +282,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let gw = GatewayConfig {
         plant: plant.clone(),
         seed: args.seed,
-        start_ms: DEFAULT_START_MS,
+        start_ms,
         hours: args.hours,
         speed: args.speed,
         batch: 5,
@@ -279,6 +291,12 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         level_ramp: (args.attack == Some(Attack::FdiLevel)).then_some(LevelRamp {
             start_s: 3600,
             metres_per_hour: 0.3,
+        }),
+        delay: (args.attack == Some(Attack::DelayedFrames)).then(|| gateway::Delay {
+            asset: "tank".into(),
+            start_s: 3600,
+            duration_s: 600,
+            delay_s: 120,
         }),
         endpoint: endpoint_for("edge-gateway"),
         device_keys,
@@ -292,7 +310,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
             let mut next_h = 1.0;
             while rx.changed().await.is_ok() {
                 let t = rx.borrow().t_ms;
-                let h = (t - DEFAULT_START_MS) as f64 / 3_600_000.0;
+                let h = (t - start_ms) as f64 / 3_600_000.0;
                 if h >= next_h {
                     next_h = h.floor() + 1.0;
                     let r = snapshot.read().map(|s| s.report.clone()).unwrap_or_default();
@@ -357,6 +375,13 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     report["api"] = json!(format!("http://{api_addr}"));
     core.publish_snapshot(true);
     Ok(report)
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The human-readable summary.

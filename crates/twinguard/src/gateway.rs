@@ -60,6 +60,17 @@ pub struct LevelRamp {
     pub metres_per_hour: f64,
 }
 
+/// A link that holds an asset's frames back: frames produced in `[start_s, start_s +
+/// duration_s)` are published `delay_s` late (an attacker delaying traffic, or a congested
+/// uplink).
+#[derive(Debug, Clone)]
+pub struct Delay {
+    pub asset: String,
+    pub start_s: u64,
+    pub duration_s: u64,
+    pub delay_s: u64,
+}
+
 pub struct GatewayConfig {
     pub plant: Arc<Plant>,
     pub seed: u64,
@@ -72,6 +83,7 @@ pub struct GatewayConfig {
     pub lead_ms: i64,
     pub faults: Vec<Fault>,
     pub level_ramp: Option<LevelRamp>,
+    pub delay: Option<Delay>,
     pub endpoint: BrokerEndpoint,
     pub device_keys: HashMap<String, SigningKey>,
     pub actuation_key: VerifyingKey,
@@ -80,6 +92,8 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PlantStats {
     pub frames_published: u64,
+    /// Frames held back by a `Delay`.
+    pub frames_delayed: u64,
     pub commands_applied: u64,
     pub commands_refused: HashMap<String, u64>,
     pub truth: Option<TruthReport>,
@@ -200,6 +214,7 @@ pub async fn run(
 
     // Device, topic and signal indices per asset.
     struct Out {
+        asset: String,
         device: String,
         topic: String,
         signals: Vec<(usize, String, String)>,
@@ -209,6 +224,7 @@ pub async fn run(
         .assets
         .iter()
         .map(|a| Out {
+            asset: a.id.clone(),
             device: a.device.clone(),
             topic: plant.telemetry_topic(&a.id),
             signals: plant
@@ -227,6 +243,8 @@ pub async fn run(
     let started = Instant::now();
     let mut t_s = 0u64;
     let mut received = 0u64;
+    let mut held: std::collections::VecDeque<(u64, String, Vec<u8>)> =
+        std::collections::VecDeque::new();
     while t_s < total_s {
         // Every command twinguard has sent so far is applied before the plant moves on,
         // as it would be within a second in real time.
@@ -285,10 +303,25 @@ pub async fn run(
                 .get(&o.device)
                 .with_context(|| format!("no key for device {}", o.device))?;
             let bytes = encode(Kind::Telemetry, &o.topic, &o.device, &body, Some(key))?;
+            if let Some(d) = cfg.delay.as_ref().filter(|d| {
+                d.asset == o.asset && t_s >= d.start_s && t_s < d.start_s + d.duration_s
+            }) {
+                held.push_back((t_s + d.delay_s, o.topic.clone(), bytes));
+                lock(&stats).frames_delayed += 1;
+                continue;
+            }
             client
                 .publish(o.topic.clone(), QoS::AtLeastOnce, false, bytes)
                 .await
                 .context("cannot publish telemetry")?;
+        }
+        while held.front().is_some_and(|(due, _, _)| *due <= t_s) {
+            if let Some((_, topic, bytes)) = held.pop_front() {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, bytes)
+                    .await
+                    .context("cannot publish delayed telemetry")?;
+            }
         }
         lock(&stats).frames_published += outs.len() as u64;
         // Lockstep: stay within lead_ms of what twinguard has processed.

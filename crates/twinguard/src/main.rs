@@ -75,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The device registry: edge devices and their keys.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
     /// Plant files.
     Plant {
         #[command(subcommand)]
@@ -98,6 +103,24 @@ enum Command {
 enum AuditCommand {
     /// Check the hash chain and the signed head; exits 1 and names the first bad record.
     Verify {
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// List registered devices and their keys with validity windows.
+    List {
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+    },
+    /// Give a device a new key; the old ones stay valid for the overlap, then are refused.
+    Rotate {
+        device: String,
+        /// Seconds during which frames sealed with the old key are still accepted.
+        #[arg(long, default_value_t = 300)]
+        overlap_s: u32,
         #[arg(long, default_value = "twinguard-data")]
         data_dir: PathBuf,
     },
@@ -202,6 +225,52 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Device {
+            command: DeviceCommand::List { data_dir },
+        } => {
+            let dir = datadir::DataDir::open(&data_dir)?;
+            let fmt_t = |t: Option<i64>| t.map_or_else(|| "-".to_string(), core::format_time);
+            for d in dir.registry()? {
+                println!("{} (asset {})", d.id, d.asset);
+                for k in &d.keys {
+                    println!(
+                        "  {:<16} {:?}  valid {} .. {}",
+                        k.id,
+                        k.material,
+                        fmt_t(k.not_before_ms),
+                        fmt_t(k.not_after_ms)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Device {
+            command:
+                DeviceCommand::Rotate {
+                    device,
+                    overlap_s,
+                    data_dir,
+                },
+        } => {
+            let dir = datadir::DataDir::open(&data_dir)?;
+            let now = demo::wall_clock_ms();
+            let overlap_ms = i64::from(overlap_s) * 1000;
+            let (_, new_id) = dir.rotate_device_key(&device, now, overlap_ms)?;
+            let mut store = audit::SqliteStore::open(&dir.audit_db(), dir.key("audit")?)?;
+            audit::AuditStore::append(
+                &mut store,
+                &[audit::Entry::new(
+                    now,
+                    "device_key_rotated",
+                    serde_json::json!({ "device": device, "new_key": new_id, "overlap_ms": overlap_ms }),
+                )],
+            )?;
+            println!(
+                "device {device}: new key {new_id}; earlier keys accepted until {}",
+                core::format_time(now + overlap_ms)
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Plant {
             command: PlantCommand::Check { file },

@@ -606,3 +606,84 @@ fn external_broker_is_used_when_configured() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn frames_delayed_past_freshness_are_rejected_as_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = demo(dir.path(), 1.5, &["--attack", "delayed-frames"]);
+    // Ten minutes of the tank's frames (5-second frames of 3 signals) arrive two minutes late.
+    assert_eq!(r["plant"]["frames_delayed"], 120);
+    assert_eq!(r["frames"]["rejected"]["stale"], 120, "{}", r["frames"]);
+    assert_eq!(r["samples"]["rejected"]["stale"], 120 * 5 * 3);
+    assert_eq!(
+        r["samples"]["accepted"],
+        (1.5 * 3600.0) as u64 * SIGNALS - 120 * 5 * 3
+    );
+    assert_safe_and_audited(&r);
+}
+
+#[test]
+fn a_rotated_out_key_is_refused_and_the_new_one_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = demo(dir.path(), 1.5, &["--attack", "retired-key"]);
+    let n = r["attack_report"]["attempts"].as_u64().unwrap();
+    assert!(n >= 5, "{}", r["attack_report"]);
+    assert_eq!(r["frames"]["rejected"]["retired_key"], n, "{}", r["frames"]);
+    // The gateway's frames, sealed with the new key, are all accepted.
+    assert_eq!(r["samples"]["accepted"], (1.5 * 3600.0) as u64 * SIGNALS);
+    assert_safe_and_audited(&r);
+}
+
+#[test]
+fn device_rotate_keeps_data_flowing_and_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    demo(dir.path(), 0.1, &[]);
+    let out = Command::new(BIN)
+        .args([
+            "device",
+            "rotate",
+            "gw-pump",
+            "--overlap-s",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("gw-pump#2"));
+    let list = Command::new(BIN)
+        .args(["device", "list", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        list.contains("gw-pump#1") && list.contains("gw-pump#2"),
+        "{list}"
+    );
+    // The pump's edge now seals with the new key; nothing is lost.
+    let r = demo(dir.path(), 0.5, &[]);
+    assert_eq!(r["samples"]["accepted"], 1800 * SIGNALS);
+    assert_eq!(sum(&r["samples"]["rejected"]), 0);
+    let conn = rusqlite::Connection::open(dir.path().join("audit.db")).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE kind = 'device_key_rotated'",
+            [],
+            |x| x.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let bad = Command::new(BIN)
+        .args(["device", "rotate", "gw-nope", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("gw-nope"));
+}
