@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use frames::{Envelope, Kind, TelemetryBody, WireSample, encode, to_body};
+use frames::{Envelope, Kind, Seal, TelemetryBody, WireSample, encode, to_body};
 use ingest::{Device, IngestConfig, Verifier};
 use plant_model::Plant;
 use plant_sim::{DEFAULT_START_MS, Sim};
@@ -85,7 +85,17 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
     let sig_only_s = t.elapsed().as_secs_f64();
     eprintln!("bench: {n} frames signed in {sign_s:.3} s, ingested in {verify_s:.3} s");
 
-    // 3. The whole loop over the embedded MQTT broker.
+    // 3. Verification plus twin update by frame size and seal, one thread (= per core).
+    let mut by_size = Vec::new();
+    for per_frame in [1usize, 10, 100] {
+        for seal in ["ed25519", "hmac_sha256"] {
+            let r = ingest_rate(&plant, per_frame, seal)?;
+            eprintln!("bench: {per_frame:>3} samples/frame, {seal:<11}: {:>10.0} samples/s", r);
+            by_size.push(json!({ "samples_per_frame": per_frame, "seal": seal, "samples_per_s": r }));
+        }
+    }
+
+    // 4. The whole loop over the embedded MQTT broker.
     let t = Instant::now();
     let report = crate::demo::run(crate::demo::DemoArgs {
         hours,
@@ -119,6 +129,7 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
             "ingest_samples_per_s": rate(accepted, verify_s),
             "ingest_cost_over_signature_check": verify_s / sig_only_s,
         },
+        "verify_and_apply_per_core": by_size,
         "end_to_end": {
             "simulated_hours": hours,
             "wall_s": e2e_s,
@@ -128,4 +139,58 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
             "cost_over_simulator_alone": (e2e_s / (hours * 3600.0)) / (sim_day_s / 86_400.0),
         },
     }))
+}
+
+/// Samples per second through `Verifier::check_batch` (Ed25519) or `check` (HMAC) and the
+/// twin's update, single-threaded.
+fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> {
+    let key = frames::keys::generate()?;
+    let secret = vec![0x5au8; 32];
+    let topic = plant.telemetry_topic("tank");
+    let signals = [("tank.level", "m", 1.6), ("tank.inflow", "m3/h", 15.0), ("tank.inlet_valve", "%", 50.0)];
+    let total_samples = 300_000usize;
+    let n_frames = total_samples / per_frame;
+    let ticks = per_frame.div_ceil(signals.len()) as i64;
+    let mut frames_buf = Vec::with_capacity(n_frames);
+    for f in 0..n_frames {
+        let ts = DEFAULT_START_MS + (f as i64 + 1) * ticks * 1000;
+        let samples = (0..per_frame)
+            .map(|i| {
+                let (s, u, v) = signals[i % signals.len()];
+                WireSample { signal: s.into(), t_ms: ts - (ticks - 1 - (i / signals.len()) as i64) * 1000, value: v, unit: u.into() }
+            })
+            .collect();
+        let body = to_body(&TelemetryBody { seq: f as u64 + 1, ts_ms: ts, samples });
+        let sealed = if seal == "ed25519" { Seal::Ed25519(&key) } else { Seal::HmacSha256(&secret) };
+        frames_buf.push((topic.clone(), frames::encode_sealed(Kind::Telemetry, &topic, "gw-tank", &body, sealed)?));
+    }
+    let material = if seal == "ed25519" {
+        ingest::KeyMaterial::Ed25519(key.verifying_key())
+    } else {
+        ingest::KeyMaterial::HmacSha256(secret.clone())
+    };
+    let device = Device {
+        id: "gw-tank".into(),
+        asset: "tank".into(),
+        keys: vec![ingest::DeviceKey { id: "k".into(), material, not_before_ms: None, not_after_ms: None }],
+    };
+    let config = IngestConfig { max_age_ms: i64::MAX / 4, max_future_ms: i64::MAX / 4, replay_window: 64 };
+    let mut verifier = Verifier::new(plant.clone(), vec![device], config);
+    let mut twin = twin::Twin::new(plant.clone(), twin::DEFAULT_HISTORY, twin::CusumConfig::default());
+    let source = Arc::new(ingest::SourceInfo::mqtt_plain("bench"));
+    let now = DEFAULT_START_MS;
+    let t = Instant::now();
+    let mut applied = 0u64;
+    for chunk in frames_buf.chunks(64) {
+        for out in verifier.check_batch(&source, chunk, now) {
+            for s in &out.accepted {
+                applied += u64::from(twin.update(s));
+            }
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    if applied as usize != n_frames * per_frame {
+        anyhow::bail!("bench: applied {applied} of {} samples", n_frames * per_frame);
+    }
+    Ok(rate(applied, secs))
 }
