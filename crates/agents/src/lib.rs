@@ -57,6 +57,7 @@ impl Identity {
         action: Action,
         reason: String,
         evidence: Vec<u64>,
+        inputs: &[&str],
         now_ms: i64,
     ) -> SignedProposal {
         self.nonce += 1;
@@ -65,6 +66,7 @@ impl Identity {
             action,
             reason,
             evidence,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
             created_ms: now_ms,
             nonce: format!("{}-{}-{}", self.name, now_ms, self.nonce),
         };
@@ -94,6 +96,18 @@ fn mean_recent(twin: &Twin, id: &str, window_ms: i64) -> Option<f64> {
         .fold((0.0, 0usize), |(s, n), p| (s + p.value, n + 1));
     (n > 0).then(|| sum / n as f64)
 }
+
+/// What the maintenance agent's trend-based proposals rest on.
+const MAINTENANCE_INPUTS: &[&str] = &["pump.vibration", "pump.speed"];
+/// What the optimiser's pump-speed proposals rest on.
+const SPEED_INPUTS: &[&str] = &[
+    "filler.recirc_flow",
+    "filler.bpm",
+    "pump.speed",
+    "pump.vibration",
+];
+/// What the optimiser's temperature proposals rest on.
+const TEMP_INPUTS: &[&str] = &["past.product_temp", "filler.reject_rate"];
 
 /// Vibration (mm/s) at which ISO 10816 puts a pump of this class in zone D (damage).
 pub const VIBRATION_DANGER: f64 = 7.1;
@@ -180,12 +194,17 @@ impl Agent for Maintenance {
             .collect();
         if damage.iter().any(|d| !self.stop_cited.contains(&d.id)) {
             let ids: Vec<u64> = damage.iter().map(|d| d.id).collect();
+            let stop_inputs: Vec<&str> = damage
+                .iter()
+                .flat_map(|d| d.evidence.signals.iter().map(String::as_str))
+                .collect();
             self.stop_cited.extend(ids.iter().copied());
             let what: Vec<String> = damage.iter().map(|d| d.message.clone()).collect();
             out.push(self.id.sign(
                 Action::StopLine,
                 format!("protect equipment: {}", what.join("; ")),
                 ids,
+                &stop_inputs,
                 now_ms,
             ));
         }
@@ -223,6 +242,7 @@ impl Agent for Maintenance {
                 Action::Maintenance { asset: "pump".into() },
                 format!("pump vibration {v:.2} mm/s is rising; about {h:.1} h to the {VIBRATION_DANGER} mm/s danger level: replace the bearing"),
                 vec![],
+                MAINTENANCE_INPUTS,
                 now_ms,
             ));
         }
@@ -244,6 +264,7 @@ impl Agent for Maintenance {
                     "derate the pump to slow bearing wear until maintenance ({h:.1} h to danger)"
                 ),
                 vec![],
+                MAINTENANCE_INPUTS,
                 now_ms,
             ));
         }
@@ -319,6 +340,7 @@ impl Agent for Optimiser {
                 },
                 format!("recirculation {recirc:.2} m3/h heats product for nothing: pump speed to {target} rpm"),
                 vec![],
+                SPEED_INPUTS,
                 now_ms,
             ));
         } else if recirc < 0.05
@@ -337,6 +359,7 @@ impl Agent for Optimiser {
                     "filler starved (recirculation {recirc:.2} m3/h): pump speed to {target} rpm"
                 ),
                 vec![],
+                SPEED_INPUTS,
                 now_ms,
             ));
         }
@@ -353,6 +376,7 @@ impl Agent for Optimiser {
                 },
                 format!("rejects {reject:.2} % are low: product temperature setpoint to {target} degC saves steam"),
                 vec![],
+                TEMP_INPUTS,
                 now_ms,
             ));
         }

@@ -172,7 +172,9 @@ fn optimiser_cuts_recirculation_and_temperature_within_quality_limits() {
             {
                 assert!(*value >= 73.0, "{value}");
             }
-            if let (_, Decision::Execute(a), _) = guard.decide(&sp, &[], now) {
+            if let (_, Decision::Execute(a), _) =
+                guard.decide(&sp, &[], &guard::InputTrust::default(), now)
+            {
                 w.sim.apply(&a.command().command).unwrap();
                 if let plant_model::PlantCommand::SetSetpoint { setpoint, value } =
                     &a.command().command

@@ -57,6 +57,9 @@ pub struct Proposal {
     /// Ids of the detections the proposal rests on.
     #[serde(default)]
     pub evidence: Vec<u64>,
+    /// The signals whose values the agent used to decide.
+    #[serde(default)]
+    pub inputs: Vec<String>,
     pub created_ms: i64,
     /// Unique per proposal; a repeat is a replay.
     pub nonce: String,
@@ -102,6 +105,7 @@ impl Approved {
 #[serde(rename_all = "snake_case")]
 pub enum DenyReason {
     Identity,
+    UntrustedInput,
     TokenWithoutKey,
     Replay,
     Policy,
@@ -117,6 +121,7 @@ impl DenyReason {
     pub fn as_str(self) -> &'static str {
         match self {
             DenyReason::Identity => "identity",
+            DenyReason::UntrustedInput => "untrusted_input",
             DenyReason::TokenWithoutKey => "token_without_key",
             DenyReason::Replay => "replay",
             DenyReason::Policy => "policy",
@@ -191,6 +196,13 @@ impl Decision {
             rule,
         }
     }
+}
+
+/// Signals whose current values are below the trust that actuation requires, with why
+/// (an unsigned source, a value contradicted by physics). Signals not listed are trusted.
+#[derive(Debug, Clone, Default)]
+pub struct InputTrust {
+    pub below: HashMap<String, String>,
 }
 
 /// A proposal waiting for a human.
@@ -296,6 +308,7 @@ impl Guard {
         &mut self,
         sp: &SignedProposal,
         active: &[&Detection],
+        trust: &InputTrust,
         now_ms: i64,
     ) -> (u64, Decision, DecisionRecord) {
         let id = self.next_proposal;
@@ -323,7 +336,27 @@ impl Guard {
                 return (id, d, rec);
             }
         };
-        let (decision, rule) = self.evaluate(id, &proposal, active, now_ms);
+        let untrusted: Vec<String> = proposal
+            .inputs
+            .iter()
+            .filter_map(|i| trust.below.get(i).map(|why| format!("{i} ({why})")))
+            .collect();
+        // A stop resting on doubtful data still reaches a human (corroboration needs
+        // trusted detections); anything else resting on it is denied.
+        let (decision, rule) = if untrusted.is_empty() || proposal.action == Action::StopLine {
+            self.evaluate(id, &proposal, active, now_ms)
+        } else {
+            (
+                Self::deny(
+                    DenyReason::UntrustedInput,
+                    format!(
+                        "rests on values that may be shown but may not drive actuation: {}",
+                        untrusted.join(", ")
+                    ),
+                ),
+                None,
+            )
+        };
         let rec = decision.record(id, &proposal.agent, Some(&proposal.action), rule);
         self.count(&decision, &proposal.agent);
         (id, decision, rec)

@@ -57,6 +57,31 @@ impl Setup {
         active: &[&Detection],
         now: i64,
     ) -> Decision {
+        self.propose_with(
+            agent,
+            action,
+            evidence,
+            active,
+            &[],
+            &guard::InputTrust::default(),
+            now,
+        )
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "test helper mirroring the proposal fields"
+    )]
+    fn propose_with(
+        &mut self,
+        agent: &str,
+        action: Action,
+        evidence: Vec<u64>,
+        active: &[&Detection],
+        inputs: &[&str],
+        trust: &guard::InputTrust,
+        now: i64,
+    ) -> Decision {
         self.nonce += 1;
         let token = if agent == "optimiser" {
             self.token.clone()
@@ -72,11 +97,12 @@ impl Setup {
             action,
             reason: "test".into(),
             evidence,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
             created_ms: now,
             nonce: format!("n{}", self.nonce),
         };
         let sp = sign_proposal(&p, &token, &self.key);
-        self.guard.decide(&sp, active, now).1
+        self.guard.decide(&sp, active, trust, now).1
     }
 }
 
@@ -176,15 +202,16 @@ fn stolen_token_without_key_is_refused_and_alerts() {
         action: speed(1550.0),
         reason: "x".into(),
         evidence: vec![],
+        inputs: vec![],
         created_ms: T0,
         nonce: "thief-1".into(),
     };
     let mut sp = sign_proposal(&p, &s.token, &thief);
-    let (_, d, rec) = s.guard.decide(&sp, &[], T0);
+    let (_, d, rec) = s.guard.decide(&sp, &[], &guard::InputTrust::default(), T0);
     assert_eq!(denied(&d), Some(DenyReason::TokenWithoutKey));
     assert_eq!(rec.outcome, "denied");
     sp.signature = String::new();
-    let (_, d, _) = s.guard.decide(&sp, &[], T0);
+    let (_, d, _) = s.guard.decide(&sp, &[], &guard::InputTrust::default(), T0);
     assert_eq!(denied(&d), Some(DenyReason::TokenWithoutKey));
     assert_eq!(s.guard.stats().alerts.len(), 2);
 }
@@ -197,16 +224,23 @@ fn replayed_signed_request_is_refused() {
         action: speed(1550.0),
         reason: "x".into(),
         evidence: vec![],
+        inputs: vec![],
         created_ms: T0,
         nonce: "once".into(),
     };
     let sp = sign_proposal(&p, &s.token, &s.key);
     assert!(matches!(
-        s.guard.decide(&sp, &[], T0).1,
+        s.guard
+            .decide(&sp, &[], &guard::InputTrust::default(), T0)
+            .1,
         Decision::Execute(_)
     ));
     assert_eq!(
-        denied(&s.guard.decide(&sp, &[], T0 + 1).1),
+        denied(
+            &s.guard
+                .decide(&sp, &[], &guard::InputTrust::default(), T0 + 1)
+                .1
+        ),
         Some(DenyReason::Replay)
     );
 }
@@ -388,4 +422,59 @@ proptest! {
         prop_assert!(matches!(d, Decision::Pending { .. }), "{:?}", d);
         prop_assert!(!s.guard.line_stopped());
     }
+}
+
+#[test]
+fn values_below_the_required_trust_never_drive_actuation() {
+    let mut s = setup();
+    let mut trust = guard::InputTrust::default();
+    trust.below.insert(
+        "filler.recirc_flow".into(),
+        "arrived unsigned from gw-legacy".into(),
+    );
+    let d = s.propose_with(
+        "optimiser",
+        speed(1550.0),
+        vec![],
+        &[],
+        &["filler.recirc_flow", "pump.speed"],
+        &trust,
+        T0,
+    );
+    match &d {
+        Decision::Denied { reason, detail } => {
+            assert_eq!(*reason, DenyReason::UntrustedInput);
+            assert!(
+                detail.contains("filler.recirc_flow (arrived unsigned from gw-legacy)"),
+                "{detail}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same proposal on trusted inputs executes.
+    let d = s.propose_with(
+        "optimiser",
+        speed(1550.0),
+        vec![],
+        &[],
+        &["pump.speed"],
+        &trust,
+        T0,
+    );
+    assert!(matches!(d, Decision::Execute(_)), "{d:?}");
+    // A stop resting on doubtful data is not denied: it goes to a human.
+    let vib = detection(1, &["pump.vibration"], false);
+    trust
+        .below
+        .insert("pump.vibration".into(), "contradicted by physics".into());
+    let d = s.propose_with(
+        "maintenance",
+        Action::StopLine,
+        vec![1],
+        &[&vib],
+        &["pump.vibration"],
+        &trust,
+        T0,
+    );
+    assert!(matches!(d, Decision::Pending { .. }), "{d:?}");
 }

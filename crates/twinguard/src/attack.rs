@@ -303,6 +303,7 @@ pub async fn thief(api: &str, agent: &str, token: &str, now_ms: i64) -> Result<V
         },
         reason: "attacker".into(),
         evidence: vec![],
+        inputs: vec![],
         created_ms: now_ms,
         nonce: format!("thief-{now_ms}"),
     };

@@ -90,8 +90,12 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
     for per_frame in [1usize, 10, 100] {
         for seal in ["ed25519", "hmac_sha256"] {
             let r = ingest_rate(&plant, per_frame, seal)?;
-            eprintln!("bench: {per_frame:>3} samples/frame, {seal:<11}: {:>10.0} samples/s", r);
-            by_size.push(json!({ "samples_per_frame": per_frame, "seal": seal, "samples_per_s": r }));
+            eprintln!(
+                "bench: {per_frame:>3} samples/frame, {seal:<11}: {:>10.0} samples/s",
+                r
+            );
+            by_size
+                .push(json!({ "samples_per_frame": per_frame, "seal": seal, "samples_per_s": r }));
         }
     }
 
@@ -147,7 +151,11 @@ fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> 
     let key = frames::keys::generate()?;
     let secret = vec![0x5au8; 32];
     let topic = plant.telemetry_topic("tank");
-    let signals = [("tank.level", "m", 1.6), ("tank.inflow", "m3/h", 15.0), ("tank.inlet_valve", "%", 50.0)];
+    let signals = [
+        ("tank.level", "m", 1.6),
+        ("tank.inflow", "m3/h", 15.0),
+        ("tank.inlet_valve", "%", 50.0),
+    ];
     let total_samples = 300_000usize;
     let n_frames = total_samples / per_frame;
     let ticks = per_frame.div_ceil(signals.len()) as i64;
@@ -157,12 +165,28 @@ fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> 
         let samples = (0..per_frame)
             .map(|i| {
                 let (s, u, v) = signals[i % signals.len()];
-                WireSample { signal: s.into(), t_ms: ts - (ticks - 1 - (i / signals.len()) as i64) * 1000, value: v, unit: u.into() }
+                WireSample {
+                    signal: s.into(),
+                    t_ms: ts - (ticks - 1 - (i / signals.len()) as i64) * 1000,
+                    value: v,
+                    unit: u.into(),
+                }
             })
             .collect();
-        let body = to_body(&TelemetryBody { seq: f as u64 + 1, ts_ms: ts, samples });
-        let sealed = if seal == "ed25519" { Seal::Ed25519(&key) } else { Seal::HmacSha256(&secret) };
-        frames_buf.push((topic.clone(), frames::encode_sealed(Kind::Telemetry, &topic, "gw-tank", &body, sealed)?));
+        let body = to_body(&TelemetryBody {
+            seq: f as u64 + 1,
+            ts_ms: ts,
+            samples,
+        });
+        let sealed = if seal == "ed25519" {
+            Seal::Ed25519(&key)
+        } else {
+            Seal::HmacSha256(&secret)
+        };
+        frames_buf.push((
+            topic.clone(),
+            frames::encode_sealed(Kind::Telemetry, &topic, "gw-tank", &body, sealed)?,
+        ));
     }
     let material = if seal == "ed25519" {
         ingest::KeyMaterial::Ed25519(key.verifying_key())
@@ -172,11 +196,24 @@ fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> 
     let device = Device {
         id: "gw-tank".into(),
         asset: "tank".into(),
-        keys: vec![ingest::DeviceKey { id: "k".into(), material, not_before_ms: None, not_after_ms: None }],
+        keys: vec![ingest::DeviceKey {
+            id: "k".into(),
+            material,
+            not_before_ms: None,
+            not_after_ms: None,
+        }],
     };
-    let config = IngestConfig { max_age_ms: i64::MAX / 4, max_future_ms: i64::MAX / 4, replay_window: 64 };
+    let config = IngestConfig {
+        max_age_ms: i64::MAX / 4,
+        max_future_ms: i64::MAX / 4,
+        replay_window: 64,
+    };
     let mut verifier = Verifier::new(plant.clone(), vec![device], config);
-    let mut twin = twin::Twin::new(plant.clone(), twin::DEFAULT_HISTORY, twin::CusumConfig::default());
+    let mut twin = twin::Twin::new(
+        plant.clone(),
+        twin::DEFAULT_HISTORY,
+        twin::CusumConfig::default(),
+    );
     let source = Arc::new(ingest::SourceInfo::mqtt_plain("bench"));
     let now = DEFAULT_START_MS;
     let t = Instant::now();
@@ -190,7 +227,10 @@ fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> 
     }
     let secs = t.elapsed().as_secs_f64();
     if applied as usize != n_frames * per_frame {
-        anyhow::bail!("bench: applied {applied} of {} samples", n_frames * per_frame);
+        anyhow::bail!(
+            "bench: applied {applied} of {} samples",
+            n_frames * per_frame
+        );
     }
     Ok(rate(applied, secs))
 }

@@ -256,7 +256,8 @@ impl Core {
     fn submit(&mut self, sp: &SignedProposal, now: i64) -> DecisionRecord {
         let active: Vec<Detection> = self.detectors.active().cloned().collect();
         let refs: Vec<&Detection> = active.iter().collect();
-        let (id, decision, rec) = self.guard.decide(sp, &refs, now);
+        let trust = self.input_trust();
+        let (id, decision, rec) = self.guard.decide(sp, &refs, &trust, now);
         let proposal: Value = serde_json::from_str(&sp.body).unwrap_or(Value::Null);
         self.audit(vec![
             Entry::new(
@@ -273,6 +274,39 @@ impl Core {
             self.execute(approved, now);
         }
         rec
+    }
+
+    /// Signals whose current values may be shown but may not drive actuation: values that
+    /// arrived without a verified seal, and values a physics relation contradicts.
+    fn input_trust(&self) -> guard::InputTrust {
+        let suspect = self.detectors.suspect_signals();
+        let mut below = std::collections::HashMap::new();
+        for (id, st) in self.twin.signals() {
+            match &st.provenance {
+                Some(p) if p.trust < ingest::Trust::Verified => {
+                    below.insert(
+                        id.clone(),
+                        format!(
+                            "arrived {} from {}",
+                            if p.signed {
+                                "with an unverified seal"
+                            } else {
+                                "unsigned"
+                            },
+                            p.device
+                        ),
+                    );
+                }
+                None => {
+                    below.insert(id.clone(), "no value yet".to_string());
+                }
+                _ => {}
+            }
+            if suspect.contains(id.as_str()) {
+                below.insert(id.clone(), "contradicted by the twin's physics".to_string());
+            }
+        }
+        guard::InputTrust { below }
     }
 
     /// Sends an approved command, after its decision is on record. Fails safe.

@@ -421,10 +421,19 @@ mod tests {
             },
             reason: "test".into(),
             evidence: vec![],
+            inputs: vec![],
             created_ms: T,
             nonce: nonce.into(),
         };
-        match guard.decide(&sign_proposal(&p, &token, &agent), &[], T).1 {
+        match guard
+            .decide(
+                &sign_proposal(&p, &token, &agent),
+                &[],
+                &guard::InputTrust::default(),
+                T,
+            )
+            .1
+        {
             Decision::Execute(a) => a,
             other => panic!("{other:?}"),
         }
