@@ -163,14 +163,14 @@ fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> 
     for f in 0..n_frames {
         let ts = DEFAULT_START_MS + (f as i64 + 1) * ticks * 1000;
         let samples = (0..per_frame)
-            .map(|i| {
-                let (s, u, v) = signals[i % signals.len()];
-                WireSample {
+            .filter_map(|i| {
+                let (s, u, v) = *signals.get(i % signals.len())?;
+                Some(WireSample {
                     signal: s.into(),
                     t_ms: ts - (ticks - 1 - (i / signals.len()) as i64) * 1000,
                     value: v,
                     unit: u.into(),
-                }
+                })
             })
             .collect();
         let body = to_body(&TelemetryBody {

@@ -280,9 +280,12 @@ fn a_human_approves_maintenance_through_the_api_and_the_plant_carries_it_out() {
     while started.elapsed() < Duration::from_secs(60) {
         let (status, p) = http(port, "GET", "/api/v1/proposals", &token);
         assert_eq!(status, 200);
-        if let Some(m) = p["pending"]
-            .as_array()
-            .unwrap()
+        let Some(pending) = p["pending"].as_array() else {
+            // A response cut short under load: ask again.
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        if let Some(m) = pending
             .iter()
             .find(|x| x["proposal"]["action"]["kind"] == "maintenance")
         {
