@@ -113,6 +113,9 @@ pub struct SourceInfo {
     pub peer_certificate: Option<String>,
     /// The IEC 62443 zone the source belongs to.
     pub zone: Option<String>,
+    /// Accept unsigned frames from registered devices, as untrusted values (legacy devices).
+    #[serde(default)]
+    pub allow_unsigned: bool,
 }
 
 impl SourceInfo {
@@ -124,6 +127,7 @@ impl SourceInfo {
             security: "none".into(),
             peer_certificate: None,
             zone: None,
+            allow_unsigned: false,
         }
     }
 }
@@ -477,6 +481,9 @@ impl Verifier {
                 Some(env.signer),
             )
         })?;
+        if env.alg == Alg::None && source.allow_unsigned {
+            return self.accept_unsigned(source, topic, &env, now_ms, out, &frame_err);
+        }
         let key_index = match preverified {
             Some(k) => k,
             None => Self::verify_seal(&env, topic, device).map_err(|e| match e {
@@ -563,6 +570,96 @@ impl Verifier {
             seq: body.seq,
             received_ms: now_ms,
             trust: Trust::Verified,
+        });
+        for s in body.samples {
+            match self.check_sample(device, &s, body.ts_ms, now_ms) {
+                Ok(()) => out.accepted.push(Sample {
+                    signal: s.signal,
+                    t_ms: s.t_ms,
+                    value: s.value,
+                    provenance: provenance.clone(),
+                }),
+                Err((reason, detail)) => out.rejected.push(Rejection {
+                    reason,
+                    detail,
+                    device: Some(device.id.clone()),
+                    signal: Some(s.signal),
+                    samples: 1,
+                    whole_frame: false,
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// An unsigned frame from a source that allows them: checked like any other, but its
+    /// values are untrusted, and its sequence numbers have a window of their own so that
+    /// unauthenticated frames cannot push the device's signed frames out as replays.
+    fn accept_unsigned(
+        &mut self,
+        source: &Arc<SourceInfo>,
+        topic: &str,
+        env: &Envelope<'_>,
+        now_ms: i64,
+        out: &mut Outcome,
+        frame_err: &dyn Fn(Reason, String, Option<&str>) -> Rejection,
+    ) -> Result<(), Rejection> {
+        let Some(device) = self.devices.get(env.signer) else {
+            return Err(frame_err(
+                Reason::UnknownDevice,
+                format!("device {:?} is not in the registry", env.signer),
+                Some(env.signer),
+            ));
+        };
+        let allowed_topic = self.plant.telemetry_topic(&device.asset);
+        if topic != allowed_topic {
+            return Err(frame_err(
+                Reason::UnauthorizedTopic,
+                format!("device {} may publish only on {allowed_topic}", device.id),
+                Some(env.signer),
+            ));
+        }
+        let body = TelemetryBody::parse(env.body)
+            .map_err(|e| frame_err(Reason::Malformed, e.to_string(), Some(env.signer)))?;
+        let window = self
+            .windows
+            .entry(format!("{}/unsigned", device.id))
+            .or_default();
+        if !window.accept(body.seq, self.config.replay_window) {
+            return Err(frame_err(
+                Reason::Replay,
+                format!("unsigned sequence {} already seen or too old", body.seq),
+                Some(env.signer),
+            ));
+        }
+        if now_ms - body.ts_ms > self.config.max_age_ms {
+            return Err(frame_err(
+                Reason::Stale,
+                format!(
+                    "frame is {} ms old, limit {}",
+                    now_ms - body.ts_ms,
+                    self.config.max_age_ms
+                ),
+                Some(env.signer),
+            ));
+        }
+        if body.ts_ms - now_ms > self.config.max_future_ms {
+            return Err(frame_err(
+                Reason::Future,
+                format!("frame is {} ms ahead of the clock", body.ts_ms - now_ms),
+                Some(env.signer),
+            ));
+        }
+        let provenance = Arc::new(Provenance {
+            device: device.id.clone(),
+            channel: topic.to_string(),
+            transport: source.protocol.clone(),
+            source: Some(source.clone()),
+            signed: false,
+            seal: None,
+            seq: body.seq,
+            received_ms: now_ms,
+            trust: Trust::Untrusted,
         });
         for s in body.samples {
             match self.check_sample(device, &s, body.ts_ms, now_ms) {

@@ -102,6 +102,8 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
     // 4. The whole loop over the embedded MQTT broker.
     let t = Instant::now();
     let report = crate::demo::run(crate::demo::DemoArgs {
+        config: None,
+        legacy_devices: vec![],
         hours,
         speed: 0.0,
         attack: None,

@@ -35,6 +35,8 @@ pub struct Core {
     pub verifier: Verifier,
     /// The source frames arrive through (one MQTT source in the demo).
     pub source: Arc<SourceInfo>,
+    /// The configuration lets untrusted values drive actuation (`min_trust = "untrusted"`).
+    pub min_trust_untrusted: bool,
     pub twin: Twin,
     pub detectors: Detectors,
     pub guard: Guard,
@@ -283,7 +285,7 @@ impl Core {
         let mut below = std::collections::HashMap::new();
         for (id, st) in self.twin.signals() {
             match &st.provenance {
-                Some(p) if p.trust < ingest::Trust::Verified => {
+                Some(p) if p.trust < ingest::Trust::Verified && !self.min_trust_untrusted => {
                     below.insert(
                         id.clone(),
                         format!(

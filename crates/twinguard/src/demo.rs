@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use audit::{AuditStore, Entry, SqliteStore};
 use guard::{AgentRegistry, DEFAULT_POLICY, Guard, Policy};
 use ingest::mqtt::{BrokerEndpoint, RawFrame};
-use ingest::{Device, IngestConfig, Verifier};
+use ingest::{Device, Verifier};
 use plant_model::Plant;
 use plant_sim::Fault;
 use serde_json::{Value, json};
@@ -17,11 +17,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use twin::{CusumConfig, DEFAULT_HISTORY, Twin};
 
 use crate::attack::{self, Attack, AttackReport};
+use crate::config::{Broker, Config};
 use crate::core::Core;
 use crate::datadir::DataDir;
 use crate::gateway::{self, GatewayConfig, LevelRamp, PlantStats, SimClock, lock};
 
 pub struct DemoArgs {
+    pub config: Option<PathBuf>,
+    /// Devices whose gateway cannot sign (legacy): their frames go out unsigned.
+    pub legacy_devices: Vec<String>,
     pub hours: f64,
     pub speed: f64,
     pub attack: Option<Attack>,
@@ -36,6 +40,25 @@ pub struct DemoArgs {
 
 /// The broker endpoint (with that account's credentials) for an account name.
 type EndpointFor = Box<dyn Fn(&str) -> BrokerEndpoint>;
+
+/// The configuration file, or the embedded default; every error with its location.
+pub fn load_config(path: &Option<PathBuf>) -> Result<Config> {
+    let (text, name) = match path {
+        None => return Ok(Config::default_config()),
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read configuration {}", p.display()))?,
+            p.display().to_string(),
+        ),
+    };
+    Config::parse(&text).map_err(|errors| {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{name}:{}:{}: {}", e.line, e.column, e.message))
+            .collect();
+        anyhow::anyhow!("configuration is not valid:\n{}", lines.join("\n"))
+    })
+}
 
 fn load_plant(path: &Option<PathBuf>) -> Result<Plant> {
     match path {
@@ -84,9 +107,27 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let maintenance_key = dir.key("agent-maintenance")?;
     let optimiser_key = dir.key("agent-optimiser")?;
 
-    // Broker: embedded by default.
-    let (endpoint_for, broker_desc): (EndpointFor, String) = match &args.broker {
-        None => {
+    // Configuration: zones, the source and its conduit, ingest limits.
+    let config = load_config(&args.config)?;
+    let [source_cfg] = config.sources.as_slice() else {
+        bail!(
+            "the demo runs exactly one source; the configuration declares {}",
+            config.sources.len()
+        );
+    };
+    // `--broker` overrides the configured broker (credentials from the environment).
+    let (broker, env_creds) = match &args.broker {
+        Some(addr) => {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
+                .with_context(|| format!("--broker {addr:?} is not HOST:PORT"))?;
+            (Broker::External { host, port }, true)
+        }
+        None => (source_cfg.broker().map_err(anyhow::Error::msg)?, false),
+    };
+    let (endpoint_for, broker_desc): (EndpointFor, String) = match broker {
+        Broker::Embedded => {
             let secrets = dir.mqtt_secrets(&["twinguard", "edge-gateway", "intruder"])?;
             let port = crate::broker::free_port()?;
             crate::broker::start(port, secrets.users.clone().into_iter().collect())?;
@@ -102,13 +143,38 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
                 format!("embedded MQTT broker on 127.0.0.1:{port}"),
             )
         }
-        Some(addr) => {
-            let (host, port) = addr
-                .rsplit_once(':')
-                .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
-                .with_context(|| format!("--broker {addr:?} is not HOST:PORT"))?;
-            let username = std::env::var("TWINGUARD_MQTT_USERNAME").ok();
-            let password = std::env::var("TWINGUARD_MQTT_PASSWORD").ok();
+        Broker::External { host, port } => {
+            let (username, password) = if env_creds {
+                (
+                    std::env::var("TWINGUARD_MQTT_USERNAME").ok(),
+                    std::env::var("TWINGUARD_MQTT_PASSWORD").ok(),
+                )
+            } else {
+                let password = match &source_cfg.password_file {
+                    Some(f) => {
+                        let base = args
+                            .config
+                            .as_ref()
+                            .and_then(|c| c.parent())
+                            .unwrap_or(std::path::Path::new("."));
+                        let path = base.join(f.get_ref());
+                        Some(
+                            std::fs::read_to_string(&path)
+                                .with_context(|| {
+                                    format!(
+                                        "cannot read the broker password file {}",
+                                        path.display()
+                                    )
+                                })?
+                                .trim()
+                                .to_string(),
+                        )
+                    }
+                    None => None,
+                };
+                (source_cfg.username.clone(), password)
+            };
+            let desc = format!("external MQTT broker at {host}:{port}");
             (
                 Box::new(move |_user: &str| BrokerEndpoint {
                     host: host.clone(),
@@ -116,10 +182,18 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
                     username: username.clone(),
                     password: password.clone(),
                 }),
-                format!("external MQTT broker at {addr}"),
+                desc,
             )
         }
     };
+    let source = Arc::new(ingest::SourceInfo {
+        id: source_cfg.id.get_ref().clone(),
+        protocol: source_cfg.protocol.get_ref().clone(),
+        security: "none".into(),
+        peer_certificate: None,
+        zone: Some(config.zone_of(source_cfg)),
+        allow_unsigned: source_cfg.allow_unsigned,
+    });
 
     // Audit log first: if it cannot be opened, nothing runs.
     let mut store = SqliteStore::open(&dir.audit_db(), audit_key.clone())?;
@@ -142,7 +216,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         None
     };
     let registry: Vec<Device> = dir.registry()?;
-    let verifier = Verifier::new(plant.clone(), registry, IngestConfig::default());
+    let verifier = Verifier::new(plant.clone(), registry, config.ingest.clone());
     let mut agents = AgentRegistry::default();
     agents.register("maintenance", maintenance_key.verifying_key());
     agents.register("optimiser", optimiser_key.verifying_key());
@@ -210,7 +284,8 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let mut core = Core {
         plant: plant.clone(),
         verifier,
-        source: Arc::new(ingest::SourceInfo::mqtt_plain(&broker_desc)),
+        source,
+        min_trust_untrusted: config.actuation.min_trust.get_ref() == "untrusted",
         twin: Twin::new(plant.clone(), DEFAULT_HISTORY, CusumConfig::default()),
         detectors: detect::Detectors::new(plant.clone()),
         guard,
@@ -298,6 +373,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
             duration_s: 600,
             delay_s: 120,
         }),
+        unsigned_devices: args.legacy_devices.clone(),
         endpoint: endpoint_for("edge-gateway"),
         device_keys,
         actuation_key: actuation_key.verifying_key(),

@@ -84,6 +84,8 @@ pub struct GatewayConfig {
     pub faults: Vec<Fault>,
     pub level_ramp: Option<LevelRamp>,
     pub delay: Option<Delay>,
+    /// Devices that publish unsigned frames (legacy devices without keys).
+    pub unsigned_devices: Vec<String>,
     pub endpoint: BrokerEndpoint,
     pub device_keys: HashMap<String, SigningKey>,
     pub actuation_key: VerifyingKey,
@@ -302,7 +304,8 @@ pub async fn run(
                 .device_keys
                 .get(&o.device)
                 .with_context(|| format!("no key for device {}", o.device))?;
-            let bytes = encode(Kind::Telemetry, &o.topic, &o.device, &body, Some(key))?;
+            let seal = (!cfg.unsigned_devices.contains(&o.device)).then_some(key);
+            let bytes = encode(Kind::Telemetry, &o.topic, &o.device, &body, seal)?;
             if let Some(d) = cfg.delay.as_ref().filter(|d| {
                 d.asset == o.asset && t_s >= d.start_s && t_s < d.start_s + d.duration_s
             }) {

@@ -3,6 +3,7 @@
 mod attack;
 mod bench;
 mod broker;
+mod config;
 mod core;
 mod datadir;
 mod demo;
@@ -50,6 +51,13 @@ enum Command {
         /// Inject a fault: kind:target@start[+duration][=magnitude] (repeatable).
         #[arg(long = "fault")]
         faults: Vec<String>,
+        /// Configuration file (zones, sources, conduits, ingest limits); see `check-config`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A device whose gateway cannot sign (a legacy PLC): its frames go out unsigned
+        /// (repeatable). Refused unless the source has `allow_unsigned = true`.
+        #[arg(long = "legacy-device")]
+        legacy_devices: Vec<String>,
         /// Use an external MQTT broker at HOST:PORT instead of the embedded one
         /// (credentials from TWINGUARD_MQTT_USERNAME / TWINGUARD_MQTT_PASSWORD).
         #[arg(long)]
@@ -70,6 +78,10 @@ enum Command {
         #[arg(long, default_value_t = 6.0)]
         hours: f64,
     },
+    /// Check a configuration file and explain every error with its line and column.
+    CheckConfig { file: PathBuf },
+    /// Print the default configuration file.
+    DefaultConfig,
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -162,6 +174,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             data_dir,
             plant,
             faults,
+            config,
+            legacy_devices,
             broker,
             port,
             json,
@@ -169,6 +183,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let report = rt.block_on(demo::run(demo::DemoArgs {
+                config,
+                legacy_devices,
                 hours,
                 speed,
                 attack,
@@ -225,6 +241,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::CheckConfig { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read configuration {}", file.display()))?;
+            match config::Config::parse(&text) {
+                Ok(c) => {
+                    println!(
+                        "{} is valid: {} zones, {} sources, {} conduits",
+                        file.display(),
+                        c.zones.len(),
+                        c.sources.len(),
+                        c.conduits.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        println!("{}:{}:{}: {}", file.display(), e.line, e.column, e.message);
+                    }
+                    println!("{} error(s) in {}", errors.len(), file.display());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::DefaultConfig => {
+            print!("{}", config::DEFAULT_CONFIG);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Device {
             command: DeviceCommand::List { data_dir },

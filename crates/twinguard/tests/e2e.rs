@@ -690,3 +690,127 @@ fn device_rotate_keeps_data_flowing_and_is_audited() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("gw-nope"));
 }
+
+/// A legacy device that cannot sign: refused by default; with the source's
+/// `allow_unsigned = true` its values are shown but never drive an action.
+#[test]
+fn values_from_an_unsigned_source_are_shown_but_never_drive_actuation() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = Command::new(BIN).arg("default-config").output().unwrap();
+    let text = String::from_utf8(default.stdout).unwrap();
+    assert!(text.contains("allow_unsigned = false"));
+    let legacy = dir.path().join("legacy.toml");
+    std::fs::write(
+        &legacy,
+        text.replace("allow_unsigned = false", "allow_unsigned = true"),
+    )
+    .unwrap();
+
+    // Default configuration: the filler's unsigned frames are refused.
+    let r = demo(
+        &dir.path().join("a"),
+        1.0,
+        &["--legacy-device", "gw-filler"],
+    );
+    assert_eq!(r["frames"]["rejected"]["unsigned"], 720, "{}", r["frames"]);
+    assert_eq!(r["proposals"]["executed"], 0);
+    assert_safe_and_audited(&r);
+
+    // Allowed as untrusted: accepted, but the optimiser (whose decisions rest on filler
+    // values) is denied every time, while nothing else changes.
+    let r = demo(
+        &dir.path().join("b"),
+        2.0,
+        &[
+            "--legacy-device",
+            "gw-filler",
+            "--config",
+            legacy.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r["samples"]["accepted"], 2 * 3600 * SIGNALS);
+    assert!(
+        r["proposals"]["denied"]["untrusted_input"]
+            .as_u64()
+            .unwrap()
+            >= 2,
+        "{}",
+        r["proposals"]
+    );
+    assert_eq!(r["proposals"]["executed"], 0);
+    assert_safe_and_audited(&r);
+    let conn = rusqlite::Connection::open(dir.path().join("b").join("audit.db")).unwrap();
+    let detail: String = conn
+        .query_row(
+            "SELECT json_extract(body, '$.detail') FROM audit WHERE kind = 'decision' AND json_extract(body, '$.reason') = 'untrusted_input' LIMIT 1",
+            [],
+            |x| x.get(0),
+        )
+        .unwrap();
+    assert!(
+        detail.contains("filler.") && detail.contains("unsigned"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn check_config_explains_every_error_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = String::from_utf8(
+        Command::new(BIN)
+            .arg("default-config")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, &text).unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        text.replace("zone = \"cell\"", "zone = \"cel\"")
+            .replace("broker = \"embedded\"", "broker = \"nowhere\""),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let zone_line = text.lines().position(|l| l == "zone = \"cell\"").unwrap() + 1;
+    assert!(
+        stdout.contains(&format!(
+            "bad.toml:{zone_line}:8: source \"line-mqtt\": zone \"cel\" is not declared"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"nowhere\" is neither"), "{stdout}");
+    assert!(stdout.contains("2 error(s)"), "{stdout}");
+
+    // The demo refuses to start on it, with the same explanations.
+    let out = Command::new(BIN)
+        .args([
+            "demo", "--hours", "0.1", "--speed", "0", "--port", "0", "--config",
+        ])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not declared"));
+}
