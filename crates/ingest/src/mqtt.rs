@@ -16,13 +16,41 @@ pub struct RawFrame {
     pub payload: Vec<u8>,
 }
 
-/// Broker address and credentials.
-#[derive(Debug, Clone)]
+/// Broker address, credentials and TLS.
+#[derive(Clone)]
 pub struct BrokerEndpoint {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TLS with server verification against `ca_pem` and, for mutual TLS, a client
+    /// certificate and key. The server's certificate must name `host`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM-encoded trust anchor and optional client identity.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca_pem: Vec<u8>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for BrokerEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerEndpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "tls",
+                &self
+                    .tls
+                    .as_ref()
+                    .map(|t| if t.client.is_some() { "mtls" } else { "tls" }),
+            )
+            .finish()
+    }
 }
 
 impl BrokerEndpoint {
@@ -37,19 +65,41 @@ impl BrokerEndpoint {
         if let (Some(u), Some(p)) = (&self.username, &self.password) {
             o.set_credentials(u.clone(), p.clone());
         }
+        if let Some(tls) = &self.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Simple {
+                    ca: tls.ca_pem.clone(),
+                    alpn: None,
+                    client_auth: tls.client.clone(),
+                },
+            ));
+        }
         o
+    }
+
+    /// The transport security this endpoint uses: `none`, `tls` or `mtls`.
+    pub fn security(&self) -> &'static str {
+        match &self.tls {
+            None => "none",
+            Some(t) if t.client.is_some() => "mtls",
+            Some(_) => "tls",
+        }
     }
 }
 
+/// The newest connection error of a subscriber, for the operator.
+pub type LastError = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
 /// Connects, subscribes to `filters` with QoS 1 and forwards every publish to `tx` until
-/// `tx` is closed. Connection errors are retried with backoff and reported through
-/// `on_error`. `ready` fires once the first subscription is acknowledged.
+/// `tx` is closed. Connection errors are retried with backoff and the newest is kept in
+/// `last_error`. `ready` fires once the first subscription is acknowledged.
 pub async fn run_subscriber(
     endpoint: BrokerEndpoint,
     client_id: String,
     filters: Vec<String>,
     tx: mpsc::Sender<RawFrame>,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
+    last_error: LastError,
 ) {
     let (client, mut eventloop) = AsyncClient::new(endpoint.options(&client_id), 256);
     let mut ready = ready;
@@ -85,6 +135,9 @@ pub async fn run_subscriber(
                     return;
                 }
                 tracing::warn!(client = %client_id, error = %e, "mqtt connection error, retrying");
+                if let Ok(mut slot) = last_error.lock() {
+                    *slot = Some(e.to_string());
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

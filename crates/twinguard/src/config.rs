@@ -69,6 +69,20 @@ pub struct Source {
     pub password_file: Option<Spanned<String>>,
     #[serde(default)]
     pub allow_unsigned: bool,
+    /// TLS to an external broker: the CA that signs the broker's certificate and, for
+    /// mutual TLS, this client's certificate and key (PEM files).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_file: Spanned<String>,
+    #[serde(default)]
+    pub cert_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,6 +319,24 @@ impl Config {
                     );
                 }
                 Ok(_) => {}
+            }
+        }
+        for s in &config.sources {
+            if let Some(t) = &s.tls
+                && t.cert_file.is_some() != t.key_file.is_some()
+            {
+                let span = t
+                    .cert_file
+                    .as_ref()
+                    .or(t.key_file.as_ref())
+                    .map_or(t.ca_file.span(), |f| f.span());
+                err(
+                    span,
+                    format!(
+                        "source {:?}: tls needs both cert_file and key_file for mutual TLS, or neither",
+                        s.id.get_ref()
+                    ),
+                );
             }
         }
         if config.sources.is_empty() {

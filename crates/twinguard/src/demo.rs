@@ -139,6 +139,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
                     port,
                     username: Some(user.to_string()),
                     password: users.get(user).cloned(),
+                    tls: None,
                 }),
                 format!("embedded MQTT broker on 127.0.0.1:{port}"),
             )
@@ -174,13 +175,42 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
                 };
                 (source_cfg.username.clone(), password)
             };
-            let desc = format!("external MQTT broker at {host}:{port}");
+            let base = args
+                .config
+                .as_ref()
+                .and_then(|c| c.parent())
+                .unwrap_or(std::path::Path::new("."));
+            let tls = match &source_cfg.tls {
+                None => None,
+                Some(t) => {
+                    let read = |f: &str| -> Result<Vec<u8>> {
+                        let path = base.join(f);
+                        std::fs::read(&path)
+                            .with_context(|| format!("cannot read TLS file {}", path.display()))
+                    };
+                    let client = match (&t.cert_file, &t.key_file) {
+                        (Some(c), Some(k)) => Some((read(c.get_ref())?, read(k.get_ref())?)),
+                        _ => None,
+                    };
+                    Some(ingest::mqtt::TlsFiles {
+                        ca_pem: read(t.ca_file.get_ref())?,
+                        client,
+                    })
+                }
+            };
+            let security = match &tls {
+                None => "",
+                Some(t) if t.client.is_some() => " over mutual TLS",
+                Some(_) => " over TLS",
+            };
+            let desc = format!("external MQTT broker at {host}:{port}{security}");
             (
                 Box::new(move |_user: &str| BrokerEndpoint {
                     host: host.clone(),
                     port,
                     username: username.clone(),
                     password: password.clone(),
+                    tls: tls.clone(),
                 }),
                 desc,
             )
@@ -189,7 +219,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let source = Arc::new(ingest::SourceInfo {
         id: source_cfg.id.get_ref().clone(),
         protocol: source_cfg.protocol.get_ref().clone(),
-        security: "none".into(),
+        security: endpoint_for("twinguard").security().into(),
         peer_certificate: None,
         zone: Some(config.zone_of(source_cfg)),
         allow_unsigned: source_cfg.allow_unsigned,
@@ -239,16 +269,26 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     // Ingest subscription, ready before the plant starts publishing.
     let (frames_tx, frames_rx) = mpsc::channel::<RawFrame>(1024);
     let (ready_tx, ready_rx) = oneshot::channel();
+    let last_error = ingest::mqtt::LastError::default();
     tokio::spawn(ingest::mqtt::run_subscriber(
         endpoint_for("twinguard"),
         "twinguard-ingest".into(),
         vec![format!("twinguard/{}/+/telemetry", plant.plant.id)],
         frames_tx,
         Some(ready_tx),
+        last_error.clone(),
     ));
-    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+    if tokio::time::timeout(Duration::from_secs(10), ready_rx)
         .await
-        .map_err(|_| anyhow::anyhow!("could not subscribe at the {broker_desc} within 10 s"))??;
+        .is_err()
+    {
+        let why = last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .unwrap_or_else(|| "no answer".into());
+        bail!("could not subscribe at the {broker_desc} within 10 s: {why}");
+    }
 
     // API and page.
     let snapshot = Arc::new(RwLock::new(api::Snapshot::default()));

@@ -814,3 +814,168 @@ fn check_config_explains_every_error_with_its_location() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not declared"));
 }
+
+/// Debian's mosquitto, started by the test on loopback (`.ci/run` installs it).
+struct Mosquitto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mosquitto(dir: &Path, conf_extra: &str) -> Mosquitto {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto is needed: apt-get install mosquitto (.ci/run installs it)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("user root\nlistener {port} 127.0.0.1\n{conf_extra}\n"),
+    )
+    .unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "mosquitto did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Mosquitto { child, port }
+}
+
+/// A CA, a broker certificate for 127.0.0.1, and a client certificate, as PEM files.
+fn test_pki(dir: &Path, prefix: &str, client_cn: &str) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{prefix} test CA"));
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-ca.pem")), ca.pem()).unwrap();
+    for (name, sans, cn) in [
+        (
+            "server",
+            vec!["127.0.0.1".to_string(), "localhost".to_string()],
+            "broker",
+        ),
+        ("client", vec![], client_cn),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(format!("{prefix}-{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(
+            dir.join(format!("{prefix}-{name}.key")),
+            key.serialize_pem(),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn mqtt_over_mutual_tls_with_mosquitto_and_its_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    test_pki(d, "good", "twinguard");
+    test_pki(d, "rogue", "twinguard");
+    std::fs::write(
+        d.join("acl"),
+        "user twinguard\ntopic readwrite twinguard/#\n",
+    )
+    .unwrap();
+    let broker = mosquitto(
+        d,
+        &format!(
+            "cafile {0}/good-ca.pem\ncertfile {0}/good-server.pem\nkeyfile {0}/good-server.key\nrequire_certificate true\nuse_identity_as_username true\nacl_file {0}/acl",
+            d.display()
+        ),
+    );
+    let text = String::from_utf8(
+        Command::new(BIN)
+            .arg("default-config")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let config = |ca: &str, client: &str| {
+        let c = text.replace(
+            "broker = \"embedded\"",
+            &format!(
+                "broker = \"127.0.0.1:{}\"\ntls = {{ ca_file = \"{ca}-ca.pem\", cert_file = \"{client}-client.pem\", key_file = \"{client}-client.key\" }}",
+                broker.port
+            ),
+        );
+        let path = d.join(format!("{ca}-{client}.toml"));
+        std::fs::write(&path, c).unwrap();
+        path
+    };
+    let run = |cfg: &Path, data: &str| {
+        Command::new(BIN)
+            .args([
+                "demo", "--speed", "0", "--port", "0", "--json", "--hours", "0.5", "--config",
+            ])
+            .arg(cfg)
+            .arg("--data-dir")
+            .arg(d.join(data))
+            .output()
+            .unwrap()
+    };
+
+    let good = config("good", "good");
+    let check = Command::new(BIN)
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let out = run(&good, "ok");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("over mutual TLS"), "{stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["samples"]["accepted"], 1800 * SIGNALS);
+    assert_safe_and_audited(&r);
+
+    // A client certificate from another CA is refused by the broker ...
+    let out = run(&config("good", "rogue"), "rogue-client");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("could not subscribe"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ... and a broker whose certificate our CA did not sign is refused by twinguard.
+    let out = run(&config("rogue", "good"), "rogue-server");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("could not subscribe"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
