@@ -862,8 +862,9 @@ fn mosquitto(dir: &Path, conf_extra: &str) -> Mosquitto {
     Mosquitto { child, port }
 }
 
-/// A CA, a broker certificate for 127.0.0.1, and a client certificate, as PEM files.
-fn test_pki(dir: &Path, prefix: &str, client_cn: &str) {
+/// A CA, a broker certificate for 127.0.0.1, and one client certificate per common name, as
+/// PEM files `{prefix}-ca.pem`, `{prefix}-server.*` and `{prefix}-{cn}.*`.
+fn test_pki(dir: &Path, prefix: &str, clients: &[&str]) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -872,14 +873,13 @@ fn test_pki(dir: &Path, prefix: &str, client_cn: &str) {
         .push(DnType::CommonName, format!("{prefix} test CA"));
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     std::fs::write(dir.join(format!("{prefix}-ca.pem")), ca.pem()).unwrap();
-    for (name, sans, cn) in [
-        (
-            "server",
-            vec!["127.0.0.1".to_string(), "localhost".to_string()],
-            "broker",
-        ),
-        ("client", vec![], client_cn),
-    ] {
+    let mut certs = vec![(
+        "server",
+        vec!["127.0.0.1".to_string(), "localhost".to_string()],
+        "broker",
+    )];
+    certs.extend(clients.iter().map(|cn| (*cn, vec![], *cn)));
+    for (name, sans, cn) in certs {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(sans).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
@@ -893,24 +893,19 @@ fn test_pki(dir: &Path, prefix: &str, client_cn: &str) {
     }
 }
 
-#[test]
-fn mqtt_over_mutual_tls_with_mosquitto_and_its_refusals() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    test_pki(d, "good", "twinguard");
-    test_pki(d, "rogue", "twinguard");
-    std::fs::write(
-        d.join("acl"),
-        "user twinguard\ntopic readwrite twinguard/#\n",
-    )
-    .unwrap();
-    let broker = mosquitto(
+fn mtls_broker(d: &Path, acl: &str) -> Mosquitto {
+    std::fs::write(d.join("acl"), acl).unwrap();
+    mosquitto(
         d,
         &format!(
             "cafile {0}/good-ca.pem\ncertfile {0}/good-server.pem\nkeyfile {0}/good-server.key\nrequire_certificate true\nuse_identity_as_username true\nacl_file {0}/acl",
             d.display()
         ),
-    );
+    )
+}
+
+/// The default configuration pointed at a TLS broker with the given CA and client identity.
+fn tls_config(d: &Path, port: u16, ca: &str, client: &str) -> std::path::PathBuf {
     let text = String::from_utf8(
         Command::new(BIN)
             .arg("default-config")
@@ -919,18 +914,26 @@ fn mqtt_over_mutual_tls_with_mosquitto_and_its_refusals() {
             .stdout,
     )
     .unwrap();
-    let config = |ca: &str, client: &str| {
-        let c = text.replace(
-            "broker = \"embedded\"",
-            &format!(
-                "broker = \"127.0.0.1:{}\"\ntls = {{ ca_file = \"{ca}-ca.pem\", cert_file = \"{client}-client.pem\", key_file = \"{client}-client.key\" }}",
-                broker.port
-            ),
-        );
-        let path = d.join(format!("{ca}-{client}.toml"));
-        std::fs::write(&path, c).unwrap();
-        path
-    };
+    let c = text.replace(
+        "broker = \"embedded\"",
+        &format!(
+            "broker = \"127.0.0.1:{port}\"\ntls = {{ ca_file = \"{ca}-ca.pem\", cert_file = \"{client}.pem\", key_file = \"{client}.key\" }}"
+        ),
+    );
+    let path = d.join(format!("{ca}-{client}.toml"));
+    std::fs::write(&path, c).unwrap();
+    path
+}
+
+#[test]
+fn mqtt_over_mutual_tls_with_mosquitto_and_its_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    test_pki(d, "good", &["twinguard"]);
+    test_pki(d, "rogue", &["twinguard"]);
+    let broker = mtls_broker(d, "user twinguard\ntopic readwrite twinguard/#\n");
+    let config =
+        |ca: &str, client: &str| tls_config(d, broker.port, ca, &format!("{client}-twinguard"));
     let run = |cfg: &Path, data: &str| {
         Command::new(BIN)
             .args([
@@ -977,5 +980,134 @@ fn mqtt_over_mutual_tls_with_mosquitto_and_its_refusals() {
     assert!(
         stderr.contains("could not subscribe") && stderr.contains("certificate"),
         "{stderr}"
+    );
+}
+
+/// A Python device (paho-mqtt, written from the frame-format document) publishes over
+/// mutual TLS to mosquitto with its own certificate; mosquitto's ACL lets it publish only on
+/// its asset's topic; twinguard takes its signed frames and refuses its unsigned and
+/// tampered ones.
+#[test]
+fn python_device_over_mosquitto_mutual_tls_with_a_per_device_acl() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    test_pki(d, "good", &["twinguard", "gw-lab"]);
+    let broker = mtls_broker(
+        d,
+        "user twinguard\ntopic readwrite twinguard/#\n\nuser gw-lab\ntopic write twinguard/line1/energy/telemetry\n",
+    );
+    let cfg = tls_config(d, broker.port, "good", "good-twinguard");
+    let data = d.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let key = d.join("lab.key");
+    let keygen = Command::new("python3")
+        .args([
+            "-c",
+            "import sys; from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey as K; from cryptography.hazmat.primitives import serialization as s; k=K.generate(); open(sys.argv[1],'w').write(k.private_bytes(s.Encoding.Raw,s.PrivateFormat.Raw,s.NoEncryption()).hex()); print(k.public_key().public_bytes(s.Encoding.Raw,s.PublicFormat.Raw).hex())",
+        ])
+        .arg(&key)
+        .output()
+        .expect("python3 with cryptography is needed");
+    assert!(
+        keygen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keygen.stderr)
+    );
+    let public = String::from_utf8(keygen.stdout).unwrap();
+    std::fs::write(
+        data.join("devices.toml"),
+        format!(
+            "[devices.gw-lab]\nasset = \"energy\"\npublic_key = \"{}\"\n",
+            public.trim()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "demo", "--speed", "10", "--port", "0", "--json", "--hours", "0.05", "--config",
+        ])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let api = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.split("live twin at ").nth(1) {
+            break rest.to_string();
+        }
+    };
+    let port: u16 = api
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let token = api.split("#token=").nth(1).unwrap().to_string();
+    let mut now = Value::Null;
+    while now.is_null() {
+        now = http(port, "GET", "/api/v1/state", &token).1["t_ms"].clone();
+    }
+    let publish = |topic: &str| {
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/publisher.py"
+            ))
+            .args(["127.0.0.1", &broker.port.to_string(), "-", "-"])
+            .arg(&key)
+            .args(["gw-lab", topic, "energy.ambient_temp", "degC", "21.5"])
+            .arg(now.as_i64().unwrap().to_string())
+            .arg("3")
+            .env("TG_CA", d.join("good-ca.pem"))
+            .env("TG_CERT", d.join("good-gw-lab.pem"))
+            .env("TG_KEY", d.join("good-gw-lab.key"))
+            .output()
+            .unwrap()
+    };
+    let out = publish("twinguard/line1/energy/telemetry");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The broker's ACL drops what the device publishes on another asset's topic.
+    let out = publish("twinguard/line1/tank/telemetry");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        r["samples"]["accepted"],
+        180 * SIGNALS + 3,
+        "{}",
+        r["frames"]
+    );
+    assert_eq!(r["frames"]["rejected"]["unsigned"], 1, "{}", r["frames"]);
+    assert_eq!(
+        r["frames"]["rejected"]["bad_signature"], 1,
+        "{}",
+        r["frames"]
+    );
+    assert!(
+        r["frames"]["rejected"].get("unauthorized_topic").is_none(),
+        "{}",
+        r["frames"]
     );
 }

@@ -2,6 +2,9 @@
 
 Usage: publisher.py HOST PORT USER PASSWORD KEYFILE DEVICE TOPIC SIGNAL UNIT VALUE TS_MS COUNT
 
+With TG_CA, TG_CERT and TG_KEY set it connects over TLS with that CA and client certificate
+(USER and PASSWORD "-" for none).
+
 Publishes COUNT signed frames (seq 1..COUNT), each with one sample of SIGNAL at TS_MS,
 then one unsigned frame and one frame with a flipped signature byte (both must be refused).
 """
@@ -36,8 +39,12 @@ def main():
     bad = bytearray(envelope(topic, device, body, key))
     bad[-1] ^= 1
     msgs.append({"topic": topic, "payload": bytes(bad), "qos": 1})
-    publish.multiple(msgs, hostname=host, port=port, client_id="python-publisher",
-                     auth={"username": user, "password": password})
+    import os
+    auth = None if user == "-" else {"username": user, "password": password}
+    tls = None
+    if os.environ.get("TG_CA"):
+        tls = {"ca_certs": os.environ["TG_CA"], "certfile": os.environ["TG_CERT"], "keyfile": os.environ["TG_KEY"]}
+    publish.multiple(msgs, hostname=host, port=port, client_id="python-publisher", auth=auth, tls=tls)
     print(len(msgs))
 
 
