@@ -17,10 +17,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use twin::{CusumConfig, DEFAULT_HISTORY, Twin};
 
 use crate::attack::{self, Attack, AttackReport};
-use crate::config::{Broker, Config};
 use crate::core::Core;
 use crate::datadir::DataDir;
 use crate::gateway::{self, GatewayConfig, LevelRamp, PlantStats, SimClock, lock};
+use twinguard_config::{Broker, Config};
 
 pub struct DemoArgs {
     pub config: Option<PathBuf>,

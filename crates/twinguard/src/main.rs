@@ -3,7 +3,6 @@
 mod attack;
 mod bench;
 mod broker;
-mod config;
 mod core;
 mod datadir;
 mod demo;
@@ -247,7 +246,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read configuration {}", file.display()))?;
-            match config::Config::parse(&text) {
+            match twinguard_config::Config::parse(&text) {
                 Ok(c) => {
                     println!(
                         "{} is valid: {} zones, {} sources, {} conduits",
@@ -268,7 +267,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::DefaultConfig => {
-            print!("{}", config::DEFAULT_CONFIG);
+            print!("{}", twinguard_config::DEFAULT_CONFIG);
             Ok(ExitCode::SUCCESS)
         }
         Command::Device {

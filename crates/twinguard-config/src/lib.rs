@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// The configuration the demo runs with when no file is given.
-pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
 /// Largest configuration file accepted, in bytes.
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
