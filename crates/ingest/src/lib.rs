@@ -301,6 +301,19 @@ impl ReplayWindow {
     }
 }
 
+/// A frame whose seal, or whose source's allowance for unsigned frames, has been checked.
+struct Sealed<'a> {
+    source: &'a Arc<SourceInfo>,
+    topic: &'a str,
+    device: String,
+    asset: String,
+    /// Key of the replay window the frame's sequence number belongs to.
+    window: String,
+    trust: Trust,
+    /// `alg:key-id` of the seal that verified; None for unsigned frames.
+    seal: Option<String>,
+}
+
 /// Checks frames against the device registry, the plant file and the integrity limits.
 pub struct Verifier {
     plant: Arc<Plant>,
@@ -481,12 +494,15 @@ impl Verifier {
                 Some(env.signer),
             )
         })?;
-        if env.alg == Alg::None && source.allow_unsigned {
-            return self.accept_unsigned(source, topic, &env, now_ms, out, &frame_err);
-        }
-        let key_index = match preverified {
-            Some(k) => k,
-            None => Self::verify_seal(&env, topic, device).map_err(|e| match e {
+        // An unsigned frame is refused, unless its source allows them (legacy devices):
+        // then it is checked like any other, its values are untrusted, and its sequence
+        // numbers have a window of their own so that unauthenticated frames cannot push the
+        // device's signed frames out as replays.
+        let unsigned_allowed = env.alg == Alg::None && source.allow_unsigned;
+        let key_index = match (unsigned_allowed, preverified) {
+            (true, _) => None,
+            (false, Some(k)) => Some(k),
+            (false, None) => Some(Self::verify_seal(&env, topic, device).map_err(|e| match e {
                 FrameError::Unsigned => frame_err(
                     Reason::Unsigned,
                     "unsigned frames are refused".into(),
@@ -497,7 +513,7 @@ impl Verifier {
                     format!("{other} with the registered keys of {}", device.id),
                     Some(env.signer),
                 ),
-            })?,
+            })?),
         };
         let allowed_topic = self.plant.telemetry_topic(&device.asset);
         if topic != allowed_topic {
@@ -509,24 +525,59 @@ impl Verifier {
         }
         let body = TelemetryBody::parse(env.body)
             .map_err(|e| frame_err(Reason::Malformed, e.to_string(), Some(env.signer)))?;
-        let Some(key) = device.keys.get(key_index) else {
-            return Err(frame_err(
-                Reason::BadSignature,
-                "no such key".into(),
-                Some(env.signer),
-            ));
+        let sealed = match key_index {
+            None => Sealed {
+                source,
+                topic,
+                device: device.id.clone(),
+                asset: device.asset.clone(),
+                window: format!("{}/unsigned", device.id),
+                trust: Trust::Untrusted,
+                seal: None,
+            },
+            Some(k) => {
+                let Some(key) = device.keys.get(k) else {
+                    return Err(frame_err(
+                        Reason::BadSignature,
+                        "no such key".into(),
+                        Some(env.signer),
+                    ));
+                };
+                if !key.valid_at(body.ts_ms) {
+                    return Err(frame_err(
+                        Reason::RetiredKey,
+                        format!(
+                            "key {} of {} is valid from {:?} to {:?}, the frame is dated {}",
+                            key.id, device.id, key.not_before_ms, key.not_after_ms, body.ts_ms
+                        ),
+                        Some(env.signer),
+                    ));
+                }
+                Sealed {
+                    source,
+                    topic,
+                    device: device.id.clone(),
+                    asset: device.asset.clone(),
+                    window: device.id.clone(),
+                    trust: Trust::Verified,
+                    seal: Some(format!("{}:{}", alg_name(env.alg), key.id)),
+                }
+            }
         };
-        if !key.valid_at(body.ts_ms) {
-            return Err(frame_err(
-                Reason::RetiredKey,
-                format!(
-                    "key {} of {} is valid from {:?} to {:?}, the frame is dated {}",
-                    key.id, device.id, key.not_before_ms, key.not_after_ms, body.ts_ms
-                ),
-                Some(env.signer),
-            ));
-        }
-        let window = self.windows.entry(device.id.clone()).or_default();
+        self.accept_body(sealed, body, now_ms, out, &frame_err)
+    }
+
+    /// Replay window, freshness and the samples of a frame whose seal (or whose source's
+    /// allowance for unsigned frames) has been checked.
+    fn accept_body(
+        &mut self,
+        f: Sealed<'_>,
+        body: TelemetryBody,
+        now_ms: i64,
+        out: &mut Outcome,
+        frame_err: &dyn Fn(Reason, String, Option<&str>) -> Rejection,
+    ) -> Result<(), Rejection> {
+        let window = self.windows.entry(f.window).or_default();
         if !window.accept(body.seq, self.config.replay_window) {
             return Err(frame_err(
                 Reason::Replay,
@@ -535,7 +586,7 @@ impl Verifier {
                     body.seq,
                     window.newest.unwrap_or(0)
                 ),
-                Some(env.signer),
+                Some(&f.device),
             ));
         }
         if now_ms - body.ts_ms > self.config.max_age_ms {
@@ -546,7 +597,7 @@ impl Verifier {
                     now_ms - body.ts_ms,
                     self.config.max_age_ms
                 ),
-                Some(env.signer),
+                Some(&f.device),
             ));
         }
         if body.ts_ms - now_ms > self.config.max_future_ms {
@@ -557,22 +608,22 @@ impl Verifier {
                     body.ts_ms - now_ms,
                     self.config.max_future_ms
                 ),
-                Some(env.signer),
+                Some(&f.device),
             ));
         }
         let provenance = Arc::new(Provenance {
-            device: device.id.clone(),
-            channel: topic.to_string(),
-            transport: source.protocol.clone(),
-            source: Some(source.clone()),
-            signed: true,
-            seal: Some(format!("{}:{}", alg_name(env.alg), key.id)),
+            device: f.device.clone(),
+            channel: f.topic.to_string(),
+            transport: f.source.protocol.clone(),
+            source: Some(f.source.clone()),
+            signed: f.seal.is_some(),
+            seal: f.seal,
             seq: body.seq,
             received_ms: now_ms,
-            trust: Trust::Verified,
+            trust: f.trust,
         });
         for s in body.samples {
-            match self.check_sample(device, &s, body.ts_ms, now_ms) {
+            match self.check_sample(&f.device, &f.asset, &s, body.ts_ms, now_ms) {
                 Ok(()) => out.accepted.push(Sample {
                     signal: s.signal,
                     t_ms: s.t_ms,
@@ -582,97 +633,7 @@ impl Verifier {
                 Err((reason, detail)) => out.rejected.push(Rejection {
                     reason,
                     detail,
-                    device: Some(device.id.clone()),
-                    signal: Some(s.signal),
-                    samples: 1,
-                    whole_frame: false,
-                }),
-            }
-        }
-        Ok(())
-    }
-
-    /// An unsigned frame from a source that allows them: checked like any other, but its
-    /// values are untrusted, and its sequence numbers have a window of their own so that
-    /// unauthenticated frames cannot push the device's signed frames out as replays.
-    fn accept_unsigned(
-        &mut self,
-        source: &Arc<SourceInfo>,
-        topic: &str,
-        env: &Envelope<'_>,
-        now_ms: i64,
-        out: &mut Outcome,
-        frame_err: &dyn Fn(Reason, String, Option<&str>) -> Rejection,
-    ) -> Result<(), Rejection> {
-        let Some(device) = self.devices.get(env.signer) else {
-            return Err(frame_err(
-                Reason::UnknownDevice,
-                format!("device {:?} is not in the registry", env.signer),
-                Some(env.signer),
-            ));
-        };
-        let allowed_topic = self.plant.telemetry_topic(&device.asset);
-        if topic != allowed_topic {
-            return Err(frame_err(
-                Reason::UnauthorizedTopic,
-                format!("device {} may publish only on {allowed_topic}", device.id),
-                Some(env.signer),
-            ));
-        }
-        let body = TelemetryBody::parse(env.body)
-            .map_err(|e| frame_err(Reason::Malformed, e.to_string(), Some(env.signer)))?;
-        let window = self
-            .windows
-            .entry(format!("{}/unsigned", device.id))
-            .or_default();
-        if !window.accept(body.seq, self.config.replay_window) {
-            return Err(frame_err(
-                Reason::Replay,
-                format!("unsigned sequence {} already seen or too old", body.seq),
-                Some(env.signer),
-            ));
-        }
-        if now_ms - body.ts_ms > self.config.max_age_ms {
-            return Err(frame_err(
-                Reason::Stale,
-                format!(
-                    "frame is {} ms old, limit {}",
-                    now_ms - body.ts_ms,
-                    self.config.max_age_ms
-                ),
-                Some(env.signer),
-            ));
-        }
-        if body.ts_ms - now_ms > self.config.max_future_ms {
-            return Err(frame_err(
-                Reason::Future,
-                format!("frame is {} ms ahead of the clock", body.ts_ms - now_ms),
-                Some(env.signer),
-            ));
-        }
-        let provenance = Arc::new(Provenance {
-            device: device.id.clone(),
-            channel: topic.to_string(),
-            transport: source.protocol.clone(),
-            source: Some(source.clone()),
-            signed: false,
-            seal: None,
-            seq: body.seq,
-            received_ms: now_ms,
-            trust: Trust::Untrusted,
-        });
-        for s in body.samples {
-            match self.check_sample(device, &s, body.ts_ms, now_ms) {
-                Ok(()) => out.accepted.push(Sample {
-                    signal: s.signal,
-                    t_ms: s.t_ms,
-                    value: s.value,
-                    provenance: provenance.clone(),
-                }),
-                Err((reason, detail)) => out.rejected.push(Rejection {
-                    reason,
-                    detail,
-                    device: Some(device.id.clone()),
+                    device: Some(f.device.clone()),
                     signal: Some(s.signal),
                     samples: 1,
                     whole_frame: false,
@@ -684,7 +645,8 @@ impl Verifier {
 
     fn check_sample(
         &self,
-        device: &Device,
+        device: &str,
+        asset: &str,
         s: &frames::WireSample,
         frame_ts: i64,
         now_ms: i64,
@@ -695,12 +657,12 @@ impl Verifier {
                 format!("signal {:?} is not in the plant file", s.signal),
             )
         })?;
-        if signal.asset != device.asset {
+        if signal.asset != asset {
             return Err((
                 Reason::UnauthorizedSignal,
                 format!(
                     "device {} may not publish {} (asset {})",
-                    device.id, s.signal, signal.asset
+                    device, s.signal, signal.asset
                 ),
             ));
         }

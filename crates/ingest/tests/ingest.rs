@@ -455,3 +455,25 @@ proptest::proptest! {
         proptest::prop_assert_eq!(single.verifier.counters().samples_accepted, batched.verifier.counters().samples_accepted);
     }
 }
+
+#[test]
+fn unsigned_frames_from_an_allowing_source_are_untrusted_and_cannot_push_out_signed_ones() {
+    let mut f = fixture();
+    let k = f.key.clone();
+    let mut legacy = SourceInfo::mqtt_plain("legacy");
+    legacy.allow_unsigned = true;
+    let legacy = Arc::new(legacy);
+    let (t, b) = frame(&f, 1_000_000_000, NOW, level(1.5), None);
+    let out = f.verifier.check(&legacy, &t, &b, NOW);
+    assert_eq!(out.accepted.len(), 1, "{:?}", out.rejected);
+    assert_eq!(out.accepted[0].provenance.trust, Trust::Untrusted);
+    assert!(!out.accepted[0].provenance.signed);
+    // The device's signed frames keep their own replay window.
+    let (t, b) = frame(&f, 1, NOW, level(1.5), Some(&k));
+    let out = f.verifier.check(&legacy, &t, &b, NOW);
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    assert_eq!(out.accepted[0].provenance.trust, Trust::Verified);
+    // The same unsigned frame on a source that does not allow them is refused.
+    let (t, b) = frame(&f, 2, NOW, level(1.5), None);
+    assert_eq!(reason_of(&mut f, &t, &b, NOW), Reason::Unsigned);
+}
