@@ -105,48 +105,61 @@ fn spawn_poll(mut ev: rumqttc::EventLoop, captured: Option<Captured>) {
     });
 }
 
-/// Forged, unsigned, unknown-device and garbage frames on the tank's topic.
-pub async fn forged_frames(plant: Arc<Plant>, endpoint: BrokerEndpoint, w: Window) -> Result<()> {
-    let Window {
-        clock,
-        t0,
-        end,
-        report,
-    } = w;
-    let (client, ev) = AsyncClient::new(endpoint.options("intruder-forger"), 64);
+/// A tank frame claiming a dangerously high level, as an intruder would send it.
+fn false_level_body(seq: u64, now: i64) -> Vec<u8> {
+    to_body(&TelemetryBody {
+        seq,
+        ts_ms: now,
+        samples: vec![WireSample {
+            signal: "tank.level".into(),
+            t_ms: now,
+            value: 2.9,
+            unit: "m".into(),
+        }],
+    })
+}
+
+/// Every ten simulated minutes from half an hour in, publishes on the tank's topic what
+/// `make(seq, now)` builds, counting each message as an attempt.
+async fn every_ten_minutes(
+    plant: &Plant,
+    endpoint: BrokerEndpoint,
+    client_id: &str,
+    w: Window,
+    mut make: impl FnMut(u64, i64) -> Result<Vec<Vec<u8>>>,
+) -> Result<()> {
+    let (client, ev) = AsyncClient::new(endpoint.options(client_id), 64);
     spawn_poll(ev, None);
-    let forger = frames::keys::generate()?;
     let topic = plant.telemetry_topic("tank");
-    let mut t = t0 + START_MS;
+    let mut t = w.t0 + START_MS;
     let mut seq = 1_000_000_000u64;
-    while wait_until(&clock, t, end).await {
-        let now = clock.now_ms();
+    while wait_until(&w.clock, t, w.end).await {
         seq += 1;
-        let body = to_body(&TelemetryBody {
-            seq,
-            ts_ms: now,
-            samples: vec![WireSample {
-                signal: "tank.level".into(),
-                t_ms: now,
-                value: 2.9,
-                unit: "m".into(),
-            }],
-        });
-        let frames = [
-            encode(Kind::Telemetry, &topic, "gw-tank", &body, Some(&forger))?,
-            encode(Kind::Telemetry, &topic, "gw-tank", &body, None)?,
-            encode(Kind::Telemetry, &topic, "gw-rogue", &body, Some(&forger))?,
-            b"TGF1\x01\x01\xff garbage that claims a 255-byte signer".to_vec(),
-        ];
-        for f in frames {
+        for f in make(seq, w.clock.now_ms())? {
             client
                 .publish(topic.clone(), QoS::AtLeastOnce, false, f)
                 .await?;
-            lock(&report).attempts += 1;
+            lock(&w.report).attempts += 1;
         }
         t += EVERY_MS;
     }
     Ok(())
+}
+
+/// Forged, unsigned, unknown-device and garbage frames on the tank's topic.
+pub async fn forged_frames(plant: Arc<Plant>, endpoint: BrokerEndpoint, w: Window) -> Result<()> {
+    let forger = frames::keys::generate()?;
+    let topic = plant.telemetry_topic("tank");
+    every_ten_minutes(&plant, endpoint, "intruder-forger", w, |seq, now| {
+        let body = false_level_body(seq, now);
+        Ok(vec![
+            encode(Kind::Telemetry, &topic, "gw-tank", &body, Some(&forger))?,
+            encode(Kind::Telemetry, &topic, "gw-tank", &body, None)?,
+            encode(Kind::Telemetry, &topic, "gw-rogue", &body, Some(&forger))?,
+            b"TGF1\x01\x01\xff garbage that claims a 255-byte signer".to_vec(),
+        ])
+    })
+    .await
 }
 
 /// Frames for the tank signed with its rotated-out key, with fresh timestamps.
@@ -156,42 +169,17 @@ pub async fn retired_key(
     old: ed25519_dalek::SigningKey,
     w: Window,
 ) -> Result<()> {
-    let Window {
-        clock,
-        t0,
-        end,
-        report,
-    } = w;
-    let (client, ev) = AsyncClient::new(endpoint.options("intruder-old-key"), 64);
-    spawn_poll(ev, None);
     let topic = plant.telemetry_topic("tank");
-    let mut t = t0 + START_MS;
-    let mut seq = 2_000_000_000u64;
-    while wait_until(&clock, t, end).await {
-        let now = clock.now_ms();
-        seq += 1;
-        let body = to_body(&TelemetryBody {
-            seq,
-            ts_ms: now,
-            samples: vec![WireSample {
-                signal: "tank.level".into(),
-                t_ms: now,
-                value: 2.9,
-                unit: "m".into(),
-            }],
-        });
-        client
-            .publish(
-                topic.clone(),
-                QoS::AtLeastOnce,
-                false,
-                encode(Kind::Telemetry, &topic, "gw-tank", &body, Some(&old))?,
-            )
-            .await?;
-        lock(&report).attempts += 1;
-        t += EVERY_MS;
-    }
-    Ok(())
+    every_ten_minutes(&plant, endpoint, "intruder-old-key", w, |seq, now| {
+        Ok(vec![encode(
+            Kind::Telemetry,
+            &topic,
+            "gw-tank",
+            &false_level_body(seq, now),
+            Some(&old),
+        )?])
+    })
+    .await
 }
 
 /// Captures one valid tank frame and replays it immediately and every ten minutes.
