@@ -29,6 +29,8 @@ pub enum DetectionKind {
     Stuck,
     /// A physics relation of the twin does not hold.
     Physics,
+    /// A signal's data stopped arriving (or never arrived) while others did.
+    Gap,
 }
 
 impl DetectionKind {
@@ -39,6 +41,7 @@ impl DetectionKind {
             DetectionKind::Rate => "rate",
             DetectionKind::Stuck => "stuck",
             DetectionKind::Physics => "physics",
+            DetectionKind::Gap => "gap",
         }
     }
 }
@@ -90,6 +93,7 @@ pub struct Detectors {
     relation_last_alarm: HashMap<String, i64>,
     next_id: u64,
     counts: BTreeMap<DetectionKind, u64>,
+    first_data_ms: Option<i64>,
 }
 
 impl Detectors {
@@ -101,6 +105,7 @@ impl Detectors {
             relation_last_alarm: HashMap::new(),
             next_id: 1,
             counts: BTreeMap::new(),
+            first_data_ms: None,
         }
     }
 
@@ -294,6 +299,53 @@ impl Detectors {
             .is_some_and(|t| r.t_ms - t > 5 * HOLD_MS)
         {
             self.clear(&mut events, &key, r.t_ms);
+        }
+        events
+    }
+
+    /// Raises a gap for every signal whose newest value is more than `limit_ms` behind
+    /// `now_ms` (the newest data twinguard holds), or that has had no value for that long
+    /// since data started; clears it when data returns. `last` gives each signal's newest
+    /// time and device. A gap is not evidence about the process: it is never trusted.
+    pub fn check_gaps<'a>(
+        &mut self,
+        last: impl Iterator<Item = (&'a str, Option<(i64, String)>)>,
+        now_ms: i64,
+        limit_ms: i64,
+    ) -> Vec<Event> {
+        let started = *self.first_data_ms.get_or_insert(now_ms);
+        let mut events = Vec::new();
+        for (signal, newest) in last {
+            let key = (DetectionKind::Gap, signal.to_string());
+            let (behind, devices) = match &newest {
+                Some((t, device)) => (now_ms - t, vec![device.clone()]),
+                None => (now_ms - started, vec![]),
+            };
+            if behind > limit_ms {
+                let message = match newest {
+                    Some(_) => format!("no data for {signal} for {} s", behind / 1000),
+                    None => format!(
+                        "no data for {signal} since data started {} s ago",
+                        behind / 1000
+                    ),
+                };
+                self.raise(
+                    &mut events,
+                    key,
+                    now_ms,
+                    behind as f64 / 1000.0,
+                    limit_ms as f64 / 1000.0,
+                    message,
+                    Evidence {
+                        signals: vec![signal.to_string()],
+                        relation: None,
+                        devices,
+                        trusted: false,
+                    },
+                );
+            } else {
+                self.clear(&mut events, &key, now_ms);
+            }
         }
         events
     }

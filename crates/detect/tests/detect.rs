@@ -141,3 +141,40 @@ fn biased_level_sensor_breaks_the_mass_balance() {
         r.raised
     );
 }
+
+#[test]
+fn gaps_are_raised_when_data_stops_and_cleared_when_it_returns() {
+    let plant = Arc::new(Plant::reference());
+    let mut det = Detectors::new(plant);
+    let dev = || Some((0i64, "gw".to_string()));
+    let at = |t: i64| Some((t, "gw".to_string()));
+    // Data starts at 0; "b" has never been seen, "a" is current.
+    assert!(
+        det.check_gaps([("a", dev()), ("b", None)].into_iter(), 0, 30_000)
+            .is_empty()
+    );
+    let ev = det.check_gaps([("a", at(40_000)), ("b", None)].into_iter(), 40_000, 30_000);
+    assert_eq!(ev.len(), 1);
+    let Event::Raised(d) = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(d.kind, DetectionKind::Gap);
+    assert_eq!(d.evidence.signals, vec!["b".to_string()]);
+    assert!(!d.evidence.trusted);
+    assert!(d.message.contains("since data started"), "{}", d.message);
+    // "a" falls behind, "b" arrives.
+    let ev = det.check_gaps(
+        [("a", at(40_000)), ("b", at(80_000))].into_iter(),
+        80_000,
+        30_000,
+    );
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::Cleared { .. })),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::Raised(d) if d.evidence.signals == vec!["a".to_string()])),
+        "{ev:?}"
+    );
+}

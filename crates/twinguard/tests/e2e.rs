@@ -617,6 +617,8 @@ fn frames_delayed_past_freshness_are_rejected_as_stale() {
     // Ten minutes of the tank's frames (5-second frames of 3 signals) arrive two minutes late.
     assert_eq!(r["plant"]["frames_delayed"], 120);
     assert_eq!(r["frames"]["rejected"]["stale"], 120, "{}", r["frames"]);
+    // The hole in the tank's data is reported as such, one gap per signal.
+    assert_eq!(r["detections"]["gap"], 3, "{}", r["detections"]);
     assert_eq!(r["samples"]["rejected"]["stale"], 120 * 5 * 3);
     assert_eq!(
         r["samples"]["accepted"],
