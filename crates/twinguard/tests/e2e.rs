@@ -231,54 +231,109 @@ fn http(port: u16, method: &str, path: &str, token: &str) -> (u16, Value) {
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+/// A demo running in the background, and what it printed when it started.
+struct Running {
+    child: std::process::Child,
+    api_port: u16,
+    token: String,
+    broker_port: Option<u16>,
+}
+
+impl Running {
+    fn start(args: &[&str], data_dir: &Path) -> Running {
+        let mut child = Command::new(BIN)
+            .args(["demo", "--port", "0", "--json"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut broker_port = None;
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("the demo ended before serving its page")
+                .unwrap();
+            if let Some(rest) = line.split("broker on 127.0.0.1:").nth(1) {
+                broker_port = rest.split(';').next().and_then(|p| p.parse().ok());
+            }
+            if let Some(rest) = line.split("live twin at ").nth(1) {
+                break rest.to_string();
+            }
+        };
+        // Keep draining stderr so the demo never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let api_port = url
+            .split(':')
+            .nth(2)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let token = url.split("#token=").nth(1).unwrap().to_string();
+        Running {
+            child,
+            api_port,
+            token,
+            broker_port,
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        http(self.api_port, "GET", path, &self.token)
+    }
+
+    /// The simulated plant's clock, as twinguard last saw it.
+    fn sim_now(&self) -> i64 {
+        loop {
+            if let Some(t) = self.get("/api/v1/state").1["t_ms"].as_i64() {
+                return t;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the run to end and returns its report.
+    fn finish(mut self) -> Value {
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(self.child.wait().unwrap().success());
+        serde_json::from_str(&out).unwrap()
+    }
+}
+
 #[test]
 fn a_human_approves_maintenance_through_the_api_and_the_plant_carries_it_out() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "demo",
+    let run = Running::start(
+        &[
             "--speed",
             "2000",
-            "--port",
-            "0",
-            "--json",
             "--hours",
             "12",
             "--seed",
             "3",
             "--fault",
             "wear:pump@0=8",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.split("live twin at ").nth(1) {
-            break rest.to_string();
-        }
-    };
-    let port: u16 = url
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let token = url.split("#token=").nth(1).unwrap().to_string();
+        ],
+        dir.path(),
+    );
     // Reads need the operator token.
-    assert_eq!(http(port, "GET", "/api/v1/state", "wrong").0, 401);
+    assert_eq!(http(run.api_port, "GET", "/api/v1/state", "wrong").0, 401);
     let started = Instant::now();
     let mut approved = None;
     while started.elapsed() < Duration::from_secs(60) {
-        let (status, p) = http(port, "GET", "/api/v1/proposals", &token);
+        let (status, p) = run.get("/api/v1/proposals");
         assert_eq!(status, 200);
         let Some(pending) = p["pending"].as_array() else {
             // A response cut short under load: ask again.
@@ -291,10 +346,10 @@ fn a_human_approves_maintenance_through_the_api_and_the_plant_carries_it_out() {
         {
             let id = m["id"].as_u64().unwrap();
             let (status, body) = http(
-                port,
+                run.api_port,
                 "POST",
                 &format!("/api/v1/proposals/{id}/approve"),
-                &token,
+                &run.token,
             );
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["execution"]["executed"], true, "{body}");
@@ -304,15 +359,7 @@ fn a_human_approves_maintenance_through_the_api_and_the_plant_carries_it_out() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(approved.is_some(), "no maintenance proposal appeared");
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let r: Value = serde_json::from_str(&out).unwrap();
+    let r = run.finish();
     // The bearing was replaced before it failed.
     assert_eq!(r["plant"]["truth"]["pump_failures"], 0, "{}", r["plant"]);
     assert!(
@@ -387,8 +434,9 @@ fn bad_input_gets_a_clear_error() {
 /// A publisher written in Python from `docs/frame-format.md` alone is accepted over MQTT,
 /// and its unsigned and tampered frames are refused. Needs python3 with `cryptography` and
 /// `paho-mqtt` (`.ci/run` installs them).
-#[test]
-fn python_publisher_from_the_spec_is_accepted() {
+/// A device key made with Python's `cryptography` package (the key stays with the device),
+/// enrolled for `asset` in the device registry of `data_dir` (only the public key).
+fn python_device(key: &Path, data_dir: &Path, device: &str, asset: &str) {
     let check = Command::new("python3")
         .args(["-c", "import cryptography, paho.mqtt"])
         .output()
@@ -398,16 +446,12 @@ fn python_publisher_from_the_spec_is_accepted() {
         "python3 needs the packages cryptography and paho-mqtt (pip install cryptography paho-mqtt): {}",
         String::from_utf8_lossy(&check.stderr)
     );
-    let dir = tempfile::tempdir().unwrap();
-    // Enrol a new device for the energy asset: its key lives with the device, only the
-    // public key goes to twinguard's registry.
-    let key = dir.path().join("lab.key");
     let keygen = Command::new("python3")
         .args([
             "-c",
             "import sys; from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey as K; from cryptography.hazmat.primitives import serialization as s; k=K.generate(); open(sys.argv[1],'w').write(k.private_bytes(s.Encoding.Raw,s.PrivateFormat.Raw,s.NoEncryption()).hex()); print(k.public_key().public_bytes(s.Encoding.Raw,s.PublicFormat.Raw).hex())",
         ])
-        .arg(&key)
+        .arg(key)
         .output()
         .unwrap();
     assert!(
@@ -416,46 +460,56 @@ fn python_publisher_from_the_spec_is_accepted() {
         String::from_utf8_lossy(&keygen.stderr)
     );
     let public = String::from_utf8(keygen.stdout).unwrap();
+    std::fs::create_dir_all(data_dir).unwrap();
     std::fs::write(
-        dir.path().join("devices.toml"),
+        data_dir.join("devices.toml"),
         format!(
-            "[devices.gw-lab]\nasset = \"energy\"\npublic_key = \"{}\"\n",
+            "[devices.{device}]\nasset = \"{asset}\"\npublic_key = \"{}\"\n",
             public.trim()
         ),
     )
     .unwrap();
+}
 
-    let mut child = Command::new(BIN)
-        .args([
-            "demo", "--speed", "10", "--port", "0", "--json", "--hours", "0.05",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut broker_port, mut api) = (0u16, String::new());
-    while api.is_empty() {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.split("broker on 127.0.0.1:").nth(1) {
-            broker_port = rest.split(';').next().unwrap().parse().unwrap();
-        }
-        if let Some(rest) = line.split("live twin at ").nth(1) {
-            api = rest.to_string();
-        }
+/// Runs the Python publisher: 3 signed frames of `energy.ambient_temp` at `now`, then one
+/// unsigned and one tampered frame. `tls` is (CA, client certificate, client key).
+fn python_publish(
+    broker_port: u16,
+    auth: (&str, &str),
+    key: &Path,
+    topic: &str,
+    now: i64,
+    tls: Option<[&Path; 3]>,
+) {
+    let mut cmd = Command::new("python3");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/publisher.py"
+    ))
+    .args(["127.0.0.1", &broker_port.to_string(), auth.0, auth.1])
+    .arg(key)
+    .args(["gw-lab", topic, "energy.ambient_temp", "degC", "21.5"])
+    .arg(now.to_string())
+    .arg("3");
+    if let Some([ca, cert, k]) = tls {
+        cmd.env("TG_CA", ca).env("TG_CERT", cert).env("TG_KEY", k);
     }
-    let port: u16 = api
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let token = api.split("#token=").nth(1).unwrap().to_string();
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A publisher written in Python from `docs/frame-format.md` alone is accepted over MQTT,
+/// and its unsigned and tampered frames are refused.
+#[test]
+fn python_publisher_from_the_spec_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("lab.key");
+    python_device(&key, dir.path(), "gw-lab", "energy");
+    let run = Running::start(&["--speed", "10", "--hours", "0.05"], dir.path());
     let secrets: toml::Table =
         toml::from_str(&std::fs::read_to_string(dir.path().join("secrets/mqtt.toml")).unwrap())
             .unwrap();
@@ -463,50 +517,22 @@ fn python_publisher_from_the_spec_is_accepted() {
         .as_str()
         .unwrap()
         .to_string();
-    // The simulated plant's clock, as twinguard last saw it.
-    let mut now = Value::Null;
-    while now.is_null() {
-        now = http(port, "GET", "/api/v1/state", &token).1["t_ms"].clone();
-    }
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/publisher.py"
-        ))
-        .args([
-            "127.0.0.1",
-            &broker_port.to_string(),
-            "edge-gateway",
-            &password,
-        ])
-        .arg(&key)
-        .args([
-            "gw-lab",
-            "twinguard/line1/energy/telemetry",
-            "energy.ambient_temp",
-            "degC",
-            "21.5",
-        ])
-        .arg(now.as_i64().unwrap().to_string())
-        .arg("3")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let now = run.sim_now();
+    python_publish(
+        run.broker_port.unwrap(),
+        ("edge-gateway", &password),
+        &key,
+        "twinguard/line1/energy/telemetry",
+        now,
+        None,
     );
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let r: Value = serde_json::from_str(&stdout).unwrap();
-    let expected = 180 * 22;
-    assert_eq!(r["samples"]["accepted"], expected + 3, "{}", r["frames"]);
+    let r = run.finish();
+    assert_eq!(
+        r["samples"]["accepted"],
+        180 * SIGNALS + 3,
+        "{}",
+        r["frames"]
+    );
     assert_eq!(r["frames"]["rejected"]["unsigned"], 1, "{}", r["frames"]);
     assert_eq!(
         r["frames"]["rejected"]["bad_signature"], 1,
@@ -1000,101 +1026,44 @@ fn python_device_over_mosquitto_mutual_tls_with_a_per_device_acl() {
     );
     let cfg = tls_config(d, broker.port, "good", "good-twinguard");
     let data = d.join("data");
-    std::fs::create_dir_all(&data).unwrap();
     let key = d.join("lab.key");
-    let keygen = Command::new("python3")
-        .args([
-            "-c",
-            "import sys; from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey as K; from cryptography.hazmat.primitives import serialization as s; k=K.generate(); open(sys.argv[1],'w').write(k.private_bytes(s.Encoding.Raw,s.PrivateFormat.Raw,s.NoEncryption()).hex()); print(k.public_key().public_bytes(s.Encoding.Raw,s.PublicFormat.Raw).hex())",
-        ])
-        .arg(&key)
-        .output()
-        .expect("python3 with cryptography is needed");
-    assert!(
-        keygen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&keygen.stderr)
+    python_device(&key, &data, "gw-lab", "energy");
+    let run = Running::start(
+        &[
+            "--speed",
+            "10",
+            "--hours",
+            "0.05",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &data,
     );
-    let public = String::from_utf8(keygen.stdout).unwrap();
-    std::fs::write(
-        data.join("devices.toml"),
-        format!(
-            "[devices.gw-lab]\nasset = \"energy\"\npublic_key = \"{}\"\n",
-            public.trim()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "demo", "--speed", "10", "--port", "0", "--json", "--hours", "0.05", "--config",
-        ])
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let api = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.split("live twin at ").nth(1) {
-            break rest.to_string();
-        }
-    };
-    let port: u16 = api
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let token = api.split("#token=").nth(1).unwrap().to_string();
-    let mut now = Value::Null;
-    while now.is_null() {
-        now = http(port, "GET", "/api/v1/state", &token).1["t_ms"].clone();
-    }
-    let publish = |topic: &str| {
-        Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/python/publisher.py"
-            ))
-            .args(["127.0.0.1", &broker.port.to_string(), "-", "-"])
-            .arg(&key)
-            .args(["gw-lab", topic, "energy.ambient_temp", "degC", "21.5"])
-            .arg(now.as_i64().unwrap().to_string())
-            .arg("3")
-            .env("TG_CA", d.join("good-ca.pem"))
-            .env("TG_CERT", d.join("good-gw-lab.pem"))
-            .env("TG_KEY", d.join("good-gw-lab.key"))
-            .output()
-            .unwrap()
-    };
-    let out = publish("twinguard/line1/energy/telemetry");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let now = run.sim_now();
+    let tls = [
+        d.join("good-ca.pem"),
+        d.join("good-gw-lab.pem"),
+        d.join("good-gw-lab.key"),
+    ];
+    let tls = Some([tls[0].as_path(), tls[1].as_path(), tls[2].as_path()]);
+    python_publish(
+        broker.port,
+        ("-", "-"),
+        &key,
+        "twinguard/line1/energy/telemetry",
+        now,
+        tls,
     );
     // The broker's ACL drops what the device publishes on another asset's topic.
-    let out = publish("twinguard/line1/tank/telemetry");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    python_publish(
+        broker.port,
+        ("-", "-"),
+        &key,
+        "twinguard/line1/tank/telemetry",
+        now,
+        tls,
     );
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let r = run.finish();
     assert_eq!(
         r["samples"]["accepted"],
         180 * SIGNALS + 3,
