@@ -117,6 +117,15 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
     })
     .await?;
     let e2e_s = t.elapsed().as_secs_f64();
+    let e2e_frames = report
+        .get("frames")
+        .and_then(|s| s.get("accepted"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let mosquitto = match mosquitto_bin() {
+        Some(bin) => mosquitto_section(&bin, hours).await?,
+        None => json!("mosquitto is not installed: apt-get install mosquitto mosquitto-clients"),
+    };
     let samples = report
         .get("samples")
         .and_then(|s| s.get("accepted"))
@@ -125,6 +134,7 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
     eprintln!("bench: {hours} simulated hours through the whole loop in {e2e_s:.2} s");
 
     Ok(json!({
+        "mosquitto": mosquitto,
         "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "os": std::env::consts::OS, "arch": std::env::consts::ARCH },
         "simulator": { "simulated_day_s": sim_day_s, "ticks_per_s": rate(86_400, sim_day_s), "speedup_vs_real_time": 86_400.0 / sim_day_s },
         "envelope": {
@@ -141,6 +151,7 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
             "wall_s": e2e_s,
             "samples": samples,
             "samples_per_s": rate(samples, e2e_s),
+            "frames_per_s": rate(e2e_frames, e2e_s),
             "speedup_vs_real_time": hours * 3600.0 / e2e_s,
             "cost_over_simulator_alone": (e2e_s / (hours * 3600.0)) / (sim_day_s / 86_400.0),
         },
@@ -235,4 +246,147 @@ fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> 
         );
     }
     Ok(rate(applied, secs))
+}
+
+fn mosquitto_bin() -> Option<std::path::PathBuf> {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Kills the broker when the bench is done.
+struct Broker(std::process::Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The same loop through Debian's mosquitto on loopback, beside mosquitto's own rate with
+/// its own clients (mosquitto_pub piping lines, mosquitto_sub counting them, QoS 1).
+async fn mosquitto_section(bin: &std::path::Path, hours: f64) -> Result<Value> {
+    let dir =
+        std::env::temp_dir().join(format!("twinguard-bench-mosquitto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let port = crate::broker::free_port()?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
+        ),
+    )?;
+    let _broker = Broker(
+        std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    crate::broker::wait_ready(port).await?;
+
+    // mosquitto's own clients: N messages of the size of a 5-second pump frame.
+    let n = 50_000usize;
+    let payload = "x".repeat(900);
+    let own = match (which("mosquitto_pub"), which("mosquitto_sub")) {
+        (Some(pub_bin), Some(sub_bin)) => {
+            let mut sub = tokio::process::Command::new(sub_bin)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-t",
+                    "bench",
+                    "-q",
+                    "1",
+                    "-C",
+                    &n.to_string(),
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()?;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let t = Instant::now();
+            let mut publisher = tokio::process::Command::new(pub_bin)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-t",
+                    "bench",
+                    "-q",
+                    "1",
+                    "-l",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .spawn()?;
+            if let Some(mut stdin) = publisher.stdin.take() {
+                use tokio::io::AsyncWriteExt;
+                let mut lines = String::with_capacity(n * (payload.len() + 1));
+                for _ in 0..n {
+                    lines.push_str(&payload);
+                    lines.push('\n');
+                }
+                stdin.write_all(lines.as_bytes()).await?;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(120), sub.wait()).await;
+            let secs = t.elapsed().as_secs_f64();
+            let _ = publisher.kill().await;
+            json!({ "messages": n, "bytes_each": payload.len(), "messages_per_s": rate(n as u64, secs) })
+        }
+        _ => json!("mosquitto-clients is not installed"),
+    };
+    eprintln!("bench: mosquitto_pub -> mosquitto_sub: {own}");
+
+    let data = dir.join("data");
+    let t = Instant::now();
+    let report = crate::demo::run(crate::demo::DemoArgs {
+        config: None,
+        legacy_devices: vec![],
+        hours,
+        speed: 0.0,
+        attack: None,
+        seed: 1,
+        data_dir: data,
+        plant_file: None,
+        faults: vec![],
+        broker: Some(format!("127.0.0.1:{port}")),
+        api_port: 0,
+        quiet: true,
+    })
+    .await?;
+    let secs = t.elapsed().as_secs_f64();
+    let samples = report
+        .get("samples")
+        .and_then(|s| s.get("accepted"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let frames = report
+        .get("frames")
+        .and_then(|s| s.get("accepted"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    eprintln!("bench: {hours} simulated hours through mosquitto in {secs:.2} s");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(json!({
+        "own_clients": own,
+        "twinguard_loop": {
+            "wall_s": secs,
+            "samples_per_s": rate(samples, secs),
+            "frames_per_s": rate(frames, secs),
+        },
+    }))
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.exists())
 }
