@@ -201,24 +201,15 @@ impl Core {
         // device lags (its late frames are then judged stale, as they would be).
         if let Some(newest) = out.accepted.iter().map(|s| s.t_ms).max() {
             self.progress.send_modify(|p| p.t_ms = p.t_ms.max(newest));
-            let last: Vec<(String, Option<(i64, String)>)> = self
-                .plant
-                .signals
-                .iter()
-                .map(|sig| {
-                    let st = self.twin.signal(&sig.id);
-                    let newest = st.and_then(|st| {
-                        Some((st.last?.t_ms, st.provenance.as_ref()?.device.clone()))
-                    });
-                    (sig.id.clone(), newest)
-                })
-                .collect();
             let now_data = self.progress.borrow().t_ms;
-            let events = self.detectors.check_gaps(
-                last.iter().map(|(s, n)| (s.as_str(), n.clone())),
-                now_data,
-                GAP_MS,
-            );
+            let twin = &self.twin;
+            let last = self.plant.signals.iter().map(|sig| {
+                let newest = twin
+                    .signal(&sig.id)
+                    .and_then(|st| Some((st.last?.t_ms, st.provenance.as_ref()?.device.clone())));
+                (sig.id.as_str(), newest)
+            });
+            let events = self.detectors.check_gaps(last, now_data, GAP_MS);
             self.record_detections(events);
         }
         self.publish_snapshot(false);
