@@ -14,7 +14,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{DEFAULT_QUARANTINE_CAP, SqliteStore};
 
 /// Hash that precedes the first record.
 pub const GENESIS: [u8; 32] = [0u8; 32];
@@ -99,7 +99,9 @@ pub struct Problem {
 /// whole or not at all.
 pub trait AuditStore: Send {
     fn append(&mut self, entries: &[Entry]) -> Result<Head, AuditError>;
-    fn quarantine(&mut self, item: &Quarantined, audit_seq: u64) -> Result<(), AuditError>;
+    /// Keeps a rejected frame; returns false when the quarantine is full and only the
+    /// rejection's description (not the bytes) was kept.
+    fn quarantine(&mut self, item: &Quarantined, audit_seq: u64) -> Result<bool, AuditError>;
     fn head(&self) -> Option<Head>;
     fn records(&self) -> u64;
     fn verify(&self, key: &VerifyingKey) -> Result<Verification, AuditError>;

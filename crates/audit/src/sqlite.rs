@@ -19,7 +19,14 @@ pub struct SqliteStore {
     key: SigningKey,
     head: Option<Head>,
     records: u64,
+    /// Bytes of rejected frames kept so far, and the most that will be kept.
+    quarantined_bytes: u64,
+    quarantine_cap: u64,
 }
+
+/// Bytes of rejected frames kept in the quarantine by default (a flood of forged frames
+/// cannot fill the disk; past the cap each rejection is still recorded, without its bytes).
+pub const DEFAULT_QUARANTINE_CAP: u64 = 256 * 1024 * 1024;
 
 impl SqliteStore {
     /// Opens (or creates) the audit database at `path`, signing heads with `key`.
@@ -46,13 +53,28 @@ impl SqliteStore {
             let head = read_head(&conn).map_err(|e| open_err(e.to_string()))?;
             (records as u64, head.map(|(h, _)| h))
         };
+        let quarantined_bytes: i64 = conn
+            .query_row(
+                "SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM quarantine",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| open_err(e.to_string()))?;
         Ok(SqliteStore {
             conn,
             path: name,
             key,
             head,
             records,
+            quarantined_bytes: quarantined_bytes.max(0) as u64,
+            quarantine_cap: DEFAULT_QUARANTINE_CAP,
         })
+    }
+
+    /// Sets the most bytes of rejected frames the quarantine keeps.
+    pub fn with_quarantine_cap(mut self, bytes: u64) -> SqliteStore {
+        self.quarantine_cap = bytes;
+        self
     }
 
     /// Opens an existing database read-only, for verification without the signing key.
@@ -238,14 +260,27 @@ impl AuditStore for SqliteStore {
         Ok(head)
     }
 
-    fn quarantine(&mut self, item: &Quarantined, audit_seq: u64) -> Result<(), AuditError> {
+    fn quarantine(&mut self, item: &Quarantined, audit_seq: u64) -> Result<bool, AuditError> {
+        let len = item.bytes.len() as u64;
+        let keep = self.quarantined_bytes + len <= self.quarantine_cap;
+        let (bytes, detail): (&[u8], String) = if keep {
+            (&item.bytes, item.detail.clone())
+        } else {
+            (
+                &[],
+                format!("{} (quarantine full: {len} bytes not kept)", item.detail),
+            )
+        };
         self.conn
             .execute(
                 "INSERT INTO quarantine (ts_ms, topic, reason, detail, bytes, audit_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![item.ts_ms, item.topic, item.reason, item.detail, item.bytes, audit_seq as i64],
+                params![item.ts_ms, item.topic, item.reason, detail, bytes, audit_seq as i64],
             )
-            .map(|_| ())
-            .map_err(|e| self.io(e))
+            .map_err(|e| self.io(e))?;
+        if keep {
+            self.quarantined_bytes += len;
+        }
+        Ok(keep)
     }
 
     fn head(&self) -> Option<Head> {

@@ -186,3 +186,43 @@ fn quarantine_keeps_the_bytes() {
     assert_eq!(bytes, vec![1, 2, 3]);
     assert_eq!(seq as u64, head.seq);
 }
+
+#[test]
+fn a_full_quarantine_keeps_the_record_but_not_the_bytes() {
+    let (_d, path) = filled(5);
+    let item = |n: u8| Quarantined {
+        ts_ms: 1,
+        topic: "t".into(),
+        reason: "bad_signature".into(),
+        detail: format!("frame {n}"),
+        bytes: vec![n; 3],
+    };
+    let mut store = SqliteStore::open(&path, key())
+        .unwrap()
+        .with_quarantine_cap(5);
+    assert!(store.quarantine(&item(1), 1).unwrap());
+    assert!(!store.quarantine(&item(2), 2).unwrap());
+    // The count survives a reopen.
+    let mut store = SqliteStore::open(&path, key())
+        .unwrap()
+        .with_quarantine_cap(5);
+    assert!(!store.quarantine(&item(3), 3).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    let rows: Vec<(String, usize)> = conn
+        .prepare("SELECT detail, LENGTH(bytes) FROM quarantine ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as usize)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0], ("frame 1".to_string(), 3));
+    assert!(
+        rows[1].0.contains("quarantine full") && rows[1].1 == 0,
+        "{rows:?}"
+    );
+    assert!(
+        rows[2].0.contains("quarantine full") && rows[2].1 == 0,
+        "{rows:?}"
+    );
+}

@@ -58,6 +58,8 @@ pub struct Core {
     pub(crate) audit_failure: Option<String>,
     pub(crate) last_snapshot: Option<Instant>,
     pub(crate) detections_by_kind: BTreeMap<String, u64>,
+    /// Rejected frames recorded without their bytes because the quarantine was full.
+    pub(crate) quarantine_full: u64,
 }
 
 fn random_token() -> String {
@@ -157,9 +159,13 @@ impl Core {
                         .unwrap_or_default(),
                     bytes: f.payload.clone(),
                 };
-                if let Err(e) = self.audit.quarantine(&q, seq) {
-                    tracing::error!(error = %e, "cannot quarantine a rejected frame");
-                    self.audit_failure = Some(e.to_string());
+                match self.audit.quarantine(&q, seq) {
+                    Ok(true) => {}
+                    Ok(false) => self.quarantine_full += 1,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot quarantine a rejected frame");
+                        self.audit_failure = Some(e.to_string());
+                    }
                 }
             }
         }
@@ -441,6 +447,7 @@ impl Core {
                 "head": head.as_ref().map(|h| h.hash_hex()),
                 "head_seq": head.as_ref().map(|h| h.seq),
                 "failure": self.audit_failure,
+                "quarantine_full": self.quarantine_full,
             },
         })
     }

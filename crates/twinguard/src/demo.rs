@@ -347,6 +347,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         audit_failure: None,
         last_snapshot: None,
         detections_by_kind: BTreeMap::new(),
+        quarantine_full: 0,
     };
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -481,6 +482,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         "verified": verification.problem.is_none(),
         "problem": verification.problem,
         "failure": core.audit_failure,
+        "quarantine_full": core.quarantine_full,
     });
     report["data_dir"] = json!(args.data_dir.display().to_string());
     report["seed"] = json!(args.seed);

@@ -114,6 +114,7 @@ fn forged_frames_are_rejected_by_reason_and_quarantined() {
         )
         .unwrap();
     assert_eq!(q as u64, sum(rej));
+    assert_eq!(r["audit"]["quarantine_full"], 0);
     assert_eq!(audited as u64, sum(rej));
 }
 
