@@ -9,8 +9,8 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use frames::{CommandBody, Kind, encode, to_body};
 use guard::Approved;
+use ingest::mqtt::Publisher;
 use plant_model::{Plant, PlantCommand};
-use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 
 /// The signer id of twinguard's actuation key in command envelopes.
@@ -70,10 +70,10 @@ pub fn envelope(
     Ok((topic, bytes))
 }
 
-/// Publishes signed commands over MQTT (QoS 1).
+/// Publishes signed commands over MQTT 3.1.1 or 5 (QoS 1).
 pub struct MqttSink {
     plant: Arc<Plant>,
-    client: AsyncClient,
+    client: Publisher,
     key: SigningKey,
     seq: u64,
 }
@@ -81,12 +81,7 @@ pub struct MqttSink {
 impl MqttSink {
     /// `client` must have its event loop polled elsewhere. `first_seq` continues the
     /// sequence across restarts so that the plant's replay window accepts new commands.
-    pub fn new(
-        plant: Arc<Plant>,
-        client: AsyncClient,
-        key: SigningKey,
-        first_seq: u64,
-    ) -> MqttSink {
+    pub fn new(plant: Arc<Plant>, client: Publisher, key: SigningKey, first_seq: u64) -> MqttSink {
         MqttSink {
             plant,
             client,
@@ -102,11 +97,11 @@ impl CommandSink for MqttSink {
         let (topic, bytes) = envelope(&self.plant, &self.key, &approved, self.seq, now_ms)?;
         let c = approved.command();
         self.client
-            .try_publish(topic.clone(), QoS::AtLeastOnce, false, bytes)
-            .map_err(|e| ActuateError::Send {
+            .try_publish(topic.clone(), bytes)
+            .map_err(|message| ActuateError::Send {
                 id: c.id.clone(),
                 topic: topic.clone(),
-                message: e.to_string(),
+                message,
             })?;
         Ok(Sent {
             command_id: c.id.clone(),

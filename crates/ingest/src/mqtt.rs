@@ -26,6 +26,70 @@ pub struct BrokerEndpoint {
     /// TLS with server verification against `ca_pem` and, for mutual TLS, a client
     /// certificate and key. The server's certificate must name `host`.
     pub tls: Option<TlsFiles>,
+    pub version: MqttVersion,
+}
+
+/// The protocol version spoken to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MqttVersion {
+    #[default]
+    V311,
+    V5,
+}
+
+/// A connected client of either protocol version, for publishing.
+#[derive(Clone)]
+pub enum Publisher {
+    V311(AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+impl Publisher {
+    /// Connects and returns the publisher; its event loop runs on a task of its own.
+    pub fn connect(endpoint: &BrokerEndpoint, client_id: &str) -> Publisher {
+        match endpoint.version {
+            MqttVersion::V311 => {
+                let (client, mut ev) = AsyncClient::new(endpoint.options(client_id), 64);
+                tokio::spawn(async move {
+                    loop {
+                        if ev.poll().await.is_err() {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                });
+                Publisher::V311(client)
+            }
+            MqttVersion::V5 => {
+                let (client, mut ev) =
+                    rumqttc::v5::AsyncClient::new(endpoint.options_v5(client_id), 64);
+                tokio::spawn(async move {
+                    loop {
+                        if ev.poll().await.is_err() {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                });
+                Publisher::V5(client)
+            }
+        }
+    }
+
+    /// Queues a QoS 1 publish without waiting; fails when the queue is full.
+    pub fn try_publish(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        match self {
+            Publisher::V311(c) => c
+                .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                .map_err(|e| e.to_string()),
+            Publisher::V5(c) => c
+                .try_publish(
+                    topic,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// PEM-encoded trust anchor and optional client identity.
@@ -77,6 +141,26 @@ impl BrokerEndpoint {
         o
     }
 
+    pub fn options_v5(&self, client_id: &str) -> rumqttc::v5::MqttOptions {
+        let mut o = rumqttc::v5::MqttOptions::new(client_id, self.host.clone(), self.port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(Some((frames::MAX_ENVELOPE_BYTES + 1024) as u32));
+        o.set_clean_start(true);
+        if let (Some(u), Some(p)) = (&self.username, &self.password) {
+            o.set_credentials(u.clone(), p.clone());
+        }
+        if let Some(tls) = &self.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Simple {
+                    ca: tls.ca_pem.clone(),
+                    alpn: None,
+                    client_auth: tls.client.clone(),
+                },
+            ));
+        }
+        o
+    }
+
     /// The transport security this endpoint uses: `none`, `tls` or `mtls`.
     pub fn security(&self) -> &'static str {
         match &self.tls {
@@ -101,6 +185,9 @@ pub async fn run_subscriber(
     ready: Option<tokio::sync::oneshot::Sender<()>>,
     last_error: LastError,
 ) {
+    if endpoint.version == MqttVersion::V5 {
+        return run_subscriber_v5(endpoint, client_id, filters, tx, ready, last_error).await;
+    }
     let (client, mut eventloop) = AsyncClient::new(endpoint.options(&client_id), 256);
     let mut ready = ready;
     let mut backoff = Duration::from_millis(100);
@@ -135,6 +222,61 @@ pub async fn run_subscriber(
                     return;
                 }
                 tracing::warn!(client = %client_id, error = %e, "mqtt connection error, retrying");
+                if let Ok(mut slot) = last_error.lock() {
+                    *slot = Some(e.to_string());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// [`run_subscriber`] over MQTT 5.
+async fn run_subscriber_v5(
+    endpoint: BrokerEndpoint,
+    client_id: String,
+    filters: Vec<String>,
+    tx: mpsc::Sender<RawFrame>,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+    last_error: LastError,
+) {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, mqttbytes::QoS as QoS5};
+    let (client, mut eventloop) = Client5::new(endpoint.options_v5(&client_id), 256);
+    let mut ready = ready;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event5::Incoming(P5::ConnAck(_))) => {
+                backoff = Duration::from_millis(100);
+                for f in &filters {
+                    if let Err(e) = client.subscribe(f.clone(), QoS5::AtLeastOnce).await {
+                        tracing::warn!(filter = %f, error = %e, "subscribe failed");
+                    }
+                }
+            }
+            Ok(Event5::Incoming(P5::SubAck(_))) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+            }
+            Ok(Event5::Incoming(P5::Publish(p))) => {
+                let frame = RawFrame {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload.to_vec(),
+                };
+                if tx.send(frame).await.is_err() {
+                    let _ = client.disconnect().await;
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if tx.is_closed() {
+                    return;
+                }
+                tracing::warn!(client = %client_id, error = %e, "mqtt 5 connection error, retrying");
                 if let Ok(mut slot) = last_error.lock() {
                     *slot = Some(e.to_string());
                 }

@@ -69,6 +69,9 @@ pub struct Source {
     pub password_file: Option<Spanned<String>>,
     #[serde(default)]
     pub allow_unsigned: bool,
+    /// `"3.1.1"` (default) or `"5"`.
+    #[serde(default)]
+    pub mqtt_version: Option<Spanned<String>>,
     /// TLS to an external broker: the CA that signs the broker's certificate and, for
     /// mutual TLS, this client's certificate and key (PEM files).
     #[serde(default)]
@@ -122,6 +125,13 @@ fn locate(text: &str, span: Range<usize>) -> (usize, usize) {
 }
 
 impl Source {
+    /// True when the source speaks MQTT 5.
+    pub fn mqtt5(&self) -> bool {
+        self.mqtt_version
+            .as_ref()
+            .is_some_and(|v| v.get_ref() == "5")
+    }
+
     pub fn broker(&self) -> Result<Broker, String> {
         let b = self.broker.get_ref();
         if b == "embedded" {
@@ -305,6 +315,18 @@ impl Config {
                         s.protocol.get_ref(),
                         s.zone.get_ref(),
                         config.twinguard.zone.get_ref()
+                    ),
+                );
+            }
+            if let Some(v) = &s.mqtt_version
+                && v.get_ref() != "3.1.1"
+                && v.get_ref() != "5"
+            {
+                err(
+                    v.span(),
+                    format!(
+                        "source {id:?}: mqtt_version {:?} is not \"3.1.1\" or \"5\"",
+                        v.get_ref()
                     ),
                 );
             }

@@ -13,27 +13,33 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Starts the broker on its own threads, listening on 127.0.0.1:`port` (MQTT 3.1.1).
-pub fn start(port: u16, users: HashMap<String, String>) -> Result<()> {
-    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut v4 = HashMap::new();
-    v4.insert(
-        "1".to_string(),
-        ServerSettings {
-            name: "twinguard-v4".into(),
-            listen,
-            tls: None,
-            next_connection_delay_ms: 1,
-            connections: ConnectionSettings {
-                connection_timeout_ms: 60_000,
-                max_payload_size: frames::MAX_ENVELOPE_BYTES + 1024,
-                max_inflight_count: 500,
-                auth: Some(users),
-                external_auth: None,
-                dynamic_filters: true,
+/// Starts the broker on its own threads, listening on 127.0.0.1:`port` for MQTT 3.1.1 and
+/// on 127.0.0.1:`port_v5` for MQTT 5.
+pub fn start(port: u16, port_v5: u16, users: HashMap<String, String>) -> Result<()> {
+    let listener = |name: &str, port: u16| {
+        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut m = HashMap::new();
+        m.insert(
+            "1".to_string(),
+            ServerSettings {
+                name: name.into(),
+                listen,
+                tls: None,
+                next_connection_delay_ms: 1,
+                connections: ConnectionSettings {
+                    connection_timeout_ms: 60_000,
+                    max_payload_size: frames::MAX_ENVELOPE_BYTES + 1024,
+                    max_inflight_count: 500,
+                    auth: Some(users.clone()),
+                    external_auth: None,
+                    dynamic_filters: true,
+                },
             },
-        },
-    );
+        );
+        m
+    };
+    let v4 = listener("twinguard-v4", port);
+    let v5 = listener("twinguard-v5", port_v5);
     let config = Config {
         id: 0,
         router: RouterConfig {
@@ -46,6 +52,7 @@ pub fn start(port: u16, users: HashMap<String, String>) -> Result<()> {
             shared_subscriptions_strategy: Default::default(),
         },
         v4: Some(v4),
+        v5: Some(v5),
         ..Default::default()
     };
     let mut broker = Broker::new(config);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use audit::{AuditStore, Entry, SqliteStore};
 use guard::{AgentRegistry, DEFAULT_POLICY, Guard, Policy};
-use ingest::mqtt::{BrokerEndpoint, RawFrame};
+use ingest::mqtt::{BrokerEndpoint, MqttVersion, RawFrame};
 use ingest::{Device, Verifier};
 use plant_model::Plant;
 use plant_sim::Fault;
@@ -39,7 +39,7 @@ pub struct DemoArgs {
 }
 
 /// The broker endpoint (with that account's credentials) for an account name.
-type EndpointFor = Box<dyn Fn(&str) -> BrokerEndpoint>;
+type EndpointFor = Box<dyn Fn(&str, MqttVersion) -> BrokerEndpoint>;
 
 /// The configuration file, or the embedded default; every error with its location.
 pub fn load_config(path: &Option<PathBuf>) -> Result<Config> {
@@ -126,20 +126,34 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         }
         None => (source_cfg.broker().map_err(anyhow::Error::msg)?, false),
     };
+    // twinguard's own clients speak the source's protocol version; the simulated edge
+    // gateway speaks MQTT 3.1.1, as most plant devices do; the broker relays between them.
+    let twinguard_version = if source_cfg.mqtt5() {
+        MqttVersion::V5
+    } else {
+        MqttVersion::V311
+    };
     let (endpoint_for, broker_desc): (EndpointFor, String) = match broker {
         Broker::Embedded => {
             let secrets = dir.mqtt_secrets(&["twinguard", "edge-gateway", "intruder"])?;
             let port = crate::broker::free_port()?;
-            crate::broker::start(port, secrets.users.clone().into_iter().collect())?;
+            let port_v5 = crate::broker::free_port()?;
+            crate::broker::start(port, port_v5, secrets.users.clone().into_iter().collect())?;
             crate::broker::wait_ready(port).await?;
+            crate::broker::wait_ready(port_v5).await?;
             let users = secrets.users;
             (
-                Box::new(move |user: &str| BrokerEndpoint {
+                Box::new(move |user: &str, version: MqttVersion| BrokerEndpoint {
                     host: "127.0.0.1".into(),
-                    port,
+                    port: if version == MqttVersion::V5 {
+                        port_v5
+                    } else {
+                        port
+                    },
                     username: Some(user.to_string()),
                     password: users.get(user).cloned(),
                     tls: None,
+                    version,
                 }),
                 format!("embedded MQTT broker on 127.0.0.1:{port}"),
             )
@@ -205,21 +219,37 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
             };
             let desc = format!("external MQTT broker at {host}:{port}{security}");
             (
-                Box::new(move |_user: &str| BrokerEndpoint {
+                Box::new(move |_user: &str, version: MqttVersion| BrokerEndpoint {
                     host: host.clone(),
                     port,
                     username: username.clone(),
                     password: password.clone(),
                     tls: tls.clone(),
+                    version,
                 }),
                 desc,
             )
         }
     };
+    let broker_desc = if twinguard_version == MqttVersion::V5 {
+        format!("{broker_desc} (twinguard speaks MQTT 5)")
+    } else {
+        broker_desc
+    };
     let source = Arc::new(ingest::SourceInfo {
         id: source_cfg.id.get_ref().clone(),
-        protocol: source_cfg.protocol.get_ref().clone(),
-        security: endpoint_for("twinguard").security().into(),
+        protocol: format!(
+            "{}/{}",
+            source_cfg.protocol.get_ref(),
+            if twinguard_version == MqttVersion::V5 {
+                "5"
+            } else {
+                "3.1.1"
+            }
+        ),
+        security: endpoint_for("twinguard", twinguard_version)
+            .security()
+            .into(),
         peer_certificate: None,
         zone: Some(config.zone_of(source_cfg)),
         allow_unsigned: source_cfg.allow_unsigned,
@@ -255,15 +285,10 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let guard = Guard::new(plant.clone(), agents, policy);
 
     // Actuation client.
-    let (act_client, mut act_ev) =
-        rumqttc::AsyncClient::new(endpoint_for("twinguard").options("twinguard-actuation"), 64);
-    tokio::spawn(async move {
-        loop {
-            if act_ev.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    });
+    let act_client = ingest::mqtt::Publisher::connect(
+        &endpoint_for("twinguard", twinguard_version),
+        "twinguard-actuation",
+    );
     let sink = actuate::MqttSink::new(plant.clone(), act_client, actuation_key.clone(), 0);
 
     // Ingest subscription, ready before the plant starts publishing.
@@ -271,7 +296,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let (ready_tx, ready_rx) = oneshot::channel();
     let last_error = ingest::mqtt::LastError::default();
     tokio::spawn(ingest::mqtt::run_subscriber(
-        endpoint_for("twinguard"),
+        endpoint_for("twinguard", twinguard_version),
         "twinguard-ingest".into(),
         vec![format!("twinguard/{}/+/telemetry", plant.plant.id)],
         frames_tx,
@@ -365,7 +390,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         };
         let (p, intruder, dir, leak) = (
             plant.clone(),
-            endpoint_for("intruder"),
+            endpoint_for("intruder", MqttVersion::V311),
             args.data_dir.clone(),
             token_leak.clone(),
         );
@@ -415,7 +440,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
             delay_s: 120,
         }),
         unsigned_devices: args.legacy_devices.clone(),
-        endpoint: endpoint_for("edge-gateway"),
+        endpoint: endpoint_for("edge-gateway", MqttVersion::V311),
         device_keys,
         actuation_key: actuation_key.verifying_key(),
     };

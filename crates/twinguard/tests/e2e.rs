@@ -1083,3 +1083,89 @@ fn python_device_over_mosquitto_mutual_tls_with_a_per_device_acl() {
         r["frames"]
     );
 }
+
+/// twinguard's own clients speak MQTT 5 (the simulated plant keeps MQTT 3.1.1): on the
+/// embedded broker, and on mosquitto over mutual TLS.
+#[test]
+fn mqtt5_on_the_embedded_broker_and_on_mosquitto() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = String::from_utf8(
+        Command::new(BIN)
+            .arg("default-config")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let v5 = |t: &str| {
+        t.replace(
+            "allow_unsigned = false",
+            "allow_unsigned = false\nmqtt_version = \"5\"",
+        )
+    };
+    let embedded = d.join("v5.toml");
+    std::fs::write(&embedded, v5(&text)).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "demo", "--speed", "0", "--port", "0", "--json", "--hours", "0.5", "--config",
+        ])
+        .arg(&embedded)
+        .arg("--data-dir")
+        .arg(d.join("a"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("speaks MQTT 5"));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["samples"]["accepted"], 1800 * SIGNALS);
+    assert!(
+        r["proposals"]["executed"].as_u64().unwrap() >= 1,
+        "commands must travel over MQTT 5 too"
+    );
+    assert_safe_and_audited(&r);
+
+    test_pki(d, "good", &["twinguard"]);
+    let broker = mtls_broker(d, "user twinguard\ntopic readwrite twinguard/#\n");
+    let cfg = tls_config(d, broker.port, "good", "good-twinguard");
+    std::fs::write(&cfg, v5(&std::fs::read_to_string(&cfg).unwrap())).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "demo", "--speed", "0", "--port", "0", "--json", "--hours", "0.5", "--config",
+        ])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(d.join("b"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("mutual TLS") && stderr.contains("MQTT 5"),
+        "{stderr}"
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["samples"]["accepted"], 1800 * SIGNALS);
+    assert_safe_and_audited(&r);
+
+    let bad = d.join("bad.toml");
+    std::fs::write(
+        &bad,
+        text.replace(
+            "allow_unsigned = false",
+            "allow_unsigned = false\nmqtt_version = \"4\"",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mqtt_version \"4\""));
+}
