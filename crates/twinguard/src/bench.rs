@@ -100,37 +100,11 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
     }
 
     // 4. The whole loop over the embedded MQTT broker.
-    let t = Instant::now();
-    let report = crate::demo::run(crate::demo::DemoArgs {
-        config: None,
-        legacy_devices: vec![],
-        hours,
-        speed: 0.0,
-        attack: None,
-        seed: 1,
-        data_dir,
-        plant_file: None,
-        faults: vec![],
-        broker: None,
-        api_port: 0,
-        quiet: true,
-    })
-    .await?;
-    let e2e_s = t.elapsed().as_secs_f64();
-    let e2e_frames = report
-        .get("frames")
-        .and_then(|s| s.get("accepted"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let (e2e_s, e2e_frames, samples) = timed_loop(hours, data_dir, None).await?;
     let mosquitto = match mosquitto_bin() {
         Some(bin) => mosquitto_section(&bin, hours).await?,
         None => json!("mosquitto is not installed: apt-get install mosquitto mosquitto-clients"),
     };
-    let samples = report
-        .get("samples")
-        .and_then(|s| s.get("accepted"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
     eprintln!("bench: {hours} simulated hours through the whole loop in {e2e_s:.2} s");
 
     Ok(json!({
@@ -344,33 +318,8 @@ async fn mosquitto_section(bin: &std::path::Path, hours: f64) -> Result<Value> {
     eprintln!("bench: mosquitto_pub -> mosquitto_sub: {own}");
 
     let data = dir.join("data");
-    let t = Instant::now();
-    let report = crate::demo::run(crate::demo::DemoArgs {
-        config: None,
-        legacy_devices: vec![],
-        hours,
-        speed: 0.0,
-        attack: None,
-        seed: 1,
-        data_dir: data,
-        plant_file: None,
-        faults: vec![],
-        broker: Some(format!("127.0.0.1:{port}")),
-        api_port: 0,
-        quiet: true,
-    })
-    .await?;
-    let secs = t.elapsed().as_secs_f64();
-    let samples = report
-        .get("samples")
-        .and_then(|s| s.get("accepted"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let frames = report
-        .get("frames")
-        .and_then(|s| s.get("accepted"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let (secs, frames, samples) =
+        timed_loop(hours, data, Some(format!("127.0.0.1:{port}"))).await?;
     eprintln!("bench: {hours} simulated hours through mosquitto in {secs:.2} s");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(json!({
@@ -389,4 +338,38 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .split(':')
         .map(|d| std::path::Path::new(d).join(name))
         .find(|p| p.exists())
+}
+
+/// Runs the whole demo loop as fast as it goes; returns wall seconds, accepted frames and
+/// accepted samples.
+async fn timed_loop(
+    hours: f64,
+    data_dir: std::path::PathBuf,
+    broker: Option<String>,
+) -> Result<(f64, u64, u64)> {
+    let t = Instant::now();
+    let report = crate::demo::run(crate::demo::DemoArgs {
+        config: None,
+        legacy_devices: vec![],
+        hours,
+        speed: 0.0,
+        attack: None,
+        seed: 1,
+        data_dir,
+        plant_file: None,
+        faults: vec![],
+        broker,
+        api_port: 0,
+        quiet: true,
+    })
+    .await?;
+    let secs = t.elapsed().as_secs_f64();
+    let accepted = |what: &str| {
+        report
+            .get(what)
+            .and_then(|s| s.get("accepted"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    Ok((secs, accepted("frames"), accepted("samples")))
 }

@@ -432,6 +432,23 @@ fn bad_input_gets_a_clear_error() {
     assert!(err.contains("unknown fault kind"), "{err}");
 }
 
+/// What a run of 0.05 simulated hours shows after one `python_publish`: the device's 3
+/// signed frames accepted beside the plant's, its unsigned and tampered frames refused.
+fn assert_python_device_frames(r: &Value) {
+    assert_eq!(
+        r["samples"]["accepted"],
+        180 * SIGNALS + 3,
+        "{}",
+        r["frames"]
+    );
+    assert_eq!(r["frames"]["rejected"]["unsigned"], 1, "{}", r["frames"]);
+    assert_eq!(
+        r["frames"]["rejected"]["bad_signature"], 1,
+        "{}",
+        r["frames"]
+    );
+}
+
 /// A publisher written in Python from `docs/frame-format.md` alone is accepted over MQTT,
 /// and its unsigned and tampered frames are refused. Needs python3 with `cryptography` and
 /// `paho-mqtt` (`.ci/run` installs them).
@@ -528,18 +545,7 @@ fn python_publisher_from_the_spec_is_accepted() {
         None,
     );
     let r = run.finish();
-    assert_eq!(
-        r["samples"]["accepted"],
-        180 * SIGNALS + 3,
-        "{}",
-        r["frames"]
-    );
-    assert_eq!(r["frames"]["rejected"]["unsigned"], 1, "{}", r["frames"]);
-    assert_eq!(
-        r["frames"]["rejected"]["bad_signature"], 1,
-        "{}",
-        r["frames"]
-    );
+    assert_python_device_frames(&r);
 }
 
 /// `--broker` points twinguard at a broker it did not start (here a separate rumqttd with
@@ -1065,18 +1071,7 @@ fn python_device_over_mosquitto_mutual_tls_with_a_per_device_acl() {
         tls,
     );
     let r = run.finish();
-    assert_eq!(
-        r["samples"]["accepted"],
-        180 * SIGNALS + 3,
-        "{}",
-        r["frames"]
-    );
-    assert_eq!(r["frames"]["rejected"]["unsigned"], 1, "{}", r["frames"]);
-    assert_eq!(
-        r["frames"]["rejected"]["bad_signature"], 1,
-        "{}",
-        r["frames"]
-    );
+    assert_python_device_frames(&r);
     assert!(
         r["frames"]["rejected"].get("unauthorized_topic").is_none(),
         "{}",
