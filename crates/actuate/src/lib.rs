@@ -114,3 +114,98 @@ impl CommandSink for MqttSink {
         })
     }
 }
+
+/// Where each command goes on an OPC UA server.
+#[derive(Debug, Clone, Default)]
+pub struct OpcUaTargets {
+    /// Setpoint id → the node its value is written to.
+    pub setpoints: std::collections::BTreeMap<String, opcua_link::NodeRef>,
+    /// `stop_line`, `start_line`, `maintenance` → (object, method) to call.
+    pub calls: std::collections::BTreeMap<String, (opcua_link::NodeRef, opcua_link::NodeRef)>,
+}
+
+/// Sends approved commands as OPC UA Write (setpoints) and Call (line stop, start,
+/// maintenance) over the source's authenticated session. The server authenticates
+/// twinguard by its application certificate and user identity; it sees no `TGC1` envelope.
+pub struct OpcUaSink {
+    conn: opcua_link::Connection,
+    targets: OpcUaTargets,
+    seq: u64,
+}
+
+impl OpcUaSink {
+    pub fn new(conn: opcua_link::Connection, targets: OpcUaTargets) -> OpcUaSink {
+        OpcUaSink {
+            conn,
+            targets,
+            seq: 0,
+        }
+    }
+}
+
+fn command_name(c: &PlantCommand) -> &'static str {
+    match c {
+        PlantCommand::SetSetpoint { .. } => "set_setpoint",
+        PlantCommand::StopLine => "stop_line",
+        PlantCommand::StartLine => "start_line",
+        PlantCommand::Maintenance => "maintenance",
+    }
+}
+
+impl CommandSink for OpcUaSink {
+    fn send(&mut self, approved: Approved, _now_ms: i64) -> Result<Sent, ActuateError> {
+        let c = approved.command();
+        let send_err = |topic: String, message: String| ActuateError::Send {
+            id: c.id.clone(),
+            topic,
+            message,
+        };
+        // The core is synchronous; the session is async. Block this worker only (the
+        // runtime keeps the session's event loop on the others).
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|e| send_err("opcua".into(), e.to_string()))?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(send_err(
+                "opcua".into(),
+                "OPC UA actuation needs the multi-threaded runtime".into(),
+            ));
+        }
+        let (topic, result) = match &c.command {
+            PlantCommand::SetSetpoint { setpoint, value } => {
+                let node = self.targets.setpoints.get(setpoint).ok_or_else(|| {
+                    send_err(
+                        setpoint.clone(),
+                        format!("no OPC UA node is configured for setpoint {setpoint}"),
+                    )
+                })?;
+                let conn = &mut self.conn;
+                let r = tokio::task::block_in_place(|| handle.block_on(conn.write(node, *value)));
+                (node.to_string(), r)
+            }
+            other => {
+                let name = command_name(other);
+                let (object, method) = self.targets.calls.get(name).ok_or_else(|| {
+                    send_err(
+                        name.into(),
+                        format!("no OPC UA method is configured for {name}"),
+                    )
+                })?;
+                let conn = &mut self.conn;
+                let r =
+                    tokio::task::block_in_place(|| handle.block_on(conn.call(object, method, &[])));
+                (method.to_string(), r)
+            }
+        };
+        result.map_err(|e| send_err(topic.clone(), e.to_string()))?;
+        self.seq += 1;
+        Ok(Sent {
+            command_id: c.id.clone(),
+            topic,
+            seq: self.seq,
+            asset: c.asset.clone(),
+            command: c.command.clone(),
+            origin: c.origin.clone(),
+            approved_by: c.approved_by.clone(),
+        })
+    }
+}

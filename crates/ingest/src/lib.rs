@@ -41,6 +41,11 @@ pub enum Reason {
     WrongUnit,
     NotFinite,
     OutOfRange,
+    /// The source marked the value bad or uncertain (an OPC UA status code).
+    BadStatus,
+    /// A value with the same timestamp as the last one of its signal (re-sent after a
+    /// reconnect, for instance).
+    Duplicate,
 }
 
 impl Reason {
@@ -60,6 +65,8 @@ impl Reason {
             Reason::WrongUnit => "wrong_unit",
             Reason::NotFinite => "not_finite",
             Reason::OutOfRange => "out_of_range",
+            Reason::BadStatus => "bad_status",
+            Reason::Duplicate => "duplicate",
         }
     }
 }
@@ -74,8 +81,12 @@ impl fmt::Display for Reason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trust {
-    /// Arrived without a verifiable signature (only where a source explicitly allows it).
+    /// Arrived without a verifiable signature (only where a source explicitly allows it),
+    /// or over a channel that authenticates nobody (OPC UA security mode None).
     Untrusted,
+    /// Arrived over a channel that authenticates its origin (an OPC UA server with a trusted
+    /// certificate, Sign or SignAndEncrypt), without a signature of the device's own.
+    Channel,
     /// Signed by a registered device key and passed every integrity check.
     Verified,
 }
@@ -116,6 +127,10 @@ pub struct SourceInfo {
     /// Accept unsigned frames from registered devices, as untrusted values (legacy devices).
     #[serde(default)]
     pub allow_unsigned: bool,
+    /// The transport authenticates the data's origin itself (OPC UA Sign/SignAndEncrypt
+    /// with a trusted server certificate): its values are [`Trust::Channel`].
+    #[serde(default)]
+    pub authenticated: bool,
 }
 
 impl SourceInfo {
@@ -128,8 +143,25 @@ impl SourceInfo {
             peer_certificate: None,
             zone: None,
             allow_unsigned: false,
+            authenticated: false,
         }
     }
+}
+
+/// A value from a source that carries no device signature (OPC UA): as trusted as the
+/// channel it came over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelValue {
+    pub signal: String,
+    /// Where it was read (the OPC UA NodeId).
+    pub channel: String,
+    pub unit: String,
+    pub value: Option<f64>,
+    /// The source's own quality verdict, and its name (`Good`, `BadSensorFailure`, ...).
+    pub good: bool,
+    pub status: String,
+    /// The source timestamp (else the server's); None when the source gave neither.
+    pub t_ms: Option<i64>,
 }
 
 /// An accepted value.
@@ -320,6 +352,8 @@ pub struct Verifier {
     devices: HashMap<String, Device>,
     config: IngestConfig,
     windows: HashMap<String, ReplayWindow>,
+    /// Newest time per (source, signal) of channel values, for ordering.
+    channel_newest: HashMap<(String, String), i64>,
     counters: Counters,
 }
 
@@ -330,12 +364,125 @@ impl Verifier {
             devices: devices.into_iter().map(|d| (d.id.clone(), d)).collect(),
             config,
             windows: HashMap::new(),
+            channel_newest: HashMap::new(),
             counters: Counters::default(),
         }
     }
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Checks values from a source without device signatures (OPC UA), one by one: status,
+    /// order per signal (a value older than the newest of its signal is a replay, one as
+    /// old is a duplicate), then the same sample checks as for frames (known signal, unit,
+    /// finite, instrument range, freshness, not in the future). A value without a
+    /// timestamp is dated `now_ms`.
+    pub fn check_values(
+        &mut self,
+        source: &Arc<SourceInfo>,
+        values: Vec<ChannelValue>,
+        now_ms: i64,
+    ) -> Outcome {
+        let trust = if source.authenticated {
+            Trust::Channel
+        } else {
+            Trust::Untrusted
+        };
+        let mut out = Outcome::default();
+        for v in values {
+            let t_ms = v.t_ms.unwrap_or(now_ms);
+            match self.check_channel_value(source, &v, t_ms, now_ms) {
+                Ok(value) => out.accepted.push(Sample {
+                    provenance: Arc::new(Provenance {
+                        device: source.id.clone(),
+                        channel: v.channel,
+                        transport: source.protocol.clone(),
+                        source: Some(source.clone()),
+                        signed: false,
+                        seal: None,
+                        seq: 0,
+                        received_ms: now_ms,
+                        trust,
+                    }),
+                    signal: v.signal,
+                    t_ms,
+                    value,
+                }),
+                Err((reason, detail)) => out.rejected.push(Rejection {
+                    reason,
+                    detail,
+                    device: Some(source.id.clone()),
+                    signal: Some(v.signal),
+                    samples: 1,
+                    whole_frame: false,
+                }),
+            }
+        }
+        self.counters.samples_accepted += out.accepted.len() as u64;
+        for r in &out.rejected {
+            *self.counters.samples_rejected.entry(r.reason).or_default() += 1;
+        }
+        out
+    }
+
+    fn check_channel_value(
+        &mut self,
+        source: &SourceInfo,
+        v: &ChannelValue,
+        t_ms: i64,
+        now_ms: i64,
+    ) -> Result<f64, (Reason, String)> {
+        if !v.good {
+            return Err((
+                Reason::BadStatus,
+                format!("{} at {} has status {}", v.signal, v.channel, v.status),
+            ));
+        }
+        let value = v.value.ok_or_else(|| {
+            (
+                Reason::Malformed,
+                format!("{} at {} is not a number", v.signal, v.channel),
+            )
+        })?;
+        if t_ms - now_ms > self.config.max_future_ms {
+            return Err((
+                Reason::Future,
+                format!(
+                    "{} is {} ms ahead of the clock, tolerance {}",
+                    v.signal,
+                    t_ms - now_ms,
+                    self.config.max_future_ms
+                ),
+            ));
+        }
+        let sample = frames::WireSample {
+            signal: v.signal.clone(),
+            t_ms,
+            value,
+            unit: v.unit.clone(),
+        };
+        self.check_sample(None, &sample, t_ms, now_ms)?;
+        let key = (source.id.clone(), v.signal.clone());
+        if let Some(newest) = self.channel_newest.get(&key) {
+            if t_ms < *newest {
+                return Err((
+                    Reason::Replay,
+                    format!(
+                        "{} at {t_ms} is older than the newest value of its signal ({newest})",
+                        v.signal
+                    ),
+                ));
+            }
+            if t_ms == *newest {
+                return Err((
+                    Reason::Duplicate,
+                    format!("{} at {t_ms} was already received", v.signal),
+                ));
+            }
+        }
+        self.channel_newest.insert(key, t_ms);
+        Ok(value)
     }
 
     /// Checks one frame that arrived from `source` on `topic` at `now_ms`.
@@ -623,7 +770,7 @@ impl Verifier {
             trust: f.trust,
         });
         for s in body.samples {
-            match self.check_sample(&f.device, &f.asset, &s, body.ts_ms, now_ms) {
+            match self.check_sample(Some((&f.device, &f.asset)), &s, body.ts_ms, now_ms) {
                 Ok(()) => out.accepted.push(Sample {
                     signal: s.signal,
                     t_ms: s.t_ms,
@@ -643,10 +790,11 @@ impl Verifier {
         Ok(())
     }
 
+    /// `owner` is the frame's device and its asset; channel values have none (their
+    /// mapping to signals is the operator's configuration).
     fn check_sample(
         &self,
-        device: &str,
-        asset: &str,
+        owner: Option<(&str, &str)>,
         s: &frames::WireSample,
         frame_ts: i64,
         now_ms: i64,
@@ -657,7 +805,9 @@ impl Verifier {
                 format!("signal {:?} is not in the plant file", s.signal),
             )
         })?;
-        if signal.asset != asset {
+        if let Some((device, asset)) = owner
+            && signal.asset != asset
+        {
             return Err((
                 Reason::UnauthorizedSignal,
                 format!(

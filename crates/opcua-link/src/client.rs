@@ -497,6 +497,17 @@ impl Connection {
                 return;
             };
             let status = dv.status.unwrap_or(StatusCode::Good);
+            // Not a sample: the server has no value for the node yet (it says so, or sends
+            // an empty value, as async-opcua does for a variable that was never set).
+            if status == StatusCode::BadWaitingForInitialData
+                || dv
+                    .value
+                    .as_ref()
+                    .is_none_or(|v| matches!(v, Variant::Empty))
+            {
+                tracing::debug!(%node, "no value yet");
+                return;
+            }
             let value = UaValue {
                 signal: signal.clone(),
                 node: node.to_string(),

@@ -199,6 +199,22 @@ impl PlantServer {
                     .insert(&mut *space);
             }
         }
+        // No data yet: say so (OPC UA's way) rather than show a made-up 0 with a timestamp.
+        nm.set_values(
+            handle.subscriptions(),
+            signals.iter().map(|id| {
+                (
+                    id,
+                    None,
+                    DataValue {
+                        value: None,
+                        status: Some(StatusCode::BadWaitingForInitialData),
+                        ..DataValue::null()
+                    },
+                )
+            }),
+        )
+        .map_err(|e| format!("cannot initialise the plant's nodes: {e}"))?;
         for (sp_id, node) in &setpoints {
             let tx = writes.clone();
             let sp = plant.setpoint(sp_id).cloned();

@@ -38,7 +38,7 @@ pub struct Actuation {
 impl Default for Actuation {
     fn default() -> Self {
         Actuation {
-            min_trust: Spanned::new(0..0, "verified".into()),
+            min_trust: Spanned::new(0..0, "channel".into()),
         }
     }
 }
@@ -112,7 +112,7 @@ pub enum Broker {
     External { host: String, port: u16 },
 }
 
-const PROTOCOLS: [&str; 1] = ["mqtt"];
+const PROTOCOLS: [&str; 2] = ["mqtt", "opcua"];
 
 fn locate(text: &str, span: Range<usize>) -> (usize, usize) {
     let before = text.get(..span.start.min(text.len())).unwrap_or("");
@@ -122,6 +122,23 @@ fn locate(text: &str, span: Range<usize>) -> (usize, usize) {
         .map_or(before.len(), |i| before.len() - i - 1)
         + 1;
     (line, column)
+}
+
+impl Config {
+    /// The trust level a `min_trust` name stands for.
+    pub fn trust_level(name: &str) -> Option<ingest::Trust> {
+        match name {
+            "verified" => Some(ingest::Trust::Verified),
+            "channel" => Some(ingest::Trust::Channel),
+            "untrusted" => Some(ingest::Trust::Untrusted),
+            _ => None,
+        }
+    }
+
+    /// The trust actuation requires.
+    pub fn min_trust(&self) -> ingest::Trust {
+        Config::trust_level(self.actuation.min_trust.get_ref()).unwrap_or(ingest::Trust::Verified)
+    }
 }
 
 impl Source {
@@ -207,10 +224,12 @@ impl Config {
             );
         }
         let trust = config.actuation.min_trust.get_ref();
-        if trust != "verified" && trust != "untrusted" {
+        if Config::trust_level(trust).is_none() {
             err(
                 config.actuation.min_trust.span(),
-                format!("actuation.min_trust {trust:?} is not \"verified\" or \"untrusted\""),
+                format!(
+                    "actuation.min_trust {trust:?} is not \"verified\", \"channel\" or \"untrusted\""
+                ),
             );
         }
         let mut zones = HashSet::new();

@@ -349,6 +349,7 @@ async fn timed_loop(
 ) -> Result<(f64, u64, u64)> {
     let t = Instant::now();
     let report = crate::demo::run(crate::demo::DemoArgs {
+        transport: crate::demo::Transport::Mqtt,
         config: None,
         legacy_devices: vec![],
         hours,

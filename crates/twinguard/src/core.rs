@@ -16,6 +16,7 @@ use ed25519_dalek::VerifyingKey;
 use guard::{Decision, DecisionRecord, Guard, SignedProposal};
 use ingest::mqtt::RawFrame;
 use ingest::{SourceInfo, Verifier};
+use opcua_link::UaEvent;
 use plant_model::{Plant, PlantCommand};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,6 +28,8 @@ use crate::gateway::{Progress, SimClock};
 const GAP_MS: i64 = 30_000;
 /// Most frames verified in one batch.
 const BATCH: usize = 64;
+/// Most OPC UA values checked in one batch.
+const UA_BATCH: usize = 1024;
 /// How often agents look at the plant (data time).
 const AGENT_PERIOD_MS: i64 = 60_000;
 /// Points per signal in the page's plots.
@@ -37,8 +40,8 @@ pub struct Core {
     pub verifier: Verifier,
     /// The source frames arrive through (one MQTT source in the demo).
     pub source: Arc<SourceInfo>,
-    /// The configuration lets untrusted values drive actuation (`min_trust = "untrusted"`).
-    pub min_trust_untrusted: bool,
+    /// Values below this trust may be shown but never drive actuation (`min_trust`).
+    pub min_trust: ingest::Trust,
     pub twin: Twin,
     pub detectors: Detectors,
     pub guard: Guard,
@@ -60,6 +63,16 @@ pub struct Core {
     pub(crate) detections_by_kind: BTreeMap<String, u64>,
     /// Rejected frames recorded without their bytes because the quarantine was full.
     pub(crate) quarantine_full: u64,
+    /// Connection losses and restorations of a session-based source (OPC UA).
+    pub(crate) source_events: SourceEvents,
+}
+
+/// Connection history of a session-based source.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SourceEvents {
+    pub connected: bool,
+    pub lost: u64,
+    pub restored: u64,
 }
 
 fn random_token() -> String {
@@ -68,9 +81,12 @@ fn random_token() -> String {
 
 impl Core {
     /// Runs until `stop` fires, then returns itself for the final report.
+    /// Frames come from MQTT on `frames_rx`, values and connection events from OPC UA on
+    /// `ua_rx`; the loop ends at `stop` or when every input has closed.
     pub async fn run(
         mut self,
         mut frames_rx: mpsc::Receiver<RawFrame>,
+        mut ua_rx: mpsc::Receiver<UaEvent>,
         mut ops_rx: mpsc::Receiver<Op>,
         stop: oneshot::Receiver<()>,
     ) -> Core {
@@ -80,25 +96,36 @@ impl Core {
                 biased;
                 _ = &mut stop => break,
                 Some(op) = ops_rx.recv() => self.handle_op(op),
-                f = frames_rx.recv() => match f {
-                    Some(f) => {
-                        // Take what else is waiting, to verify signatures in one batch.
-                        let mut batch = vec![f];
-                        while batch.len() < BATCH {
-                            match frames_rx.try_recv() {
-                                Ok(f) => batch.push(f),
-                                Err(_) => break,
-                            }
+                Some(f) = frames_rx.recv() => {
+                    // Take what else is waiting, to verify signatures in one batch.
+                    let mut batch = vec![f];
+                    while batch.len() < BATCH {
+                        match frames_rx.try_recv() {
+                            Ok(f) => batch.push(f),
+                            Err(_) => break,
                         }
-                        self.handle_frames(batch);
                     }
-                    None => break,
-                },
+                    self.handle_frames(batch);
+                }
+                Some(e) = ua_rx.recv() => {
+                    let mut batch = vec![e];
+                    while batch.len() < UA_BATCH {
+                        match ua_rx.try_recv() {
+                            Ok(e) => batch.push(e),
+                            Err(_) => break,
+                        }
+                    }
+                    self.handle_ua(batch);
+                }
+                else => break,
             }
         }
         // Drain what is already queued: nothing accepted by the broker is left unprocessed.
         while let Ok(f) = frames_rx.try_recv() {
             self.handle_frames(vec![f]);
+        }
+        while let Ok(e) = ua_rx.try_recv() {
+            self.handle_ua(vec![e]);
         }
         while let Ok(op) = ops_rx.try_recv() {
             self.handle_op(op);
@@ -131,6 +158,64 @@ impl Core {
         for ((topic, payload), out) in pairs.into_iter().zip(outcomes) {
             self.apply_outcome(RawFrame { topic, payload }, out, now);
         }
+    }
+
+    /// OPC UA data changes become checked samples; a lost connection is audited and shown
+    /// as a gap in the source, not papered over.
+    pub fn handle_ua(&mut self, events: Vec<UaEvent>) {
+        let now = self.clock.now_ms();
+        let mut values = Vec::new();
+        for e in events {
+            match e {
+                UaEvent::Value(v) => values.push(ingest::ChannelValue {
+                    signal: v.signal,
+                    channel: v.node,
+                    unit: v.unit,
+                    value: v.value,
+                    good: v.good,
+                    status: v.status,
+                    t_ms: v.source_ms.or(v.server_ms),
+                }),
+                UaEvent::Lost { reason } => {
+                    self.source_events.lost += 1;
+                    self.source_events.connected = false;
+                    tracing::warn!(source = %self.source.id, %reason, "OPC UA connection lost; data gap until it is restored");
+                    self.audit(vec![Entry::new(
+                        now,
+                        "source_lost",
+                        json!({ "source": self.source.id, "reason": reason }),
+                    )]);
+                }
+                UaEvent::Restored { new_session } => {
+                    self.source_events.restored += 1;
+                    self.source_events.connected = true;
+                    self.audit(vec![Entry::new(
+                        now,
+                        "source_restored",
+                        json!({ "source": self.source.id, "new_session": new_session }),
+                    )]);
+                }
+            }
+        }
+        if values.is_empty() {
+            self.publish_snapshot(false);
+            return;
+        }
+        let out = self.verifier.check_values(&self.source, values, now);
+        let rejected: Vec<Value> = out
+            .rejected
+            .iter()
+            .map(|r| json!({ "signal": r.signal, "reason": r.reason, "detail": r.detail }))
+            .collect();
+        let raw = RawFrame {
+            topic: format!("opcua:{}", self.source.id),
+            payload: if rejected.is_empty() {
+                Vec::new()
+            } else {
+                serde_json::to_vec(&rejected).unwrap_or_default()
+            },
+        };
+        self.apply_outcome(raw, out, now);
     }
 
     fn apply_outcome(&mut self, f: RawFrame, out: ingest::Outcome, now: i64) {
@@ -303,19 +388,19 @@ impl Core {
         let mut below = std::collections::HashMap::new();
         for (id, st) in self.twin.signals() {
             match &st.provenance {
-                Some(p) if p.trust < ingest::Trust::Verified && !self.min_trust_untrusted => {
-                    below.insert(
-                        id.clone(),
-                        format!(
-                            "arrived {} from {}",
-                            if p.signed {
-                                "with an unverified seal"
-                            } else {
-                                "unsigned"
-                            },
-                            p.device
+                Some(p) if p.trust < self.min_trust => {
+                    let how = match (p.trust, p.signed) {
+                        (ingest::Trust::Channel, _) => format!(
+                            "over an authenticated {} channel but without a device signature",
+                            p.transport
                         ),
-                    );
+                        (_, true) => "with an unverified seal".to_string(),
+                        (_, false) if p.transport.starts_with("opcua") => {
+                            "over OPC UA without security".to_string()
+                        }
+                        (_, false) => "unsigned".to_string(),
+                    };
+                    below.insert(id.clone(), format!("arrived {how} from {}", p.device));
                 }
                 None => {
                     below.insert(id.clone(), "no value yet".to_string());
@@ -436,6 +521,7 @@ impl Core {
         json!({
             "samples": { "accepted": c.samples_accepted, "rejected": c.samples_rejected },
             "frames": { "accepted": c.frames_accepted, "rejected": c.frames_rejected },
+            "source": { "id": self.source.id, "protocol": self.source.protocol, "security": self.source.security, "peer_certificate": self.source.peer_certificate, "events": self.source_events },
             "detections": self.detections_by_kind,
             "proposals": { "executed": g.executed, "pending": g.pending, "denied": g.denied },
             "actions_executed_by_agent": g.executed_by_agent,

@@ -22,7 +22,18 @@ use crate::datadir::DataDir;
 use crate::gateway::{self, GatewayConfig, LevelRamp, PlantStats, SimClock, lock};
 use twinguard_config::{Broker, Config};
 
+/// How the demo's plant and twinguard talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// Signed frames over MQTT (the embedded broker or `--broker`).
+    Mqtt,
+    /// The plant served as an OPC UA server; twinguard subscribes, writes and calls.
+    Opcua,
+}
+
 pub struct DemoArgs {
+    pub transport: Transport,
     pub config: Option<PathBuf>,
     /// Devices whose gateway cannot sign (legacy): their frames go out unsigned.
     pub legacy_devices: Vec<String>,
@@ -115,6 +126,321 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
             config.sources.len()
         );
     };
+    let link = match args.transport {
+        Transport::Mqtt => {
+            mqtt_link(&args, &config, source_cfg, &dir, &plant, &actuation_key).await?
+        }
+        Transport::Opcua => opcua_link(&args, &config, source_cfg, &dir, &plant).await?,
+    };
+    let broker_desc = link.desc.clone();
+    // Audit log first: if it cannot be opened, nothing runs.
+    let mut store = SqliteStore::open(&dir.audit_db(), audit_key.clone())?;
+    store.append(&[Entry::new(
+        start_ms,
+        "run_started",
+        json!({ "seed": args.seed, "hours": args.hours, "attack": args.attack, "faults": args.faults, "plant": plant.plant.id, "broker": broker_desc }),
+    )])?;
+
+    // The retired-key attack: the tank's key was rotated out just now, and somebody kept it.
+    let retired = if args.attack == Some(Attack::RetiredKey) {
+        let (old, new_id) = dir.rotate_device_key("gw-tank", start_ms, 0)?;
+        store.append(&[Entry::new(
+            start_ms,
+            "device_key_rotated",
+            json!({ "device": "gw-tank", "new_key": new_id, "overlap_ms": 0 }),
+        )])?;
+        Some(old)
+    } else {
+        None
+    };
+    let registry: Vec<Device> = dir.registry()?;
+    let verifier = Verifier::new(plant.clone(), registry, config.ingest.clone());
+    let mut agents = AgentRegistry::default();
+    agents.register("maintenance", maintenance_key.verifying_key());
+    agents.register("optimiser", optimiser_key.verifying_key());
+    let asset_ids: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
+    let policy = Policy::parse(DEFAULT_POLICY, "<default policy>", &asset_ids)?;
+    let guard = Guard::new(plant.clone(), agents, policy);
+
+    // API and page.
+    let snapshot = Arc::new(RwLock::new(api::Snapshot::default()));
+    let (ops_tx, ops_rx) = mpsc::channel(64);
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", args.api_port)).await {
+        Ok(l) => l,
+        Err(e) if args.api_port != 0 => {
+            eprintln!(
+                "port {} is busy ({e}); using a free port instead",
+                args.api_port
+            );
+            tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let api_addr = listener.local_addr()?;
+    let api_state = api::ApiState::new(snapshot.clone(), ops_tx, "operator", &operator_token);
+    tokio::spawn(async move {
+        if let Err(e) = api::serve(listener, api_state).await {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    });
+    eprintln!(
+        "twinguard: {broker_desc}; data in {}",
+        args.data_dir.display()
+    );
+    eprintln!("twinguard: live twin at http://{api_addr}/#token={operator_token}");
+
+    let clock = SimClock::default();
+    let (progress_tx, progress_rx) = watch::channel(gateway::Progress::default());
+    let token_leak =
+        (args.attack == Some(Attack::StolenAgentToken)).then(|| Arc::new(Mutex::new(None)));
+    let Link {
+        source,
+        sink,
+        frames_rx,
+        ua_rx,
+        plant_side,
+        ..
+    } = link;
+    let mut core = Core {
+        plant: plant.clone(),
+        verifier,
+        source,
+        min_trust: config.min_trust(),
+        twin: Twin::new(plant.clone(), DEFAULT_HISTORY, CusumConfig::default()),
+        detectors: detect::Detectors::new(plant.clone()),
+        guard,
+        maintenance: agents::Maintenance::new(agents::Identity::new(
+            "maintenance",
+            maintenance_key,
+        )),
+        optimiser: agents::Optimiser::new(agents::Identity::new("optimiser", optimiser_key)),
+        sink,
+        audit: Box::new(store),
+        audit_public: audit_key.verifying_key(),
+        clock: clock.clone(),
+        snapshot: snapshot.clone(),
+        progress: progress_tx,
+        token_leak: token_leak.clone(),
+        next_agent_ms: None,
+        recent: VecDeque::new(),
+        commands: VecDeque::new(),
+        audit_failure: None,
+        last_snapshot: None,
+        detections_by_kind: BTreeMap::new(),
+        quarantine_full: 0,
+        source_events: crate::core::SourceEvents {
+            connected: true,
+            ..Default::default()
+        },
+    };
+    core.publish_snapshot(true);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let core_task = tokio::spawn(core.run(frames_rx, ua_rx, ops_rx, stop_rx));
+    // The plant's OPC UA server outlives twinguard's session to it (dropped after `core`).
+    let _plant_server = match &plant_side {
+        PlantSide::Opcua { server, .. } => Some(server.clone()),
+        PlantSide::Mqtt(_) => None,
+    };
+    let intruder = match &plant_side {
+        PlantSide::Mqtt(endpoint_for) => Some(endpoint_for("intruder", MqttVersion::V311)),
+        PlantSide::Opcua { .. } => None,
+    };
+
+    // Attacks.
+    let end_ms = start_ms + (args.hours * 3_600_000.0) as i64;
+    let attack_report = Arc::new(Mutex::new(AttackReport::default()));
+    let attack_task = args.attack.map(|a| {
+        let w = attack::Window {
+            clock: clock.clone(),
+            t0: start_ms,
+            end: end_ms,
+            report: attack_report.clone(),
+        };
+        let (p, intruder, dir, leak) = (
+            plant.clone(),
+            intruder.clone(),
+            args.data_dir.clone(),
+            token_leak.clone(),
+        );
+        let api = api_addr.to_string();
+        tokio::spawn(async move {
+            match (a, leak, intruder) {
+                (Attack::ForgedFrames, _, Some(intruder)) => {
+                    attack::forged_frames(p, intruder, w).await
+                }
+                (Attack::Replay, _, Some(intruder)) => attack::replay(p, intruder, w).await,
+                (Attack::StolenAgentToken, Some(leak), _) => {
+                    attack::stolen_token(api, leak, dir, w).await
+                }
+                (Attack::RetiredKey, _, Some(intruder)) => match retired {
+                    Some(old) => attack::retired_key(p, intruder, old, w).await,
+                    None => Ok(()),
+                },
+                // Attacks on signed MQTT frames need the MQTT transport (refused earlier).
+                (Attack::ForgedFrames | Attack::Replay | Attack::RetiredKey, _, None) => Ok(()),
+                // fdi-level and delayed-frames are done by the gateway (LevelRamp, Delay).
+                (Attack::StolenAgentToken, None, _)
+                | (Attack::FdiLevel, _, _)
+                | (Attack::DelayedFrames, _, _) => Ok(()),
+            }
+        })
+    });
+
+    // The plant.
+    let plant_stats = Arc::new(Mutex::new(PlantStats::default()));
+    let mut device_keys = HashMap::new();
+    for a in &plant.assets {
+        device_keys.insert(a.device.clone(), dir.edge_key(&a.device)?);
+    }
+    let gw = GatewayConfig {
+        plant: plant.clone(),
+        seed: args.seed,
+        start_ms,
+        hours: args.hours,
+        speed: args.speed,
+        batch: 5,
+        lead_ms: 10_000,
+        faults,
+        level_ramp: (args.attack == Some(Attack::FdiLevel)).then_some(LevelRamp {
+            start_s: 3600,
+            metres_per_hour: 0.3,
+        }),
+        delay: (args.attack == Some(Attack::DelayedFrames)).then(|| gateway::Delay {
+            asset: "tank".into(),
+            start_s: 3600,
+            duration_s: 600,
+            delay_s: 120,
+        }),
+        unsigned_devices: args.legacy_devices.clone(),
+        endpoint: match &plant_side {
+            PlantSide::Mqtt(endpoint_for) => Some(endpoint_for("edge-gateway", MqttVersion::V311)),
+            PlantSide::Opcua { .. } => None,
+        },
+        device_keys,
+        actuation_key: actuation_key.verifying_key(),
+    };
+    let progress_task = (!args.quiet).then(|| {
+        let mut rx = progress_rx.clone();
+        let snapshot = snapshot.clone();
+        let hours = args.hours;
+        tokio::spawn(async move {
+            let mut next_h = 1.0;
+            while rx.changed().await.is_ok() {
+                let t = rx.borrow().t_ms;
+                let h = (t - start_ms) as f64 / 3_600_000.0;
+                if h >= next_h {
+                    next_h = h.floor() + 1.0;
+                    let r = snapshot.read().map(|s| s.report.clone()).unwrap_or_default();
+                    eprintln!(
+                        "[{h:5.1}/{hours} h] samples accepted {} · frames rejected {} · detections {} · executed {} · pending {}",
+                        r["samples"]["accepted"],
+                        r["frames"]["rejected"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>()),
+                        r["detections"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>()),
+                        r["proposals"]["executed"],
+                        r["proposals"]["pending"],
+                    );
+                }
+            }
+        })
+    });
+    let plant_run = async {
+        match plant_side {
+            PlantSide::Mqtt(_) => {
+                gateway::run(gw, clock.clone(), progress_rx, plant_stats.clone()).await
+            }
+            PlantSide::Opcua { server, writes } => {
+                gateway::run_opcua(
+                    gw,
+                    clock.clone(),
+                    progress_rx,
+                    plant_stats.clone(),
+                    server,
+                    writes,
+                )
+                .await
+            }
+        }
+    };
+    let gateway_result = tokio::select! {
+        r = plant_run => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("twinguard: interrupted; finishing the report");
+            Ok(())
+        }
+    };
+    if let Some(t) = attack_task {
+        match tokio::time::timeout(Duration::from_secs(30), t).await {
+            Ok(Ok(Err(e))) => lock(&attack_report)
+                .notes
+                .push(format!("attack failed: {e:#}")),
+            Err(_) => lock(&attack_report)
+                .notes
+                .push("attack did not finish within 30 s".into()),
+            _ => {}
+        }
+    }
+    // Let the last frames and commands land, then stop the core.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stop_tx.send(());
+    let mut core = core_task.await.context("the core task failed")?;
+    if let Some(p) = progress_task {
+        p.abort();
+    }
+    gateway_result?;
+
+    let mut report = core.report();
+    let finished = Entry::new(clock.now_ms(), "run_finished", report.clone());
+    core.audit.append(&[finished])?;
+    let verification = core.verify_audit()?;
+    let head = core.audit.head();
+    report["audit"] = json!({
+        "records": core.audit.records(),
+        "head": head.as_ref().map(|h| h.hash_hex()),
+        "head_seq": head.as_ref().map(|h| h.seq),
+        "verified": verification.problem.is_none(),
+        "problem": verification.problem,
+        "failure": core.audit_failure,
+        "quarantine_full": core.quarantine_full,
+    });
+    report["data_dir"] = json!(args.data_dir.display().to_string());
+    report["seed"] = json!(args.seed);
+    report["hours"] = json!(args.hours);
+    report["attack"] = json!(args.attack);
+    report["attack_report"] = json!(*lock(&attack_report));
+    report["plant"] = json!(*lock(&plant_stats));
+    report["api"] = json!(format!("http://{api_addr}"));
+    core.publish_snapshot(true);
+    Ok(report)
+}
+
+/// How twinguard reaches the plant: what it reads, where commands go, and the plant's side.
+struct Link {
+    desc: String,
+    source: Arc<ingest::SourceInfo>,
+    sink: Box<dyn actuate::CommandSink>,
+    frames_rx: mpsc::Receiver<RawFrame>,
+    ua_rx: mpsc::Receiver<opcua_link::UaEvent>,
+    plant_side: PlantSide,
+}
+
+enum PlantSide {
+    Mqtt(EndpointFor),
+    Opcua {
+        server: Arc<opcua_link::server::PlantServer>,
+        writes: mpsc::UnboundedReceiver<opcua_link::server::PlantWrite>,
+    },
+}
+
+/// The MQTT link: the configured (or embedded) broker, the ingest subscription and the
+/// actuation publisher.
+async fn mqtt_link(
+    args: &DemoArgs,
+    config: &Config,
+    source_cfg: &twinguard_config::Source,
+    dir: &DataDir,
+    plant: &Arc<Plant>,
+    actuation_key: &ed25519_dalek::SigningKey,
+) -> Result<Link> {
     // `--broker` overrides the configured broker (credentials from the environment).
     let (broker, env_creds) = match &args.broker {
         Some(addr) => {
@@ -253,36 +579,8 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         peer_certificate: None,
         zone: Some(config.zone_of(source_cfg)),
         allow_unsigned: source_cfg.allow_unsigned,
+        authenticated: false,
     });
-
-    // Audit log first: if it cannot be opened, nothing runs.
-    let mut store = SqliteStore::open(&dir.audit_db(), audit_key.clone())?;
-    store.append(&[Entry::new(
-        start_ms,
-        "run_started",
-        json!({ "seed": args.seed, "hours": args.hours, "attack": args.attack, "faults": args.faults, "plant": plant.plant.id, "broker": broker_desc }),
-    )])?;
-
-    // The retired-key attack: the tank's key was rotated out just now, and somebody kept it.
-    let retired = if args.attack == Some(Attack::RetiredKey) {
-        let (old, new_id) = dir.rotate_device_key("gw-tank", start_ms, 0)?;
-        store.append(&[Entry::new(
-            start_ms,
-            "device_key_rotated",
-            json!({ "device": "gw-tank", "new_key": new_id, "overlap_ms": 0 }),
-        )])?;
-        Some(old)
-    } else {
-        None
-    };
-    let registry: Vec<Device> = dir.registry()?;
-    let verifier = Verifier::new(plant.clone(), registry, config.ingest.clone());
-    let mut agents = AgentRegistry::default();
-    agents.register("maintenance", maintenance_key.verifying_key());
-    agents.register("optimiser", optimiser_key.verifying_key());
-    let asset_ids: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
-    let policy = Policy::parse(DEFAULT_POLICY, "<default policy>", &asset_ids)?;
-    let guard = Guard::new(plant.clone(), agents, policy);
 
     // Actuation client.
     let act_client = ingest::mqtt::Publisher::connect(
@@ -315,209 +613,151 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         bail!("could not subscribe at the {broker_desc} within 10 s: {why}");
     }
 
-    // API and page.
-    let snapshot = Arc::new(RwLock::new(api::Snapshot::default()));
-    let (ops_tx, ops_rx) = mpsc::channel(64);
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", args.api_port)).await {
-        Ok(l) => l,
-        Err(e) if args.api_port != 0 => {
-            eprintln!(
-                "port {} is busy ({e}); using a free port instead",
-                args.api_port
-            );
-            tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let api_addr = listener.local_addr()?;
-    let api_state = api::ApiState::new(snapshot.clone(), ops_tx, "operator", &operator_token);
-    tokio::spawn(async move {
-        if let Err(e) = api::serve(listener, api_state).await {
-            tracing::error!(error = %e, "HTTP API stopped");
-        }
-    });
-    eprintln!(
-        "twinguard: {broker_desc}; data in {}",
-        args.data_dir.display()
-    );
-    eprintln!("twinguard: live twin at http://{api_addr}/#token={operator_token}");
-
-    let clock = SimClock::default();
-    let (progress_tx, progress_rx) = watch::channel(gateway::Progress::default());
-    let token_leak =
-        (args.attack == Some(Attack::StolenAgentToken)).then(|| Arc::new(Mutex::new(None)));
-    let mut core = Core {
-        plant: plant.clone(),
-        verifier,
+    let (_, ua_rx) = mpsc::channel(1);
+    Ok(Link {
+        desc: broker_desc,
         source,
-        min_trust_untrusted: config.actuation.min_trust.get_ref() == "untrusted",
-        twin: Twin::new(plant.clone(), DEFAULT_HISTORY, CusumConfig::default()),
-        detectors: detect::Detectors::new(plant.clone()),
-        guard,
-        maintenance: agents::Maintenance::new(agents::Identity::new(
-            "maintenance",
-            maintenance_key,
-        )),
-        optimiser: agents::Optimiser::new(agents::Identity::new("optimiser", optimiser_key)),
         sink: Box::new(sink),
-        audit: Box::new(store),
-        audit_public: audit_key.verifying_key(),
-        clock: clock.clone(),
-        snapshot: snapshot.clone(),
-        progress: progress_tx,
-        token_leak: token_leak.clone(),
-        next_agent_ms: None,
-        recent: VecDeque::new(),
-        commands: VecDeque::new(),
-        audit_failure: None,
-        last_snapshot: None,
-        detections_by_kind: BTreeMap::new(),
-        quarantine_full: 0,
-    };
-    core.publish_snapshot(true);
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let core_task = tokio::spawn(core.run(frames_rx, ops_rx, stop_rx));
+        frames_rx,
+        ua_rx,
+        plant_side: PlantSide::Mqtt(endpoint_for),
+    })
+}
 
-    // Attacks.
-    let end_ms = start_ms + (args.hours * 3_600_000.0) as i64;
-    let attack_report = Arc::new(Mutex::new(AttackReport::default()));
-    let attack_task = args.attack.map(|a| {
-        let w = attack::Window {
-            clock: clock.clone(),
-            t0: start_ms,
-            end: end_ms,
-            report: attack_report.clone(),
-        };
-        let (p, intruder, dir, leak) = (
-            plant.clone(),
-            endpoint_for("intruder", MqttVersion::V311),
-            args.data_dir.clone(),
-            token_leak.clone(),
+/// The OPC UA link: the plant served over OPC UA on 127.0.0.1 (SignAndEncrypt,
+/// Basic256Sha256, user name and password, certificates exchanged by the demo as an
+/// installer would), twinguard's subscription to every signal, and actuation by Write/Call.
+async fn opcua_link(
+    args: &DemoArgs,
+    config: &Config,
+    source_cfg: &twinguard_config::Source,
+    dir: &DataDir,
+    plant: &Arc<Plant>,
+) -> Result<Link> {
+    if let Some(a) = args.attack.filter(|a| {
+        matches!(
+            a,
+            Attack::ForgedFrames | Attack::Replay | Attack::RetiredKey | Attack::DelayedFrames
+        )
+    }) {
+        bail!(
+            "--attack {} attacks signed MQTT frames; run it with --transport mqtt",
+            serde_json::to_value(a)?.as_str().unwrap_or("?")
         );
-        let api = api_addr.to_string();
-        tokio::spawn(async move {
-            match (a, leak) {
-                (Attack::ForgedFrames, _) => attack::forged_frames(p, intruder, w).await,
-                (Attack::Replay, _) => attack::replay(p, intruder, w).await,
-                (Attack::StolenAgentToken, Some(leak)) => {
-                    attack::stolen_token(api, leak, dir, w).await
-                }
-                (Attack::RetiredKey, _) => match retired {
-                    Some(old) => attack::retired_key(p, intruder, old, w).await,
-                    None => Ok(()),
-                },
-                // fdi-level and delayed-frames are done by the gateway (LevelRamp, Delay).
-                (Attack::StolenAgentToken, None)
-                | (Attack::FdiLevel, _)
-                | (Attack::DelayedFrames, _) => Ok(()),
-            }
-        })
-    });
-
-    // The plant.
-    let plant_stats = Arc::new(Mutex::new(PlantStats::default()));
-    let mut device_keys = HashMap::new();
-    for a in &plant.assets {
-        device_keys.insert(a.device.clone(), dir.edge_key(&a.device)?);
     }
-    let gw = GatewayConfig {
-        plant: plant.clone(),
-        seed: args.seed,
-        start_ms,
-        hours: args.hours,
-        speed: args.speed,
-        batch: 5,
-        lead_ms: 10_000,
-        faults,
-        level_ramp: (args.attack == Some(Attack::FdiLevel)).then_some(LevelRamp {
-            start_s: 3600,
-            metres_per_hour: 0.3,
-        }),
-        delay: (args.attack == Some(Attack::DelayedFrames)).then(|| gateway::Delay {
-            asset: "tank".into(),
-            start_s: 3600,
-            duration_s: 600,
-            delay_s: 120,
-        }),
-        unsigned_devices: args.legacy_devices.clone(),
-        endpoint: endpoint_for("edge-gateway", MqttVersion::V311),
-        device_keys,
-        actuation_key: actuation_key.verifying_key(),
+    if args.broker.is_some() || !args.legacy_devices.is_empty() {
+        bail!("--broker and --legacy-device are for --transport mqtt");
+    }
+    // The conduit from the source's zone must allow OPC UA.
+    let zone = config.zone_of(source_cfg);
+    if !config.conduits.iter().any(|c| {
+        c.from.get_ref() == &zone
+            && c.to.get_ref() == config.twinguard.zone.get_ref()
+            && c.protocols.get_ref().iter().any(|p| p == "opcua")
+    }) {
+        bail!(
+            "no conduit from zone {zone:?} to {:?} allows protocol \"opcua\"",
+            config.twinguard.zone.get_ref()
+        );
+    }
+    let password = dir
+        .mqtt_secrets(&["opcua-twinguard"])?
+        .users
+        .get("opcua-twinguard")
+        .cloned()
+        .context("no OPC UA password")?;
+    let (writes_tx, writes) = mpsc::unbounded_channel();
+    let server_pki = args.data_dir.join("opcua").join("plant-pki");
+    let server = opcua_link::server::PlantServer::start(
+        plant.clone(),
+        opcua_link::server::PlantServerConfig {
+            host: "127.0.0.1".into(),
+            pki_dir: server_pki.clone(),
+            users: vec![("twinguard".into(), password.clone())],
+            allow_none: false,
+        },
+        writes_tx,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let ns = server.namespace();
+    let id = format!("{}-opcua", plant.plant.id);
+    let mut ua = opcua_link::SourceConfig::new(
+        &id,
+        &server.url,
+        opcua_link::Policy::Basic256Sha256,
+        opcua_link::Mode::SignAndEncrypt,
+        args.data_dir.join("opcua").join("pki"),
+    );
+    ua.identity = opcua_link::UserIdentity::UserName {
+        user: "twinguard".into(),
+        password,
     };
-    let progress_task = (!args.quiet).then(|| {
-        let mut rx = progress_rx.clone();
-        let snapshot = snapshot.clone();
-        let hours = args.hours;
-        tokio::spawn(async move {
-            let mut next_h = 1.0;
-            while rx.changed().await.is_ok() {
-                let t = rx.borrow().t_ms;
-                let h = (t - start_ms) as f64 / 3_600_000.0;
-                if h >= next_h {
-                    next_h = h.floor() + 1.0;
-                    let r = snapshot.read().map(|s| s.report.clone()).unwrap_or_default();
-                    eprintln!(
-                        "[{h:5.1}/{hours} h] samples accepted {} · frames rejected {} · detections {} · executed {} · pending {}",
-                        r["samples"]["accepted"],
-                        r["frames"]["rejected"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>()),
-                        r["detections"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>()),
-                        r["proposals"]["executed"],
-                        r["proposals"]["pending"],
-                    );
-                }
-            }
+    ua.publishing_ms = 20;
+    ua.subscribe = plant
+        .signals
+        .iter()
+        .map(|s| opcua_link::Subscribe {
+            signal: s.id.clone(),
+            node: opcua_link::NodeRef::Id(format!("ns={ns};s={}", s.id)),
+            unit: s.unit.clone(),
+            sampling_ms: 0.0,
+            deadband: None,
+            queue_size: 1_000,
         })
+        .collect();
+    // The demo is its own installer: each side trusts the other's certificate.
+    let own = opcua_link::client::own_certificate(&ua)?;
+    opcua_link::pki::add_trusted(&server_pki, &own)?;
+    let server_cert = opcua_link::pki::add_trusted(&ua.pki_dir, &server.certificate()?)?;
+    let (ua_tx, ua_rx) = mpsc::channel(ua.queue);
+    let conn = opcua_link::Connection::connect(&ua, ua_tx).await?;
+    let source = Arc::new(ingest::SourceInfo {
+        id: id.clone(),
+        protocol: "opcua".into(),
+        security: conn.security.clone(),
+        peer_certificate: conn.peer_certificate.clone(),
+        zone: Some(zone),
+        allow_unsigned: false,
+        authenticated: conn.authenticated,
     });
-    let gateway_result = tokio::select! {
-        r = gateway::run(gw, clock.clone(), progress_rx, plant_stats.clone()) => r,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("twinguard: interrupted; finishing the report");
-            Ok(())
-        }
-    };
-    if let Some(t) = attack_task {
-        match tokio::time::timeout(Duration::from_secs(30), t).await {
-            Ok(Ok(Err(e))) => lock(&attack_report)
-                .notes
-                .push(format!("attack failed: {e:#}")),
-            Err(_) => lock(&attack_report)
-                .notes
-                .push("attack did not finish within 30 s".into()),
-            _ => {}
-        }
+    let mut targets = actuate::OpcUaTargets::default();
+    for sp in &plant.setpoints {
+        targets.setpoints.insert(
+            sp.id.clone(),
+            opcua_link::NodeRef::Id(format!("ns={ns};s={}", sp.id)),
+        );
     }
-    // Let the last frames and commands land, then stop the core.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = stop_tx.send(());
-    let mut core = core_task.await.context("the core task failed")?;
-    if let Some(p) = progress_task {
-        p.abort();
+    let object = opcua_link::NodeRef::Id(format!("ns={ns};s={}", plant.plant.id));
+    for (command, method) in [
+        ("stop_line", "StopLine"),
+        ("start_line", "StartLine"),
+        ("maintenance", "Maintenance"),
+    ] {
+        targets.calls.insert(
+            command.into(),
+            (
+                object.clone(),
+                opcua_link::NodeRef::Id(format!("ns={ns};s={}.{method}", plant.plant.id)),
+            ),
+        );
     }
-    gateway_result?;
-
-    let mut report = core.report();
-    let finished = Entry::new(clock.now_ms(), "run_finished", report.clone());
-    core.audit.append(&[finished])?;
-    let verification = core.verify_audit()?;
-    let head = core.audit.head();
-    report["audit"] = json!({
-        "records": core.audit.records(),
-        "head": head.as_ref().map(|h| h.hash_hex()),
-        "head_seq": head.as_ref().map(|h| h.seq),
-        "verified": verification.problem.is_none(),
-        "problem": verification.problem,
-        "failure": core.audit_failure,
-        "quarantine_full": core.quarantine_full,
-    });
-    report["data_dir"] = json!(args.data_dir.display().to_string());
-    report["seed"] = json!(args.seed);
-    report["hours"] = json!(args.hours);
-    report["attack"] = json!(args.attack);
-    report["attack_report"] = json!(*lock(&attack_report));
-    report["plant"] = json!(*lock(&plant_stats));
-    report["api"] = json!(format!("http://{api_addr}"));
-    core.publish_snapshot(true);
-    Ok(report)
+    let desc = format!(
+        "embedded OPC UA plant server at {} ({}, server certificate {})",
+        server.url, conn.security, server_cert.thumbprint
+    );
+    let (_, frames_rx) = mpsc::channel(1);
+    Ok(Link {
+        desc,
+        source,
+        sink: Box::new(actuate::OpcUaSink::new(conn, targets)),
+        frames_rx,
+        ua_rx,
+        plant_side: PlantSide::Opcua {
+            server: Arc::new(server),
+            writes,
+        },
+    })
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

@@ -86,7 +86,8 @@ pub struct GatewayConfig {
     pub delay: Option<Delay>,
     /// Devices that publish unsigned frames (legacy devices without keys).
     pub unsigned_devices: Vec<String>,
-    pub endpoint: BrokerEndpoint,
+    /// The broker, for the MQTT plant (None when the plant is served over OPC UA).
+    pub endpoint: Option<BrokerEndpoint>,
     pub device_keys: HashMap<String, SigningKey>,
     pub actuation_key: VerifyingKey,
 }
@@ -188,7 +189,11 @@ pub async fn run(
         sim.add_fault(f.clone());
     }
     clock.set(sim.now_ms());
-    let (client, mut eventloop) = AsyncClient::new(cfg.endpoint.options("edge-gateway"), 512);
+    let endpoint = cfg
+        .endpoint
+        .as_ref()
+        .context("the MQTT plant needs a broker endpoint")?;
+    let (client, mut eventloop) = AsyncClient::new(endpoint.options("edge-gateway"), 512);
     client
         .subscribe(
             format!("twinguard/{}/+/cmd", plant.plant.id),
@@ -353,6 +358,102 @@ pub async fn run(
     .await;
     lock(&stats).truth = Some(sim.truth().into());
     let _ = client.disconnect().await;
+    Ok(())
+}
+
+/// The plant served over OPC UA: each simulated second's values are set on the plant
+/// server's nodes (with their simulated source timestamps), so that subscribed clients
+/// receive every sample; writes and calls that the server accepted from an authenticated,
+/// authorised client are applied. Same lockstep as [`run`].
+pub async fn run_opcua(
+    cfg: GatewayConfig,
+    clock: SimClock,
+    mut progress: watch::Receiver<Progress>,
+    stats: Arc<Mutex<PlantStats>>,
+    server: Arc<opcua_link::server::PlantServer>,
+    mut writes: tokio::sync::mpsc::UnboundedReceiver<opcua_link::server::PlantWrite>,
+) -> Result<()> {
+    let plant = cfg.plant.clone();
+    let mut sim =
+        Sim::new(&plant, cfg.seed, cfg.start_ms).context("cannot build the reference plant")?;
+    for f in &cfg.faults {
+        sim.add_fault(f.clone());
+    }
+    clock.set(sim.now_ms());
+    let level_idx = sim.signal_index("tank.level");
+    let total_s = (cfg.hours * 3600.0).round() as u64;
+    let started = Instant::now();
+    let mut t_s = 0u64;
+    let mut received = 0u64;
+    let apply = |sim: &mut Sim, w: opcua_link::server::PlantWrite| match sim.apply(&w.command) {
+        Ok(()) => lock(&stats).commands_applied += 1,
+        Err(e) => {
+            tracing::warn!(error = %e, "plant refused a command");
+            *lock(&stats)
+                .commands_refused
+                .entry("invalid".into())
+                .or_default() += 1;
+        }
+    };
+    while t_s < total_s {
+        let sent = progress.borrow().commands_sent;
+        while received < sent {
+            match tokio::time::timeout(Duration::from_secs(10), writes.recv()).await {
+                Ok(Some(w)) => {
+                    received += 1;
+                    apply(&mut sim, w);
+                }
+                _ => anyhow::bail!(
+                    "{} of {sent} commands sent by twinguard did not reach the plant within 10 s",
+                    sent - received
+                ),
+            }
+        }
+        while let Ok(w) = writes.try_recv() {
+            received += 1;
+            apply(&mut sim, w);
+        }
+        let n = u64::from(cfg.batch).min(total_s - t_s);
+        for _ in 0..n {
+            let mut tick = sim.step();
+            t_s += 1;
+            if let (Some(r), Some(i)) = (cfg.level_ramp, level_idx)
+                && t_s > r.start_s
+                && let Some(v) = tick.values.get_mut(i)
+            {
+                *v += r.metres_per_hour * (t_s - r.start_s) as f64 / 3600.0;
+            }
+            server
+                .publish(tick.t_ms, &tick.values)
+                .map_err(anyhow::Error::msg)?;
+        }
+        let now = sim.now_ms();
+        clock.set(now);
+        lock(&stats).frames_published += n;
+        let wait_for = now - cfg.lead_ms;
+        if tokio::time::timeout(
+            Duration::from_secs(30),
+            progress.wait_for(|p| p.t_ms >= wait_for),
+        )
+        .await
+        .is_err()
+        {
+            anyhow::bail!("twinguard's pipeline made no progress for 30 s at simulated time {now}");
+        }
+        if cfg.speed > 0.0 {
+            let due = Duration::from_secs_f64(t_s as f64 / cfg.speed);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    let end = sim.now_ms();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        progress.wait_for(|p| p.t_ms >= end),
+    )
+    .await;
+    lock(&stats).truth = Some(sim.truth().into());
     Ok(())
 }
 

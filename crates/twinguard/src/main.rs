@@ -27,8 +27,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the reference bottling line through the whole secure loop over MQTT.
+    /// Run the reference bottling line through the whole secure loop (MQTT or OPC UA).
     Demo {
+        /// How the plant and twinguard talk: signed frames over MQTT, or OPC UA
+        /// (SignAndEncrypt, Write/Call for actuation).
+        #[arg(long, value_enum, default_value = "mqtt")]
+        transport: demo::Transport,
         /// Simulated hours to run.
         #[arg(long, default_value_t = 24.0)]
         hours: f64,
@@ -91,6 +95,12 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// The OPC UA certificate trust list: servers twinguard connects to, refused until
+    /// trusted here.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
     /// Plant files.
     Plant {
         #[command(subcommand)]
@@ -116,6 +126,44 @@ enum AuditCommand {
     Verify {
         #[arg(long, default_value = "twinguard-data")]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct PkiDir {
+    #[arg(long, default_value = "twinguard-data")]
+    data_dir: PathBuf,
+    /// The trust list directory, when it is not the data directory's (`opcua/pki`).
+    #[arg(long)]
+    pki: Option<PathBuf>,
+}
+
+impl PkiDir {
+    fn path(&self) -> PathBuf {
+        self.pki
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("opcua").join("pki"))
+    }
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// List twinguard's own certificate, the trusted and the rejected ones, with thumbprints.
+    List {
+        #[command(flatten)]
+        dir: PkiDir,
+    },
+    /// Trust a rejected certificate, by thumbprint (SHA-1 or SHA-256, at least 8 digits).
+    Trust {
+        thumbprint: String,
+        #[command(flatten)]
+        dir: PkiDir,
+    },
+    /// Stop trusting a certificate: connections to it are refused from now on.
+    Reject {
+        thumbprint: String,
+        #[command(flatten)]
+        dir: PkiDir,
     },
 }
 
@@ -168,6 +216,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo {
+            transport,
             hours,
             speed,
             attack,
@@ -184,6 +233,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let report = rt.block_on(demo::run(demo::DemoArgs {
+                transport,
                 config,
                 legacy_devices,
                 hours,
@@ -268,6 +318,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::DefaultConfig => {
             print!("{}", twinguard_config::DEFAULT_CONFIG);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pki { command } => {
+            let print = |c: &opcua_link::pki::CertEntry| {
+                println!(
+                    "{:<9} {}  {}\n          SHA-256 {}  valid until {}\n          {}",
+                    format!("{:?}", c.state).to_lowercase(),
+                    c.thumbprint,
+                    c.subject,
+                    c.sha256,
+                    c.not_after,
+                    c.file.display()
+                );
+            };
+            match command {
+                PkiCommand::List { dir } => {
+                    let all = opcua_link::pki::list(&dir.path())?;
+                    if all.is_empty() {
+                        println!("no certificates in {}", dir.path().display());
+                    }
+                    all.iter().for_each(print);
+                }
+                PkiCommand::Trust { thumbprint, dir } => {
+                    let c = opcua_link::pki::trust(&dir.path(), &thumbprint)?;
+                    println!("trusted:");
+                    print(&c);
+                }
+                PkiCommand::Reject { thumbprint, dir } => {
+                    let c = opcua_link::pki::reject(&dir.path(), &thumbprint)?;
+                    println!("rejected:");
+                    print(&c);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Device {

@@ -1164,3 +1164,99 @@ fn mqtt5_on_the_embedded_broker_and_on_mosquitto() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("mqtt_version \"4\""));
 }
+
+#[test]
+fn the_whole_loop_runs_over_opc_ua_with_sign_and_encrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = demo(dir.path(), 2.0, &["--transport", "opcua"]);
+    // Every sample of every signal, each second, through subscriptions.
+    assert_eq!(
+        r["samples"]["accepted"],
+        2 * 3600 * SIGNALS,
+        "{}",
+        r["samples"]
+    );
+    assert_eq!(sum(&r["samples"]["rejected"]), 0, "{}", r["samples"]);
+    assert_eq!(r["source"]["protocol"], "opcua");
+    assert_eq!(r["source"]["security"], "SignAndEncrypt/Basic256Sha256");
+    assert_eq!(
+        r["source"]["peer_certificate"].as_str().unwrap().len(),
+        64,
+        "the server certificate's SHA-256 is recorded"
+    );
+    // The optimiser's setpoint changes reached the plant as OPC UA Writes.
+    assert!(
+        r["proposals"]["executed"].as_u64().unwrap() >= 2,
+        "{}",
+        r["proposals"]
+    );
+    assert_safe_and_audited(&r);
+    // The trust list: the plant server's certificate is trusted, twinguard's own is listed.
+    let out = Command::new(BIN)
+        .args(["pki", "list", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("trusted") && text.contains("own"), "{text}");
+    // The provenance of an OPC UA value names its node, channel security and trust.
+    let conn = rusqlite::Connection::open(dir.path().join("audit.db")).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE kind = 'actuation'",
+            [],
+            |x| x.get(0),
+        )
+        .unwrap();
+    assert_eq!(n as u64, r["proposals"]["executed"].as_u64().unwrap());
+}
+
+#[test]
+fn opc_ua_values_drive_nothing_when_policy_demands_device_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = Command::new(BIN).arg("default-config").output().unwrap();
+    let text = String::from_utf8(default.stdout).unwrap();
+    assert!(text.contains("min_trust = \"channel\""));
+    let strict = dir.path().join("strict.toml");
+    std::fs::write(
+        &strict,
+        text.replace("min_trust = \"channel\"", "min_trust = \"verified\""),
+    )
+    .unwrap();
+    let r = demo(
+        &dir.path().join("run"),
+        2.0,
+        &["--transport", "opcua", "--config", strict.to_str().unwrap()],
+    );
+    assert_eq!(r["samples"]["accepted"], 2 * 3600 * SIGNALS);
+    assert_eq!(r["proposals"]["executed"], 0, "{}", r["proposals"]);
+    assert!(
+        r["proposals"]["denied"]["untrusted_input"]
+            .as_u64()
+            .unwrap()
+            >= 2,
+        "{}",
+        r["proposals"]
+    );
+    assert_safe_and_audited(&r);
+    // Attacks on signed MQTT frames are refused for this transport, with the reason.
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--transport",
+            "opcua",
+            "--attack",
+            "replay",
+            "--hours",
+            "0.1",
+            "--port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--transport mqtt"));
+}
