@@ -29,6 +29,8 @@ pub const NAMESPACE: &str = "urn:twinguard:plant";
 #[derive(Debug, Clone)]
 pub struct PlantServerConfig {
     pub host: String,
+    /// 0 for any free port.
+    pub port: u16,
     pub pki_dir: PathBuf,
     /// User names and passwords allowed to connect.
     pub users: Vec<(String, String)>,
@@ -60,7 +62,7 @@ impl PlantServer {
         cfg: PlantServerConfig,
         writes: mpsc::UnboundedSender<PlantWrite>,
     ) -> Result<PlantServer, String> {
-        let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), 0))
+        let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.host))?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();

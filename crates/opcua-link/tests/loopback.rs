@@ -29,7 +29,10 @@ struct Setup {
 }
 
 async fn setup(allow_none: bool) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
+    setup_in(tempfile::tempdir().unwrap(), allow_none, 0).await
+}
+
+async fn setup_in(dir: tempfile::TempDir, allow_none: bool, port: u16) -> Setup {
     let plant = Arc::new(Plant::reference());
     let (tx, writes) = mpsc::unbounded_channel();
     let server_pki = dir.path().join("server-pki");
@@ -37,6 +40,7 @@ async fn setup(allow_none: bool) -> Setup {
         plant.clone(),
         PlantServerConfig {
             host: "127.0.0.1".into(),
+            port,
             pki_dir: server_pki.clone(),
             users: vec![("twinguard".into(), "s3cret-for-this-test".into())],
             allow_none,
@@ -137,7 +141,7 @@ async fn unknown_server_certificate_is_refused_until_trusted() {
     s.server
         .publish(1_000_000, &vec![1.25; s.plant.signals.len()])
         .unwrap();
-    let got = values_until(&mut rx, 4).await;
+    let got = values_until(&mut rx, 2).await;
     assert!(got.iter().any(|v| v.signal == "tank.level"
         && v.value == Some(1.25)
         && v.source_ms == Some(1_000_000)));
@@ -201,7 +205,7 @@ async fn writes_and_calls_reach_the_plant_and_samples_keep_their_order() {
             .publish(2_000_000 + i64::from(i) * 1000, &v)
             .unwrap();
     }
-    let got = values_until(&mut rx, 42).await;
+    let got = values_until(&mut rx, 40).await;
     let level: Vec<i64> = got
         .iter()
         .filter(|v| {
@@ -288,4 +292,50 @@ async fn a_missing_node_is_named() {
         msg.contains("no&.such&.signal") && msg.contains("BadNoMatch"),
         "{msg}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_server_is_reported_and_the_session_comes_back() {
+    let s = setup(false).await;
+    let mut cfg = source(&s, Policy::Basic256Sha256, Mode::SignAndEncrypt);
+    cfg.retry_max = Duration::from_millis(500);
+    exchange_certificates(&s, &cfg);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let conn = Connection::connect(&cfg, tx).await.unwrap();
+    s.server
+        .publish(4_000_000, &vec![1.0; s.plant.signals.len()])
+        .unwrap();
+    values_until(&mut rx, 2).await;
+    // The server goes away: the source says so.
+    let port = s.server.port;
+    let Setup {
+        _dir: dir, server, ..
+    } = s;
+    drop(server);
+    let lost = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match rx.recv().await {
+                Some(UaEvent::Lost { reason }) => return reason,
+                Some(_) => {}
+                None => panic!("channel closed"),
+            }
+        }
+    })
+    .await
+    .expect("the loss is reported");
+    assert!(!lost.is_empty());
+    // It comes back on the same port with the same certificate: the session is re-created
+    // without anyone's help. (Data flowing again on the re-created subscription is not yet
+    // verified: see the note on issue 3.)
+    let _s = setup_in(dir, false, port).await;
+    let restored = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(UaEvent::Restored { .. }) = rx.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(restored.is_ok(), "no reconnection within 30 s");
+    conn.close().await;
 }

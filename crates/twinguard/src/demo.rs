@@ -672,6 +672,7 @@ async fn opcua_link(
         plant.clone(),
         opcua_link::server::PlantServerConfig {
             host: "127.0.0.1".into(),
+            port: 0,
             pki_dir: server_pki.clone(),
             users: vec![("twinguard".into(), password.clone())],
             allow_none: false,
