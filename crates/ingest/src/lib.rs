@@ -885,4 +885,80 @@ mod tests {
         assert!(!w.accept(100, 64), "older than the window");
         assert!(w.accept(150, 64));
     }
+
+    use super::{ChannelValue, IngestConfig, Reason, SourceInfo, Trust, Verifier};
+    use std::sync::Arc;
+
+    fn value(signal: &str, unit: &str, v: f64, t: i64) -> ChannelValue {
+        ChannelValue {
+            signal: signal.into(),
+            channel: format!("ns=2;s={signal}"),
+            unit: unit.into(),
+            value: Some(v),
+            good: true,
+            status: "Good".into(),
+            t_ms: Some(t),
+        }
+    }
+
+    #[test]
+    fn channel_values_are_checked_ordered_and_as_trusted_as_their_channel() {
+        let plant = Arc::new(plant_model::Plant::reference());
+        let mut v = Verifier::new(plant, vec![], IngestConfig::default());
+        let mut src = SourceInfo::mqtt_plain("plc");
+        src.protocol = "opcua".into();
+        src.security = "SignAndEncrypt/Basic256Sha256".into();
+        src.authenticated = true;
+        let src = Arc::new(src);
+        let now = 1_000_000;
+        let mut bad = value("tank.level", "m", 1.0, now - 500);
+        bad.good = false;
+        bad.status = "BadSensorFailure".into();
+        let out = v.check_values(
+            &src,
+            vec![
+                value("tank.level", "m", 1.0, now - 2000),
+                value("tank.level", "m", 1.1, now - 1000),
+                value("tank.level", "m", 1.2, now - 1500),
+                value("tank.level", "m", 1.3, now - 1000),
+                value("tank.level", "ft", 3.0, now - 900),
+                value("no.such", "m", 1.0, now - 900),
+                value("tank.level", "m", 1.0, now + 60_000),
+                value("tank.level", "m", 1.0, now - 600_000),
+                bad,
+            ],
+            now,
+        );
+        assert_eq!(out.accepted.len(), 2);
+        assert!(
+            out.accepted
+                .iter()
+                .all(|s| s.provenance.trust == Trust::Channel)
+        );
+        assert_eq!(out.accepted[0].provenance.channel, "ns=2;s=tank.level");
+        let reasons: Vec<Reason> = out.rejected.iter().map(|r| r.reason).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                Reason::Replay,
+                Reason::Duplicate,
+                Reason::WrongUnit,
+                Reason::UnknownSignal,
+                Reason::Future,
+                Reason::Stale,
+                Reason::BadStatus,
+            ]
+        );
+        assert_eq!(v.counters().samples_rejected.values().sum::<u64>(), 7);
+        // The same values over a channel that authenticates nobody are untrusted.
+        let mut open = (*src).clone();
+        open.id = "plc2".into();
+        open.authenticated = false;
+        let out = v.check_values(
+            &Arc::new(open),
+            vec![value("tank.level", "m", 1.0, now)],
+            now,
+        );
+        assert_eq!(out.accepted[0].provenance.trust, Trust::Untrusted);
+    }
 }
