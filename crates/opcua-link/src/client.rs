@@ -406,18 +406,31 @@ impl Connection {
         }
         let lost_tx = tx.clone();
         let id = cfg.id.clone();
+        let kick = session.clone();
         let task = tokio::spawn(async move {
             while let Some(r) = events.next().await {
                 let event = match r {
                     Ok(SessionPollResult::ConnectionLost(code)) => UaEvent::Lost {
                         reason: explain_status(code),
                     },
-                    Ok(SessionPollResult::Reconnected(mode)) => UaEvent::Restored {
-                        new_session: matches!(
-                            mode,
-                            opcua::client::SessionConnectMode::NewSession(_)
-                        ),
-                    },
+                    Ok(SessionPollResult::Reconnected(mode)) => {
+                        // async-opcua 0.19 re-creates the subscription while reconnecting,
+                        // before the new publish loop exists; that loop then never learns
+                        // there is a subscription to publish for. Trigger it once it runs.
+                        let kick = kick.clone();
+                        tokio::spawn(async move {
+                            for ms in [100, 500, 2000] {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                                kick.trigger_publish_now();
+                            }
+                        });
+                        UaEvent::Restored {
+                            new_session: matches!(
+                                mode,
+                                opcua::client::SessionConnectMode::NewSession(_)
+                            ),
+                        }
+                    }
                     Ok(SessionPollResult::ReconnectFailed(code)) => {
                         tracing::warn!(source = %id, status = %code, "OPC UA reconnect failed; retrying");
                         continue;

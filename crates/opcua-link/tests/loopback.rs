@@ -295,7 +295,11 @@ async fn a_missing_node_is_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_server_is_reported_and_the_session_comes_back() {
+async fn a_lost_server_is_reported_and_the_subscription_comes_back() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let s = setup(false).await;
     let mut cfg = source(&s, Policy::Basic256Sha256, Mode::SignAndEncrypt);
     cfg.retry_max = Duration::from_millis(500);
@@ -325,9 +329,8 @@ async fn a_lost_server_is_reported_and_the_session_comes_back() {
     .expect("the loss is reported");
     assert!(!lost.is_empty());
     // It comes back on the same port with the same certificate: the session is re-created
-    // without anyone's help. (Data flowing again on the re-created subscription is not yet
-    // verified: see the note on issue 3.)
-    let _s = setup_in(dir, false, port).await;
+    // and the subscription re-created without anyone's help; values flow again.
+    let s = setup_in(dir, false, port).await;
     let restored = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             if let Some(UaEvent::Restored { .. }) = rx.recv().await {
@@ -337,5 +340,28 @@ async fn a_lost_server_is_reported_and_the_session_comes_back() {
     })
     .await;
     assert!(restored.is_ok(), "no reconnection within 30 s");
+    let mut got = Vec::new();
+    for i in 0..100 {
+        s.server
+            .publish(5_000_000 + i * 1000, &vec![2.0; s.plant.signals.len()])
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while let Ok(e) = rx.try_recv() {
+            if let UaEvent::Value(v) = e {
+                got.push(v);
+            }
+        }
+        if got
+            .iter()
+            .any(|v| v.source_ms.is_some_and(|t| t >= 5_000_000))
+        {
+            break;
+        }
+    }
+    assert!(
+        got.iter()
+            .any(|v| v.value == Some(2.0) && v.source_ms.is_some_and(|t| t >= 5_000_000)),
+        "values flow again on the re-created subscription: {got:?}"
+    );
     conn.close().await;
 }
