@@ -62,7 +62,9 @@ pub struct Source {
     pub id: Spanned<String>,
     pub protocol: Spanned<String>,
     pub zone: Spanned<String>,
-    pub broker: Spanned<String>,
+    /// MQTT: `"embedded"` or `HOST:PORT`.
+    #[serde(default)]
+    pub broker: Option<Spanned<String>>,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
@@ -76,6 +78,66 @@ pub struct Source {
     /// mutual TLS, this client's certificate and key (PEM files).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// OPC UA: the server's endpoint URL (`opc.tcp://host:port/path`).
+    #[serde(default)]
+    pub endpoint: Option<Spanned<String>>,
+    /// OPC UA: `Basic256Sha256` (default), `Aes128_Sha256_RsaOaep`, `Aes256_Sha256_RsaPss`,
+    /// or `None` (only with `allow_security_none`).
+    #[serde(default)]
+    pub security_policy: Option<Spanned<String>>,
+    /// OPC UA: `SignAndEncrypt` (default), `Sign`, or `None`.
+    #[serde(default)]
+    pub security_mode: Option<Spanned<String>>,
+    /// OPC UA: accept security mode None; values from such a source are untrusted.
+    #[serde(default)]
+    pub allow_security_none: bool,
+    /// OPC UA: an X.509 user identity (certificate and private key files) instead of
+    /// `username`/`password_file`.
+    #[serde(default)]
+    pub user_cert_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub user_key_file: Option<Spanned<String>>,
+    /// OPC UA: publishing interval of the subscription.
+    #[serde(default)]
+    pub publishing_ms: Option<u64>,
+    /// OPC UA: the nodes to subscribe to and the twin signals they feed.
+    #[serde(default)]
+    pub nodes: Vec<UaNode>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UaNode {
+    pub signal: Spanned<String>,
+    pub unit: String,
+    /// `ns=2;s=tank.level`, or give `browse_path` instead.
+    #[serde(default)]
+    pub node_id: Option<Spanned<String>>,
+    /// From the Objects folder, `/2:line1/2:tank/2:tank&.level` (`&` escapes `.` and `/`).
+    #[serde(default)]
+    pub browse_path: Option<Spanned<String>>,
+    /// Sampling interval (0 = as fast as the server can).
+    #[serde(default)]
+    pub sampling_ms: f64,
+    /// Absolute deadband: changes smaller than this are not reported.
+    #[serde(default)]
+    pub deadband: Option<f64>,
+    #[serde(default = "default_queue")]
+    pub queue_size: u32,
+}
+
+fn default_queue() -> u32 {
+    100
+}
+
+impl UaNode {
+    pub fn node_ref(&self) -> Option<opcua_link::NodeRef> {
+        match (&self.node_id, &self.browse_path) {
+            (Some(id), None) => Some(opcua_link::NodeRef::Id(id.get_ref().clone())),
+            (None, Some(p)) => Some(opcua_link::NodeRef::Path(p.get_ref().clone())),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,7 +212,10 @@ impl Source {
     }
 
     pub fn broker(&self) -> Result<Broker, String> {
-        let b = self.broker.get_ref();
+        let Some(b) = &self.broker else {
+            return Err("an MQTT source needs broker = \"embedded\" or \"HOST:PORT\"".into());
+        };
+        let b = b.get_ref();
         if b == "embedded" {
             return Ok(Broker::Embedded);
         }
@@ -165,6 +230,165 @@ impl Source {
                     })
             })
             .ok_or_else(|| format!("broker {b:?} is neither \"embedded\" nor HOST:PORT"))
+    }
+}
+
+/// The checks of an OPC UA source.
+fn check_opcua_source(s: &Source, err: &mut dyn FnMut(Range<usize>, String)) {
+    let id = s.id.get_ref();
+    if let Some(b) = &s.broker {
+        err(
+            b.span(),
+            format!("source {id:?}: broker is for MQTT sources; OPC UA uses endpoint"),
+        );
+    }
+    if s.tls.is_some() || s.mqtt_version.is_some() || s.allow_unsigned {
+        err(
+            s.protocol.span(),
+            format!(
+                "source {id:?}: tls, mqtt_version and allow_unsigned are for MQTT sources (OPC UA security is security_policy and security_mode)"
+            ),
+        );
+    }
+    match &s.endpoint {
+        None => err(
+            s.id.span(),
+            format!("source {id:?}: an OPC UA source needs endpoint = \"opc.tcp://HOST:PORT/\""),
+        ),
+        Some(e) if !e.get_ref().starts_with("opc.tcp://") || e.get_ref().len() <= 10 => err(
+            e.span(),
+            format!(
+                "source {id:?}: endpoint {:?} is not an opc.tcp:// URL",
+                e.get_ref()
+            ),
+        ),
+        Some(_) => {}
+    }
+    let policy = match &s.security_policy {
+        None => Some(opcua_link::Policy::Basic256Sha256),
+        Some(p) => {
+            let parsed = opcua_link::Policy::parse(p.get_ref());
+            if parsed.is_none() {
+                err(
+                    p.span(),
+                    format!(
+                        "source {id:?}: security_policy {:?} is not one of {} (Basic128Rsa15 and Basic256 are deprecated and refused)",
+                        p.get_ref(),
+                        opcua_link::Policy::names()
+                    ),
+                );
+            }
+            parsed
+        }
+    };
+    let mode = match &s.security_mode {
+        None => Some(opcua_link::Mode::SignAndEncrypt),
+        Some(m) => {
+            let parsed = opcua_link::Mode::parse(m.get_ref());
+            if parsed.is_none() {
+                err(
+                    m.span(),
+                    format!(
+                        "source {id:?}: security_mode {:?} is not \"SignAndEncrypt\", \"Sign\" or \"None\"",
+                        m.get_ref()
+                    ),
+                );
+            }
+            parsed
+        }
+    };
+    if let (Some(p), Some(m)) = (policy, mode) {
+        let none_p = p == opcua_link::Policy::None;
+        let none_m = m == opcua_link::Mode::None;
+        if none_p != none_m {
+            let span = s
+                .security_mode
+                .as_ref()
+                .or(s.security_policy.as_ref())
+                .map_or(s.id.span(), |x| x.span());
+            err(
+                span,
+                format!(
+                    "source {id:?}: security policy None goes only with security mode None, and the other way round"
+                ),
+            );
+        } else if none_p && !s.allow_security_none {
+            let span = s.security_mode.as_ref().map_or(s.id.span(), |x| x.span());
+            err(
+                span,
+                format!(
+                    "source {id:?}: security mode None is refused; set allow_security_none = true to accept it (its values are then untrusted and drive nothing)"
+                ),
+            );
+        }
+    }
+    if s.user_cert_file.is_some() != s.user_key_file.is_some() {
+        let span = s
+            .user_cert_file
+            .as_ref()
+            .or(s.user_key_file.as_ref())
+            .map_or(s.id.span(), |f| f.span());
+        err(
+            span,
+            format!("source {id:?}: user_cert_file and user_key_file go together"),
+        );
+    }
+    if s.user_cert_file.is_some() && (s.username.is_some() || s.password_file.is_some()) {
+        err(
+            s.id.span(),
+            format!("source {id:?}: give either a user certificate or username/password_file"),
+        );
+    }
+    if s.username.is_some() != s.password_file.is_some() {
+        err(
+            s.id.span(),
+            format!("source {id:?}: username and password_file go together"),
+        );
+    }
+    if s.nodes.is_empty() {
+        err(
+            s.id.span(),
+            format!("source {id:?}: no [[sources.nodes]]: nothing to subscribe to"),
+        );
+    }
+    let mut signals = HashSet::new();
+    for n in &s.nodes {
+        if n.node_ref().is_none() {
+            err(
+                n.signal.span(),
+                format!(
+                    "source {id:?}: node for signal {:?} needs exactly one of node_id and browse_path",
+                    n.signal.get_ref()
+                ),
+            );
+        }
+        if !signals.insert(n.signal.get_ref().as_str()) {
+            err(
+                n.signal.span(),
+                format!(
+                    "source {id:?}: signal {:?} is mapped twice",
+                    n.signal.get_ref()
+                ),
+            );
+        }
+        if !(n.sampling_ms >= 0.0 && n.sampling_ms.is_finite()) {
+            err(
+                n.signal.span(),
+                format!(
+                    "source {id:?}: sampling_ms of {:?} must be 0 or positive",
+                    n.signal.get_ref()
+                ),
+            );
+        }
+        if n.deadband.is_some_and(|d| !(d >= 0.0 && d.is_finite())) {
+            err(
+                n.signal.span(),
+                format!(
+                    "source {id:?}: deadband of {:?} must be 0 or positive",
+                    n.signal.get_ref()
+                ),
+            );
+        }
     }
 }
 
@@ -349,11 +573,28 @@ impl Config {
                     ),
                 );
             }
+            if s.protocol.get_ref() == "opcua" {
+                check_opcua_source(s, &mut err);
+                continue;
+            }
+            let broker_span = s.broker.as_ref().map_or(s.id.span(), |b| b.span());
+            if let Some(e) = &s.endpoint {
+                err(
+                    e.span(),
+                    format!("source {id:?}: endpoint is for OPC UA sources; MQTT uses broker"),
+                );
+            }
+            if !s.nodes.is_empty() {
+                err(
+                    s.id.span(),
+                    format!("source {id:?}: nodes are for OPC UA sources"),
+                );
+            }
             match s.broker() {
-                Err(m) => err(s.broker.span(), format!("source {id:?}: {m}")),
+                Err(m) => err(broker_span, format!("source {id:?}: {m}")),
                 Ok(Broker::Embedded) if s.username.is_some() || s.password_file.is_some() => {
                     err(
-                        s.broker.span(),
+                        broker_span,
                         format!(
                             "source {id:?}: the embedded broker makes its own credentials; remove username and password_file"
                         ),
@@ -421,6 +662,94 @@ mod tests {
         assert_eq!(c.sources[0].broker(), Ok(Broker::Embedded));
     }
 
+    const UA: &str = r#"
+[twinguard]
+zone = "operations"
+[[zones]]
+id = "cell"
+security_level = 2
+[[zones]]
+id = "operations"
+security_level = 3
+[[conduits]]
+id = "c"
+from = "cell"
+to = "operations"
+protocols = ["opcua"]
+[[sources]]
+id = "plc"
+protocol = "opcua"
+zone = "cell"
+endpoint = "opc.tcp://plc.example:4840/"
+security_policy = "Basic256Sha256"
+security_mode = "SignAndEncrypt"
+[[sources.nodes]]
+signal = "tank.level"
+unit = "m"
+node_id = "ns=2;s=tank.level"
+"#;
+
+    #[test]
+    fn opcua_source_is_checked_with_locations() {
+        let c = Config::parse(UA).unwrap();
+        assert_eq!(c.sources[0].nodes.len(), 1);
+        let bad = UA
+            .replace("opc.tcp://plc.example:4840/", "http://plc")
+            .replace("\"Basic256Sha256\"", "\"Basic128Rsa15\"")
+            .replace("node_id = \"ns=2;s=tank.level\"", "");
+        let e = errors(&bad);
+        let msgs: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
+        assert!(
+            msgs.iter().any(|m| m.contains("not an opc.tcp:// URL")),
+            "{msgs:?}"
+        );
+        assert!(msgs.iter().any(|m| m.contains("deprecated")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("exactly one of node_id and browse_path")),
+            "{msgs:?}"
+        );
+        let line_of = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        assert!(e.iter().any(|x| x.line == line_of("http://plc")));
+        assert!(e.iter().any(|x| x.line == line_of("Basic128Rsa15")));
+        // Security None needs the explicit allowance; policy and mode must agree.
+        let none = UA
+            .replace("\"Basic256Sha256\"", "\"None\"")
+            .replace("\"SignAndEncrypt\"", "\"None\"");
+        assert!(
+            errors(&none)
+                .iter()
+                .any(|e| e.message.contains("allow_security_none"))
+        );
+        let allowed = none.replace(
+            "security_mode = \"None\"",
+            "security_mode = \"None\"\nallow_security_none = true",
+        );
+        assert!(Config::parse(&allowed).is_ok());
+        let mixed = UA.replace("\"SignAndEncrypt\"", "\"None\"");
+        assert!(
+            errors(&mixed)
+                .iter()
+                .any(|e| e.message.contains("goes only with"))
+        );
+        // MQTT keys on an OPC UA source, and a conduit that does not allow OPC UA.
+        let mqtt_keys = UA.replace(
+            "protocol = \"opcua\"",
+            "protocol = \"opcua\"\nbroker = \"embedded\"",
+        );
+        assert!(
+            errors(&mqtt_keys)
+                .iter()
+                .any(|e| e.message.contains("broker is for MQTT"))
+        );
+        let no_conduit = UA.replace("protocols = [\"opcua\"]", "protocols = [\"mqtt\"]");
+        assert!(
+            errors(&no_conduit)
+                .iter()
+                .any(|e| e.message.contains("no conduit allows opcua"))
+        );
+    }
+
     #[test]
     fn unknown_key_is_located() {
         let text = DEFAULT_CONFIG.replace("max_age_ms = 60000", "max_age_ms = 60000\nmax_agee = 1");
@@ -441,7 +770,7 @@ mod tests {
             .replace("zone = \"cell\"", "zone = \"cel\"")
             .replace("security_level = 3", "security_level = 7")
             .replace("broker = \"embedded\"", "broker = \"nowhere\"")
-            .replace("min_trust = \"verified\"", "min_trust = \"maybe\"");
+            .replace("min_trust = \"channel\"", "min_trust = \"maybe\"");
         let e = errors(&text);
         let msgs: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
         assert!(

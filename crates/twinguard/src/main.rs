@@ -7,6 +7,7 @@ mod core;
 mod datadir;
 mod demo;
 mod gateway;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +86,25 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the default configuration file.
     DefaultConfig,
+    /// Connect to the OPC UA sources of a configuration and show what arrives, checked and
+    /// with its provenance (an unknown server certificate is refused: see `pki`).
+    Watch {
+        /// The configuration file with the OPC UA sources.
+        #[arg(long)]
+        config: PathBuf,
+        /// How long to watch.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// The plant file the signals belong to (default: the reference plant).
+        #[arg(long)]
+        plant: Option<PathBuf>,
+        /// Where the OPC UA trust list lives (`opcua/pki`).
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -315,6 +335,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Watch {
+            config,
+            seconds,
+            plant,
+            data_dir,
+            json,
+        } => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let report = rt.block_on(watch::run(watch::WatchArgs {
+                config,
+                data_dir,
+                plant_file: plant,
+                seconds,
+                quiet: json,
+            }))?;
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report:#}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::DefaultConfig => {
             print!("{}", twinguard_config::DEFAULT_CONFIG);

@@ -1260,3 +1260,286 @@ fn opc_ua_values_drive_nothing_when_policy_demands_device_signatures() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--transport mqtt"));
 }
+
+/// FreeOpcUa's asyncua server (tests/python/opcua_server.py), killed on drop.
+struct AsyncuaServer {
+    child: std::process::Child,
+    port: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for AsyncuaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl AsyncuaServer {
+    fn start(dir: &Path, password: &str, allow_none: bool) -> AsyncuaServer {
+        let check = Command::new("python3")
+            .args(["-c", "import asyncua"])
+            .output()
+            .expect("python3 is needed");
+        assert!(
+            check.status.success(),
+            "python3 needs asyncua (pip install asyncua==2.1.0): {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::create_dir_all(dir).unwrap();
+        let pw = dir.join("password");
+        std::fs::write(&pw, password).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/opcua_server.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(dir)
+            .arg("--password-file")
+            .arg(&pw)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        if allow_none {
+            cmd.arg("--allow-none");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let s = AsyncuaServer { child, port, lines };
+        let ready = s.wait_for("READY", 30);
+        assert!(ready.is_some(), "the asyncua server did not start");
+        s
+    }
+
+    fn wait_for(&self, prefix: &str, seconds: u64) -> Option<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
+fn ua_config(dir: &Path, port: u16, security: &str) -> std::path::PathBuf {
+    let path = dir.join("twinguard.toml");
+    std::fs::write(dir.join("ua-password"), "a-long-test-password\n").unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            r#"[twinguard]
+zone = "operations"
+
+[[zones]]
+id = "cell"
+security_level = 2
+
+[[zones]]
+id = "operations"
+security_level = 3
+
+[[sources]]
+id = "line1-plc"
+protocol = "opcua"
+zone = "cell"
+endpoint = "opc.tcp://127.0.0.1:{port}/"
+username = "twinguard"
+password_file = "ua-password"
+{security}
+
+[[sources.nodes]]
+signal = "tank.level"
+unit = "m"
+browse_path = "/2:line1/2:tank/2:tank&.level"
+
+[[sources.nodes]]
+signal = "pump.speed"
+unit = "rpm"
+node_id = "ns=2;s=pump.speed"
+sampling_ms = 100
+
+[[conduits]]
+id = "cell-to-operations"
+from = "cell"
+to = "operations"
+protocols = ["opcua"]
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn watch(config: &Path, data: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["watch", "--seconds", "2", "--json", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn asyncua_server_is_refused_until_trusted_then_watched_and_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = AsyncuaServer::start(&dir.path().join("plc"), "a-long-test-password", false);
+    let config = ua_config(dir.path(), server.port, "");
+    let data = dir.path().join("data");
+    let check = Command::new(BIN)
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    // Unknown server certificate: refused, with the command that trusts it.
+    let out = watch(&config, &data);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let thumb = err
+        .split("twinguard pki trust ")
+        .nth(1)
+        .and_then(|t| t.split('`').next())
+        .unwrap_or_else(|| panic!("no trust hint in: {err}"))
+        .to_string();
+    let list = Command::new(BIN)
+        .args(["pki", "list", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(list.contains("rejected") && list.contains(&thumb), "{list}");
+    let trust = Command::new(BIN)
+        .args(["pki", "trust", &thumb, "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        trust.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trust.stderr)
+    );
+
+    // Trusted: values arrive over SignAndEncrypt, checked, with their provenance.
+    let out = watch(&config, &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["samples"]["accepted"].as_u64().unwrap() >= 10, "{r}");
+    assert_eq!(sum(&r["samples"]["rejected"]), 0, "{r}");
+    let p = &r["signals"]["tank.level"]["provenance"];
+    assert_eq!(p["trust"], "channel");
+    assert_eq!(p["channel"], "ns=2;s=tank.level");
+    assert_eq!(p["source"]["security"], "SignAndEncrypt/Basic256Sha256");
+    assert_eq!(p["source"]["zone"], "cell");
+    assert_eq!(p["source"]["peer_certificate"].as_str().unwrap().len(), 64);
+
+    // Actuation path: a Write to the server's writable setpoint arrives at the server.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut cfg = opcua_link::SourceConfig::new(
+            "line1-plc",
+            &format!("opc.tcp://127.0.0.1:{}/", server.port),
+            opcua_link::Policy::Basic256Sha256,
+            opcua_link::Mode::SignAndEncrypt,
+            data.join("opcua").join("pki"),
+        );
+        cfg.identity = opcua_link::UserIdentity::UserName {
+            user: "twinguard".into(),
+            password: "a-long-test-password".into(),
+        };
+        let (tx, _rx) = tokio::sync::mpsc::channel(16);
+        let mut conn = opcua_link::Connection::connect(&cfg, tx).await.unwrap();
+        conn.write(
+            &opcua_link::NodeRef::Id("ns=2;s=pump.speed_sp".into()),
+            1650.0,
+        )
+        .await
+        .unwrap();
+        conn.close().await;
+    });
+    let w = server.wait_for("WRITE", 10);
+    assert_eq!(w.as_deref(), Some("WRITE pump.speed_sp 1650.0"));
+
+    // A wrong password is refused by the server.
+    std::fs::write(dir.path().join("ua-password"), "wrong\n").unwrap();
+    let out = watch(&config, &data);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Bad"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn security_none_is_refused_unless_allowed_and_then_untrusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = AsyncuaServer::start(&dir.path().join("plc"), "a-long-test-password", true);
+    let config = ua_config(
+        dir.path(),
+        server.port,
+        "security_policy = \"None\"\nsecurity_mode = \"None\"",
+    );
+    let check = Command::new(BIN)
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    let text = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(
+        text.contains("allow_security_none") && text.contains(":20:17:"),
+        "{text}"
+    );
+    let config = ua_config(
+        dir.path(),
+        server.port,
+        "security_policy = \"None\"\nsecurity_mode = \"None\"\nallow_security_none = true",
+    );
+    let out = watch(&config, &dir.path().join("data"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["samples"]["accepted"].as_u64().unwrap() >= 10, "{r}");
+    let p = &r["signals"]["tank.level"]["provenance"];
+    assert_eq!(
+        p["trust"], "untrusted",
+        "values over security None are untrusted"
+    );
+    assert_eq!(p["source"]["security"], "None/None");
+}
