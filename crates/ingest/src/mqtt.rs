@@ -27,7 +27,15 @@ pub struct BrokerEndpoint {
     /// certificate and key. The server's certificate must name `host`.
     pub tls: Option<TlsFiles>,
     pub version: MqttVersion,
+    /// Keep the session at the broker between connections (MQTT 3.1.1 clean session off;
+    /// MQTT 5 clean start off with a session expiry of a day): QoS 1 messages that arrive
+    /// while twinguard is away, or across a restart of a broker that persists sessions,
+    /// are delivered when it is back. Needs a client id that stays the same.
+    pub persistent_session: bool,
 }
+
+/// How long an MQTT 5 broker keeps a persistent session after the client leaves.
+const SESSION_EXPIRY_S: u32 = 86_400;
 
 /// The protocol version spoken to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -125,7 +133,7 @@ impl BrokerEndpoint {
             frames::MAX_ENVELOPE_BYTES + 1024,
             frames::MAX_ENVELOPE_BYTES + 1024,
         );
-        o.set_clean_session(true);
+        o.set_clean_session(!self.persistent_session);
         if let (Some(u), Some(p)) = (&self.username, &self.password) {
             o.set_credentials(u.clone(), p.clone());
         }
@@ -145,7 +153,10 @@ impl BrokerEndpoint {
         let mut o = rumqttc::v5::MqttOptions::new(client_id, self.host.clone(), self.port);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(Some((frames::MAX_ENVELOPE_BYTES + 1024) as u32));
-        o.set_clean_start(true);
+        o.set_clean_start(!self.persistent_session);
+        if self.persistent_session {
+            o.set_session_expiry_interval(Some(SESSION_EXPIRY_S));
+        }
         if let (Some(u), Some(p)) = (&self.username, &self.password) {
             o.set_credentials(u.clone(), p.clone());
         }

@@ -74,6 +74,12 @@ pub struct Source {
     /// `"3.1.1"` (default) or `"5"`.
     #[serde(default)]
     pub mqtt_version: Option<Spanned<String>>,
+    /// MQTT: keep twinguard's subscription session at the broker between connections, so
+    /// that QoS 1 frames published while it is away (or across a broker restart, when the
+    /// broker persists sessions) are delivered when it is back. Default true; the embedded
+    /// broker keeps sessions in memory only.
+    #[serde(default = "yes")]
+    pub persistent_session: bool,
     /// TLS to an external broker: the CA that signs the broker's certificate and, for
     /// mutual TLS, this client's certificate and key (PEM files).
     #[serde(default)]
@@ -124,6 +130,10 @@ pub struct UaNode {
     pub deadband: Option<f64>,
     #[serde(default = "default_queue")]
     pub queue_size: u32,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_queue() -> u32 {

@@ -459,6 +459,7 @@ async fn mqtt_link(
     } else {
         MqttVersion::V311
     };
+    let embedded = matches!(broker, Broker::Embedded);
     let (endpoint_for, broker_desc): (EndpointFor, String) = match broker {
         Broker::Embedded => {
             let secrets = dir.mqtt_secrets(&["twinguard", "edge-gateway", "intruder"])?;
@@ -480,6 +481,7 @@ async fn mqtt_link(
                     password: users.get(user).cloned(),
                     tls: None,
                     version,
+                    persistent_session: false,
                 }),
                 format!("embedded MQTT broker on 127.0.0.1:{port}"),
             )
@@ -552,6 +554,7 @@ async fn mqtt_link(
                     password: password.clone(),
                     tls: tls.clone(),
                     version,
+                    persistent_session: false,
                 }),
                 desc,
             )
@@ -593,9 +596,13 @@ async fn mqtt_link(
     let (frames_tx, frames_rx) = mpsc::channel::<RawFrame>(1024);
     let (ready_tx, ready_rx) = oneshot::channel();
     let last_error = ingest::mqtt::LastError::default();
+    // A persistent session at an external broker (the embedded one lives and dies with
+    // this process): frames published while twinguard is away are kept for it.
+    let mut ingest_endpoint = endpoint_for("twinguard", twinguard_version);
+    ingest_endpoint.persistent_session = source_cfg.persistent_session && !embedded;
     tokio::spawn(ingest::mqtt::run_subscriber(
-        endpoint_for("twinguard", twinguard_version),
-        "twinguard-ingest".into(),
+        ingest_endpoint,
+        format!("twinguard-ingest-{}", source_cfg.id.get_ref()),
         vec![format!("twinguard/{}/+/telemetry", plant.plant.id)],
         frames_tx,
         Some(ready_tx),

@@ -131,9 +131,21 @@ fn replayed_frames_are_rejected() {
 
 #[test]
 fn validly_signed_false_level_is_detected_by_physics_and_cannot_stop_the_line() {
+    false_level_is_caught_by_physics(&[]);
+}
+
+#[test]
+fn false_level_from_an_authenticated_opc_ua_server_is_caught_the_same_way() {
+    false_level_is_caught_by_physics(&["--transport", "opcua"]);
+}
+
+fn false_level_is_caught_by_physics(transport: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let r = demo(dir.path(), 5.0, &["--attack", "fdi-level"]);
-    // Every frame is validly signed, so ingest accepts all of it ...
+    let mut args = vec!["--attack", "fdi-level"];
+    args.extend_from_slice(transport);
+    let r = demo(dir.path(), 5.0, &args);
+    // Every value arrives validly signed (or over an authenticated session), so ingest
+    // accepts all of it ...
     assert_eq!(sum(&r["samples"]["rejected"]), 0);
     // ... and only the mass balance gives the attack away.
     assert!(
@@ -863,16 +875,30 @@ impl Drop for Mosquitto {
     }
 }
 
+impl Mosquitto {
+    /// Stops it the way an operator would (SIGTERM), so that it saves its persistence file.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
 fn mosquitto(dir: &Path, conf_extra: &str) -> Mosquitto {
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("mosquitto is needed: apt-get install mosquitto (.ci/run installs it)");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
+    mosquitto_at(dir, port, conf_extra)
+}
+
+fn mosquitto_at(dir: &Path, port: u16, conf_extra: &str) -> Mosquitto {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto is needed: apt-get install mosquitto (.ci/run installs it)");
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
@@ -1542,4 +1568,126 @@ fn security_none_is_refused_unless_allowed_and_then_untrusted() {
         "values over security None are untrusted"
     );
     assert_eq!(p["source"]["security"], "None/None");
+}
+
+#[test]
+fn qos1_frames_for_a_persistent_session_survive_a_broker_restart() {
+    use ingest::mqtt::{BrokerEndpoint, MqttVersion, RawFrame, run_subscriber};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let conf = format!(
+        "allow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 10000",
+        store.display()
+    );
+    let broker = mosquitto(dir.path(), &conf);
+    let port = broker.port;
+    let endpoint = |version| BrokerEndpoint {
+        host: "127.0.0.1".into(),
+        port,
+        username: None,
+        password: None,
+        tls: None,
+        version,
+        persistent_session: true,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    const N: usize = 300;
+    let broker = rt.block_on(async {
+        // twinguard subscribes once (the broker now keeps its session), then goes away.
+        for (version, id) in [
+            (MqttVersion::V311, "tg-ingest-311"),
+            (MqttVersion::V5, "tg-ingest-5"),
+        ] {
+            let (tx, rx) = tokio::sync::mpsc::channel::<RawFrame>(8);
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(run_subscriber(
+                endpoint(version),
+                id.into(),
+                vec!["plant/#".into()],
+                tx,
+                Some(ready_tx),
+                Default::default(),
+            ));
+            tokio::time::timeout(Duration::from_secs(10), ready_rx)
+                .await
+                .expect("subscribed")
+                .unwrap();
+            task.abort();
+            drop(rx);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Frames published with QoS 1 while it is away: the broker acknowledges each.
+        let mut opts = rumqttc::MqttOptions::new("device", "127.0.0.1", port);
+        opts.set_clean_session(true);
+        let (client, mut ev) = rumqttc::AsyncClient::new(opts, 1024);
+        for i in 0..N {
+            client
+                .publish(
+                    "plant/tank",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    i.to_string(),
+                )
+                .await
+                .unwrap();
+        }
+        let mut acked = 0;
+        while acked < N {
+            match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                other => panic!("publisher: {other:?} after {acked} acks"),
+            }
+        }
+        broker
+    });
+    // The broker restarts (and reloads the sessions it saved).
+    broker.stop();
+    let _broker = mosquitto_at(dir.path(), port, &conf);
+    rt.block_on(async {
+        // twinguard comes back with the same client ids: everything is delivered, in order,
+        // through a bounded queue (8 frames) that a slow consumer drains.
+        for (version, id) in [
+            (MqttVersion::V311, "tg-ingest-311"),
+            (MqttVersion::V5, "tg-ingest-5"),
+        ] {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<RawFrame>(8);
+            let task = tokio::spawn(run_subscriber(
+                endpoint(version),
+                id.into(),
+                vec!["plant/#".into()],
+                tx,
+                None,
+                Default::default(),
+            ));
+            let mut got = Vec::new();
+            while got.len() < N {
+                match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+                    Ok(Some(f)) => {
+                        got.push(
+                            String::from_utf8(f.payload)
+                                .unwrap()
+                                .parse::<usize>()
+                                .unwrap(),
+                        );
+                        if got.len() % 50 == 0 {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    other => panic!(
+                        "{version:?}: {} of {N} delivered, then {other:?}",
+                        got.len()
+                    ),
+                }
+            }
+            got.dedup();
+            assert_eq!(got, (0..N).collect::<Vec<_>>(), "{version:?}");
+            task.abort();
+        }
+    });
 }
