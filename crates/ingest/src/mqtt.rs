@@ -105,6 +105,135 @@ impl Publisher {
 pub struct TlsFiles {
     pub ca_pem: Vec<u8>,
     pub client: Option<(Vec<u8>, Vec<u8>)>,
+    /// SHA-256 of the broker certificate the last handshake verified (for provenance).
+    pub peer: PeerCertificate,
+}
+
+impl TlsFiles {
+    pub fn new(ca_pem: Vec<u8>, client: Option<(Vec<u8>, Vec<u8>)>) -> TlsFiles {
+        TlsFiles {
+            ca_pem,
+            client,
+            peer: PeerCertificate::default(),
+        }
+    }
+
+    /// The rustls configuration: the broker verified against `ca_pem` (WebPKI, with the
+    /// ring provider), the verified certificate's SHA-256 recorded in `peer`.
+    fn rustls(&self) -> Result<rustls::ClientConfig, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&self.ca_pem) {
+            let c = c.map_err(|e| format!("CA file: {e}"))?;
+            roots.add(c).map_err(|e| format!("CA file: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err("the CA file holds no certificate".into());
+        }
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+        let verifier = std::sync::Arc::new(Recording {
+            inner,
+            seen: self.peer.clone(),
+        });
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        match &self.client {
+            None => Ok(builder.with_no_client_auth()),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("client certificate: {e}"))?;
+                let key =
+                    PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("client key: {e}"))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate and key: {e}"))
+            }
+        }
+    }
+
+    fn transport(&self) -> rumqttc::Transport {
+        match self.rustls() {
+            Ok(c) => rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+                std::sync::Arc::new(c),
+            )),
+            // Let the client report the problem when it connects.
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS configuration");
+                rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
+                    ca: self.ca_pem.clone(),
+                    alpn: None,
+                    client_auth: self.client.clone(),
+                })
+            }
+        }
+    }
+}
+
+/// The broker certificate a TLS handshake verified, as a SHA-256 hex string.
+pub type PeerCertificate = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+/// WebPKI verification that remembers what it verified.
+#[derive(Debug)]
+struct Recording {
+    inner: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+    seen: PeerCertificate,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ok = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        use sha2::Digest;
+        if let Ok(mut slot) = self.seen.lock() {
+            *slot = Some(hex::encode(sha2::Sha256::digest(end_entity.as_ref())));
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 impl std::fmt::Debug for BrokerEndpoint {
@@ -138,13 +267,7 @@ impl BrokerEndpoint {
             o.set_credentials(u.clone(), p.clone());
         }
         if let Some(tls) = &self.tls {
-            o.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Simple {
-                    ca: tls.ca_pem.clone(),
-                    alpn: None,
-                    client_auth: tls.client.clone(),
-                },
-            ));
+            o.set_transport(tls.transport());
         }
         o
     }
@@ -161,13 +284,7 @@ impl BrokerEndpoint {
             o.set_credentials(u.clone(), p.clone());
         }
         if let Some(tls) = &self.tls {
-            o.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Simple {
-                    ca: tls.ca_pem.clone(),
-                    alpn: None,
-                    client_auth: tls.client.clone(),
-                },
-            ));
+            o.set_transport(tls.transport());
         }
         o
     }

@@ -534,10 +534,10 @@ async fn mqtt_link(
                         (Some(c), Some(k)) => Some((read(c.get_ref())?, read(k.get_ref())?)),
                         _ => None,
                     };
-                    Some(ingest::mqtt::TlsFiles {
-                        ca_pem: read(t.ca_file.get_ref())?,
+                    Some(ingest::mqtt::TlsFiles::new(
+                        read(t.ca_file.get_ref())?,
                         client,
-                    })
+                    ))
                 }
             };
             let security = match &tls {
@@ -565,26 +565,6 @@ async fn mqtt_link(
     } else {
         broker_desc
     };
-    let source = Arc::new(ingest::SourceInfo {
-        id: source_cfg.id.get_ref().clone(),
-        protocol: format!(
-            "{}/{}",
-            source_cfg.protocol.get_ref(),
-            if twinguard_version == MqttVersion::V5 {
-                "5"
-            } else {
-                "3.1.1"
-            }
-        ),
-        security: endpoint_for("twinguard", twinguard_version)
-            .security()
-            .into(),
-        peer_certificate: None,
-        zone: Some(config.zone_of(source_cfg)),
-        allow_unsigned: source_cfg.allow_unsigned,
-        authenticated: false,
-    });
-
     // Actuation client.
     let act_client = ingest::mqtt::Publisher::connect(
         &endpoint_for("twinguard", twinguard_version),
@@ -600,6 +580,7 @@ async fn mqtt_link(
     // this process): frames published while twinguard is away are kept for it.
     let mut ingest_endpoint = endpoint_for("twinguard", twinguard_version);
     ingest_endpoint.persistent_session = source_cfg.persistent_session && !embedded;
+    let peer = ingest_endpoint.tls.as_ref().map(|t| t.peer.clone());
     tokio::spawn(ingest::mqtt::run_subscriber(
         ingest_endpoint,
         format!("twinguard-ingest-{}", source_cfg.id.get_ref()),
@@ -619,6 +600,29 @@ async fn mqtt_link(
             .unwrap_or_else(|| "no answer".into());
         bail!("could not subscribe at the {broker_desc} within 10 s: {why}");
     }
+
+    let source = Arc::new(ingest::SourceInfo {
+        id: source_cfg.id.get_ref().clone(),
+        protocol: format!(
+            "{}/{}",
+            source_cfg.protocol.get_ref(),
+            if twinguard_version == MqttVersion::V5 {
+                "5"
+            } else {
+                "3.1.1"
+            }
+        ),
+        security: endpoint_for("twinguard", twinguard_version)
+            .security()
+            .into(),
+        // The broker certificate the ingest connection verified (TLS only).
+        peer_certificate: peer
+            .as_ref()
+            .and_then(|p| p.lock().ok().and_then(|g| g.clone())),
+        zone: Some(config.zone_of(source_cfg)),
+        allow_unsigned: source_cfg.allow_unsigned,
+        authenticated: false,
+    });
 
     let (_, ua_rx) = mpsc::channel(1);
     Ok(Link {

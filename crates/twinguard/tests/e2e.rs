@@ -1025,6 +1025,23 @@ fn mqtt_over_mutual_tls_with_mosquitto_and_its_refusals() {
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["samples"]["accepted"], 1800 * SIGNALS);
     assert_safe_and_audited(&r);
+    // Provenance names the broker certificate the connection verified.
+    let broker_der = {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_file(d.join("good-server.pem")).unwrap()
+    };
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(broker_der.as_ref()))
+    };
+    assert_eq!(r["source"]["security"], "mtls");
+    assert_eq!(
+        r["source"]["peer_certificate"],
+        sha.as_str(),
+        "{}",
+        r["source"]
+    );
 
     // A client certificate from another CA is refused by the broker ...
     let out = run(&config("good", "rogue"), "rogue-client");
