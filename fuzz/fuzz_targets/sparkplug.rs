@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     ];
     // A valid birth first, then the fuzzed message.
     let mut edge = sparkplug::EdgeNode::new("g", "n");
-    for (t, b) in edge.births(0, &[("d".into(), vec![("m".into(), 1.0)])]) {
+    for (t, b) in edge.births(0, &[("d".into(), vec![("m".into(), Some(1.0))])]) {
         let _ = host.handle(&t, &b);
     }
     let topic = topics[usize::from(kind) % topics.len()];

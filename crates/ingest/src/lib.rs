@@ -46,6 +46,13 @@ pub enum Reason {
     /// A value with the same timestamp as the last one of its signal (re-sent after a
     /// reconnect, for instance).
     Duplicate,
+    /// Sparkplug: data from an edge node or device that is not born (or has died).
+    NotBorn,
+    /// Sparkplug: a sequence number other than the one expected (a message lost,
+    /// reordered or injected); the node is asked to rebirth.
+    Sequence,
+    /// Sparkplug: a death certificate from an earlier session.
+    StaleDeath,
 }
 
 impl Reason {
@@ -67,6 +74,9 @@ impl Reason {
             Reason::OutOfRange => "out_of_range",
             Reason::BadStatus => "bad_status",
             Reason::Duplicate => "duplicate",
+            Reason::NotBorn => "not_born",
+            Reason::Sequence => "sequence",
+            Reason::StaleDeath => "stale_death",
         }
     }
 }
@@ -371,6 +381,18 @@ impl Verifier {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Counts rejections decided outside the verifier (a Sparkplug host's refusals).
+    pub fn record_rejected(&mut self, rejected: &[Rejection]) {
+        for r in rejected {
+            let map = if r.whole_frame {
+                &mut self.counters.frames_rejected
+            } else {
+                &mut self.counters.samples_rejected
+            };
+            *map.entry(r.reason).or_default() += 1;
+        }
     }
 
     /// Checks values from a source without device signatures (OPC UA), one by one: status,

@@ -309,6 +309,8 @@ impl Metrics {
 
 #[derive(Debug, Default)]
 struct NodeState {
+    /// Messages refused since a rebirth was requested (0: none requested).
+    awaiting_rebirth: u32,
     online: bool,
     bd_seq: Option<u64>,
     next_seq: u64,
@@ -412,13 +414,14 @@ impl Host {
                         Refusal::Sequence,
                         format!("NBIRTH of {who} with seq {:?}, must be 0", p.seq),
                     ));
-                    out.rebirth = Some(rebirth);
+                    out.rebirth = ask_rebirth(node, &rebirth);
                     return out;
                 }
                 if node.online {
                     out.offline = Some(who.clone());
                 }
                 node.online = true;
+                node.awaiting_rebirth = 0;
                 node.next_seq = 1;
                 node.devices.clear();
                 node.bd_seq = p
@@ -466,7 +469,7 @@ impl Host {
                         Refusal::NotBorn,
                         format!("{} from {who}, whose node is not born", t.kind.as_str()),
                     ));
-                    out.rebirth = Some(rebirth);
+                    out.rebirth = ask_rebirth(node, &rebirth);
                     return out;
                 }
                 let expected = node.next_seq;
@@ -483,7 +486,7 @@ impl Host {
                     node.online = false;
                     node.devices.clear();
                     out.offline = Some(t.node.clone());
-                    out.rebirth = Some(rebirth);
+                    out.rebirth = ask_rebirth(node, &rebirth);
                     return out;
                 }
                 node.next_seq = (expected + 1) % 256;
@@ -504,7 +507,7 @@ impl Host {
                                 Refusal::NotBorn,
                                 format!("DDATA from {who}, which has no DBIRTH"),
                             ));
-                            out.rebirth = Some(rebirth);
+                            out.rebirth = ask_rebirth(node, &rebirth);
                         }
                     },
                     (Kind::DDeath, Some(d)) => {
@@ -518,6 +521,14 @@ impl Host {
         }
         out
     }
+}
+
+/// A rebirth request, unless one is outstanding: asked again only every 16 refused
+/// messages, so that a node that lost the request is asked again without being flooded.
+fn ask_rebirth(node: &mut NodeState, request: &(String, Vec<u8>)) -> Option<(String, Vec<u8>)> {
+    let ask = node.awaiting_rebirth.is_multiple_of(16);
+    node.awaiting_rebirth = node.awaiting_rebirth.saturating_add(1);
+    ask.then(|| request.clone())
 }
 
 fn samples(who: &str, t: &Topic, p: &Payload, metrics: &Metrics, out: &mut Outcome) {
@@ -568,6 +579,9 @@ fn samples(who: &str, t: &Topic, p: &Payload, metrics: &Metrics, out: &mut Outco
         });
     }
 }
+
+/// A device and its metrics with their current values (None: declared as null).
+pub type DeviceBirth = (String, Vec<(String, Option<f64>)>);
 
 /// The edge node side: births and data with sequence numbers, for simulators and tests.
 #[derive(Debug)]
@@ -626,7 +640,7 @@ impl EdgeNode {
     pub fn births(
         &mut self,
         t_ms: u64,
-        devices: &[(String, Vec<(String, f64)>)],
+        devices: &[DeviceBirth],
     ) -> Vec<(String, Vec<u8>)> {
         self.seq = 0;
         let mut out = Vec::new();
@@ -663,7 +677,8 @@ impl EdgeNode {
                         alias: Some(i as u64 + 1),
                         timestamp: Some(t_ms),
                         datatype: Some(datatype::DOUBLE),
-                        value: Some(Value::Double(*v)),
+                        is_null: v.is_none().then_some(true),
+                        value: v.map(Value::Double),
                         ..Default::default()
                     })
                     .collect(),
@@ -729,10 +744,10 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
     use super::*;
 
-    fn dev() -> Vec<(String, Vec<(String, f64)>)> {
+    fn dev() -> Vec<DeviceBirth> {
         vec![(
             "tank".into(),
-            vec![("level".into(), 1.5), ("inflow".into(), 20.0)],
+            vec![("level".into(), Some(1.5)), ("inflow".into(), None)],
         )]
     }
 
@@ -775,9 +790,12 @@ mod tests {
         let (rt, rb) = o.rebirth.clone().unwrap();
         assert_eq!(rt, "spBv1.0/plant/NCMD/gw1");
         assert!(edge.is_rebirth_request(&rt, &rb));
-        // Until the node is born again, its data is refused.
+        // Until the node is born again, its data is refused, and the request is not
+        // repeated for every message.
         let (t, b) = edge.data("tank", &[("level".into(), 4000, 1.8)]).unwrap();
-        assert_eq!(host.handle(&t, &b).refused[0].0, Refusal::NotBorn);
+        let o = host.handle(&t, &b);
+        assert_eq!(o.refused[0].0, Refusal::NotBorn);
+        assert_eq!(o.rebirth, None);
         for (t, b) in edge.births(5000, &dev()) {
             assert!(host.handle(&t, &b).refused.is_empty());
         }

@@ -74,6 +74,13 @@ pub struct Source {
     /// `"3.1.1"` (default) or `"5"`.
     #[serde(default)]
     pub mqtt_version: Option<Spanned<String>>,
+    /// MQTT: what the payloads are: `"twinguard"` (signed frames, docs/frame-format.md;
+    /// the default) or `"sparkplug"` (Sparkplug B; unsigned, so its values are untrusted).
+    #[serde(default)]
+    pub payload: Option<Spanned<String>>,
+    /// MQTT with Sparkplug B payloads: the Sparkplug group id.
+    #[serde(default)]
+    pub sparkplug_group: Option<Spanned<String>>,
     /// MQTT: keep twinguard's subscription session at the broker between connections, so
     /// that QoS 1 frames published while it is away (or across a broker restart, when the
     /// broker persists sessions) are delivered when it is back. Default true; the embedded
@@ -214,6 +221,18 @@ impl Config {
 }
 
 impl Source {
+    /// The Sparkplug B group, when the source carries Sparkplug B payloads.
+    pub fn sparkplug(&self) -> Option<&str> {
+        match &self.payload {
+            Some(p) if p.get_ref() == "sparkplug" => Some(
+                self.sparkplug_group
+                    .as_ref()
+                    .map_or("twinguard", |g| g.get_ref().as_str()),
+            ),
+            _ => None,
+        }
+    }
+
     /// True when the source speaks MQTT 5.
     pub fn mqtt5(&self) -> bool {
         self.mqtt_version
@@ -252,11 +271,16 @@ fn check_opcua_source(s: &Source, err: &mut dyn FnMut(Range<usize>, String)) {
             format!("source {id:?}: broker is for MQTT sources; OPC UA uses endpoint"),
         );
     }
-    if s.tls.is_some() || s.mqtt_version.is_some() || s.allow_unsigned {
+    if s.tls.is_some()
+        || s.mqtt_version.is_some()
+        || s.allow_unsigned
+        || s.payload.is_some()
+        || s.sparkplug_group.is_some()
+    {
         err(
             s.protocol.span(),
             format!(
-                "source {id:?}: tls, mqtt_version and allow_unsigned are for MQTT sources (OPC UA security is security_policy and security_mode)"
+                "source {id:?}: tls, mqtt_version, allow_unsigned, payload and sparkplug_group are for MQTT sources (OPC UA security is security_policy and security_mode)"
             ),
         );
     }
@@ -588,6 +612,34 @@ impl Config {
                 continue;
             }
             let broker_span = s.broker.as_ref().map_or(s.id.span(), |b| b.span());
+            if let Some(p) = &s.payload
+                && p.get_ref() != "twinguard"
+                && p.get_ref() != "sparkplug"
+            {
+                err(
+                    p.span(),
+                    format!(
+                        "source {id:?}: payload {:?} is not \"twinguard\" or \"sparkplug\"",
+                        p.get_ref()
+                    ),
+                );
+            }
+            if let Some(g) = &s.sparkplug_group {
+                if s.sparkplug().is_none() {
+                    err(
+                        g.span(),
+                        format!("source {id:?}: sparkplug_group needs payload = \"sparkplug\""),
+                    );
+                } else if g.get_ref().is_empty() || g.get_ref().contains(['/', '+', '#']) {
+                    err(
+                        g.span(),
+                        format!(
+                            "source {id:?}: sparkplug_group {:?} must be non-empty without / + #",
+                            g.get_ref()
+                        ),
+                    );
+                }
+            }
             if let Some(e) = &s.endpoint {
                 err(
                     e.span(),

@@ -65,6 +65,15 @@ pub struct Core {
     pub(crate) quarantine_full: u64,
     /// Connection losses and restorations of a session-based source (OPC UA).
     pub(crate) source_events: SourceEvents,
+    /// The source carries Sparkplug B payloads: the host's view of its edge nodes, and
+    /// the client that publishes rebirth requests.
+    pub sparkplug: Option<SparkplugIn>,
+}
+
+pub struct SparkplugIn {
+    pub host: sparkplug::Host,
+    pub control: ingest::mqtt::Publisher,
+    pub rebirths: u64,
 }
 
 /// Connection history of a session-based source.
@@ -151,6 +160,12 @@ impl Core {
 
     /// Checks a batch of frames (signatures verified together) and applies each in order.
     pub fn handle_frames(&mut self, frames: Vec<RawFrame>) {
+        if self.sparkplug.is_some() {
+            for f in frames {
+                self.handle_sparkplug(f);
+            }
+            return;
+        }
         let now = self.clock.now_ms();
         let pairs: Vec<(String, Vec<u8>)> =
             frames.into_iter().map(|f| (f.topic, f.payload)).collect();
@@ -158,6 +173,96 @@ impl Core {
         for ((topic, payload), out) in pairs.into_iter().zip(outcomes) {
             self.apply_outcome(RawFrame { topic, payload }, out, now);
         }
+    }
+
+    /// A Sparkplug B message: the host resolves it against the births it has seen; its
+    /// metrics named like plant signals (on the device named like the signal's asset)
+    /// become values as trustworthy as their unsigned path (untrusted); a sequence gap or
+    /// data before a birth is refused and answered with a rebirth request.
+    fn handle_sparkplug(&mut self, f: RawFrame) {
+        let now = self.clock.now_ms();
+        let Some(sp) = self.sparkplug.as_mut() else {
+            return;
+        };
+        let out = sp.host.handle(&f.topic, &f.payload);
+        let mut rejected: Vec<ingest::Rejection> = out
+            .refused
+            .iter()
+            .map(|(r, detail)| ingest::Rejection {
+                reason: match r {
+                    sparkplug::Refusal::Malformed => ingest::Reason::Malformed,
+                    sparkplug::Refusal::NotBorn => ingest::Reason::NotBorn,
+                    sparkplug::Refusal::Sequence => ingest::Reason::Sequence,
+                    sparkplug::Refusal::UnknownMetric => ingest::Reason::UnknownSignal,
+                    sparkplug::Refusal::StaleDeath => ingest::Reason::StaleDeath,
+                },
+                detail: detail.clone(),
+                device: None,
+                signal: None,
+                samples: 1,
+                whole_frame: !matches!(r, sparkplug::Refusal::UnknownMetric),
+            })
+            .collect();
+        let mut audit = Vec::new();
+        if let Some((topic, payload)) = out.rebirth {
+            match sp.control.try_publish(topic.clone(), payload) {
+                Ok(()) => {
+                    sp.rebirths += 1;
+                    audit.push(Entry::new(
+                        now,
+                        "sparkplug_rebirth_requested",
+                        json!({ "topic": topic }),
+                    ));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot request a Sparkplug rebirth"),
+            }
+        }
+        if let Some(who) = &out.offline {
+            audit.push(Entry::new(
+                now,
+                "sparkplug_offline",
+                json!({ "node": who, "topic": f.topic }),
+            ));
+        }
+        self.audit(audit);
+        let mut values = Vec::new();
+        for s in out.samples {
+            // A null metric (declared in a birth without a current value) is no sample.
+            if s.value.is_none() {
+                continue;
+            }
+            let device = s.device.clone().unwrap_or_default();
+            match self.plant.signal(&s.metric) {
+                Some(sig) if sig.asset == device => values.push(ingest::ChannelValue {
+                    channel: format!("{}/{device}/{}", s.node, s.metric),
+                    unit: sig.unit.clone(),
+                    signal: s.metric,
+                    value: s.value,
+                    good: s.value.is_some(),
+                    status: if s.value.is_some() {
+                        "Good".into()
+                    } else {
+                        "null".into()
+                    },
+                    t_ms: s.t_ms,
+                }),
+                _ => rejected.push(ingest::Rejection {
+                    reason: ingest::Reason::UnknownSignal,
+                    detail: format!(
+                        "metric {} of {}/{device} is not a signal of that asset",
+                        s.metric, s.node
+                    ),
+                    device: Some(s.node.clone()),
+                    signal: Some(s.metric.clone()),
+                    samples: 1,
+                    whole_frame: false,
+                }),
+            }
+        }
+        self.verifier.record_rejected(&rejected);
+        let mut outcome = self.verifier.check_values(&self.source, values, now);
+        outcome.rejected.extend(rejected);
+        self.apply_outcome(f, outcome, now);
     }
 
     /// OPC UA data changes become checked samples; a lost connection is audited and shown
@@ -521,7 +626,7 @@ impl Core {
         json!({
             "samples": { "accepted": c.samples_accepted, "rejected": c.samples_rejected },
             "frames": { "accepted": c.frames_accepted, "rejected": c.frames_rejected },
-            "source": { "id": self.source.id, "protocol": self.source.protocol, "security": self.source.security, "peer_certificate": self.source.peer_certificate, "events": self.source_events },
+            "source": { "id": self.source.id, "protocol": self.source.protocol, "security": self.source.security, "peer_certificate": self.source.peer_certificate, "events": self.source_events, "sparkplug_rebirths": self.sparkplug.as_ref().map(|s| s.rebirths) },
             "detections": self.detections_by_kind,
             "proposals": { "executed": g.executed, "pending": g.pending, "denied": g.denied },
             "actions_executed_by_agent": g.executed_by_agent,

@@ -199,8 +199,13 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         frames_rx,
         ua_rx,
         plant_side,
+        sparkplug,
         ..
     } = link;
+    let (sparkplug_group, sparkplug) = match sparkplug {
+        Some((g, s)) => (Some(g), Some(s)),
+        None => (None, None),
+    };
     let mut core = Core {
         plant: plant.clone(),
         verifier,
@@ -232,6 +237,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
             connected: true,
             ..Default::default()
         },
+        sparkplug,
     };
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -312,6 +318,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
             delay_s: 120,
         }),
         unsigned_devices: args.legacy_devices.clone(),
+        sparkplug: sparkplug_group,
         endpoint: match &plant_side {
             PlantSide::Mqtt(endpoint_for) => Some(endpoint_for("edge-gateway", MqttVersion::V311)),
             PlantSide::Opcua { .. } => None,
@@ -421,6 +428,8 @@ struct Link {
     frames_rx: mpsc::Receiver<RawFrame>,
     ua_rx: mpsc::Receiver<opcua_link::UaEvent>,
     plant_side: PlantSide,
+    /// Sparkplug B payloads: the group, and the host state for the core.
+    sparkplug: Option<(String, crate::core::SparkplugIn)>,
 }
 
 enum PlantSide {
@@ -584,7 +593,10 @@ async fn mqtt_link(
     tokio::spawn(ingest::mqtt::run_subscriber(
         ingest_endpoint,
         format!("twinguard-ingest-{}", source_cfg.id.get_ref()),
-        vec![format!("twinguard/{}/+/telemetry", plant.plant.id)],
+        vec![match source_cfg.sparkplug() {
+            Some(group) => format!("spBv1.0/{group}/#"),
+            None => format!("twinguard/{}/+/telemetry", plant.plant.id),
+        }],
         frames_tx,
         Some(ready_tx),
         last_error.clone(),
@@ -604,12 +616,17 @@ async fn mqtt_link(
     let source = Arc::new(ingest::SourceInfo {
         id: source_cfg.id.get_ref().clone(),
         protocol: format!(
-            "{}/{}",
+            "{}/{}{}",
             source_cfg.protocol.get_ref(),
             if twinguard_version == MqttVersion::V5 {
                 "5"
             } else {
                 "3.1.1"
+            },
+            if source_cfg.sparkplug().is_some() {
+                "+sparkplug-b"
+            } else {
+                ""
             }
         ),
         security: endpoint_for("twinguard", twinguard_version)
@@ -624,6 +641,21 @@ async fn mqtt_link(
         authenticated: false,
     });
 
+    // Sparkplug B: twinguard is the host application; it asks edge nodes to rebirth.
+    let sparkplug = source_cfg.sparkplug().map(|group| {
+        let control = ingest::mqtt::Publisher::connect(
+            &endpoint_for("twinguard", twinguard_version),
+            "twinguard-sparkplug-host",
+        );
+        (
+            group.to_string(),
+            crate::core::SparkplugIn {
+                host: sparkplug::Host::new(group),
+                control,
+                rebirths: 0,
+            },
+        )
+    });
     let (_, ua_rx) = mpsc::channel(1);
     Ok(Link {
         desc: broker_desc,
@@ -632,6 +664,7 @@ async fn mqtt_link(
         frames_rx,
         ua_rx,
         plant_side: PlantSide::Mqtt(endpoint_for),
+        sparkplug,
     })
 }
 
@@ -769,6 +802,7 @@ async fn opcua_link(
             server: Arc::new(server),
             writes,
         },
+        sparkplug: None,
     })
 }
 

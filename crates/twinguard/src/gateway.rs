@@ -86,6 +86,9 @@ pub struct GatewayConfig {
     pub delay: Option<Delay>,
     /// Devices that publish unsigned frames (legacy devices without keys).
     pub unsigned_devices: Vec<String>,
+    /// Publish Sparkplug B (this group) instead of signed frames: one edge node per
+    /// device, one Sparkplug device per asset, metrics named like the signals.
+    pub sparkplug: Option<String>,
     /// The broker, for the MQTT plant (None when the plant is served over OPC UA).
     pub endpoint: Option<BrokerEndpoint>,
     pub device_keys: HashMap<String, SigningKey>,
@@ -95,6 +98,8 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PlantStats {
     pub frames_published: u64,
+    /// Sparkplug B births published (at start and on rebirth requests).
+    pub sparkplug_births: u64,
     /// Frames held back by a `Delay`.
     pub frames_delayed: u64,
     pub commands_applied: u64,
@@ -201,6 +206,12 @@ pub async fn run(
         )
         .await
         .context("cannot subscribe to command topics")?;
+    if let Some(group) = &cfg.sparkplug {
+        client
+            .subscribe(format!("spBv1.0/{group}/NCMD/+"), QoS::AtLeastOnce)
+            .await
+            .context("cannot subscribe to Sparkplug node commands")?;
+    }
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
     tokio::spawn(async move {
         loop {
@@ -252,12 +263,24 @@ pub async fn run(
     let mut received = 0u64;
     let mut held: std::collections::VecDeque<(u64, String, Vec<u8>)> =
         std::collections::VecDeque::new();
+    // Sparkplug B edge nodes, born before their first data and again on request.
+    let mut edges: Vec<sparkplug::EdgeNode> = match &cfg.sparkplug {
+        Some(group) => outs
+            .iter()
+            .map(|o| sparkplug::EdgeNode::new(group, &o.device))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut unborn: Vec<bool> = vec![true; edges.len()];
     while t_s < total_s {
         // Every command twinguard has sent so far is applied before the plant moves on,
         // as it would be within a second in real time.
         let sent = progress.borrow().commands_sent;
         while received < sent {
             match tokio::time::timeout(Duration::from_secs(10), cmd_rx.recv()).await {
+                Ok(Some((topic, bytes))) if topic.starts_with("spBv1.0/") => {
+                    rebirth_requested(&edges, &mut unborn, &topic, &bytes, &stats);
+                }
                 Ok(Some((topic, bytes))) => {
                     received += 1;
                     apply_command(&mut sim, &mut check, &topic, &bytes, &stats);
@@ -269,8 +292,32 @@ pub async fn run(
             }
         }
         while let Ok((topic, bytes)) = cmd_rx.try_recv() {
+            if topic.starts_with("spBv1.0/") {
+                rebirth_requested(&edges, &mut unborn, &topic, &bytes, &stats);
+                continue;
+            }
             received += 1;
             apply_command(&mut sim, &mut check, &topic, &bytes, &stats);
+        }
+        // Births (all metrics declared, values to follow) for nodes not yet born or asked
+        // to rebirth.
+        for ((edge, o), unborn) in edges.iter_mut().zip(&outs).zip(unborn.iter_mut()) {
+            if !*unborn {
+                continue;
+            }
+            *unborn = false;
+            let metrics: Vec<(String, Option<f64>)> = o
+                .signals
+                .iter()
+                .map(|(_, id, _)| (id.clone(), None))
+                .collect();
+            for (topic, bytes) in edge.births(sim.now_ms() as u64, &[(o.asset.clone(), metrics)]) {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, bytes)
+                    .await
+                    .context("cannot publish a Sparkplug birth")?;
+            }
+            lock(&stats).sparkplug_births += 1;
         }
         let n = u64::from(cfg.batch).min(total_s - t_s);
         let mut samples: Vec<Vec<WireSample>> = vec![Vec::new(); outs.len()];
@@ -298,28 +345,43 @@ pub async fn run(
         }
         let now = sim.now_ms();
         clock.set(now);
-        for (o, buf) in outs.iter_mut().zip(samples) {
+        for (i, (o, buf)) in outs.iter_mut().zip(samples).enumerate() {
             o.seq += 1;
-            let body = to_body(&TelemetryBody {
-                seq: o.seq,
-                ts_ms: now,
-                samples: buf,
+            let sparkplug_frame = edges.get_mut(i).and_then(|edge| {
+                let samples: Vec<(String, u64, f64)> = buf
+                    .iter()
+                    .map(|s| (s.signal.clone(), s.t_ms as u64, s.value))
+                    .collect();
+                edge.data(&o.asset, &samples)
             });
-            let key = cfg
-                .device_keys
-                .get(&o.device)
-                .with_context(|| format!("no key for device {}", o.device))?;
-            let seal = (!cfg.unsigned_devices.contains(&o.device)).then_some(key);
-            let bytes = encode(Kind::Telemetry, &o.topic, &o.device, &body, seal)?;
+            let (topic, bytes) = match sparkplug_frame {
+                Some(f) => f,
+                None => {
+                    let body = to_body(&TelemetryBody {
+                        seq: o.seq,
+                        ts_ms: now,
+                        samples: buf,
+                    });
+                    let key = cfg
+                        .device_keys
+                        .get(&o.device)
+                        .with_context(|| format!("no key for device {}", o.device))?;
+                    let seal = (!cfg.unsigned_devices.contains(&o.device)).then_some(key);
+                    (
+                        o.topic.clone(),
+                        encode(Kind::Telemetry, &o.topic, &o.device, &body, seal)?,
+                    )
+                }
+            };
             if let Some(d) = cfg.delay.as_ref().filter(|d| {
                 d.asset == o.asset && t_s >= d.start_s && t_s < d.start_s + d.duration_s
             }) {
-                held.push_back((t_s + d.delay_s, o.topic.clone(), bytes));
+                held.push_back((t_s + d.delay_s, topic, bytes));
                 lock(&stats).frames_delayed += 1;
                 continue;
             }
             client
-                .publish(o.topic.clone(), QoS::AtLeastOnce, false, bytes)
+                .publish(topic, QoS::AtLeastOnce, false, bytes)
                 .await
                 .context("cannot publish telemetry")?;
         }
@@ -455,6 +517,26 @@ pub async fn run_opcua(
     .await;
     lock(&stats).truth = Some(sim.truth().into());
     Ok(())
+}
+
+/// A Sparkplug rebirth request (NCMD `Node Control/Rebirth`) for one of our edge nodes.
+fn rebirth_requested(
+    edges: &[sparkplug::EdgeNode],
+    unborn: &mut [bool],
+    topic: &str,
+    bytes: &[u8],
+    stats: &Mutex<PlantStats>,
+) {
+    for (e, u) in edges.iter().zip(unborn.iter_mut()) {
+        if e.is_rebirth_request(topic, bytes) {
+            *u = true;
+            return;
+        }
+    }
+    *lock(stats)
+        .commands_refused
+        .entry("not_a_rebirth_request".into())
+        .or_default() += 1;
 }
 
 fn apply_command(

@@ -1708,3 +1708,76 @@ fn qos1_frames_for_a_persistent_session_survive_a_broker_restart() {
         }
     });
 }
+
+#[test]
+fn sparkplug_b_payloads_are_followed_through_births_gaps_and_rebirths() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = Command::new(BIN).arg("default-config").output().unwrap();
+    let text = String::from_utf8(default.stdout).unwrap();
+    let config = dir.path().join("sparkplug.toml");
+    std::fs::write(
+        &config,
+        text.replace(
+            "allow_unsigned = false",
+            "allow_unsigned = false\npayload = \"sparkplug\"\nsparkplug_group = \"bottling\"",
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    // Every signal arrives through the edge nodes' births and data; unsigned, so nothing
+    // it says may drive an action.
+    let r = demo(&dir.path().join("a"), 1.0, &["--config", cfg]);
+    assert_eq!(r["samples"]["accepted"], 3600 * SIGNALS, "{}", r["samples"]);
+    assert_eq!(sum(&r["samples"]["rejected"]), 0);
+    assert_eq!(sum(&r["frames"]["rejected"]), 0);
+    assert_eq!(r["source"]["protocol"], "mqtt/3.1.1+sparkplug-b");
+    assert_eq!(r["plant"]["sparkplug_births"], 5, "one birth per edge node");
+    assert_eq!(r["proposals"]["executed"], 0);
+    assert!(
+        r["proposals"]["denied"]["untrusted_input"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    assert_safe_and_audited(&r);
+
+    // The tank's messages are held back for ten minutes: the host sees a sequence gap,
+    // refuses what it cannot place, asks for a rebirth, and data flows again after it.
+    let r = demo(
+        &dir.path().join("b"),
+        2.0,
+        &["--config", cfg, "--attack", "delayed-frames"],
+    );
+    assert!(
+        r["frames"]["rejected"]["sequence"].as_u64().unwrap() >= 1,
+        "{}",
+        r["frames"]
+    );
+    let rebirths = r["source"]["sparkplug_rebirths"].as_u64().unwrap();
+    assert!(rebirths >= 1, "{}", r["source"]);
+    assert!(
+        rebirths < 20,
+        "rebirth requests are not repeated for every message: {rebirths}"
+    );
+    assert!(
+        r["plant"]["sparkplug_births"].as_u64().unwrap() > 5,
+        "{}",
+        r["plant"]
+    );
+    // After the window, the tank's data is accepted again: most of the run's samples are.
+    assert!(
+        r["samples"]["accepted"].as_u64().unwrap() > 2 * 3600 * SIGNALS * 9 / 10,
+        "{}",
+        r["samples"]
+    );
+    assert_safe_and_audited(&r);
+    let conn = rusqlite::Connection::open(dir.path().join("b").join("audit.db")).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE kind = 'sparkplug_rebirth_requested'",
+            [],
+            |x| x.get(0),
+        )
+        .unwrap();
+    assert_eq!(n as u64, rebirths);
+}
