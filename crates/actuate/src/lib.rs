@@ -130,14 +130,19 @@ pub struct OpcUaTargets {
 pub struct OpcUaSink {
     conn: opcua_link::Connection,
     targets: OpcUaTargets,
+    /// Setpoint → safe value, for a line stop without a stop method.
+    safe: std::collections::BTreeMap<String, f64>,
     seq: u64,
 }
 
 impl OpcUaSink {
-    pub fn new(conn: opcua_link::Connection, targets: OpcUaTargets) -> OpcUaSink {
+    /// A line stop calls the configured `stop_line` method; without one it writes every
+    /// configured setpoint's safe value from the plant file.
+    pub fn new(conn: opcua_link::Connection, targets: OpcUaTargets, plant: &Plant) -> OpcUaSink {
         OpcUaSink {
             conn,
             targets,
+            safe: plant.safe_state(),
             seq: 0,
         }
     }
@@ -181,6 +186,30 @@ impl CommandSink for OpcUaSink {
                 let conn = &mut self.conn;
                 let r = tokio::task::block_in_place(|| handle.block_on(conn.write(node, *value)));
                 (node.to_string(), r)
+            }
+            PlantCommand::StopLine if !self.targets.calls.contains_key("stop_line") => {
+                let writes: Vec<(opcua_link::NodeRef, f64)> = self
+                    .targets
+                    .setpoints
+                    .iter()
+                    .filter_map(|(sp, node)| self.safe.get(sp).map(|v| (node.clone(), *v)))
+                    .collect();
+                if writes.is_empty() {
+                    return Err(send_err(
+                        "stop_line".into(),
+                        "no stop_line method and no setpoint nodes are configured".into(),
+                    ));
+                }
+                let conn = &mut self.conn;
+                let r = tokio::task::block_in_place(|| {
+                    handle.block_on(async {
+                        for (node, v) in &writes {
+                            conn.write(node, *v).await?;
+                        }
+                        Ok::<(), opcua_link::UaError>(())
+                    })
+                });
+                ("safe state".to_string(), r)
             }
             other => {
                 let name = command_name(other);

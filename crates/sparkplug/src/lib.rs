@@ -637,11 +637,7 @@ impl EdgeNode {
 
     /// NBIRTH (seq 0) followed by a DBIRTH per device declaring `metrics` (Double) with
     /// aliases 1, 2, ... and their current values.
-    pub fn births(
-        &mut self,
-        t_ms: u64,
-        devices: &[DeviceBirth],
-    ) -> Vec<(String, Vec<u8>)> {
+    pub fn births(&mut self, t_ms: u64, devices: &[DeviceBirth]) -> Vec<(String, Vec<u8>)> {
         self.seq = 0;
         let mut out = Vec::new();
         let nbirth = Payload {

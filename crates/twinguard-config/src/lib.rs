@@ -116,6 +116,39 @@ pub struct Source {
     /// OPC UA: the nodes to subscribe to and the twin signals they feed.
     #[serde(default)]
     pub nodes: Vec<UaNode>,
+    /// OPC UA actuation: the node each setpoint is written to (approved commands only).
+    #[serde(default)]
+    pub writes: Vec<UaWrite>,
+    /// OPC UA actuation: the methods called for line stop, start and maintenance.
+    #[serde(default)]
+    pub calls: Vec<UaCall>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UaWrite {
+    pub setpoint: Spanned<String>,
+    /// A NodeId (`ns=2;s=pump.speed_sp`) or a browse path starting with `/`.
+    pub node: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UaCall {
+    /// `stop_line`, `start_line` or `maintenance`.
+    pub command: Spanned<String>,
+    /// The object the method belongs to, and the method (NodeIds or browse paths).
+    pub object: Spanned<String>,
+    pub method: Spanned<String>,
+}
+
+/// A node given as a NodeId, or as a browse path when it starts with `/`.
+pub fn node_ref(s: &str) -> opcua_link::NodeRef {
+    if s.starts_with('/') {
+        opcua_link::NodeRef::Path(s.to_string())
+    } else {
+        opcua_link::NodeRef::Id(s.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -384,6 +417,35 @@ fn check_opcua_source(s: &Source, err: &mut dyn FnMut(Range<usize>, String)) {
             s.id.span(),
             format!("source {id:?}: no [[sources.nodes]]: nothing to subscribe to"),
         );
+    }
+    let mut setpoints = HashSet::new();
+    for w in &s.writes {
+        if !setpoints.insert(w.setpoint.get_ref().as_str()) {
+            err(
+                w.setpoint.span(),
+                format!(
+                    "source {id:?}: setpoint {:?} is written twice",
+                    w.setpoint.get_ref()
+                ),
+            );
+        }
+    }
+    let mut commands = HashSet::new();
+    for c in &s.calls {
+        let name = c.command.get_ref().as_str();
+        if !["stop_line", "start_line", "maintenance"].contains(&name) {
+            err(
+                c.command.span(),
+                format!(
+                    "source {id:?}: command {name:?} is not stop_line, start_line or maintenance"
+                ),
+            );
+        } else if !commands.insert(name) {
+            err(
+                c.command.span(),
+                format!("source {id:?}: command {name:?} is called twice"),
+            );
+        }
     }
     let mut signals = HashSet::new();
     for n in &s.nodes {

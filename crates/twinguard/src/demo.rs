@@ -795,7 +795,7 @@ async fn opcua_link(
     Ok(Link {
         desc,
         source,
-        sink: Box::new(actuate::OpcUaSink::new(conn, targets)),
+        sink: Box::new(actuate::OpcUaSink::new(conn, targets, plant)),
         frames_rx,
         ua_rx,
         plant_side: PlantSide::Opcua {

@@ -47,7 +47,7 @@ impl SimClock {
     pub fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
     }
-    fn set(&self, t: i64) {
+    pub(crate) fn set(&self, t: i64) {
         self.0.store(t, Ordering::SeqCst);
     }
 }

@@ -7,6 +7,7 @@ mod core;
 mod datadir;
 mod demo;
 mod gateway;
+mod run;
 mod watch;
 
 use std::path::PathBuf;
@@ -86,6 +87,28 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the default configuration file.
     DefaultConfig,
+    /// Run the twin on a real plant: the configured OPC UA source feeds it, approved
+    /// commands go back as OPC UA Write/Call, the page and API serve on 127.0.0.1.
+    Run {
+        /// The configuration file (one OPC UA source, with `writes` and `calls` for
+        /// actuation).
+        #[arg(long)]
+        config: PathBuf,
+        /// The plant file the signals and setpoints belong to (default: the reference plant).
+        #[arg(long)]
+        plant: Option<PathBuf>,
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+        /// Port of the HTTP API and page on 127.0.0.1 (0 = any free port).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Print the final report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Connect to the OPC UA sources of a configuration and show what arrives, checked and
     /// with its provenance (an unknown server certificate is refused: see `pki`).
     Watch {
@@ -335,6 +358,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Run {
+            config,
+            plant,
+            data_dir,
+            port,
+            seconds,
+            json,
+        } => {
+            if let Some(s) = seconds
+                && !(s > 0.0 && s.is_finite())
+            {
+                anyhow::bail!("--seconds must be a positive number, got {s}");
+            }
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let report = rt.block_on(run::run(run::RunArgs {
+                config,
+                data_dir,
+                plant_file: plant,
+                api_port: port,
+                seconds,
+            }))?;
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report:#}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Watch {
             config,

@@ -254,8 +254,12 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str], data_dir: &Path) -> Running {
+        Running::spawn("demo", args, data_dir)
+    }
+
+    fn spawn(command: &str, args: &[&str], data_dir: &Path) -> Running {
         let mut child = Command::new(BIN)
-            .args(["demo", "--port", "0", "--json"])
+            .args([command, "--port", "0", "--json"])
             .args(args)
             .arg("--data-dir")
             .arg(data_dir)
@@ -268,7 +272,7 @@ impl Running {
         let url = loop {
             let line = lines
                 .next()
-                .expect("the demo ended before serving its page")
+                .expect("twinguard ended before serving its page")
                 .unwrap();
             if let Some(rest) = line.split("broker on 127.0.0.1:").nth(1) {
                 broker_port = rest.split(';').next().and_then(|p| p.parse().ok());
@@ -1498,6 +1502,7 @@ fn asyncua_server_is_refused_until_trusted_then_watched_and_written() {
     assert_eq!(sum(&r["samples"]["rejected"]), 0, "{r}");
     let p = &r["signals"]["tank.level"]["provenance"];
     assert_eq!(p["trust"], "channel");
+    assert!(run_against_asyncua(dir.path(), &config, &data, &server));
     assert_eq!(p["channel"], "ns=2;s=tank.level");
     assert_eq!(p["source"]["security"], "SignAndEncrypt/Basic256Sha256");
     assert_eq!(p["source"]["zone"], "cell");
@@ -1780,4 +1785,67 @@ fn sparkplug_b_payloads_are_followed_through_births_gaps_and_rebirths() {
         )
         .unwrap();
     assert_eq!(n as u64, rebirths);
+}
+
+/// `twinguard run` on the asyncua PLC: values flow into the twin, and the operator's stop
+/// button reaches the PLC as a call of its StopLine method, through the guard.
+fn run_against_asyncua(dir: &Path, config: &Path, data: &Path, server: &AsyncuaServer) -> bool {
+    let text = std::fs::read_to_string(config).unwrap();
+    let with_actuation = dir.join("run.toml");
+    std::fs::write(
+        &with_actuation,
+        format!(
+            "{text}\n[[sources.writes]]\nsetpoint = \"pump.speed_sp\"\nnode = \"ns=2;s=pump.speed_sp\"\n\n[[sources.calls]]\ncommand = \"stop_line\"\nobject = \"/2:line1\"\nmethod = \"ns=2;s=line1.StopLine\"\n"
+        ),
+    )
+    .unwrap();
+    let run = Running::spawn(
+        "run",
+        &[
+            "--seconds",
+            "6",
+            "--config",
+            with_actuation.to_str().unwrap(),
+        ],
+        data,
+    );
+    // Values arrive at the twin.
+    let started = Instant::now();
+    loop {
+        let (_, state) = run.get("/api/v1/state");
+        let level = state["assets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|a| {
+                a["signals"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["id"] == "tank.level")
+                    .cloned()
+            });
+        if level.is_some_and(|l| l["value"].is_number() && l["provenance"]["trust"] == "channel") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no value reached the twin: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = http(run.api_port, "POST", "/api/v1/stop", &run.token);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        server.wait_for("CALL StopLine", 10).is_some(),
+        "the stop did not reach the PLC"
+    );
+    let r = run.finish();
+    assert!(
+        r["samples"]["accepted"].as_u64().unwrap() > 10,
+        "{}",
+        r["samples"]
+    );
+    assert_eq!(r["line_stops"], 1, "{r}");
+    assert_eq!(r["audit"]["verified"], true);
+    true
 }

@@ -110,6 +110,14 @@ async def main():
     )
     await speed_sp.set_writable()
 
+    async def stop_line(parent):
+        print("CALL StopLine", flush=True)
+        return []
+
+    await line.add_method(
+        ua.NodeId("line1.StopLine", ns), ua.QualifiedName("StopLine", ns), stop_line, [], []
+    )
+
     async with server:
         print(f"READY {thumb}", flush=True)
         last_sp = await speed_sp.read_value()

@@ -1,0 +1,225 @@
+//! `twinguard run`: the twin on a real plant. The configured OPC UA source feeds the core
+//! (ingest checks → twin → detectors → agents → guard), approved commands go back as OPC UA
+//! Write/Call on the configured nodes, the page and API serve on 127.0.0.1, and everything
+//! lands in the audit log. Time is the wall clock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use audit::{AuditStore, Entry, SqliteStore};
+use guard::{AgentRegistry, DEFAULT_POLICY, Guard, Policy};
+use ingest::Verifier;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use twin::{CusumConfig, DEFAULT_HISTORY, Twin};
+
+use crate::core::Core;
+use crate::datadir::DataDir;
+use crate::demo::{load_config, wall_clock_ms};
+use crate::gateway::{self, SimClock};
+
+pub struct RunArgs {
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub plant_file: Option<PathBuf>,
+    pub api_port: u16,
+    /// Stop after this long (None: until interrupted).
+    pub seconds: Option<f64>,
+}
+
+#[allow(
+    clippy::indexing_slicing,
+    reason = "serde_json::Value indexing yields Null or inserts, it never panics"
+)]
+pub async fn run(args: RunArgs) -> Result<Value> {
+    let config = load_config(&Some(args.config.clone()))?;
+    let plant = Arc::new(match &args.plant_file {
+        None => plant_model::Plant::reference(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read plant file {}", p.display()))?;
+            plant_model::Plant::parse(&text, &p.display().to_string())?
+        }
+    });
+    let [source_cfg] = config.sources.as_slice() else {
+        bail!(
+            "run takes exactly one source; {} declares {}",
+            args.config.display(),
+            config.sources.len()
+        );
+    };
+    if source_cfg.protocol.get_ref() != "opcua" {
+        bail!(
+            "run connects to an OPC UA source; source {:?} is {} (MQTT sources run with `demo --config`)",
+            source_cfg.id.get_ref(),
+            source_cfg.protocol.get_ref()
+        );
+    }
+    for n in &source_cfg.nodes {
+        if plant.signal(n.signal.get_ref()).is_none() {
+            bail!(
+                "source {:?} maps signal {:?}, which is not in plant {}",
+                source_cfg.id.get_ref(),
+                n.signal.get_ref(),
+                plant.plant.id
+            );
+        }
+    }
+    let mut targets = actuate::OpcUaTargets::default();
+    for w in &source_cfg.writes {
+        if plant.setpoint(w.setpoint.get_ref()).is_none() {
+            bail!(
+                "source {:?} writes setpoint {:?}, which is not in plant {}",
+                source_cfg.id.get_ref(),
+                w.setpoint.get_ref(),
+                plant.plant.id
+            );
+        }
+        targets.setpoints.insert(
+            w.setpoint.get_ref().clone(),
+            twinguard_config::node_ref(w.node.get_ref()),
+        );
+    }
+    for c in &source_cfg.calls {
+        targets.calls.insert(
+            c.command.get_ref().clone(),
+            (
+                twinguard_config::node_ref(c.object.get_ref()),
+                twinguard_config::node_ref(c.method.get_ref()),
+            ),
+        );
+    }
+
+    let dir = DataDir::open(&args.data_dir)?;
+    let audit_key = dir.key("audit")?;
+    let operator_token = dir.operator_token()?;
+    let maintenance_key = dir.key("agent-maintenance")?;
+    let optimiser_key = dir.key("agent-optimiser")?;
+    let mut store = SqliteStore::open(&dir.audit_db(), audit_key.clone())?;
+
+    let ua = crate::watch::ua_source(source_cfg, &args.config, &args.data_dir)?;
+    let (ua_tx, ua_rx) = mpsc::channel(ua.queue);
+    let conn = opcua_link::Connection::connect(&ua, ua_tx).await?;
+    let source = Arc::new(ingest::SourceInfo {
+        id: source_cfg.id.get_ref().clone(),
+        protocol: "opcua".into(),
+        security: conn.security.clone(),
+        peer_certificate: conn.peer_certificate.clone(),
+        zone: Some(config.zone_of(source_cfg)),
+        allow_unsigned: false,
+        authenticated: conn.authenticated,
+    });
+    let desc = format!(
+        "OPC UA source {} at {} ({})",
+        source.id, ua.url, source.security
+    );
+    let now = wall_clock_ms();
+    store.append(&[Entry::new(
+        now,
+        "run_started",
+        json!({ "mode": "run", "plant": plant.plant.id, "source": *source }),
+    )])?;
+
+    let mut agents = AgentRegistry::default();
+    agents.register("maintenance", maintenance_key.verifying_key());
+    agents.register("optimiser", optimiser_key.verifying_key());
+    let asset_ids: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
+    let policy = Policy::parse(DEFAULT_POLICY, "<default policy>", &asset_ids)?;
+    let guard = Guard::new(plant.clone(), agents, policy);
+
+    let snapshot = Arc::new(RwLock::new(api::Snapshot::default()));
+    let (ops_tx, ops_rx) = mpsc::channel(64);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.api_port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.api_port))?;
+    let api_addr = listener.local_addr()?;
+    let api_state = api::ApiState::new(snapshot.clone(), ops_tx, "operator", &operator_token);
+    tokio::spawn(async move {
+        if let Err(e) = api::serve(listener, api_state).await {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    });
+    eprintln!("twinguard: {desc}; data in {}", args.data_dir.display());
+    eprintln!("twinguard: live twin at http://{api_addr}/#token={operator_token}");
+
+    // Wall-clock time for the core (the same clock type the demo drives by simulation).
+    let clock = SimClock::default();
+    clock.set(now);
+    let ticker = {
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            loop {
+                clock.set(wall_clock_ms());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let (progress_tx, _progress_rx) = watch::channel(gateway::Progress::default());
+    let mut core = Core {
+        plant: plant.clone(),
+        verifier: Verifier::new(plant.clone(), vec![], config.ingest.clone()),
+        source,
+        min_trust: config.min_trust(),
+        twin: Twin::new(plant.clone(), DEFAULT_HISTORY, CusumConfig::default()),
+        detectors: detect::Detectors::new(plant.clone()),
+        guard,
+        maintenance: agents::Maintenance::new(agents::Identity::new(
+            "maintenance",
+            maintenance_key,
+        )),
+        optimiser: agents::Optimiser::new(agents::Identity::new("optimiser", optimiser_key)),
+        sink: Box::new(actuate::OpcUaSink::new(conn, targets, &plant)),
+        audit: Box::new(store),
+        audit_public: audit_key.verifying_key(),
+        clock: clock.clone(),
+        snapshot: snapshot.clone(),
+        progress: progress_tx,
+        token_leak: None,
+        next_agent_ms: None,
+        recent: VecDeque::new(),
+        commands: VecDeque::new(),
+        audit_failure: None,
+        last_snapshot: None,
+        detections_by_kind: BTreeMap::new(),
+        quarantine_full: 0,
+        source_events: crate::core::SourceEvents {
+            connected: true,
+            ..Default::default()
+        },
+        sparkplug: None,
+    };
+    core.publish_snapshot(true);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let (_frames_tx, frames_rx) = mpsc::channel(1);
+    let core_task = tokio::spawn(core.run(frames_rx, ua_rx, ops_rx, stop_rx));
+    match args.seconds {
+        Some(s) => {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(s)) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    eprintln!("twinguard: stopping; finishing the report");
+    let _ = stop_tx.send(());
+    let mut core = core_task.await.context("the core task failed")?;
+    ticker.abort();
+    let mut report = core.report();
+    core.audit
+        .append(&[Entry::new(wall_clock_ms(), "run_finished", report.clone())])?;
+    let verification = core.verify_audit()?;
+    report["audit"] = json!({
+        "records": core.audit.records(),
+        "verified": verification.problem.is_none(),
+        "problem": verification.problem,
+        "failure": core.audit_failure,
+    });
+    report["api"] = json!(format!("http://{api_addr}"));
+    Ok(report)
+}
