@@ -142,14 +142,33 @@ pub struct UaCall {
     pub method: Spanned<String>,
 }
 
+/// An OPC UA node as configured: a NodeId (`ns=2;s=name`) or a browse path from the
+/// Objects folder (`/2:line1/2:tank`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeSpec {
+    Id(String),
+    Path(String),
+}
+
 /// A node given as a NodeId, or as a browse path when it starts with `/`.
-pub fn node_ref(s: &str) -> opcua_link::NodeRef {
+pub fn node_ref(s: &str) -> NodeSpec {
     if s.starts_with('/') {
-        opcua_link::NodeRef::Path(s.to_string())
+        NodeSpec::Path(s.to_string())
     } else {
-        opcua_link::NodeRef::Id(s.to_string())
+        NodeSpec::Id(s.to_string())
     }
 }
+
+/// OPC UA security policies accepted in a configuration (the deprecated Basic128Rsa15 and
+/// Basic256 are not).
+pub const UA_POLICIES: [&str; 4] = [
+    "Basic256Sha256",
+    "Aes128_Sha256_RsaOaep",
+    "Aes256_Sha256_RsaPss",
+    "None",
+];
+/// OPC UA message security modes.
+pub const UA_MODES: [&str; 3] = ["SignAndEncrypt", "Sign", "None"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,10 +200,10 @@ fn default_queue() -> u32 {
 }
 
 impl UaNode {
-    pub fn node_ref(&self) -> Option<opcua_link::NodeRef> {
+    pub fn node_ref(&self) -> Option<NodeSpec> {
         match (&self.node_id, &self.browse_path) {
-            (Some(id), None) => Some(opcua_link::NodeRef::Id(id.get_ref().clone())),
-            (None, Some(p)) => Some(opcua_link::NodeRef::Path(p.get_ref().clone())),
+            (Some(id), None) => Some(NodeSpec::Id(id.get_ref().clone())),
+            (None, Some(p)) => Some(NodeSpec::Path(p.get_ref().clone())),
             _ => None,
         }
     }
@@ -332,27 +351,27 @@ fn check_opcua_source(s: &Source, err: &mut dyn FnMut(Range<usize>, String)) {
         Some(_) => {}
     }
     let policy = match &s.security_policy {
-        None => Some(opcua_link::Policy::Basic256Sha256),
+        None => Some("Basic256Sha256"),
         Some(p) => {
-            let parsed = opcua_link::Policy::parse(p.get_ref());
-            if parsed.is_none() {
+            let known = UA_POLICIES.contains(&p.get_ref().as_str());
+            if !known {
                 err(
                     p.span(),
                     format!(
                         "source {id:?}: security_policy {:?} is not one of {} (Basic128Rsa15 and Basic256 are deprecated and refused)",
                         p.get_ref(),
-                        opcua_link::Policy::names()
+                        UA_POLICIES.join(", ")
                     ),
                 );
             }
-            parsed
+            known.then_some(p.get_ref().as_str())
         }
     };
     let mode = match &s.security_mode {
-        None => Some(opcua_link::Mode::SignAndEncrypt),
+        None => Some("SignAndEncrypt"),
         Some(m) => {
-            let parsed = opcua_link::Mode::parse(m.get_ref());
-            if parsed.is_none() {
+            let known = UA_MODES.contains(&m.get_ref().as_str());
+            if !known {
                 err(
                     m.span(),
                     format!(
@@ -361,12 +380,12 @@ fn check_opcua_source(s: &Source, err: &mut dyn FnMut(Range<usize>, String)) {
                     ),
                 );
             }
-            parsed
+            known.then_some(m.get_ref().as_str())
         }
     };
     if let (Some(p), Some(m)) = (policy, mode) {
-        let none_p = p == opcua_link::Policy::None;
-        let none_m = m == opcua_link::Mode::None;
+        let none_p = p == "None";
+        let none_m = m == "None";
         if none_p != none_m {
             let span = s
                 .security_mode

@@ -80,15 +80,15 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         }
         targets.setpoints.insert(
             w.setpoint.get_ref().clone(),
-            twinguard_config::node_ref(w.node.get_ref()),
+            crate::watch::ua_node(twinguard_config::node_ref(w.node.get_ref())),
         );
     }
     for c in &source_cfg.calls {
         targets.calls.insert(
             c.command.get_ref().clone(),
             (
-                twinguard_config::node_ref(c.object.get_ref()),
-                twinguard_config::node_ref(c.method.get_ref()),
+                crate::watch::ua_node(twinguard_config::node_ref(c.object.get_ref())),
+                crate::watch::ua_node(twinguard_config::node_ref(c.method.get_ref())),
             ),
         );
     }

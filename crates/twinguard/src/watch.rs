@@ -91,7 +91,7 @@ pub fn ua_source(
         .filter_map(|n| {
             Some(opcua_link::Subscribe {
                 signal: n.signal.get_ref().clone(),
-                node: n.node_ref()?,
+                node: ua_node(n.node_ref()?),
                 unit: n.unit.clone(),
                 sampling_ms: n.sampling_ms,
                 deadband: n.deadband,
@@ -100,6 +100,14 @@ pub fn ua_source(
         })
         .collect();
     Ok(cfg)
+}
+
+/// The configured node as the OPC UA client names it.
+pub fn ua_node(n: twinguard_config::NodeSpec) -> opcua_link::NodeRef {
+    match n {
+        twinguard_config::NodeSpec::Id(s) => opcua_link::NodeRef::Id(s),
+        twinguard_config::NodeSpec::Path(s) => opcua_link::NodeRef::Path(s),
+    }
 }
 
 fn wall_ms() -> i64 {
