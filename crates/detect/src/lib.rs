@@ -307,6 +307,44 @@ impl Detectors {
     /// `now_ms` (the newest data twinguard holds), or that has had no value for that long
     /// since data started; clears it when data returns. `last` gives each signal's newest
     /// time and device. A gap is not evidence about the process: it is never trusted.
+    /// A source's connection is lost (an OPC UA session): a gap in every signal it feeds,
+    /// raised at once rather than after the per-signal gap limit, until it is restored.
+    pub fn source_lost(
+        &mut self,
+        source: &str,
+        signals: Vec<String>,
+        now_ms: i64,
+        reason: &str,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        self.raise(
+            &mut events,
+            (DetectionKind::Gap, format!("source:{source}")),
+            now_ms,
+            0.0,
+            0.0,
+            format!("connection to source {source} lost ({reason}): no data until it is restored"),
+            Evidence {
+                signals,
+                relation: None,
+                devices: vec![source.to_string()],
+                trusted: false,
+            },
+        );
+        events
+    }
+
+    /// The source is connected again: its gap clears.
+    pub fn source_restored(&mut self, source: &str, now_ms: i64) -> Vec<Event> {
+        let mut events = Vec::new();
+        self.clear(
+            &mut events,
+            &(DetectionKind::Gap, format!("source:{source}")),
+            now_ms,
+        );
+        events
+    }
+
     pub fn check_gaps<'a>(
         &mut self,
         last: impl Iterator<Item = (&'a str, Option<(i64, String)>)>,

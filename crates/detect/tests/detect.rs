@@ -178,3 +178,24 @@ fn gaps_are_raised_when_data_stops_and_cleared_when_it_returns() {
         "{ev:?}"
     );
 }
+
+#[test]
+fn a_lost_source_is_a_gap_until_restored() {
+    let mut det = detect::Detectors::new(std::sync::Arc::new(plant_model::Plant::reference()));
+    let ev = det.source_lost("plc", vec!["tank.level".into()], 1_000, "BadServerHalted");
+    let [detect::Event::Raised(d)] = ev.as_slice() else {
+        panic!("{ev:?}");
+    };
+    assert_eq!(d.kind, detect::DetectionKind::Gap);
+    assert!(!d.evidence.trusted);
+    assert!(d.message.contains("plc") && d.message.contains("BadServerHalted"));
+    assert_eq!(det.active().count(), 1);
+    // Raised once, however often it is reported.
+    assert!(det.source_lost("plc", vec![], 2_000, "again").is_empty());
+    let ev = det.source_restored("plc", 3_000);
+    assert!(matches!(
+        ev.as_slice(),
+        [detect::Event::Cleared { t_ms: 3_000, .. }]
+    ));
+    assert_eq!(det.active().count(), 0);
+}

@@ -34,6 +34,8 @@ pub struct PlantServerConfig {
     pub pki_dir: PathBuf,
     /// User names and passwords allowed to connect.
     pub users: Vec<(String, String)>,
+    /// Users that authenticate with an X.509 user certificate (name, DER certificate file).
+    pub certificate_users: Vec<(String, PathBuf)>,
     /// Also offer security mode None (for tests of the refusal path).
     pub allow_none: bool,
 }
@@ -67,7 +69,16 @@ impl PlantServer {
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.host))?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let url = format!("opc.tcp://{}:{port}/", cfg.host);
-        let user_ids: Vec<String> = cfg.users.iter().map(|(u, _)| format!("user-{u}")).collect();
+        let user_ids: Vec<String> = cfg
+            .users
+            .iter()
+            .map(|(u, _)| format!("user-{u}"))
+            .chain(
+                cfg.certificate_users
+                    .iter()
+                    .map(|(u, _)| format!("x509-{u}")),
+            )
+            .collect();
         let ids: Vec<&str> = user_ids.iter().map(String::as_str).collect();
         let mut builder = ServerBuilder::new()
             .application_name(format!("{} (twinguard reference plant)", plant.plant.id))
@@ -86,6 +97,12 @@ impl PlantServer {
                 },
                 "plant",
             ));
+        for (user, cert) in &cfg.certificate_users {
+            builder = builder.add_user_token(
+                format!("x509-{user}"),
+                ServerUserToken::x509(user.as_str(), cert),
+            );
+        }
         for (user, pass) in &cfg.users {
             builder = builder.add_user_token(
                 format!("user-{user}"),

@@ -33,6 +33,33 @@ async fn setup(allow_none: bool) -> Setup {
 }
 
 async fn setup_in(dir: tempfile::TempDir, allow_none: bool, port: u16) -> Setup {
+    // An X.509 user identity the server knows (created once per directory).
+    let user_cert = dir.path().join("user-cert.der");
+    if !user_cert.exists() {
+        let data = opcua::crypto::X509Data {
+            key_size: 2048,
+            common_name: "twinguard user".into(),
+            organization: "twinguard".into(),
+            organizational_unit: "test".into(),
+            country: "IE".into(),
+            state: "Dublin".into(),
+            alt_host_names: opcua::crypto::X509Data::alt_host_names(
+                "urn:twinguard:user",
+                None,
+                false,
+                false,
+                false,
+            ),
+            certificate_duration_days: 30,
+        };
+        opcua::crypto::CertificateStore::create_certificate_and_key(
+            &data,
+            true,
+            &user_cert,
+            &dir.path().join("user-key.pem"),
+        )
+        .unwrap();
+    }
     let plant = Arc::new(Plant::reference());
     let (tx, writes) = mpsc::unbounded_channel();
     let server_pki = dir.path().join("server-pki");
@@ -43,6 +70,7 @@ async fn setup_in(dir: tempfile::TempDir, allow_none: bool, port: u16) -> Setup 
             port,
             pki_dir: server_pki.clone(),
             users: vec![("twinguard".into(), "s3cret-for-this-test".into())],
+            certificate_users: vec![("operator-cert".into(), dir.path().join("user-cert.der"))],
             allow_none,
         },
         tx,
@@ -364,4 +392,47 @@ async fn a_lost_server_is_reported_and_the_subscription_comes_back() {
         "values flow again on the re-created subscription: {got:?}"
     );
     conn.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509_user_tokens_are_accepted_only_for_known_certificates() {
+    let s = setup(false).await;
+    let mut cfg = source(&s, Policy::Basic256Sha256, Mode::SignAndEncrypt);
+    exchange_certificates(&s, &cfg);
+    let dir = s.server_pki.parent().unwrap().to_path_buf();
+    cfg.identity = UserIdentity::Certificate {
+        cert: dir.join("user-cert.der"),
+        key: dir.join("user-key.pem"),
+    };
+    let (tx, _rx) = mpsc::channel(64);
+    Connection::connect(&cfg, tx).await.unwrap().close().await;
+    // A user certificate the server does not know is refused.
+    let other = tempfile::tempdir().unwrap();
+    let data = opcua::crypto::X509Data {
+        key_size: 2048,
+        common_name: "somebody else".into(),
+        organization: "x".into(),
+        organizational_unit: "x".into(),
+        country: "IE".into(),
+        state: "x".into(),
+        alt_host_names: opcua::crypto::X509Data::alt_host_names("urn:x", None, false, false, false),
+        certificate_duration_days: 30,
+    };
+    opcua::crypto::CertificateStore::create_certificate_and_key(
+        &data,
+        true,
+        &other.path().join("c.der"),
+        &other.path().join("k.pem"),
+    )
+    .unwrap();
+    cfg.identity = UserIdentity::Certificate {
+        cert: other.path().join("c.der"),
+        key: other.path().join("k.pem"),
+    };
+    let (tx, _rx) = mpsc::channel(64);
+    let err = Connection::connect(&cfg, tx)
+        .await
+        .err()
+        .expect("unknown user certificate");
+    assert!(err.to_string().contains("Bad"), "{err}");
 }

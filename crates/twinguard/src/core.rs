@@ -290,6 +290,11 @@ impl Core {
                         "source_lost",
                         json!({ "source": self.source.id, "reason": reason }),
                     )]);
+                    let signals = self.plant.signals.iter().map(|s| s.id.clone()).collect();
+                    let events = self
+                        .detectors
+                        .source_lost(&self.source.id, signals, now, &reason);
+                    self.record_detections(events);
                 }
                 UaEvent::Restored { new_session } => {
                     self.source_events.restored += 1;
@@ -299,11 +304,14 @@ impl Core {
                         "source_restored",
                         json!({ "source": self.source.id, "new_session": new_session }),
                     )]);
+                    let events = self.detectors.source_restored(&self.source.id, now);
+                    self.record_detections(events);
                 }
             }
         }
         if values.is_empty() {
-            self.publish_snapshot(false);
+            // A connection event may be the last thing for a while: show it now.
+            self.publish_snapshot(true);
             return;
         }
         let out = self.verifier.check_values(&self.source, values, now);

@@ -719,6 +719,7 @@ async fn opcua_link(
             port: 0,
             pki_dir: server_pki.clone(),
             users: vec![("twinguard".into(), password.clone())],
+            certificate_users: vec![],
             allow_none: false,
         },
         writes_tx,

@@ -315,6 +315,13 @@ impl Running {
         }
     }
 
+    /// Asks it to stop, as Ctrl-C would.
+    fn interrupt(&self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+    }
+
     /// Waits for the run to end and returns its report.
     fn finish(mut self) -> Value {
         let mut out = String::new();
@@ -1324,6 +1331,15 @@ impl Drop for AsyncuaServer {
 
 impl AsyncuaServer {
     fn start(dir: &Path, password: &str, allow_none: bool) -> AsyncuaServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        AsyncuaServer::start_at(dir, password, allow_none, port)
+    }
+
+    fn start_at(dir: &Path, password: &str, allow_none: bool, port: u16) -> AsyncuaServer {
         let check = Command::new("python3")
             .args(["-c", "import asyncua"])
             .output()
@@ -1333,11 +1349,6 @@ impl AsyncuaServer {
             "python3 needs asyncua (pip install asyncua==2.1.0): {}",
             String::from_utf8_lossy(&check.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         std::fs::create_dir_all(dir).unwrap();
         let pw = dir.join("password");
         std::fs::write(&pw, password).unwrap();
@@ -1502,7 +1513,7 @@ fn asyncua_server_is_refused_until_trusted_then_watched_and_written() {
     assert_eq!(sum(&r["samples"]["rejected"]), 0, "{r}");
     let p = &r["signals"]["tank.level"]["provenance"];
     assert_eq!(p["trust"], "channel");
-    assert!(run_against_asyncua(dir.path(), &config, &data, &server));
+    let server = run_against_asyncua(dir.path(), &config, &data, server);
     assert_eq!(p["channel"], "ns=2;s=tank.level");
     assert_eq!(p["source"]["security"], "SignAndEncrypt/Basic256Sha256");
     assert_eq!(p["source"]["zone"], "cell");
@@ -1789,7 +1800,12 @@ fn sparkplug_b_payloads_are_followed_through_births_gaps_and_rebirths() {
 
 /// `twinguard run` on the asyncua PLC: values flow into the twin, and the operator's stop
 /// button reaches the PLC as a call of its StopLine method, through the guard.
-fn run_against_asyncua(dir: &Path, config: &Path, data: &Path, server: &AsyncuaServer) -> bool {
+fn run_against_asyncua(
+    dir: &Path,
+    config: &Path,
+    data: &Path,
+    server: AsyncuaServer,
+) -> AsyncuaServer {
     let text = std::fs::read_to_string(config).unwrap();
     let with_actuation = dir.join("run.toml");
     std::fs::write(
@@ -1803,7 +1819,7 @@ fn run_against_asyncua(dir: &Path, config: &Path, data: &Path, server: &AsyncuaS
         "run",
         &[
             "--seconds",
-            "6",
+            "60",
             "--config",
             with_actuation.to_str().unwrap(),
         ],
@@ -1839,13 +1855,67 @@ fn run_against_asyncua(dir: &Path, config: &Path, data: &Path, server: &AsyncuaS
         server.wait_for("CALL StopLine", 10).is_some(),
         "the stop did not reach the PLC"
     );
+    // The PLC goes away: the twin shows a gap for its source at once ...
+    let port = server.port;
+    drop(server);
+    let gap = |run: &Running| {
+        run.get("/api/v1/alerts").1.as_array().is_some_and(|a| {
+            a.iter().any(|d| {
+                d["kind"] == "gap"
+                    && d["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("connection to source"))
+            })
+        })
+    };
+    let started = Instant::now();
+    while !gap(&run) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no gap alert after the PLC stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ... and when it is back (same certificate, same port) the session and subscription
+    // are restored and the gap clears.
+    let server = AsyncuaServer::start_at(&dir.join("plc"), "a-long-test-password", false, port);
+    let started = Instant::now();
+    while gap(&run) {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the gap did not clear after the PLC came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Values flow again on the restored subscription.
+    let accepted = |run: &Running| run.get("/api/v1/report").1["samples"]["accepted"].as_u64();
+    let before = accepted(&run).unwrap_or(0);
+    let started = Instant::now();
+    while accepted(&run).unwrap_or(0) < before + 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no values after the PLC came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run.interrupt();
     let r = run.finish();
     assert!(
-        r["samples"]["accepted"].as_u64().unwrap() > 10,
+        r["samples"]["accepted"].as_u64().unwrap() >= before + 5,
         "{}",
         r["samples"]
     );
     assert_eq!(r["line_stops"], 1, "{r}");
     assert_eq!(r["audit"]["verified"], true);
-    true
+    assert!(
+        r["source"]["events"]["lost"].as_u64().unwrap() >= 1,
+        "{}",
+        r["source"]
+    );
+    assert!(
+        r["source"]["events"]["restored"].as_u64().unwrap() >= 1,
+        "{}",
+        r["source"]
+    );
+    server
 }
