@@ -50,7 +50,7 @@ pub struct DemoArgs {
 }
 
 /// The broker endpoint (with that account's credentials) for an account name.
-type EndpointFor = Box<dyn Fn(&str, MqttVersion) -> BrokerEndpoint>;
+type EndpointFor = Arc<dyn Fn(&str, MqttVersion) -> BrokerEndpoint + Send + Sync>;
 
 /// The configuration file, or the embedded default; every error with its location.
 pub fn load_config(path: &Option<PathBuf>) -> Result<Config> {
@@ -200,6 +200,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         ua_rx,
         plant_side,
         sparkplug,
+        broker_refusals,
         ..
     } = link;
     let (sparkplug_group, sparkplug) = match sparkplug {
@@ -416,6 +417,9 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     report["attack_report"] = json!(*lock(&attack_report));
     report["plant"] = json!(*lock(&plant_stats));
     report["api"] = json!(format!("http://{api_addr}"));
+    if let Some(r) = &broker_refusals {
+        report["broker_refusals"] = json!(*lock(r));
+    }
     core.publish_snapshot(true);
     Ok(report)
 }
@@ -430,6 +434,8 @@ struct Link {
     plant_side: PlantSide,
     /// Sparkplug B payloads: the group, and the host state for the core.
     sparkplug: Option<(String, crate::core::SparkplugIn)>,
+    /// The embedded broker's topic-permission refusals.
+    broker_refusals: Option<crate::mqtt_acl::Refusals>,
 }
 
 enum PlantSide {
@@ -469,17 +475,28 @@ async fn mqtt_link(
         MqttVersion::V311
     };
     let embedded = matches!(broker, Broker::Embedded);
+    let mut broker_refusals = None;
     let (endpoint_for, broker_desc): (EndpointFor, String) = match broker {
         Broker::Embedded => {
-            let secrets = dir.mqtt_secrets(&["twinguard", "edge-gateway", "intruder"])?;
+            // Accounts for twinguard, the simulated edge gateway (which fronts every
+            // device of the line), each device (for devices that connect on their own),
+            // and the intruder of the attack demos; each may use only its topics.
+            let mut accounts: Vec<&str> = vec!["twinguard", "edge-gateway", "intruder"];
+            accounts.extend(plant.assets.iter().map(|a| a.device.as_str()));
+            let secrets = dir.mqtt_secrets(&accounts)?;
             let port = crate::broker::free_port()?;
             let port_v5 = crate::broker::free_port()?;
-            crate::broker::start(port, port_v5, secrets.users.clone().into_iter().collect())?;
+            broker_refusals = Some(crate::broker::start(
+                port,
+                port_v5,
+                secrets.users.clone().into_iter().collect(),
+                crate::broker::acl(plant, source_cfg.sparkplug()),
+            )?);
             crate::broker::wait_ready(port).await?;
             crate::broker::wait_ready(port_v5).await?;
             let users = secrets.users;
             (
-                Box::new(move |user: &str, version: MqttVersion| BrokerEndpoint {
+                Arc::new(move |user: &str, version: MqttVersion| BrokerEndpoint {
                     host: "127.0.0.1".into(),
                     port: if version == MqttVersion::V5 {
                         port_v5
@@ -556,7 +573,7 @@ async fn mqtt_link(
             };
             let desc = format!("external MQTT broker at {host}:{port}{security}");
             (
-                Box::new(move |_user: &str, version: MqttVersion| BrokerEndpoint {
+                Arc::new(move |_user: &str, version: MqttVersion| BrokerEndpoint {
                     host: host.clone(),
                     port,
                     username: username.clone(),
@@ -665,6 +682,7 @@ async fn mqtt_link(
         ua_rx,
         plant_side: PlantSide::Mqtt(endpoint_for),
         sparkplug,
+        broker_refusals,
     })
 }
 
@@ -804,6 +822,7 @@ async fn opcua_link(
             writes,
         },
         sparkplug: None,
+        broker_refusals: None,
     })
 }
 

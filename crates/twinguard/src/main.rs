@@ -7,6 +7,7 @@ mod core;
 mod datadir;
 mod demo;
 mod gateway;
+mod mqtt_acl;
 mod run;
 mod watch;
 

@@ -1919,3 +1919,66 @@ fn run_against_asyncua(
     );
     server
 }
+
+#[test]
+fn the_embedded_broker_confines_each_account_to_its_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(&["--speed", "600", "--hours", "0.5"], dir.path());
+    let port = run.broker_port.expect("the demo names its broker port");
+    let secrets: toml::Value = toml::from_str(
+        &std::fs::read_to_string(dir.path().join("secrets").join("mqtt.toml")).unwrap(),
+    )
+    .unwrap();
+    let password = secrets["users"]["gw-tank"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The tank's device account: its own topic is fine, the pump's is not.
+    let outcome = |topic: &'static str| {
+        let password = password.clone();
+        rt.block_on(async move {
+            let mut o =
+                rumqttc::MqttOptions::new(format!("probe-{}", topic.len()), "127.0.0.1", port);
+            o.set_credentials("gw-tank", password);
+            let (client, mut ev) = rumqttc::AsyncClient::new(o, 16);
+            client
+                .publish(
+                    topic,
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    b"not a frame".to_vec(),
+                )
+                .await
+                .unwrap();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), ev.poll()).await {
+                    Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => {
+                        return "accepted";
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return "disconnected",
+                    Err(_) => return "no answer",
+                }
+            }
+        })
+    };
+    assert_eq!(outcome("twinguard/line1/tank/telemetry"), "accepted");
+    assert_eq!(outcome("twinguard/line1/pump/telemetry"), "disconnected");
+    let r = run.finish();
+    let refusals = r["broker_refusals"].as_array().unwrap();
+    assert!(
+        refusals
+            .iter()
+            .any(|x| x == "gw-tank: publish to twinguard/line1/pump/telemetry"),
+        "{refusals:?}"
+    );
+    // What the account may publish still has to pass ingest: not a frame.
+    assert!(
+        r["frames"]["rejected"]["malformed"].as_u64().unwrap() >= 1,
+        "{}",
+        r["frames"]
+    );
+    assert_safe_and_audited(&r);
+}
