@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use frames::{Envelope, Kind, Seal, TelemetryBody, WireSample, encode, to_body};
 use ingest::{Device, IngestConfig, Verifier};
 use plant_model::Plant;
@@ -134,7 +134,17 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
 
 /// Samples per second through `Verifier::check_batch` (Ed25519) or `check` (HMAC) and the
 /// twin's update, single-threaded.
-fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> {
+/// A frame and the topic it goes to.
+type TopicFrame = (String, Vec<u8>);
+
+/// `n_frames` signed frames of `per_frame` tank samples each, with the device that signed
+/// them.
+fn tank_frames(
+    plant: &Arc<Plant>,
+    n_frames: usize,
+    per_frame: usize,
+    seal: &str,
+) -> Result<(Vec<TopicFrame>, Device)> {
     let key = frames::keys::generate()?;
     let secret = vec![0x5au8; 32];
     let topic = plant.telemetry_topic("tank");
@@ -143,8 +153,6 @@ fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> 
         ("tank.inflow", "m3/h", 15.0),
         ("tank.inlet_valve", "%", 50.0),
     ];
-    let total_samples = 300_000usize;
-    let n_frames = total_samples / per_frame;
     let ticks = per_frame.div_ceil(signals.len()) as i64;
     let mut frames_buf = Vec::with_capacity(n_frames);
     for f in 0..n_frames {
@@ -190,12 +198,22 @@ fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> 
             not_after_ms: None,
         }],
     };
-    let config = IngestConfig {
+    Ok((frames_buf, device))
+}
+
+fn bench_ingest_config() -> IngestConfig {
+    IngestConfig {
         max_age_ms: i64::MAX / 4,
         max_future_ms: i64::MAX / 4,
         replay_window: 64,
-    };
-    let mut verifier = Verifier::new(plant.clone(), vec![device], config);
+    }
+}
+
+fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> {
+    let total_samples = 300_000usize;
+    let n_frames = total_samples / per_frame;
+    let (frames_buf, device) = tank_frames(plant, n_frames, per_frame, seal)?;
+    let mut verifier = Verifier::new(plant.clone(), vec![device], bench_ingest_config());
     let mut twin = twin::Twin::new(
         plant.clone(),
         twin::DEFAULT_HISTORY,
@@ -317,6 +335,10 @@ async fn mosquitto_section(bin: &std::path::Path, hours: f64) -> Result<Value> {
     };
     eprintln!("bench: mosquitto_pub -> mosquitto_sub: {own}");
 
+    let n_ingest = 50_000usize;
+    let ingest = ingest_over_mqtt(port, n_ingest).await?;
+    eprintln!("bench: twinguard's MQTT ingest through mosquitto: {ingest:.0} frames/s");
+
     let data = dir.join("data");
     let (secs, frames, samples) =
         timed_loop(hours, data, Some(format!("127.0.0.1:{port}"))).await?;
@@ -324,12 +346,98 @@ async fn mosquitto_section(bin: &std::path::Path, hours: f64) -> Result<Value> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(json!({
         "own_clients": own,
+        "twinguard_ingest": { "frames": n_ingest, "samples_each": 15, "frames_per_s": ingest },
         "twinguard_loop": {
             "wall_s": secs,
             "samples_per_s": rate(samples, secs),
             "frames_per_s": rate(frames, secs),
         },
     }))
+}
+
+/// twinguard's MQTT ingest alone: `n` signed 15-sample frames published as fast as a
+/// client can (QoS 1) through the broker at `port`, received by the same subscriber the
+/// core uses, verified in batches and applied to the twin. Returns frames per second.
+async fn ingest_over_mqtt(port: u16, n: usize) -> Result<f64> {
+    use ingest::mqtt::{BrokerEndpoint, MqttVersion, RawFrame};
+    let plant = Arc::new(Plant::reference());
+    let (frames_buf, device) = tank_frames(&plant, n, 15, "ed25519")?;
+    let endpoint = BrokerEndpoint {
+        host: "127.0.0.1".into(),
+        port,
+        username: None,
+        password: None,
+        tls: None,
+        version: MqttVersion::V311,
+        persistent_session: false,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<RawFrame>(1024);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let sub = tokio::spawn(ingest::mqtt::run_subscriber(
+        endpoint.clone(),
+        "bench-ingest".into(),
+        vec![plant.telemetry_topic("tank")],
+        tx,
+        Some(ready_tx),
+        Default::default(),
+    ));
+    tokio::time::timeout(std::time::Duration::from_secs(10), ready_rx)
+        .await
+        .context("the bench subscriber did not subscribe")??;
+    let consumer = {
+        let plant = plant.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut verifier = Verifier::new(plant.clone(), vec![device], bench_ingest_config());
+            let mut twin = twin::Twin::new(
+                plant.clone(),
+                twin::DEFAULT_HISTORY,
+                twin::CusumConfig::default(),
+            );
+            let source = Arc::new(ingest::SourceInfo::mqtt_plain("bench"));
+            let mut frames = 0usize;
+            let mut batch = Vec::with_capacity(64);
+            while frames < n {
+                let Some(f) = rx.blocking_recv() else { break };
+                batch.push((f.topic, f.payload));
+                while batch.len() < 64 {
+                    match rx.try_recv() {
+                        Ok(f) => batch.push((f.topic, f.payload)),
+                        Err(_) => break,
+                    }
+                }
+                for out in verifier.check_batch(&source, &batch, DEFAULT_START_MS) {
+                    if !out.accepted.is_empty() {
+                        frames += 1;
+                    }
+                    for s in &out.accepted {
+                        twin.update(s);
+                    }
+                }
+                batch.clear();
+            }
+            frames
+        })
+    };
+    let t = Instant::now();
+    let publisher = ingest::mqtt::Publisher::connect(&endpoint, "bench-device");
+    for (topic, bytes) in frames_buf {
+        loop {
+            match publisher.try_publish(topic.clone(), bytes.clone()) {
+                Ok(()) => break,
+                // The client's queue is full: let it drain.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_micros(200)).await,
+            }
+        }
+    }
+    let frames = tokio::time::timeout(std::time::Duration::from_secs(120), consumer)
+        .await
+        .context("the bench consumer did not finish within 120 s")??;
+    let secs = t.elapsed().as_secs_f64();
+    sub.abort();
+    if frames != n {
+        anyhow::bail!("bench: {frames} of {n} frames arrived");
+    }
+    Ok(rate(n as u64, secs))
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
