@@ -301,12 +301,35 @@ impl PlantServer {
     /// Publishes one sample per signal (in the plant file's order) at `t_ms`.
     pub fn publish(&self, t_ms: i64, values: &[f64]) -> Result<(), String> {
         let t = ua_time(t_ms);
-        let updates = self.signals.iter().zip(values).map(|(id, v)| {
+        self.set(self.signals.iter().zip(values).map(|(id, v)| (id, *v)), t)
+    }
+
+    /// Shows the plant's current setpoint values (after a write or a stop), by setpoint id.
+    pub fn show_setpoints(
+        &self,
+        t_ms: i64,
+        value: impl Fn(&str) -> Option<f64>,
+    ) -> Result<(), String> {
+        let t = ua_time(t_ms);
+        self.set(
+            self.setpoints
+                .iter()
+                .filter_map(|(sp, id)| value(sp).map(|v| (id, v))),
+            t,
+        )
+    }
+
+    fn set<'a>(
+        &self,
+        values: impl Iterator<Item = (&'a NodeId, f64)>,
+        t: opcua::types::DateTime,
+    ) -> Result<(), String> {
+        let updates = values.map(|(id, v)| {
             (
                 id,
                 None,
                 DataValue {
-                    value: Some(Variant::Double(*v)),
+                    value: Some(Variant::Double(v)),
                     status: Some(StatusCode::Good),
                     source_timestamp: Some(t),
                     source_picoseconds: None,
@@ -314,34 +337,6 @@ impl PlantServer {
                     server_picoseconds: None,
                 },
             )
-        });
-        self.nm
-            .set_values(self.handle.subscriptions(), updates)
-            .map_err(|e| format!("cannot set values: {e}"))
-    }
-
-    /// Shows the plant's current setpoints (after a write or a stop).
-    pub fn show_setpoints(
-        &self,
-        t_ms: i64,
-        values: &std::collections::BTreeMap<String, f64>,
-    ) -> Result<(), String> {
-        let t = ua_time(t_ms);
-        let updates = self.setpoints.iter().filter_map(|(sp, id)| {
-            values.get(sp).map(|v| {
-                (
-                    id,
-                    None,
-                    DataValue {
-                        value: Some(Variant::Double(*v)),
-                        status: Some(StatusCode::Good),
-                        source_timestamp: Some(t),
-                        source_picoseconds: None,
-                        server_timestamp: Some(t),
-                        server_picoseconds: None,
-                    },
-                )
-            })
         });
         self.nm
             .set_values(self.handle.subscriptions(), updates)

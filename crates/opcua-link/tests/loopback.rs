@@ -261,6 +261,11 @@ async fn writes_and_calls_reach_the_plant_and_samples_keep_their_order() {
             value: 1650.0
         }
     );
+    // The plant shows the setpoint it now holds.
+    s.server
+        .show_setpoints(2_100_000, |sp| (sp == "pump.speed_sp").then_some(1650.0))
+        .unwrap();
+    assert_eq!(conn.read(&speed).await.unwrap(), Some(1650.0));
     // Out of the setpoint's range: the server refuses.
     let err = conn.write(&speed, 1.0e9).await.unwrap_err();
     assert!(err.to_string().contains("BadOutOfRange"), "{err}");

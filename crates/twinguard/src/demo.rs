@@ -155,34 +155,11 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     };
     let registry: Vec<Device> = dir.registry()?;
     let verifier = Verifier::new(plant.clone(), registry, config.ingest.clone());
-    let mut agents = AgentRegistry::default();
-    agents.register("maintenance", maintenance_key.verifying_key());
-    agents.register("optimiser", optimiser_key.verifying_key());
-    let asset_ids: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
-    let policy = Policy::parse(DEFAULT_POLICY, "<default policy>", &asset_ids)?;
-    let guard = Guard::new(plant.clone(), agents, policy);
+    let guard = guard_with_agents(&plant, &maintenance_key, &optimiser_key)?;
 
     // API and page.
     let snapshot = Arc::new(RwLock::new(api::Snapshot::default()));
-    let (ops_tx, ops_rx) = mpsc::channel(64);
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", args.api_port)).await {
-        Ok(l) => l,
-        Err(e) if args.api_port != 0 => {
-            eprintln!(
-                "port {} is busy ({e}); using a free port instead",
-                args.api_port
-            );
-            tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let api_addr = listener.local_addr()?;
-    let api_state = api::ApiState::new(snapshot.clone(), ops_tx, "operator", &operator_token);
-    tokio::spawn(async move {
-        if let Err(e) = api::serve(listener, api_state).await {
-            tracing::error!(error = %e, "HTTP API stopped");
-        }
-    });
+    let (api_addr, ops_rx) = start_api(args.api_port, snapshot.clone(), &operator_token).await?;
     eprintln!(
         "twinguard: {broker_desc}; data in {}",
         args.data_dir.display()
@@ -824,6 +801,46 @@ async fn opcua_link(
         sparkplug: None,
         broker_refusals: None,
     })
+}
+
+/// The guard with the built-in agents registered and the default policy.
+pub(crate) fn guard_with_agents(
+    plant: &Arc<Plant>,
+    maintenance_key: &ed25519_dalek::SigningKey,
+    optimiser_key: &ed25519_dalek::SigningKey,
+) -> Result<Guard> {
+    let mut agents = AgentRegistry::default();
+    agents.register("maintenance", maintenance_key.verifying_key());
+    agents.register("optimiser", optimiser_key.verifying_key());
+    let asset_ids: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
+    let policy = Policy::parse(DEFAULT_POLICY, "<default policy>", &asset_ids)?;
+    Ok(Guard::new(plant.clone(), agents, policy))
+}
+
+/// Serves the page and API on 127.0.0.1:`port` (a free port when it is busy); returns the
+/// address and the operations the API sends to the core.
+pub(crate) async fn start_api(
+    port: u16,
+    snapshot: Arc<RwLock<api::Snapshot>>,
+    operator_token: &str,
+) -> Result<(std::net::SocketAddr, mpsc::Receiver<api::Op>)> {
+    let (ops_tx, ops_rx) = mpsc::channel(64);
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(e) if port != 0 => {
+            eprintln!("port {port} is busy ({e}); using a free port instead");
+            tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let api_addr = listener.local_addr()?;
+    let api_state = api::ApiState::new(snapshot, ops_tx, "operator", operator_token);
+    tokio::spawn(async move {
+        if let Err(e) = api::serve(listener, api_state).await {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    });
+    Ok((api_addr, ops_rx))
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

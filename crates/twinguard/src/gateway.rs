@@ -394,33 +394,50 @@ pub async fn run(
             }
         }
         lock(&stats).frames_published += outs.len() as u64;
-        // Lockstep: stay within lead_ms of what twinguard has processed.
-        let wait_for = now - cfg.lead_ms;
-        if tokio::time::timeout(
-            Duration::from_secs(30),
-            progress.wait_for(|p| p.t_ms >= wait_for),
-        )
-        .await
-        .is_err()
-        {
-            anyhow::bail!("twinguard's pipeline made no progress for 30 s at simulated time {now}");
-        }
-        if cfg.speed > 0.0 {
-            let due = Duration::from_secs_f64(t_s as f64 / cfg.speed);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
+        keep_step(&mut progress, &cfg, now, t_s, started).await?;
+    }
+    finish(&mut progress, &sim, &stats).await;
+    let _ = client.disconnect().await;
+    Ok(())
+}
+
+/// Lockstep: stay within `lead_ms` of what twinguard has processed, then keep to the
+/// configured speed.
+async fn keep_step(
+    progress: &mut watch::Receiver<Progress>,
+    cfg: &GatewayConfig,
+    now: i64,
+    t_s: u64,
+    started: Instant,
+) -> Result<()> {
+    let wait_for = now - cfg.lead_ms;
+    if tokio::time::timeout(
+        Duration::from_secs(30),
+        progress.wait_for(|p| p.t_ms >= wait_for),
+    )
+    .await
+    .is_err()
+    {
+        anyhow::bail!("twinguard's pipeline made no progress for 30 s at simulated time {now}");
+    }
+    if cfg.speed > 0.0 {
+        let due = Duration::from_secs_f64(t_s as f64 / cfg.speed);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
         }
     }
+    Ok(())
+}
+
+/// The end of a run: twinguard processes what is left, and the plant's truth is recorded.
+async fn finish(progress: &mut watch::Receiver<Progress>, sim: &Sim, stats: &Mutex<PlantStats>) {
     let end = sim.now_ms();
     let _ = tokio::time::timeout(
         Duration::from_secs(30),
         progress.wait_for(|p| p.t_ms >= end),
     )
     .await;
-    lock(&stats).truth = Some(sim.truth().into());
-    let _ = client.disconnect().await;
-    Ok(())
+    lock(stats).truth = Some(sim.truth().into());
 }
 
 /// The plant served over OPC UA: each simulated second's values are set on the plant
@@ -447,8 +464,14 @@ pub async fn run_opcua(
     let started = Instant::now();
     let mut t_s = 0u64;
     let mut received = 0u64;
+    // A command the server accepted is applied, and the setpoint nodes show the result.
     let apply = |sim: &mut Sim, w: opcua_link::server::PlantWrite| match sim.apply(&w.command) {
-        Ok(()) => lock(&stats).commands_applied += 1,
+        Ok(()) => {
+            lock(&stats).commands_applied += 1;
+            if let Err(e) = server.show_setpoints(sim.now_ms(), |sp| sim.setpoint(sp)) {
+                tracing::warn!(error = %e, "cannot show the plant's setpoints");
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, "plant refused a command");
             *lock(&stats)
@@ -492,30 +515,9 @@ pub async fn run_opcua(
         let now = sim.now_ms();
         clock.set(now);
         lock(&stats).frames_published += n;
-        let wait_for = now - cfg.lead_ms;
-        if tokio::time::timeout(
-            Duration::from_secs(30),
-            progress.wait_for(|p| p.t_ms >= wait_for),
-        )
-        .await
-        .is_err()
-        {
-            anyhow::bail!("twinguard's pipeline made no progress for 30 s at simulated time {now}");
-        }
-        if cfg.speed > 0.0 {
-            let due = Duration::from_secs_f64(t_s as f64 / cfg.speed);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
+        keep_step(&mut progress, &cfg, now, t_s, started).await?;
     }
-    let end = sim.now_ms();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(30),
-        progress.wait_for(|p| p.t_ms >= end),
-    )
-    .await;
-    lock(&stats).truth = Some(sim.truth().into());
+    finish(&mut progress, &sim, &stats).await;
     Ok(())
 }
 

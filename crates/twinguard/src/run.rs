@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use audit::{AuditStore, Entry, SqliteStore};
-use guard::{AgentRegistry, DEFAULT_POLICY, Guard, Policy};
 use ingest::Verifier;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -123,25 +122,10 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         json!({ "mode": "run", "plant": plant.plant.id, "source": *source }),
     )])?;
 
-    let mut agents = AgentRegistry::default();
-    agents.register("maintenance", maintenance_key.verifying_key());
-    agents.register("optimiser", optimiser_key.verifying_key());
-    let asset_ids: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
-    let policy = Policy::parse(DEFAULT_POLICY, "<default policy>", &asset_ids)?;
-    let guard = Guard::new(plant.clone(), agents, policy);
-
+    let guard = crate::demo::guard_with_agents(&plant, &maintenance_key, &optimiser_key)?;
     let snapshot = Arc::new(RwLock::new(api::Snapshot::default()));
-    let (ops_tx, ops_rx) = mpsc::channel(64);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.api_port))
-        .await
-        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.api_port))?;
-    let api_addr = listener.local_addr()?;
-    let api_state = api::ApiState::new(snapshot.clone(), ops_tx, "operator", &operator_token);
-    tokio::spawn(async move {
-        if let Err(e) = api::serve(listener, api_state).await {
-            tracing::error!(error = %e, "HTTP API stopped");
-        }
-    });
+    let (api_addr, ops_rx) =
+        crate::demo::start_api(args.api_port, snapshot.clone(), &operator_token).await?;
     eprintln!("twinguard: {desc}; data in {}", args.data_dir.display());
     eprintln!("twinguard: live twin at http://{api_addr}/#token={operator_token}");
 
