@@ -63,20 +63,31 @@ async fn setup_in(dir: tempfile::TempDir, allow_none: bool, port: u16) -> Setup 
     let plant = Arc::new(Plant::reference());
     let (tx, writes) = mpsc::unbounded_channel();
     let server_pki = dir.path().join("server-pki");
-    let server = PlantServer::start(
-        plant.clone(),
-        PlantServerConfig {
-            host: "127.0.0.1".into(),
-            port,
-            pki_dir: server_pki.clone(),
-            users: vec![("twinguard".into(), "s3cret-for-this-test".into())],
-            certificate_users: vec![("operator-cert".into(), dir.path().join("user-cert.der"))],
-            allow_none,
-        },
-        tx,
-    )
-    .await
-    .unwrap();
+    // A server restarted on the same port may find the old one still letting go of it.
+    let mut attempts = 0;
+    let server = loop {
+        match PlantServer::start(
+            plant.clone(),
+            PlantServerConfig {
+                host: "127.0.0.1".into(),
+                port,
+                pki_dir: server_pki.clone(),
+                users: vec![("twinguard".into(), "s3cret-for-this-test".into())],
+                certificate_users: vec![("operator-cert".into(), dir.path().join("user-cert.der"))],
+                allow_none,
+            },
+            tx.clone(),
+        )
+        .await
+        {
+            Ok(server) => break server,
+            Err(e) if e.contains("in use") && attempts < 100 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     Setup {
         client_pki: dir.path().join("client-pki"),
         server_pki,
