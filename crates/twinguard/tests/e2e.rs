@@ -1923,7 +1923,7 @@ fn run_against_asyncua(
 #[test]
 fn the_embedded_broker_confines_each_account_to_its_topics() {
     let dir = tempfile::tempdir().unwrap();
-    let run = Running::start(&["--speed", "600", "--hours", "0.5"], dir.path());
+    let run = Running::start(&["--speed", "150", "--hours", "0.5"], dir.path());
     let port = run.broker_port.expect("the demo names its broker port");
     let secrets: toml::Value = toml::from_str(
         &std::fs::read_to_string(dir.path().join("secrets").join("mqtt.toml")).unwrap(),
