@@ -40,6 +40,22 @@ pub struct Sent {
     pub approved_by: Vec<String>,
 }
 
+impl Sent {
+    /// What was sent for `approved`, on `topic` (or node), as message `seq`.
+    pub fn of(approved: &Approved, topic: String, seq: u64) -> Sent {
+        let c = approved.command();
+        Sent {
+            command_id: c.id.clone(),
+            topic,
+            seq,
+            asset: c.asset.clone(),
+            command: c.command.clone(),
+            origin: c.origin.clone(),
+            approved_by: c.approved_by.clone(),
+        }
+    }
+}
+
 pub trait CommandSink: Send {
     fn send(&mut self, approved: Approved, now_ms: i64) -> Result<Sent, ActuateError>;
 }
@@ -103,15 +119,7 @@ impl CommandSink for MqttSink {
                 topic: topic.clone(),
                 message,
             })?;
-        Ok(Sent {
-            command_id: c.id.clone(),
-            topic,
-            seq: self.seq,
-            asset: c.asset.clone(),
-            command: c.command.clone(),
-            origin: c.origin.clone(),
-            approved_by: c.approved_by.clone(),
-        })
+        Ok(Sent::of(&approved, topic, self.seq))
     }
 }
 
@@ -227,14 +235,6 @@ impl CommandSink for OpcUaSink {
         };
         result.map_err(|e| send_err(topic.clone(), e.to_string()))?;
         self.seq += 1;
-        Ok(Sent {
-            command_id: c.id.clone(),
-            topic,
-            seq: self.seq,
-            asset: c.asset.clone(),
-            command: c.command.clone(),
-            origin: c.origin.clone(),
-            approved_by: c.approved_by.clone(),
-        })
+        Ok(Sent::of(&approved, topic, self.seq))
     }
 }

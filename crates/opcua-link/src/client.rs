@@ -63,10 +63,6 @@ impl Policy {
         }
     }
 
-    pub fn names() -> &'static str {
-        "\"Basic256Sha256\", \"Aes128_Sha256_RsaOaep\", \"Aes256_Sha256_RsaPss\" or \"None\""
-    }
-
     pub(crate) fn stack(self) -> SecurityPolicy {
         match self {
             Policy::None => SecurityPolicy::None,

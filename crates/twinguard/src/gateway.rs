@@ -188,12 +188,7 @@ pub async fn run(
     stats: Arc<Mutex<PlantStats>>,
 ) -> Result<()> {
     let plant = cfg.plant.clone();
-    let mut sim =
-        Sim::new(&plant, cfg.seed, cfg.start_ms).context("cannot build the reference plant")?;
-    for f in &cfg.faults {
-        sim.add_fault(f.clone());
-    }
-    clock.set(sim.now_ms());
+    let mut sim = start_sim(&cfg, &clock)?;
     let endpoint = cfg
         .endpoint
         .as_ref()
@@ -401,6 +396,17 @@ pub async fn run(
     Ok(())
 }
 
+/// The simulated plant with its faults, and the shared clock set to its start.
+fn start_sim(cfg: &GatewayConfig, clock: &SimClock) -> Result<Sim> {
+    let mut sim =
+        Sim::new(&cfg.plant, cfg.seed, cfg.start_ms).context("cannot build the reference plant")?;
+    for f in &cfg.faults {
+        sim.add_fault(f.clone());
+    }
+    clock.set(sim.now_ms());
+    Ok(sim)
+}
+
 /// Lockstep: stay within `lead_ms` of what twinguard has processed, then keep to the
 /// configured speed.
 async fn keep_step(
@@ -452,13 +458,7 @@ pub async fn run_opcua(
     server: Arc<opcua_link::server::PlantServer>,
     mut writes: tokio::sync::mpsc::UnboundedReceiver<opcua_link::server::PlantWrite>,
 ) -> Result<()> {
-    let plant = cfg.plant.clone();
-    let mut sim =
-        Sim::new(&plant, cfg.seed, cfg.start_ms).context("cannot build the reference plant")?;
-    for f in &cfg.faults {
-        sim.add_fault(f.clone());
-    }
-    clock.set(sim.now_ms());
+    let mut sim = start_sim(&cfg, &clock)?;
     let level_idx = sim.signal_index("tank.level");
     let total_s = (cfg.hours * 3600.0).round() as u64;
     let started = Instant::now();

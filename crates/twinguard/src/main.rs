@@ -382,11 +382,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 seconds,
             }))?;
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report:#}");
-            }
+            print_report(&report, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch {
@@ -405,11 +401,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 quiet: json,
             }))?;
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report:#}");
-            }
+            print_report(&report, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::DefaultConfig => {
@@ -531,4 +523,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A report as one JSON object (`--json`) or pretty-printed for reading.
+fn print_report(report: &serde_json::Value, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{report:#}");
+    }
+    Ok(())
 }

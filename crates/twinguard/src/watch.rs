@@ -110,10 +110,6 @@ pub fn ua_node(n: twinguard_config::NodeSpec) -> opcua_link::NodeRef {
     }
 }
 
-fn wall_ms() -> i64 {
-    crate::demo::wall_clock_ms()
-}
-
 #[allow(
     clippy::indexing_slicing,
     reason = "serde_json::Value indexing yields Null, it never panics"
@@ -221,7 +217,7 @@ pub async fn run(args: WatchArgs) -> Result<Value> {
                         status: v.status,
                         t_ms: v.source_ms.or(v.server_ms),
                     }],
-                    wall_ms(),
+                    crate::demo::wall_clock_ms(),
                 );
                 for s in out.accepted {
                     last.insert(
