@@ -60,8 +60,12 @@ impl Publisher {
                 let (client, mut ev) = AsyncClient::new(endpoint.options(client_id), 64);
                 tokio::spawn(async move {
                     loop {
-                        if ev.poll().await.is_err() {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        match ev.poll().await {
+                            Ok(_) => {}
+                            // Every handle dropped: the loop ends instead of reconnecting
+                            // under a client id that someone else may now use.
+                            Err(rumqttc::ConnectionError::RequestsDone) => break,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                         }
                     }
                 });
@@ -72,8 +76,10 @@ impl Publisher {
                     rumqttc::v5::AsyncClient::new(endpoint.options_v5(client_id), 64);
                 tokio::spawn(async move {
                     loop {
-                        if ev.poll().await.is_err() {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        match ev.poll().await {
+                            Ok(_) => {}
+                            Err(rumqttc::v5::ConnectionError::RequestsDone) => break,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                         }
                     }
                 });

@@ -201,6 +201,7 @@ fn tank_frames(
     Ok((frames_buf, device))
 }
 
+/// Limits that let the bench's pre-dated frames through.
 fn bench_ingest_config() -> IngestConfig {
     IngestConfig {
         max_age_ms: i64::MAX / 4,
@@ -281,63 +282,33 @@ async fn mosquitto_section(bin: &std::path::Path, hours: f64) -> Result<Value> {
     );
     crate::broker::wait_ready(port).await?;
 
-    // mosquitto's own clients: N messages of the size of a 5-second pump frame.
-    let n = 50_000usize;
-    let payload = "x".repeat(900);
-    let own = match (which("mosquitto_pub"), which("mosquitto_sub")) {
-        (Some(pub_bin), Some(sub_bin)) => {
-            let mut sub = tokio::process::Command::new(sub_bin)
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-t",
-                    "bench",
-                    "-q",
-                    "1",
-                    "-C",
-                    &n.to_string(),
-                ])
-                .stdout(std::process::Stdio::null())
-                .spawn()?;
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            let t = Instant::now();
-            let mut publisher = tokio::process::Command::new(pub_bin)
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-t",
-                    "bench",
-                    "-q",
-                    "1",
-                    "-l",
-                ])
-                .stdin(std::process::Stdio::piped())
-                .spawn()?;
-            if let Some(mut stdin) = publisher.stdin.take() {
-                use tokio::io::AsyncWriteExt;
-                let mut lines = String::with_capacity(n * (payload.len() + 1));
-                for _ in 0..n {
-                    lines.push_str(&payload);
-                    lines.push('\n');
-                }
-                stdin.write_all(lines.as_bytes()).await?;
-            }
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(120), sub.wait()).await;
-            let secs = t.elapsed().as_secs_f64();
-            let _ = publisher.kill().await;
-            json!({ "messages": n, "bytes_each": payload.len(), "messages_per_s": rate(n as u64, secs) })
-        }
-        _ => json!("mosquitto-clients is not installed"),
-    };
-    eprintln!("bench: mosquitto_pub -> mosquitto_sub: {own}");
-
-    let n_ingest = 50_000usize;
-    let ingest = ingest_over_mqtt(port, n_ingest).await?;
-    eprintln!("bench: twinguard's MQTT ingest through mosquitto: {ingest:.0} frames/s");
+    // twinguard's ingest alone, by frame size and seal, each beside mosquitto's own
+    // clients relaying messages of the same size.
+    let mut ingest_rows = Vec::new();
+    for (per_frame, seal, n) in [
+        (15usize, "ed25519", 50_000usize),
+        (15, "hmac_sha256", 50_000),
+        (100, "ed25519", 20_000),
+        (100, "hmac_sha256", 20_000),
+    ] {
+        let (frames_per_s, bytes_each) = ingest_over_mqtt(port, n, per_frame, seal).await?;
+        let own = mosquitto_own(port, n, bytes_each).await?;
+        eprintln!(
+            "bench: {per_frame} samples/frame {seal} ({bytes_each} bytes) through mosquitto: \
+             twinguard ingest {frames_per_s:.0} frames/s, mosquitto's own clients {} msgs/s",
+            own.map_or("-".to_string(), |o| format!("{o:.0}"))
+        );
+        ingest_rows.push(json!({
+            "samples_per_frame": per_frame,
+            "seal": seal,
+            "frames": n,
+            "bytes_each": bytes_each,
+            "twinguard_frames_per_s": frames_per_s,
+            "twinguard_samples_per_s": frames_per_s * per_frame as f64,
+            "mosquitto_own_messages_per_s": own,
+            "share_of_mosquitto_own": own.map(|o| frames_per_s / o),
+        }));
+    }
 
     let data = dir.join("data");
     let (secs, frames, samples) =
@@ -345,8 +316,7 @@ async fn mosquitto_section(bin: &std::path::Path, hours: f64) -> Result<Value> {
     eprintln!("bench: {hours} simulated hours through mosquitto in {secs:.2} s");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(json!({
-        "own_clients": own,
-        "twinguard_ingest": { "frames": n_ingest, "samples_each": 15, "frames_per_s": ingest },
+        "ingest_beside_own_clients": ingest_rows,
         "twinguard_loop": {
             "wall_s": secs,
             "samples_per_s": rate(samples, secs),
@@ -355,13 +325,81 @@ async fn mosquitto_section(bin: &std::path::Path, hours: f64) -> Result<Value> {
     }))
 }
 
-/// twinguard's MQTT ingest alone: `n` signed 15-sample frames published as fast as a
+/// mosquitto's own rate on the broker at `port`: `n` messages of `size` bytes piped into
+/// `mosquitto_pub -l` and counted by `mosquitto_sub -C`, QoS 1. `None` without
+/// mosquitto-clients.
+async fn mosquitto_own(port: u16, n: usize, size: usize) -> Result<Option<f64>> {
+    let (Some(pub_bin), Some(sub_bin)) = (which("mosquitto_pub"), which("mosquitto_sub")) else {
+        return Ok(None);
+    };
+    let port = port.to_string();
+    let mut sub = tokio::process::Command::new(sub_bin)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "bench",
+            "-q",
+            "1",
+            "-C",
+        ])
+        .arg(n.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let payload = "x".repeat(size);
+    let t = Instant::now();
+    let mut publisher = tokio::process::Command::new(pub_bin)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "bench",
+            "-q",
+            "1",
+            "-l",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = publisher.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        let mut lines = String::with_capacity(n * (payload.len() + 1));
+        for _ in 0..n {
+            lines.push_str(&payload);
+            lines.push('\n');
+        }
+        stdin.write_all(lines.as_bytes()).await?;
+    }
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(120), sub.wait()).await;
+    let secs = t.elapsed().as_secs_f64();
+    let _ = publisher.kill().await;
+    if finished.is_err() {
+        let _ = sub.kill().await;
+        anyhow::bail!(
+            "bench: mosquitto_sub did not receive {n} messages of {size} bytes within 120 s"
+        );
+    }
+    Ok(Some(rate(n as u64, secs)))
+}
+
+/// twinguard's MQTT ingest alone: `n` signed frames of `per_frame` samples published as fast as a
 /// client can (QoS 1) through the broker at `port`, received by the same subscriber the
-/// core uses, verified in batches and applied to the twin. Returns frames per second.
-async fn ingest_over_mqtt(port: u16, n: usize) -> Result<f64> {
+/// core uses, verified in batches and applied to the twin. Returns frames per second and
+/// the mean frame size in bytes.
+async fn ingest_over_mqtt(
+    port: u16,
+    n: usize,
+    per_frame: usize,
+    seal: &str,
+) -> Result<(f64, usize)> {
     use ingest::mqtt::{BrokerEndpoint, MqttVersion, RawFrame};
     let plant = Arc::new(Plant::reference());
-    let (frames_buf, device) = tank_frames(&plant, n, 15, "ed25519")?;
+    let (frames_buf, device) = tank_frames(&plant, n, per_frame, seal)?;
+    let bytes_each = frames_buf.iter().map(|(_, b)| b.len()).sum::<usize>() / n.max(1);
     let endpoint = BrokerEndpoint {
         host: "127.0.0.1".into(),
         port,
@@ -375,7 +413,7 @@ async fn ingest_over_mqtt(port: u16, n: usize) -> Result<f64> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let sub = tokio::spawn(ingest::mqtt::run_subscriber(
         endpoint.clone(),
-        "bench-ingest".into(),
+        format!("bench-ingest-{per_frame}-{seal}"),
         vec![plant.telemetry_topic("tank")],
         tx,
         Some(ready_tx),
@@ -419,7 +457,8 @@ async fn ingest_over_mqtt(port: u16, n: usize) -> Result<f64> {
         })
     };
     let t = Instant::now();
-    let publisher = ingest::mqtt::Publisher::connect(&endpoint, "bench-device");
+    let publisher =
+        ingest::mqtt::Publisher::connect(&endpoint, &format!("bench-device-{per_frame}-{seal}"));
     for (topic, bytes) in frames_buf {
         loop {
             match publisher.try_publish(topic.clone(), bytes.clone()) {
@@ -437,7 +476,7 @@ async fn ingest_over_mqtt(port: u16, n: usize) -> Result<f64> {
     if frames != n {
         anyhow::bail!("bench: {frames} of {n} frames arrived");
     }
-    Ok(rate(n as u64, secs))
+    Ok((rate(n as u64, secs), bytes_each))
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
