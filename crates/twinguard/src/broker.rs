@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 use anyhow::{Context, Result};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
-use crate::mqtt_acl::{Perms, Refusals};
+use crate::mqtt_acl::{Accounts, Perms, Refusals};
 
 /// A free loopback port (bound and released).
 pub fn free_port() -> Result<u16> {
@@ -73,19 +73,39 @@ pub fn acl(plant: &plant_model::Plant, sparkplug_group: Option<&str>) -> HashMap
     acl
 }
 
-/// Starts the broker on its own threads on internal loopback ports, and the permission
-/// checking proxy in front of it on 127.0.0.1:`port` for MQTT 3.1.1 and 127.0.0.1:`port_v5`
-/// for MQTT 5. Returns the list of refusals (account: what), for the report.
+/// Starts the broker on its own threads on internal loopback ports, and the proxy that
+/// checks passwords and topic permissions in front of it on 127.0.0.1:`port` for MQTT
+/// 3.1.1 and 127.0.0.1:`port_v5` for MQTT 5. The broker itself accepts only the proxy's
+/// login, generated here for this run. Returns the list of refusals (account: what), for
+/// the report.
 pub fn start(
     port: u16,
     port_v5: u16,
     users: HashMap<String, String>,
     acl: HashMap<String, Perms>,
 ) -> Result<Refusals> {
-    let inner = free_port()?;
-    let inner_v5 = free_port()?;
+    start_on(port, port_v5, (free_port()?, free_port()?), users, acl)
+}
+
+/// [`start`] with the broker's internal ports given.
+fn start_on(
+    port: u16,
+    port_v5: u16,
+    (inner, inner_v5): (u16, u16),
+    users: HashMap<String, String>,
+    acl: HashMap<String, Perms>,
+) -> Result<Refusals> {
     let refusals = Refusals::default();
-    let acl = std::sync::Arc::new(acl);
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret)
+        .map_err(|e| anyhow::anyhow!("cannot generate the broker's internal password: {e}"))?;
+    let upstream_login = ("twinguard-proxy".to_string(), hex::encode(secret));
+    let internal_users = HashMap::from([upstream_login.clone()]);
+    let accounts = std::sync::Arc::new(Accounts {
+        passwords: users,
+        acl,
+        upstream_login,
+    });
     for (public, private, v5) in [(port, inner, false), (port_v5, inner_v5, true)] {
         let listener = std::net::TcpListener::bind(("127.0.0.1", public))
             .with_context(|| format!("cannot listen on 127.0.0.1:{public}"))?;
@@ -95,11 +115,11 @@ pub fn start(
             listener,
             ([127, 0, 0, 1], private).into(),
             v5,
-            acl.clone(),
+            accounts.clone(),
             refusals.clone(),
         ));
     }
-    start_rumqttd(inner, inner_v5, users)?;
+    start_rumqttd(inner, inner_v5, internal_users)?;
     Ok(refusals)
 }
 
@@ -167,4 +187,80 @@ pub async fn wait_ready(port: u16) -> Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     anyhow::bail!("the embedded MQTT broker did not start listening on 127.0.0.1:{port}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+    use std::time::Duration;
+
+    /// What the broker says to a v3.1.1 CONNECT on `port` as `user`.
+    async fn connect_v4(port: u16, user: &str, password: &str) -> String {
+        let mut o = rumqttc::MqttOptions::new(format!("probe-{user}-{port}"), "127.0.0.1", port);
+        o.set_credentials(user, password);
+        let (_client, mut ev) = rumqttc::AsyncClient::new(o, 4);
+        match tokio::time::timeout(Duration::from_secs(5), ev.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)))) => {
+                format!("{:?}", a.code)
+            }
+            Ok(Ok(other)) => format!("unexpected {other:?}"),
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(_) => "no answer".into(),
+        }
+    }
+
+    async fn connect_v5(port: u16, user: &str, password: &str) -> String {
+        let mut o =
+            rumqttc::v5::MqttOptions::new(format!("probe5-{user}-{port}"), "127.0.0.1", port);
+        o.set_credentials(user, password);
+        let (_client, mut ev) = rumqttc::v5::AsyncClient::new(o, 4);
+        match tokio::time::timeout(Duration::from_secs(5), ev.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(
+                a,
+            )))) => format!("{:?}", a.code),
+            Ok(Ok(other)) => format!("unexpected {other:?}"),
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(_) => "no answer".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_proxy_can_log_in_behind_it_and_it_checks_every_password() {
+        let plant = plant_model::Plant::reference();
+        let users = HashMap::from([("gw-tank".to_string(), "tank-secret-1".to_string())]);
+        let (port, port_v5) = (free_port().unwrap(), free_port().unwrap());
+        let (inner, inner_v5) = (free_port().unwrap(), free_port().unwrap());
+        let refusals =
+            start_on(port, port_v5, (inner, inner_v5), users, acl(&plant, None)).unwrap();
+        for p in [port, port_v5, inner, inner_v5] {
+            wait_ready(p).await.unwrap();
+        }
+        // Through the proxy, with the account's password, in either protocol version.
+        assert_eq!(
+            connect_v4(port, "gw-tank", "tank-secret-1").await,
+            "Success"
+        );
+        assert_eq!(
+            connect_v5(port_v5, "gw-tank", "tank-secret-1").await,
+            "Success"
+        );
+        // A wrong password, or an unknown account, is refused by the proxy.
+        let wrong = connect_v4(port, "gw-tank", "guess").await;
+        assert!(wrong.contains("BadUserNamePassword"), "{wrong}");
+        let wrong = connect_v5(port_v5, "nobody", "tank-secret-1").await;
+        assert!(wrong.contains("BadUserNamePassword"), "{wrong}");
+        // The broker's own ports do not know the device accounts: going around the proxy
+        // (and its topic checks) with a device's password fails.
+        let around = connect_v4(inner, "gw-tank", "tank-secret-1").await;
+        assert!(around.starts_with("error"), "{around}");
+        let around = connect_v5(inner_v5, "gw-tank", "tank-secret-1").await;
+        assert!(around.starts_with("error"), "{around}");
+        let r = refusals.lock().unwrap().clone();
+        assert!(
+            r.contains(&"gw-tank: wrong or missing password".to_string())
+                && r.contains(&"nobody: wrong or missing password".to_string()),
+            "{r:?}"
+        );
+    }
 }

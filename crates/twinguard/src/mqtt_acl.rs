@@ -1,7 +1,11 @@
-//! Per-account topic permissions for the embedded broker. rumqttd checks passwords but has
-//! no topic ACLs, so clients reach it through this proxy: it reads each connection's
-//! CONNECT to learn the account, then checks every PUBLISH topic and SUBSCRIBE filter the
-//! client sends against that account's permissions, and forwards the packet unchanged.
+//! Accounts and per-account topic permissions for the embedded broker. rumqttd has no topic
+//! ACLs, so clients reach it only through this proxy: it reads each connection's CONNECT,
+//! checks the account's password itself (a wrong or missing one gets CONNACK "bad user name
+//! or password"), and forwards the CONNECT with the proxy's own credentials, which are
+//! generated per run and are the only ones rumqttd accepts: a client that finds rumqttd's
+//! internal port cannot log in there with a device's password. It then checks every PUBLISH
+//! topic and SUBSCRIBE filter the client sends against the account's permissions, and
+//! forwards the packet unchanged.
 //! A client that publishes or subscribes outside its permissions is disconnected (as
 //! mosquitto does for MQTT 3.1.1 clients it cannot otherwise tell) and the refusal is
 //! counted and logged. Packets are parsed with bounded sizes; anything malformed closes
@@ -45,24 +49,51 @@ impl Perms {
 /// Refusals, for the report: "account: what".
 pub type Refusals = Arc<Mutex<Vec<String>>>;
 
+/// What the proxy enforces: each account's password and permissions, and the login it
+/// presents to the broker behind it.
+pub struct Accounts {
+    pub passwords: HashMap<String, String>,
+    pub acl: HashMap<String, Perms>,
+    /// The proxy's own user name and password at the broker.
+    pub upstream_login: (String, String),
+}
+
+impl Accounts {
+    /// Whether `password` is the account's (compared in constant time).
+    fn password_ok(&self, account: &str, password: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.passwords
+            .get(account)
+            .is_some_and(|p| bool::from(p.as_bytes().ct_eq(password.as_bytes())))
+    }
+}
+
 /// Serves the proxy on `listener`, forwarding to the broker at `upstream`.
 pub async fn serve(
     listener: TcpListener,
     upstream: SocketAddr,
     v5: bool,
-    acl: Arc<HashMap<String, Perms>>,
+    accounts: Arc<Accounts>,
     refusals: Refusals,
 ) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
-        let (acl, refusals) = (acl.clone(), refusals.clone());
+        let (accounts, refusals) = (accounts.clone(), refusals.clone());
         tokio::spawn(async move {
-            if let Err(e) = relay(client, upstream, v5, &acl, &refusals).await {
+            if let Err(e) = relay(client, upstream, v5, &accounts, &refusals).await {
                 tracing::debug!(error = %e, "MQTT ACL proxy connection ended");
             }
         });
+    }
+}
+
+fn record(refusals: &Refusals, account: &str, what: &str) {
+    if let Ok(mut r) = refusals.lock()
+        && r.len() < 1000
+    {
+        r.push(format!("{account}: {what}"));
     }
 }
 
@@ -93,7 +124,7 @@ async fn relay(
     client: TcpStream,
     upstream: SocketAddr,
     v5: bool,
-    acl: &HashMap<String, Perms>,
+    accounts: &Accounts,
     refusals: &Refusals,
 ) -> std::io::Result<()> {
     let (mut cr, mut cw) = client.into_split();
@@ -107,8 +138,32 @@ async fn relay(
             "the first packet is not CONNECT",
         ));
     }
-    let account = connect_username(&connect, v5).unwrap_or_default();
-    let perms = acl.get(&account).cloned().unwrap_or_default();
+    let Some((account, password)) = connect_login(&connect, v5) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "malformed CONNECT",
+        ));
+    };
+    if !accounts.password_ok(&account, &password) {
+        tracing::warn!(account = %account, "MQTT client with a wrong or missing password: refused");
+        record(refusals, &account, "wrong or missing password");
+        // CONNACK "bad user name or password" (3.1.1 code 4, MQTT 5 reason 0x86).
+        let connack: &[u8] = if v5 {
+            &[0x20, 0x03, 0x00, 0x86, 0x00]
+        } else {
+            &[0x20, 0x02, 0x00, 0x04]
+        };
+        cw.write_all(connack).await?;
+        let _ = cw.shutdown().await;
+        return Ok(());
+    }
+    let Some(connect) = with_login(&connect, v5, &accounts.upstream_login) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "CONNECT cannot be re-encoded",
+        ));
+    };
+    let perms = accounts.acl.get(&account).cloned().unwrap_or_default();
     let server = TcpStream::connect(upstream).await?;
     let (mut sr, mut sw) = server.into_split();
     sw.write_all(&connect).await?;
@@ -118,11 +173,7 @@ async fn relay(
     });
     let refuse = |what: String| {
         tracing::warn!(account = %account, %what, "MQTT client outside its topic permissions: disconnected");
-        if let Ok(mut r) = refusals.lock()
-            && r.len() < 1000
-        {
-            r.push(format!("{account}: {what}"));
-        }
+        record(refusals, &account, &what);
     };
     while let Some(packet) = read_packet(&mut cr, &mut buf).await? {
         match packet.first().map(|b| b >> 4) {
@@ -190,12 +241,6 @@ fn string(b: &[u8], at: &mut usize) -> Option<String> {
     String::from_utf8(s.to_vec()).ok()
 }
 
-fn skip_binary(b: &[u8], at: &mut usize) -> Option<()> {
-    let len = usize::from(u16::from_be_bytes([*b.get(*at)?, *b.get(*at + 1)?]));
-    *at += 2 + len;
-    (*at <= b.len()).then_some(())
-}
-
 fn skip_properties(b: &[u8], at: &mut usize) -> Option<()> {
     let (len, n) = varint(b, *at).ok()??;
     *at += n + len;
@@ -226,28 +271,59 @@ fn subscribe_filters(b: &[u8], v5: bool) -> Option<Vec<String>> {
     (!filters.is_empty()).then_some(filters)
 }
 
-fn connect_username(b: &[u8], v5: bool) -> Option<String> {
-    let mut at = body_start(b)?;
-    string(b, &mut at)?; // protocol name
-    at += 1; // level
-    let flags = *b.get(at)?;
-    at += 1 + 2; // flags, keep alive
+/// The user name and password of a CONNECT (empty strings when absent), parsed by the
+/// MQTT client library's own decoder.
+fn connect_login(b: &[u8], v5: bool) -> Option<(String, String)> {
+    let mut buf = bytes::BytesMut::from(b);
     if v5 {
-        skip_properties(b, &mut at)?;
-    }
-    string(b, &mut at)?; // client id
-    if flags & 0x04 != 0 {
-        if v5 {
-            skip_properties(b, &mut at)?;
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        match Packet::read(&mut buf, Some(MAX_PACKET as u32)).ok()? {
+            Packet::Connect(_, _, login) => {
+                Some(login.map_or_else(Default::default, |l| (l.username, l.password)))
+            }
+            _ => None,
         }
-        string(b, &mut at)?; // will topic
-        skip_binary(b, &mut at)?; // will payload
-    }
-    if flags & 0x80 != 0 {
-        string(b, &mut at)
     } else {
-        None
+        use rumqttc::mqttbytes::v4::Packet;
+        match Packet::read(&mut buf, MAX_PACKET).ok()? {
+            Packet::Connect(c) => Some(
+                c.login
+                    .map_or_else(Default::default, |l| (l.username, l.password)),
+            ),
+            _ => None,
+        }
     }
+}
+
+/// The same CONNECT with `login` in place of the client's user name and password.
+fn with_login(b: &[u8], v5: bool, login: &(String, String)) -> Option<Vec<u8>> {
+    let mut buf = bytes::BytesMut::from(b);
+    let mut out = bytes::BytesMut::new();
+    if v5 {
+        use rumqttc::v5::mqttbytes::v5::{Login, Packet};
+        match Packet::read(&mut buf, Some(MAX_PACKET as u32)).ok()? {
+            Packet::Connect(c, will, _) => {
+                let login = Login {
+                    username: login.0.clone(),
+                    password: login.1.clone(),
+                };
+                Packet::Connect(c, will, Some(login))
+                    .write(&mut out, None)
+                    .ok()?;
+            }
+            _ => return None,
+        }
+    } else {
+        use rumqttc::mqttbytes::v4::{Login, Packet};
+        match Packet::read(&mut buf, MAX_PACKET).ok()? {
+            Packet::Connect(mut c) => {
+                c.login = Some(Login::new(login.0.clone(), login.1.clone()));
+                c.write(&mut out).ok()?;
+            }
+            _ => return None,
+        }
+    }
+    Some(out.to_vec())
 }
 
 #[cfg(test)]
@@ -264,7 +340,15 @@ mod tests {
         c.set_login("gw-tank", "secret");
         c.write(&mut b).unwrap();
         assert_eq!(frame_len(&b).unwrap(), Some(b.len()));
-        assert_eq!(connect_username(&b, false).as_deref(), Some("gw-tank"));
+        assert_eq!(
+            connect_login(&b, false),
+            Some(("gw-tank".to_string(), "secret".to_string()))
+        );
+        let rewritten = with_login(&b, false, &("proxy".into(), "internal".into())).unwrap();
+        assert_eq!(
+            connect_login(&rewritten, false),
+            Some(("proxy".to_string(), "internal".to_string()))
+        );
         let mut b = BytesMut::new();
         let mut publish = v4::Publish::new(
             "twinguard/line1/tank/telemetry",
@@ -308,7 +392,24 @@ mod tests {
             &mut b,
         )
         .unwrap();
-        assert_eq!(connect_username(&b, true).as_deref(), Some("twinguard"));
+        assert_eq!(
+            connect_login(&b, true),
+            Some(("twinguard".to_string(), "p".to_string()))
+        );
+        let rewritten = with_login(&b, true, &("proxy".into(), "internal".into())).unwrap();
+        assert_eq!(
+            connect_login(&rewritten, true),
+            Some(("proxy".to_string(), "internal".to_string()))
+        );
+        // The rest of the CONNECT (here the session expiry) is kept.
+        let mut r = bytes::BytesMut::from(rewritten.as_slice());
+        match m5::Packet::read(&mut r, None).unwrap() {
+            m5::Packet::Connect(c, _, _) => {
+                assert_eq!(c.client_id, "x");
+                assert_eq!(c.properties.unwrap().session_expiry_interval, Some(10));
+            }
+            other => panic!("not a CONNECT: {other:?}"),
+        }
         let mut b = BytesMut::new();
         let mut sub = m5::Subscribe::new(
             m5::Filter::new(
