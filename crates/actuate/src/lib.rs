@@ -132,28 +132,108 @@ pub struct OpcUaTargets {
     pub calls: std::collections::BTreeMap<String, (opcua_link::NodeRef, opcua_link::NodeRef)>,
 }
 
+/// One OPC UA server twinguard acts on: the session and where each command goes on it.
+pub struct OpcUaLink {
+    /// The source's id, to name the server in records and errors.
+    pub source: String,
+    pub conn: opcua_link::Connection,
+    pub targets: OpcUaTargets,
+}
+
 /// Sends approved commands as OPC UA Write (setpoints) and Call (line stop, start,
-/// maintenance) over the source's authenticated session. The server authenticates
-/// twinguard by its application certificate and user identity; it sees no `TGC1` envelope.
+/// maintenance) over the sources' authenticated sessions. The servers authenticate
+/// twinguard by its application certificate and user identity; they see no `TGC1`
+/// envelope. A setpoint is written on the server configured for it; a line stop, start or
+/// maintenance goes to every server configured for it (a stop without a stop method writes
+/// that server's setpoints' safe values).
 pub struct OpcUaSink {
-    conn: opcua_link::Connection,
-    targets: OpcUaTargets,
+    links: Vec<OpcUaLink>,
     /// Setpoint → safe value, for a line stop without a stop method.
     safe: std::collections::BTreeMap<String, f64>,
     seq: u64,
 }
 
+/// What one server is asked to do for a command.
+#[derive(Debug, PartialEq)]
+enum UaAction {
+    Write(Vec<(opcua_link::NodeRef, f64)>),
+    Call(opcua_link::NodeRef, opcua_link::NodeRef),
+}
+
 impl OpcUaSink {
-    /// A line stop calls the configured `stop_line` method; without one it writes every
-    /// configured setpoint's safe value from the plant file.
-    pub fn new(conn: opcua_link::Connection, targets: OpcUaTargets, plant: &Plant) -> OpcUaSink {
+    pub fn new(links: Vec<OpcUaLink>, plant: &Plant) -> OpcUaSink {
         OpcUaSink {
-            conn,
-            targets,
+            links,
             safe: plant.safe_state(),
             seq: 0,
         }
     }
+}
+
+/// Which server (by index in `targets`) does what for `command`; an error (what, why)
+/// names what is not configured.
+fn plan(
+    targets: &[&OpcUaTargets],
+    safe: &std::collections::BTreeMap<String, f64>,
+    command: &PlantCommand,
+) -> Result<Vec<(usize, UaAction)>, (String, String)> {
+    let plan: Vec<(usize, UaAction)> = match command {
+        PlantCommand::SetSetpoint { setpoint, value } => targets
+            .iter()
+            .enumerate()
+            .find_map(|(i, t)| {
+                let node = t.setpoints.get(setpoint)?;
+                Some((i, UaAction::Write(vec![(node.clone(), *value)])))
+            })
+            .into_iter()
+            .collect(),
+        PlantCommand::StopLine => targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t.calls.get("stop_line") {
+                Some((object, method)) => Some((i, UaAction::Call(object.clone(), method.clone()))),
+                None => {
+                    let writes: Vec<(opcua_link::NodeRef, f64)> = t
+                        .setpoints
+                        .iter()
+                        .filter_map(|(sp, node)| safe.get(sp).map(|v| (node.clone(), *v)))
+                        .collect();
+                    (!writes.is_empty()).then_some((i, UaAction::Write(writes)))
+                }
+            })
+            .collect(),
+        other => {
+            let name = command_name(other);
+            targets
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| {
+                    let (object, method) = t.calls.get(name)?;
+                    Some((i, UaAction::Call(object.clone(), method.clone())))
+                })
+                .collect()
+        }
+    };
+    if plan.is_empty() {
+        return Err(match command {
+            PlantCommand::SetSetpoint { setpoint, .. } => (
+                setpoint.clone(),
+                format!("no OPC UA node is configured for setpoint {setpoint}"),
+            ),
+            PlantCommand::StopLine => (
+                "stop_line".into(),
+                "no stop_line method and no setpoint nodes are configured".into(),
+            ),
+            other => {
+                let name = command_name(other);
+                (
+                    name.into(),
+                    format!("no OPC UA method is configured for {name}"),
+                )
+            }
+        });
+    }
+    Ok(plan)
 }
 
 fn command_name(c: &PlantCommand) -> &'static str {
@@ -173,8 +253,10 @@ impl CommandSink for OpcUaSink {
             topic,
             message,
         };
-        // The core is synchronous; the session is async. Block this worker only (the
-        // runtime keeps the session's event loop on the others).
+        let targets: Vec<&OpcUaTargets> = self.links.iter().map(|l| &l.targets).collect();
+        let plan = plan(&targets, &self.safe, &c.command).map_err(|(t, m)| send_err(t, m))?;
+        // The core is synchronous; the sessions are async. Block this worker only (the
+        // runtime keeps the sessions' event loops on the others).
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|e| send_err("opcua".into(), e.to_string()))?;
         if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
@@ -183,58 +265,121 @@ impl CommandSink for OpcUaSink {
                 "OPC UA actuation needs the multi-threaded runtime".into(),
             ));
         }
-        let (topic, result) = match &c.command {
-            PlantCommand::SetSetpoint { setpoint, value } => {
-                let node = self.targets.setpoints.get(setpoint).ok_or_else(|| {
-                    send_err(
-                        setpoint.clone(),
-                        format!("no OPC UA node is configured for setpoint {setpoint}"),
-                    )
-                })?;
-                let conn = &mut self.conn;
-                let r = tokio::task::block_in_place(|| handle.block_on(conn.write(node, *value)));
-                (node.to_string(), r)
-            }
-            PlantCommand::StopLine if !self.targets.calls.contains_key("stop_line") => {
-                let writes: Vec<(opcua_link::NodeRef, f64)> = self
-                    .targets
-                    .setpoints
-                    .iter()
-                    .filter_map(|(sp, node)| self.safe.get(sp).map(|v| (node.clone(), *v)))
-                    .collect();
-                if writes.is_empty() {
-                    return Err(send_err(
-                        "stop_line".into(),
-                        "no stop_line method and no setpoint nodes are configured".into(),
-                    ));
+        let several = self.links.len() > 1;
+        let mut asked = Vec::new();
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        // Every server in the plan is asked, even after one fails: a line stop must reach
+        // all the servers it can.
+        for (i, action) in plan {
+            let Some(link) = self.links.get_mut(i) else {
+                continue;
+            };
+            let conn = &mut link.conn;
+            let (what, result) = match action {
+                UaAction::Write(writes) => {
+                    let what = if writes.len() == 1 {
+                        writes
+                            .first()
+                            .map(|(n, _)| n.to_string())
+                            .unwrap_or_default()
+                    } else {
+                        "safe state".to_string()
+                    };
+                    let r = tokio::task::block_in_place(|| {
+                        handle.block_on(async {
+                            for (node, v) in &writes {
+                                conn.write(node, *v).await?;
+                            }
+                            Ok::<(), opcua_link::UaError>(())
+                        })
+                    });
+                    (what, r)
                 }
-                let conn = &mut self.conn;
-                let r = tokio::task::block_in_place(|| {
-                    handle.block_on(async {
-                        for (node, v) in &writes {
-                            conn.write(node, *v).await?;
-                        }
-                        Ok::<(), opcua_link::UaError>(())
-                    })
-                });
-                ("safe state".to_string(), r)
+                UaAction::Call(object, method) => {
+                    let r = tokio::task::block_in_place(|| {
+                        handle.block_on(conn.call(&object, &method, &[]))
+                    });
+                    (method.to_string(), r)
+                }
+            };
+            let what = if several {
+                format!("{}: {what}", link.source)
+            } else {
+                what
+            };
+            asked.push(what.clone());
+            match result {
+                Ok(()) => done.push(what),
+                Err(e) => failed.push(format!("{what}: {e}")),
             }
-            other => {
-                let name = command_name(other);
-                let (object, method) = self.targets.calls.get(name).ok_or_else(|| {
-                    send_err(
-                        name.into(),
-                        format!("no OPC UA method is configured for {name}"),
-                    )
-                })?;
-                let conn = &mut self.conn;
-                let r =
-                    tokio::task::block_in_place(|| handle.block_on(conn.call(object, method, &[])));
-                (method.to_string(), r)
-            }
-        };
-        result.map_err(|e| send_err(topic.clone(), e.to_string()))?;
+        }
+        if !failed.is_empty() {
+            let message = if done.is_empty() {
+                failed.join("; ")
+            } else {
+                format!("{} (done: {})", failed.join("; "), done.join(", "))
+            };
+            return Err(send_err(asked.join(", "), message));
+        }
         self.seq += 1;
-        Ok(Sent::of(&approved, topic, self.seq))
+        Ok(Sent::of(&approved, done.join(", "), self.seq))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+    use opcua_link::NodeRef;
+
+    fn id(s: &str) -> NodeRef {
+        NodeRef::Id(s.into())
+    }
+
+    #[test]
+    fn commands_go_to_the_servers_configured_for_them() {
+        // The filler PLC has a stop method; the pump PLC only its setpoint.
+        let mut filler = OpcUaTargets::default();
+        filler.calls.insert(
+            "stop_line".into(),
+            (id("ns=2;s=line1"), id("ns=2;s=line1.StopLine")),
+        );
+        let mut pumps = OpcUaTargets::default();
+        pumps
+            .setpoints
+            .insert("pump.speed_sp".into(), id("ns=3;s=sp"));
+        let safe = std::collections::BTreeMap::from([("pump.speed_sp".to_string(), 0.0)]);
+        let targets = [&filler, &pumps];
+
+        let set = PlantCommand::SetSetpoint {
+            setpoint: "pump.speed_sp".into(),
+            value: 1500.0,
+        };
+        assert_eq!(
+            plan(&targets, &safe, &set).unwrap(),
+            vec![(1, UaAction::Write(vec![(id("ns=3;s=sp"), 1500.0)]))]
+        );
+        // A stop: the method where there is one, the safe values where there is none.
+        assert_eq!(
+            plan(&targets, &safe, &PlantCommand::StopLine).unwrap(),
+            vec![
+                (
+                    0,
+                    UaAction::Call(id("ns=2;s=line1"), id("ns=2;s=line1.StopLine"))
+                ),
+                (1, UaAction::Write(vec![(id("ns=3;s=sp"), 0.0)])),
+            ]
+        );
+        // Nothing configured: an error that says so.
+        let (what, why) = plan(&targets, &safe, &PlantCommand::Maintenance).unwrap_err();
+        assert_eq!(what, "maintenance");
+        assert!(why.contains("no OPC UA method"), "{why}");
+        let other = PlantCommand::SetSetpoint {
+            setpoint: "tank.level_sp".into(),
+            value: 1.0,
+        };
+        let (what, _) = plan(&targets, &safe, &other).unwrap_err();
+        assert_eq!(what, "tank.level_sp");
     }
 }

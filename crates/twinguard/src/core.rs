@@ -38,8 +38,9 @@ const PLOT_POINTS: usize = 120;
 pub struct Core {
     pub plant: Arc<Plant>,
     pub verifier: Verifier,
-    /// The source frames arrive through (one MQTT source in the demo).
-    pub source: Arc<SourceInfo>,
+    /// The sources values arrive through: the demo's one MQTT or OPC UA source, or the OPC
+    /// UA sources of `run`. MQTT frames come through the first.
+    pub(crate) sources: Vec<SourceState>,
     /// Values below this trust may be shown but never drive actuation (`min_trust`).
     pub min_trust: ingest::Trust,
     pub twin: Twin,
@@ -63,11 +64,50 @@ pub struct Core {
     pub(crate) detections_by_kind: BTreeMap<String, u64>,
     /// Rejected frames recorded without their bytes because the quarantine was full.
     pub(crate) quarantine_full: u64,
-    /// Connection losses and restorations of a session-based source (OPC UA).
-    pub(crate) source_events: SourceEvents,
     /// The source carries Sparkplug B payloads: the host's view of its edge nodes, and
     /// the client that publishes rebirth requests.
     pub sparkplug: Option<SparkplugIn>,
+}
+
+/// What a core is built from; the rest of its state starts empty.
+pub struct CoreParts {
+    pub plant: Arc<Plant>,
+    pub verifier: Verifier,
+    pub sources: Vec<SourceState>,
+    pub min_trust: ingest::Trust,
+    pub guard: Guard,
+    pub maintenance_key: ed25519_dalek::SigningKey,
+    pub optimiser_key: ed25519_dalek::SigningKey,
+    pub sink: Box<dyn CommandSink>,
+    pub audit: Box<dyn AuditStore>,
+    pub audit_public: VerifyingKey,
+    pub clock: SimClock,
+    pub snapshot: Arc<RwLock<Snapshot>>,
+    pub progress: watch::Sender<Progress>,
+    pub token_leak: Option<Arc<std::sync::Mutex<Option<String>>>>,
+    pub sparkplug: Option<SparkplugIn>,
+}
+
+/// A source the core reads, and its connection history.
+pub struct SourceState {
+    pub info: Arc<SourceInfo>,
+    /// The signals it delivers: a lost connection is a gap in these.
+    pub signals: Vec<String>,
+    pub events: SourceEvents,
+}
+
+impl SourceState {
+    /// A connected source delivering `signals`.
+    pub fn new(info: Arc<SourceInfo>, signals: Vec<String>) -> SourceState {
+        SourceState {
+            info,
+            signals,
+            events: SourceEvents {
+                connected: true,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 pub struct SparkplugIn {
@@ -89,13 +129,73 @@ fn random_token() -> String {
 }
 
 impl Core {
+    /// A core reading `parts.sources` (at least one).
+    pub fn new(parts: CoreParts) -> anyhow::Result<Core> {
+        if parts.sources.is_empty() {
+            anyhow::bail!("the core needs at least one source");
+        }
+        let CoreParts {
+            plant,
+            verifier,
+            sources,
+            min_trust,
+            guard,
+            maintenance_key,
+            optimiser_key,
+            sink,
+            audit,
+            audit_public,
+            clock,
+            snapshot,
+            progress,
+            token_leak,
+            sparkplug,
+        } = parts;
+        Ok(Core {
+            twin: Twin::new(
+                plant.clone(),
+                twin::DEFAULT_HISTORY,
+                twin::CusumConfig::default(),
+            ),
+            detectors: Detectors::new(plant.clone()),
+            maintenance: Maintenance::new(agents::Identity::new("maintenance", maintenance_key)),
+            optimiser: Optimiser::new(agents::Identity::new("optimiser", optimiser_key)),
+            plant,
+            verifier,
+            sources,
+            min_trust,
+            guard,
+            sink,
+            audit,
+            audit_public,
+            clock,
+            snapshot,
+            progress,
+            token_leak,
+            next_agent_ms: None,
+            recent: VecDeque::new(),
+            commands: VecDeque::new(),
+            audit_failure: None,
+            last_snapshot: None,
+            detections_by_kind: BTreeMap::new(),
+            quarantine_full: 0,
+            sparkplug,
+        })
+    }
+
+    /// The source MQTT frames arrive through (the first).
+    fn frame_source(&self) -> Option<Arc<SourceInfo>> {
+        self.sources.first().map(|s| s.info.clone())
+    }
+
     /// Runs until `stop` fires, then returns itself for the final report.
     /// Frames come from MQTT on `frames_rx`, values and connection events from OPC UA on
-    /// `ua_rx`; the loop ends at `stop` or when every input has closed.
+    /// `ua_rx` (tagged with the index of their source in `sources`); the loop ends at
+    /// `stop` or when every input has closed.
     pub async fn run(
         mut self,
         mut frames_rx: mpsc::Receiver<RawFrame>,
-        mut ua_rx: mpsc::Receiver<UaEvent>,
+        mut ua_rx: mpsc::Receiver<(usize, UaEvent)>,
         mut ops_rx: mpsc::Receiver<Op>,
         stop: oneshot::Receiver<()>,
     ) -> Core {
@@ -169,7 +269,10 @@ impl Core {
         let now = self.clock.now_ms();
         let pairs: Vec<(String, Vec<u8>)> =
             frames.into_iter().map(|f| (f.topic, f.payload)).collect();
-        let outcomes = self.verifier.check_batch(&self.source, &pairs, now);
+        let Some(source) = self.frame_source() else {
+            return;
+        };
+        let outcomes = self.verifier.check_batch(&source, &pairs, now);
         for ((topic, payload), out) in pairs.into_iter().zip(outcomes) {
             self.apply_outcome(RawFrame { topic, payload }, out, now);
         }
@@ -260,19 +363,28 @@ impl Core {
             }
         }
         self.verifier.record_rejected(&rejected);
-        let mut outcome = self.verifier.check_values(&self.source, values, now);
+        let Some(source) = self.frame_source() else {
+            return;
+        };
+        let mut outcome = self.verifier.check_values(&source, values, now);
         outcome.rejected.extend(rejected);
         self.apply_outcome(f, outcome, now);
     }
 
     /// OPC UA data changes become checked samples; a lost connection is audited and shown
-    /// as a gap in the source, not papered over.
-    pub fn handle_ua(&mut self, events: Vec<UaEvent>) {
+    /// as a gap in the signals of its source, not papered over.
+    pub fn handle_ua(&mut self, events: Vec<(usize, UaEvent)>) {
         let now = self.clock.now_ms();
-        let mut values = Vec::new();
-        for e in events {
+        let mut values: BTreeMap<usize, Vec<ingest::ChannelValue>> = BTreeMap::new();
+        let mut connection_event = false;
+        for (i, e) in events {
+            let Some(source) = self.sources.get_mut(i) else {
+                tracing::warn!(index = i, "OPC UA event from an unknown source: ignored");
+                continue;
+            };
+            let id = source.info.id.clone();
             match e {
-                UaEvent::Value(v) => values.push(ingest::ChannelValue {
+                UaEvent::Value(v) => values.entry(i).or_default().push(ingest::ChannelValue {
                     signal: v.signal,
                     channel: v.node,
                     unit: v.unit,
@@ -282,53 +394,57 @@ impl Core {
                     t_ms: v.source_ms.or(v.server_ms),
                 }),
                 UaEvent::Lost { reason } => {
-                    self.source_events.lost += 1;
-                    self.source_events.connected = false;
-                    tracing::warn!(source = %self.source.id, %reason, "OPC UA connection lost; data gap until it is restored");
+                    connection_event = true;
+                    source.events.lost += 1;
+                    source.events.connected = false;
+                    let signals = source.signals.clone();
+                    tracing::warn!(source = %id, %reason, "OPC UA connection lost; data gap until it is restored");
                     self.audit(vec![Entry::new(
                         now,
                         "source_lost",
-                        json!({ "source": self.source.id, "reason": reason }),
+                        json!({ "source": id, "reason": reason }),
                     )]);
-                    let signals = self.plant.signals.iter().map(|s| s.id.clone()).collect();
-                    let events = self
-                        .detectors
-                        .source_lost(&self.source.id, signals, now, &reason);
+                    let events = self.detectors.source_lost(&id, signals, now, &reason);
                     self.record_detections(events);
                 }
                 UaEvent::Restored { new_session } => {
-                    self.source_events.restored += 1;
-                    self.source_events.connected = true;
+                    connection_event = true;
+                    source.events.restored += 1;
+                    source.events.connected = true;
                     self.audit(vec![Entry::new(
                         now,
                         "source_restored",
-                        json!({ "source": self.source.id, "new_session": new_session }),
+                        json!({ "source": id, "new_session": new_session }),
                     )]);
-                    let events = self.detectors.source_restored(&self.source.id, now);
+                    let events = self.detectors.source_restored(&id, now);
                     self.record_detections(events);
                 }
             }
         }
-        if values.is_empty() {
+        if values.is_empty() && connection_event {
             // A connection event may be the last thing for a while: show it now.
             self.publish_snapshot(true);
-            return;
         }
-        let out = self.verifier.check_values(&self.source, values, now);
-        let rejected: Vec<Value> = out
-            .rejected
-            .iter()
-            .map(|r| json!({ "signal": r.signal, "reason": r.reason, "detail": r.detail }))
-            .collect();
-        let raw = RawFrame {
-            topic: format!("opcua:{}", self.source.id),
-            payload: if rejected.is_empty() {
-                Vec::new()
-            } else {
-                serde_json::to_vec(&rejected).unwrap_or_default()
-            },
-        };
-        self.apply_outcome(raw, out, now);
+        for (i, values) in values {
+            let Some(source) = self.sources.get(i).map(|s| s.info.clone()) else {
+                continue;
+            };
+            let out = self.verifier.check_values(&source, values, now);
+            let rejected: Vec<Value> = out
+                .rejected
+                .iter()
+                .map(|r| json!({ "signal": r.signal, "reason": r.reason, "detail": r.detail }))
+                .collect();
+            let raw = RawFrame {
+                topic: format!("opcua:{}", source.id),
+                payload: if rejected.is_empty() {
+                    Vec::new()
+                } else {
+                    serde_json::to_vec(&rejected).unwrap_or_default()
+                },
+            };
+            self.apply_outcome(raw, out, now);
+        }
     }
 
     fn apply_outcome(&mut self, f: RawFrame, out: ingest::Outcome, now: i64) {
@@ -634,7 +750,15 @@ impl Core {
         json!({
             "samples": { "accepted": c.samples_accepted, "rejected": c.samples_rejected },
             "frames": { "accepted": c.frames_accepted, "rejected": c.frames_rejected },
-            "source": { "id": self.source.id, "protocol": self.source.protocol, "security": self.source.security, "peer_certificate": self.source.peer_certificate, "events": self.source_events, "sparkplug_rebirths": self.sparkplug.as_ref().map(|s| s.rebirths) },
+            "sources": self.sources.iter().enumerate().map(|(i, s)| json!({
+                "id": s.info.id,
+                "protocol": s.info.protocol,
+                "security": s.info.security,
+                "peer_certificate": s.info.peer_certificate,
+                "zone": s.info.zone,
+                "events": s.events,
+                "sparkplug_rebirths": if i == 0 { self.sparkplug.as_ref().map(|s| s.rebirths) } else { None },
+            })).collect::<Vec<_>>(),
             "detections": self.detections_by_kind,
             "proposals": { "executed": g.executed, "pending": g.pending, "denied": g.denied },
             "actions_executed_by_agent": g.executed_by_agent,

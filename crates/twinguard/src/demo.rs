@@ -1,6 +1,6 @@
 //! `twinguard demo`: the whole loop on embedded defaults, over the real MQTT path.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -14,10 +14,9 @@ use plant_model::Plant;
 use plant_sim::Fault;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
-use twin::{CusumConfig, DEFAULT_HISTORY, Twin};
 
 use crate::attack::{self, Attack, AttackReport};
-use crate::core::Core;
+use crate::core::{Core, CoreParts, SourceState};
 use crate::datadir::DataDir;
 use crate::gateway::{self, GatewayConfig, LevelRamp, PlantStats, SimClock, lock};
 use twinguard_config::{Broker, Config};
@@ -184,19 +183,15 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         Some((g, s)) => (Some(g), Some(s)),
         None => (None, None),
     };
-    let mut core = Core {
+    let signals = plant.signals.iter().map(|s| s.id.clone()).collect();
+    let mut core = Core::new(CoreParts {
         plant: plant.clone(),
         verifier,
-        source,
+        sources: vec![SourceState::new(source, signals)],
         min_trust: config.min_trust(),
-        twin: Twin::new(plant.clone(), DEFAULT_HISTORY, CusumConfig::default()),
-        detectors: detect::Detectors::new(plant.clone()),
         guard,
-        maintenance: agents::Maintenance::new(agents::Identity::new(
-            "maintenance",
-            maintenance_key,
-        )),
-        optimiser: agents::Optimiser::new(agents::Identity::new("optimiser", optimiser_key)),
+        maintenance_key,
+        optimiser_key,
         sink,
         audit: Box::new(store),
         audit_public: audit_key.verifying_key(),
@@ -204,19 +199,8 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         snapshot: snapshot.clone(),
         progress: progress_tx,
         token_leak: token_leak.clone(),
-        next_agent_ms: None,
-        recent: VecDeque::new(),
-        commands: VecDeque::new(),
-        audit_failure: None,
-        last_snapshot: None,
-        detections_by_kind: BTreeMap::new(),
-        quarantine_full: 0,
-        source_events: crate::core::SourceEvents {
-            connected: true,
-            ..Default::default()
-        },
         sparkplug,
-    };
+    })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();
     let core_task = tokio::spawn(core.run(frames_rx, ua_rx, ops_rx, stop_rx));
@@ -407,7 +391,7 @@ struct Link {
     source: Arc<ingest::SourceInfo>,
     sink: Box<dyn actuate::CommandSink>,
     frames_rx: mpsc::Receiver<RawFrame>,
-    ua_rx: mpsc::Receiver<opcua_link::UaEvent>,
+    ua_rx: mpsc::Receiver<(usize, opcua_link::UaEvent)>,
     plant_side: PlantSide,
     /// Sparkplug B payloads: the group, and the host state for the core.
     sparkplug: Option<(String, crate::core::SparkplugIn)>,
@@ -752,16 +736,8 @@ async fn opcua_link(
     opcua_link::pki::add_trusted(&server_pki, &own)?;
     let server_cert = opcua_link::pki::add_trusted(&ua.pki_dir, &server.certificate()?)?;
     let (ua_tx, ua_rx) = mpsc::channel(ua.queue);
-    let conn = opcua_link::Connection::connect(&ua, ua_tx).await?;
-    let source = Arc::new(ingest::SourceInfo {
-        id: id.clone(),
-        protocol: "opcua".into(),
-        security: conn.security.clone(),
-        peer_certificate: conn.peer_certificate.clone(),
-        zone: Some(zone),
-        allow_unsigned: false,
-        authenticated: conn.authenticated,
-    });
+    let conn = crate::watch::connect_tagged(&ua, 0, ua_tx).await?;
+    let source = Arc::new(crate::watch::ua_source_info(id.clone(), &conn, Some(zone)));
     let mut targets = actuate::OpcUaTargets::default();
     for sp in &plant.setpoints {
         targets.setpoints.insert(
@@ -791,7 +767,14 @@ async fn opcua_link(
     Ok(Link {
         desc,
         source,
-        sink: Box::new(actuate::OpcUaSink::new(conn, targets, plant)),
+        sink: Box::new(actuate::OpcUaSink::new(
+            vec![actuate::OpcUaLink {
+                source: id.clone(),
+                conn,
+                targets,
+            }],
+            plant,
+        )),
         frames_rx,
         ua_rx,
         plant_side: PlantSide::Opcua {

@@ -88,11 +88,12 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the default configuration file.
     DefaultConfig,
-    /// Run the twin on a real plant: the configured OPC UA source feeds it, approved
-    /// commands go back as OPC UA Write/Call, the page and API serve on 127.0.0.1.
+    /// Run the twin on a real plant: the configured OPC UA sources feed it, approved
+    /// commands go back as OPC UA Write/Call to the server each belongs to, the page and
+    /// API serve on 127.0.0.1.
     Run {
-        /// The configuration file (one OPC UA source, with `writes` and `calls` for
-        /// actuation).
+        /// The configuration file (OPC UA sources, one per server, with `writes` and
+        /// `calls` for actuation).
         #[arg(long)]
         config: PathBuf,
         /// The plant file the signals and setpoints belong to (default: the reference plant).

@@ -1,9 +1,10 @@
-//! `twinguard run`: the twin on a real plant. The configured OPC UA source feeds the core
-//! (ingest checks → twin → detectors → agents → guard), approved commands go back as OPC UA
-//! Write/Call on the configured nodes, the page and API serve on 127.0.0.1, and everything
-//! lands in the audit log. Time is the wall clock.
+//! `twinguard run`: the twin on a real plant. The configured OPC UA sources (one per server:
+//! a line's PLCs, a historian gateway) feed the core (ingest checks → twin → detectors →
+//! agents → guard), approved commands go back as OPC UA Write/Call on the configured nodes
+//! of the server each belongs to, the page and API serve on 127.0.0.1, and everything lands
+//! in the audit log. Time is the wall clock.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,9 +14,8 @@ use audit::{AuditStore, Entry, SqliteStore};
 use ingest::Verifier;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
-use twin::{CusumConfig, DEFAULT_HISTORY, Twin};
 
-use crate::core::Core;
+use crate::core::{Core, CoreParts, SourceState};
 use crate::datadir::DataDir;
 use crate::demo::{load_config, wall_clock_ms};
 use crate::gateway::{self, SimClock};
@@ -43,53 +43,41 @@ pub async fn run(args: RunArgs) -> Result<Value> {
             plant_model::Plant::parse(&text, &p.display().to_string())?
         }
     });
-    let [source_cfg] = config.sources.as_slice() else {
-        bail!(
-            "run takes exactly one source; {} declares {}",
-            args.config.display(),
-            config.sources.len()
-        );
-    };
-    if source_cfg.protocol.get_ref() != "opcua" {
-        bail!(
-            "run connects to an OPC UA source; source {:?} is {} (MQTT sources run with `demo --config`)",
-            source_cfg.id.get_ref(),
-            source_cfg.protocol.get_ref()
-        );
+    if config.sources.is_empty() {
+        bail!("{} declares no source", args.config.display());
     }
-    for n in &source_cfg.nodes {
-        if plant.signal(n.signal.get_ref()).is_none() {
+    let mut written_by: BTreeMap<&str, &str> = BTreeMap::new();
+    for source_cfg in &config.sources {
+        let id = source_cfg.id.get_ref();
+        if source_cfg.protocol.get_ref() != "opcua" {
             bail!(
-                "source {:?} maps signal {:?}, which is not in plant {}",
-                source_cfg.id.get_ref(),
-                n.signal.get_ref(),
-                plant.plant.id
+                "run connects to OPC UA sources; source {id:?} is {} (MQTT sources run with `demo --config`)",
+                source_cfg.protocol.get_ref()
             );
         }
-    }
-    let mut targets = actuate::OpcUaTargets::default();
-    for w in &source_cfg.writes {
-        if plant.setpoint(w.setpoint.get_ref()).is_none() {
-            bail!(
-                "source {:?} writes setpoint {:?}, which is not in plant {}",
-                source_cfg.id.get_ref(),
-                w.setpoint.get_ref(),
-                plant.plant.id
-            );
+        for n in &source_cfg.nodes {
+            if plant.signal(n.signal.get_ref()).is_none() {
+                bail!(
+                    "source {id:?} maps signal {:?}, which is not in plant {}",
+                    n.signal.get_ref(),
+                    plant.plant.id
+                );
+            }
         }
-        targets.setpoints.insert(
-            w.setpoint.get_ref().clone(),
-            crate::watch::ua_node(twinguard_config::node_ref(w.node.get_ref())),
-        );
-    }
-    for c in &source_cfg.calls {
-        targets.calls.insert(
-            c.command.get_ref().clone(),
-            (
-                crate::watch::ua_node(twinguard_config::node_ref(c.object.get_ref())),
-                crate::watch::ua_node(twinguard_config::node_ref(c.method.get_ref())),
-            ),
-        );
+        for w in &source_cfg.writes {
+            let sp = w.setpoint.get_ref().as_str();
+            if plant.setpoint(sp).is_none() {
+                bail!(
+                    "source {id:?} writes setpoint {sp:?}, which is not in plant {}",
+                    plant.plant.id
+                );
+            }
+            if let Some(other) = written_by.insert(sp, id) {
+                bail!(
+                    "setpoint {sp:?} is written by two sources ({other:?} and {id:?}); a setpoint belongs to one server"
+                );
+            }
+        }
     }
 
     let dir = DataDir::open(&args.data_dir)?;
@@ -99,34 +87,63 @@ pub async fn run(args: RunArgs) -> Result<Value> {
     let optimiser_key = dir.key("agent-optimiser")?;
     let mut store = SqliteStore::open(&dir.audit_db(), audit_key.clone())?;
 
-    let ua = crate::watch::ua_source(source_cfg, &args.config, &args.data_dir)?;
-    let (ua_tx, ua_rx) = mpsc::channel(ua.queue);
-    let conn = opcua_link::Connection::connect(&ua, ua_tx).await?;
-    let source = Arc::new(ingest::SourceInfo {
-        id: source_cfg.id.get_ref().clone(),
-        protocol: "opcua".into(),
-        security: conn.security.clone(),
-        peer_certificate: conn.peer_certificate.clone(),
-        zone: Some(config.zone_of(source_cfg)),
-        allow_unsigned: false,
-        authenticated: conn.authenticated,
-    });
-    let desc = format!(
-        "OPC UA source {} at {} ({})",
-        source.id, ua.url, source.security
-    );
+    let (ua_tx, ua_rx) = mpsc::channel(65_536);
+    let mut sources = Vec::new();
+    let mut links = Vec::new();
+    for (i, source_cfg) in config.sources.iter().enumerate() {
+        let ua = crate::watch::ua_source(source_cfg, &args.config, &args.data_dir)?;
+        let conn = crate::watch::connect_tagged(&ua, i, ua_tx.clone()).await?;
+        let info = Arc::new(crate::watch::ua_source_info(
+            source_cfg.id.get_ref().clone(),
+            &conn,
+            Some(config.zone_of(source_cfg)),
+        ));
+        eprintln!(
+            "twinguard: OPC UA source {} at {} ({})",
+            info.id, ua.url, info.security
+        );
+        let mut targets = actuate::OpcUaTargets::default();
+        for w in &source_cfg.writes {
+            targets.setpoints.insert(
+                w.setpoint.get_ref().clone(),
+                crate::watch::ua_node(twinguard_config::node_ref(w.node.get_ref())),
+            );
+        }
+        for c in &source_cfg.calls {
+            targets.calls.insert(
+                c.command.get_ref().clone(),
+                (
+                    crate::watch::ua_node(twinguard_config::node_ref(c.object.get_ref())),
+                    crate::watch::ua_node(twinguard_config::node_ref(c.method.get_ref())),
+                ),
+            );
+        }
+        let signals = source_cfg
+            .nodes
+            .iter()
+            .map(|n| n.signal.get_ref().clone())
+            .collect();
+        sources.push(SourceState::new(info.clone(), signals));
+        links.push(actuate::OpcUaLink {
+            source: info.id.clone(),
+            conn,
+            targets,
+        });
+    }
+    drop(ua_tx);
     let now = wall_clock_ms();
+    let started: Vec<&ingest::SourceInfo> = sources.iter().map(|s| &*s.info).collect();
     store.append(&[Entry::new(
         now,
         "run_started",
-        json!({ "mode": "run", "plant": plant.plant.id, "source": *source }),
+        json!({ "mode": "run", "plant": plant.plant.id, "sources": started }),
     )])?;
 
     let guard = crate::demo::guard_with_agents(&plant, &maintenance_key, &optimiser_key)?;
     let snapshot = Arc::new(RwLock::new(api::Snapshot::default()));
     let (api_addr, ops_rx) =
         crate::demo::start_api(args.api_port, snapshot.clone(), &operator_token).await?;
-    eprintln!("twinguard: {desc}; data in {}", args.data_dir.display());
+    eprintln!("twinguard: data in {}", args.data_dir.display());
     eprintln!("twinguard: live twin at http://{api_addr}/#token={operator_token}");
 
     // Wall-clock time for the core (the same clock type the demo drives by simulation).
@@ -142,39 +159,23 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         })
     };
     let (progress_tx, _progress_rx) = watch::channel(gateway::Progress::default());
-    let mut core = Core {
+    let mut core = Core::new(CoreParts {
         plant: plant.clone(),
         verifier: Verifier::new(plant.clone(), vec![], config.ingest.clone()),
-        source,
+        sources,
         min_trust: config.min_trust(),
-        twin: Twin::new(plant.clone(), DEFAULT_HISTORY, CusumConfig::default()),
-        detectors: detect::Detectors::new(plant.clone()),
         guard,
-        maintenance: agents::Maintenance::new(agents::Identity::new(
-            "maintenance",
-            maintenance_key,
-        )),
-        optimiser: agents::Optimiser::new(agents::Identity::new("optimiser", optimiser_key)),
-        sink: Box::new(actuate::OpcUaSink::new(conn, targets, &plant)),
+        maintenance_key,
+        optimiser_key,
+        sink: Box::new(actuate::OpcUaSink::new(links, &plant)),
         audit: Box::new(store),
         audit_public: audit_key.verifying_key(),
         clock: clock.clone(),
         snapshot: snapshot.clone(),
         progress: progress_tx,
         token_leak: None,
-        next_agent_ms: None,
-        recent: VecDeque::new(),
-        commands: VecDeque::new(),
-        audit_failure: None,
-        last_snapshot: None,
-        detections_by_kind: BTreeMap::new(),
-        quarantine_full: 0,
-        source_events: crate::core::SourceEvents {
-            connected: true,
-            ..Default::default()
-        },
         sparkplug: None,
-    };
+    })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();
     let (_frames_tx, frames_rx) = mpsc::channel(1);

@@ -103,6 +103,42 @@ pub fn ua_source(
 }
 
 /// The configured node as the OPC UA client names it.
+/// Connects an OPC UA source; its values and connection events go to `tx`, tagged with
+/// `index`.
+pub async fn connect_tagged(
+    cfg: &opcua_link::SourceConfig,
+    index: usize,
+    tx: mpsc::Sender<(usize, UaEvent)>,
+) -> Result<opcua_link::Connection> {
+    let (utx, mut urx) = mpsc::channel(cfg.queue);
+    let conn = opcua_link::Connection::connect(cfg, utx).await?;
+    tokio::spawn(async move {
+        while let Some(e) = urx.recv().await {
+            if tx.send((index, e)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(conn)
+}
+
+/// The provenance of values from an OPC UA connection.
+pub fn ua_source_info(
+    id: String,
+    conn: &opcua_link::Connection,
+    zone: Option<String>,
+) -> ingest::SourceInfo {
+    ingest::SourceInfo {
+        id,
+        protocol: "opcua".into(),
+        security: conn.security.clone(),
+        peer_certificate: conn.peer_certificate.clone(),
+        zone,
+        allow_unsigned: false,
+        authenticated: conn.authenticated,
+    }
+}
+
 pub fn ua_node(n: twinguard_config::NodeSpec) -> opcua_link::NodeRef {
     match n {
         twinguard_config::NodeSpec::Id(s) => opcua_link::NodeRef::Id(s),
@@ -159,16 +195,7 @@ pub async fn run(args: WatchArgs) -> Result<Value> {
     let mut conns = Vec::new();
     for (i, s) in ua.iter().enumerate() {
         let cfg = ua_source(s, &args.config, &args.data_dir)?;
-        let (utx, mut urx) = mpsc::channel(cfg.queue);
-        let conn = opcua_link::Connection::connect(&cfg, utx).await?;
-        let fwd = tx.clone();
-        tokio::spawn(async move {
-            while let Some(e) = urx.recv().await {
-                if fwd.send((i, e)).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let conn = connect_tagged(&cfg, i, tx.clone()).await?;
         if !args.quiet {
             eprintln!(
                 "twinguard: {} connected to {} ({}, server certificate SHA-256 {})",
@@ -178,15 +205,11 @@ pub async fn run(args: WatchArgs) -> Result<Value> {
                 conn.peer_certificate.as_deref().unwrap_or("-")
             );
         }
-        sources.push(Arc::new(ingest::SourceInfo {
-            id: s.id.get_ref().clone(),
-            protocol: "opcua".into(),
-            security: conn.security.clone(),
-            peer_certificate: conn.peer_certificate.clone(),
-            zone: Some(config.zone_of(s)),
-            allow_unsigned: false,
-            authenticated: conn.authenticated,
-        }));
+        sources.push(Arc::new(ua_source_info(
+            s.id.get_ref().clone(),
+            &conn,
+            Some(config.zone_of(s)),
+        )));
         conns.push(conn);
     }
     drop(tx);

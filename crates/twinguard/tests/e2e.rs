@@ -1046,12 +1046,12 @@ fn mqtt_over_mutual_tls_with_mosquitto_and_its_refusals() {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(broker_der.as_ref()))
     };
-    assert_eq!(r["source"]["security"], "mtls");
+    assert_eq!(r["sources"][0]["security"], "mtls");
     assert_eq!(
-        r["source"]["peer_certificate"],
+        r["sources"][0]["peer_certificate"],
         sha.as_str(),
         "{}",
-        r["source"]
+        r["sources"][0]
     );
 
     // A client certificate from another CA is refused by the broker ...
@@ -1231,10 +1231,10 @@ fn the_whole_loop_runs_over_opc_ua_with_sign_and_encrypt() {
         r["samples"]
     );
     assert_eq!(sum(&r["samples"]["rejected"]), 0, "{}", r["samples"]);
-    assert_eq!(r["source"]["protocol"], "opcua");
-    assert_eq!(r["source"]["security"], "SignAndEncrypt/Basic256Sha256");
+    assert_eq!(r["sources"][0]["protocol"], "opcua");
+    assert_eq!(r["sources"][0]["security"], "SignAndEncrypt/Basic256Sha256");
     assert_eq!(
-        r["source"]["peer_certificate"].as_str().unwrap().len(),
+        r["sources"][0]["peer_certificate"].as_str().unwrap().len(),
         64,
         "the server certificate's SHA-256 is recorded"
     );
@@ -1746,7 +1746,7 @@ fn sparkplug_b_payloads_are_followed_through_births_gaps_and_rebirths() {
     assert_eq!(r["samples"]["accepted"], 3600 * SIGNALS, "{}", r["samples"]);
     assert_eq!(sum(&r["samples"]["rejected"]), 0);
     assert_eq!(sum(&r["frames"]["rejected"]), 0);
-    assert_eq!(r["source"]["protocol"], "mqtt/3.1.1+sparkplug-b");
+    assert_eq!(r["sources"][0]["protocol"], "mqtt/3.1.1+sparkplug-b");
     assert_eq!(r["plant"]["sparkplug_births"], 5, "one birth per edge node");
     assert_eq!(r["proposals"]["executed"], 0);
     assert!(
@@ -1769,8 +1769,8 @@ fn sparkplug_b_payloads_are_followed_through_births_gaps_and_rebirths() {
         "{}",
         r["frames"]
     );
-    let rebirths = r["source"]["sparkplug_rebirths"].as_u64().unwrap();
-    assert!(rebirths >= 1, "{}", r["source"]);
+    let rebirths = r["sources"][0]["sparkplug_rebirths"].as_u64().unwrap();
+    assert!(rebirths >= 1, "{}", r["sources"][0]);
     assert!(
         rebirths < 20,
         "rebirth requests are not repeated for every message: {rebirths}"
@@ -1908,14 +1908,14 @@ fn run_against_asyncua(
     assert_eq!(r["line_stops"], 1, "{r}");
     assert_eq!(r["audit"]["verified"], true);
     assert!(
-        r["source"]["events"]["lost"].as_u64().unwrap() >= 1,
+        r["sources"][0]["events"]["lost"].as_u64().unwrap() >= 1,
         "{}",
-        r["source"]
+        r["sources"][0]
     );
     assert!(
-        r["source"]["events"]["restored"].as_u64().unwrap() >= 1,
+        r["sources"][0]["events"]["restored"].as_u64().unwrap() >= 1,
         "{}",
-        r["source"]
+        r["sources"][0]
     );
     server
 }
@@ -1981,4 +1981,219 @@ fn the_embedded_broker_confines_each_account_to_its_topics() {
         r["frames"]
     );
     assert_safe_and_audited(&r);
+}
+
+/// Runs `watch` until it connects, trusting each server certificate it is refused with
+/// (through `twinguard pki trust`, as an engineer would).
+fn trust_every_server(config: &Path, data: &Path, servers: usize) {
+    for _ in 0..=servers {
+        let out = watch(config, data);
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        let thumb = err
+            .split("twinguard pki trust ")
+            .nth(1)
+            .and_then(|t| t.split('`').next())
+            .unwrap_or_else(|| panic!("no trust hint in: {err}"))
+            .to_string();
+        let trust = Command::new(BIN)
+            .args(["pki", "trust", &thumb, "--data-dir"])
+            .arg(data)
+            .output()
+            .unwrap();
+        assert!(trust.status.success());
+    }
+    panic!("watch still fails after trusting {servers} servers");
+}
+
+/// `twinguard run` on two PLCs at once: each source's values carry their own provenance,
+/// a line stop reaches both, one PLC going away is a gap in its signals only, and a
+/// setpoint claimed by both is refused before anything connects.
+#[test]
+fn run_follows_two_plcs_and_a_stop_reaches_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let filler = AsyncuaServer::start(&dir.path().join("filler"), "a-long-test-password", false);
+    let pumps = AsyncuaServer::start(&dir.path().join("pumps"), "a-long-test-password", false);
+    std::fs::write(dir.path().join("ua-password"), "a-long-test-password\n").unwrap();
+    let source = |id: &str, port: u16, signal: &str, unit: &str, writes: &str| {
+        format!(
+            r#"
+[[sources]]
+id = "{id}"
+protocol = "opcua"
+zone = "cell"
+endpoint = "opc.tcp://127.0.0.1:{port}/"
+username = "twinguard"
+password_file = "ua-password"
+
+[[sources.nodes]]
+signal = "{signal}"
+unit = "{unit}"
+node_id = "ns=2;s={signal}"
+{writes}
+[[sources.calls]]
+command = "stop_line"
+object = "ns=2;s=line1"
+method = "ns=2;s=line1.StopLine"
+"#
+        )
+    };
+    let config = dir.path().join("two-plcs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[twinguard]
+zone = "operations"
+
+[[zones]]
+id = "cell"
+security_level = 2
+
+[[zones]]
+id = "operations"
+security_level = 3
+{}{}
+[[conduits]]
+id = "cell-to-operations"
+from = "cell"
+to = "operations"
+protocols = ["opcua"]
+"#,
+            source("filler-plc", filler.port, "tank.level", "m", ""),
+            source(
+                "pump-plc",
+                pumps.port,
+                "pump.speed",
+                "rpm",
+                "\n[[sources.writes]]\nsetpoint = \"pump.speed_sp\"\nnode = \"ns=2;s=pump.speed_sp\"\n"
+            ),
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let twice = dir.path().join("twice.toml");
+    std::fs::write(
+        &twice,
+        std::fs::read_to_string(&config).unwrap().replacen(
+            "[[sources.calls]]",
+            "[[sources.writes]]\nsetpoint = \"pump.speed_sp\"\nnode = \"ns=2;s=pump.speed_sp\"\n\n[[sources.calls]]",
+            1,
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--seconds", "1", "--config"])
+        .arg(&twice)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("setpoint \"pump.speed_sp\" is written by two sources"),
+        "{err}"
+    );
+    trust_every_server(&config, &data, 2);
+
+    let run = Running::spawn(
+        "run",
+        &["--seconds", "60", "--config", config.to_str().unwrap()],
+        &data,
+    );
+    // Both PLCs' values reach the twin, each with its own source in its provenance.
+    let source_of = |run: &Running, signal: &str| {
+        let (_, state) = run.get("/api/v1/state");
+        state["assets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|a| {
+                a["signals"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["id"] == signal && s["value"].is_number())
+                    .map(|s| s["provenance"]["source"]["id"].clone())
+            })
+    };
+    let started = Instant::now();
+    loop {
+        if source_of(&run, "tank.level").is_some() && source_of(&run, "pump.speed").is_some() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "values of both PLCs did not reach the twin"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(source_of(&run, "tank.level").unwrap(), "filler-plc");
+    assert_eq!(source_of(&run, "pump.speed").unwrap(), "pump-plc");
+
+    // The operator's stop reaches both PLCs.
+    let (status, body) = http(run.api_port, "POST", "/api/v1/stop", &run.token);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        filler.wait_for("CALL StopLine", 10).is_some(),
+        "the stop did not reach the filler PLC"
+    );
+    assert!(
+        pumps.wait_for("CALL StopLine", 10).is_some(),
+        "the stop did not reach the pump PLC"
+    );
+
+    // The pump PLC goes away: a gap for its source, none for the filler's.
+    drop(pumps);
+    let gaps = |run: &Running| -> Vec<String> {
+        run.get("/api/v1/alerts")
+            .1
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["kind"] == "gap")
+            .filter_map(|d| d["message"].as_str().map(str::to_string))
+            .collect()
+    };
+    let started = Instant::now();
+    while !gaps(&run)
+        .iter()
+        .any(|m| m.contains("connection to source pump-plc"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no gap alert after the pump PLC stopped: {:?}",
+            gaps(&run)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !gaps(&run).iter().any(|m| m.contains("filler-plc")),
+        "{:?}",
+        gaps(&run)
+    );
+    run.interrupt();
+    let r = run.finish();
+    assert_eq!(
+        r["sources"].as_array().unwrap().len(),
+        2,
+        "{}",
+        r["sources"]
+    );
+    assert_eq!(r["sources"][0]["id"], "filler-plc");
+    assert_eq!(r["sources"][0]["events"]["lost"], 0, "{}", r["sources"]);
+    assert!(
+        r["sources"][1]["events"]["lost"].as_u64().unwrap() >= 1,
+        "{}",
+        r["sources"]
+    );
+    assert_eq!(r["line_stops"], 1, "{r}");
+    let sent = r["commands"].to_string();
+    assert!(
+        sent.contains("filler-plc: ns=2;s=line1.StopLine")
+            && sent.contains("pump-plc: ns=2;s=line1.StopLine"),
+        "{sent}"
+    );
+    assert_eq!(r["audit"]["verified"], true);
 }
