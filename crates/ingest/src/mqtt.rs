@@ -319,103 +319,137 @@ pub async fn run_subscriber(
     ready: Option<tokio::sync::oneshot::Sender<()>>,
     last_error: LastError,
 ) {
-    if endpoint.version == MqttVersion::V5 {
-        return run_subscriber_v5(endpoint, client_id, filters, tx, ready, last_error).await;
-    }
-    let (client, mut eventloop) = AsyncClient::new(endpoint.options(&client_id), 256);
-    let mut ready = ready;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(100);
-                for f in &filters {
-                    if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
-                        tracing::warn!(filter = %f, error = %e, "subscribe failed");
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(());
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let frame = RawFrame {
-                    topic: p.topic.clone(),
-                    payload: p.payload.to_vec(),
-                };
-                if tx.send(frame).await.is_err() {
-                    let _ = client.disconnect().await;
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if tx.is_closed() {
-                    return;
-                }
-                tracing::warn!(client = %client_id, error = %e, "mqtt connection error, retrying");
-                if let Ok(mut slot) = last_error.lock() {
-                    *slot = Some(e.to_string());
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+    let sub = Subscription {
+        client_id,
+        filters,
+        tx,
+        ready,
+        last_error,
+    };
+    match endpoint.version {
+        MqttVersion::V311 => {
+            let link = AsyncClient::new(endpoint.options(&sub.client_id), 256);
+            sub.drive(link).await;
+        }
+        MqttVersion::V5 => {
+            let link = rumqttc::v5::AsyncClient::new(endpoint.options_v5(&sub.client_id), 256);
+            sub.drive(link).await;
         }
     }
 }
 
-/// [`run_subscriber`] over MQTT 5.
-async fn run_subscriber_v5(
-    endpoint: BrokerEndpoint,
+/// What a subscriber's event loop reports, whichever the protocol version.
+enum SubEvent {
+    ConnAck,
+    SubAck,
+    Publish(RawFrame),
+    Other,
+}
+
+/// A client and its event loop, of either protocol version.
+trait SubscriberLink {
+    async fn next(&mut self) -> Result<SubEvent, String>;
+    async fn subscribe(&mut self, filter: String) -> Result<(), String>;
+    async fn disconnect(&mut self);
+}
+
+impl SubscriberLink for (AsyncClient, rumqttc::EventLoop) {
+    async fn next(&mut self) -> Result<SubEvent, String> {
+        Ok(match self.1.poll().await.map_err(|e| e.to_string())? {
+            Event::Incoming(Packet::ConnAck(_)) => SubEvent::ConnAck,
+            Event::Incoming(Packet::SubAck(_)) => SubEvent::SubAck,
+            Event::Incoming(Packet::Publish(p)) => SubEvent::Publish(RawFrame {
+                topic: p.topic.clone(),
+                payload: p.payload.to_vec(),
+            }),
+            _ => SubEvent::Other,
+        })
+    }
+
+    async fn subscribe(&mut self, filter: String) -> Result<(), String> {
+        self.0
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn disconnect(&mut self) {
+        let _ = self.0.disconnect().await;
+    }
+}
+
+impl SubscriberLink for (rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop) {
+    async fn next(&mut self) -> Result<SubEvent, String> {
+        use rumqttc::v5::Event as E5;
+        use rumqttc::v5::mqttbytes::v5::Packet as P5;
+        Ok(match self.1.poll().await.map_err(|e| e.to_string())? {
+            E5::Incoming(P5::ConnAck(_)) => SubEvent::ConnAck,
+            E5::Incoming(P5::SubAck(_)) => SubEvent::SubAck,
+            E5::Incoming(P5::Publish(p)) => SubEvent::Publish(RawFrame {
+                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                payload: p.payload.to_vec(),
+            }),
+            _ => SubEvent::Other,
+        })
+    }
+
+    async fn subscribe(&mut self, filter: String) -> Result<(), String> {
+        self.0
+            .subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn disconnect(&mut self) {
+        let _ = self.0.disconnect().await;
+    }
+}
+
+/// A subscriber's settings and outputs.
+struct Subscription {
     client_id: String,
     filters: Vec<String>,
     tx: mpsc::Sender<RawFrame>,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
     last_error: LastError,
-) {
-    use rumqttc::v5::mqttbytes::v5::Packet as P5;
-    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, mqttbytes::QoS as QoS5};
-    let (client, mut eventloop) = Client5::new(endpoint.options_v5(&client_id), 256);
-    let mut ready = ready;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match eventloop.poll().await {
-            Ok(Event5::Incoming(P5::ConnAck(_))) => {
-                backoff = Duration::from_millis(100);
-                for f in &filters {
-                    if let Err(e) = client.subscribe(f.clone(), QoS5::AtLeastOnce).await {
-                        tracing::warn!(filter = %f, error = %e, "subscribe failed");
+}
+
+impl Subscription {
+    async fn drive(mut self, mut link: impl SubscriberLink) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match link.next().await {
+                Ok(SubEvent::ConnAck) => {
+                    backoff = Duration::from_millis(100);
+                    for f in &self.filters {
+                        if let Err(e) = link.subscribe(f.clone()).await {
+                            tracing::warn!(filter = %f, error = %e, "subscribe failed");
+                        }
                     }
                 }
-            }
-            Ok(Event5::Incoming(P5::SubAck(_))) => {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(());
+                Ok(SubEvent::SubAck) => {
+                    if let Some(r) = self.ready.take() {
+                        let _ = r.send(());
+                    }
                 }
-            }
-            Ok(Event5::Incoming(P5::Publish(p))) => {
-                let frame = RawFrame {
-                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                    payload: p.payload.to_vec(),
-                };
-                if tx.send(frame).await.is_err() {
-                    let _ = client.disconnect().await;
-                    return;
+                Ok(SubEvent::Publish(frame)) => {
+                    if self.tx.send(frame).await.is_err() {
+                        link.disconnect().await;
+                        return;
+                    }
                 }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if tx.is_closed() {
-                    return;
+                Ok(SubEvent::Other) => {}
+                Err(e) => {
+                    if self.tx.is_closed() {
+                        return;
+                    }
+                    tracing::warn!(client = %self.client_id, error = %e, "mqtt connection error, retrying");
+                    if let Ok(mut slot) = self.last_error.lock() {
+                        *slot = Some(e);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                tracing::warn!(client = %client_id, error = %e, "mqtt 5 connection error, retrying");
-                if let Ok(mut slot) = last_error.lock() {
-                    *slot = Some(e.to_string());
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
