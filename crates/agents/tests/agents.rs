@@ -147,13 +147,12 @@ fn optimiser_cuts_recirculation_and_temperature_within_quality_limits() {
     let key = SigningKey::from_bytes(&[6u8; 32]);
     let mut agent = Optimiser::new(Identity::new("optimiser", key.clone()));
     let plant = w.plant.clone();
-    let assets: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
     let mut reg = AgentRegistry::default();
     reg.register("optimiser", key.verifying_key());
     let mut guard = Guard::new(
         plant.clone(),
         reg,
-        Policy::parse(DEFAULT_POLICY, "default", &assets).unwrap(),
+        Policy::parse(DEFAULT_POLICY, "default", &plant).unwrap(),
     );
     let e0 = w.sim.truth();
     for minute in 0..(6 * 60) {

@@ -2,7 +2,8 @@
 //!
 //! [`Guard::decide`] checks, in order: the agent's identity (registered, not revoked, a
 //! valid short-lived token bound to it, a fresh signature by the agent's own key, an unused
-//! nonce), the declarative [`Policy`] (deny unless allowed), the plant's process state, the
+//! nonce), the Cedar [`Policy`] (deny unless a policy permits, a forbid overrides every
+//! permit, with the process state and the inputs' trust as context), the plant's process state, the
 //! setpoint's safety envelope (min, max, max step, changes per hour) and the risk tier.
 //! A line stop is automatic only when corroborated by two independent detections on
 //! trusted data; otherwise a human decides.
@@ -22,7 +23,9 @@ use plant_model::{Plant, PlantCommand, RiskTier};
 use serde::{Deserialize, Serialize};
 
 pub use identity::{AgentRegistry, IdentityError, SignedProposal, Token, sign_proposal};
-pub use policy::{DEFAULT_POLICY, Policy, PolicyError, Rule};
+pub use policy::{
+    DEFAULT_POLICY, KINDS, Policy, PolicyError, Principal, ProcessContext, SCHEMA, Verdict,
+};
 
 /// How long a pending approval waits before it expires.
 pub const APPROVAL_TTL_MS: i64 = 60 * 60 * 1000;
@@ -344,7 +347,7 @@ impl Guard {
         // A stop resting on doubtful data still reaches a human (corroboration needs
         // trusted detections); anything else resting on it is denied.
         let (decision, rule) = if untrusted.is_empty() || proposal.action == Action::StopLine {
-            self.evaluate(id, &proposal, active, now_ms)
+            self.evaluate(id, &proposal, active, untrusted.is_empty(), now_ms)
         } else {
             (
                 Self::deny(
@@ -393,26 +396,42 @@ impl Guard {
         id: u64,
         p: &Proposal,
         active: &[&Detection],
+        inputs_trusted: bool,
         now_ms: i64,
     ) -> (Decision, Option<String>) {
         let asset = match self.target_asset(&p.action) {
             Ok(a) => a,
             Err(d) => return (d.into(), None),
         };
-        let Some(rule) = self.policy.allows(&p.agent, p.action.kind(), &asset) else {
-            return (
-                Self::deny(
-                    DenyReason::Policy,
-                    format!(
-                        "no policy rule allows agent {} to {} on {asset}",
-                        p.agent,
-                        p.action.kind()
-                    ),
-                ),
-                None,
-            );
+        let mut kinds: Vec<String> = active.iter().map(|d| d.kind.as_str().to_string()).collect();
+        kinds.sort();
+        kinds.dedup();
+        let context = ProcessContext {
+            line_running: !self.line_stopped,
+            inputs_trusted,
+            anomalies: active.len() as i64,
+            anomaly_kinds: kinds,
         };
-        let rule = Some(rule);
+        let verdict = self.policy.decide(
+            Principal::Agent(&p.agent),
+            p.action.kind(),
+            &asset,
+            &context,
+        );
+        if !verdict.allowed {
+            let mut detail = format!(
+                "agent {} may not {} on {asset}: {}",
+                p.agent,
+                p.action.kind(),
+                verdict.explain()
+            );
+            if !verdict.errors.is_empty() {
+                detail.push_str(&format!(" (policy errors: {})", verdict.errors.join("; ")));
+            }
+            let rule = (!verdict.policies.is_empty()).then(|| verdict.policies.join("; "));
+            return (Self::deny(DenyReason::Policy, detail), rule);
+        }
+        let rule = Some(verdict.policies.join("; "));
         if self.line_stopped && p.action != Action::StopLine {
             return (
                 Self::deny(

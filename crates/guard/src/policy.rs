@@ -1,80 +1,428 @@
-//! The declarative policy: which agent may do which kind of action on which asset.
-//! Deny unless a rule allows.
+//! The declarative policy, in Cedar: which principal (agent or human) may do which kind of
+//! action on which asset, given the process state. Deny unless a policy permits; a forbid
+//! overrides every permit. Policies are validated against [`SCHEMA`] when loaded, and each
+//! decision names the policies that determined it with their `@reason` text.
 
-use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, PolicyId, PolicySet,
+    Request, Schema, ValidationMode, Validator,
+};
+use plant_model::Plant;
+use serde::Serialize;
+use serde_json::json;
 
 /// The policy shipped with twinguard for the reference plant.
-pub const DEFAULT_POLICY: &str = include_str!("../policy/default.toml");
+pub const DEFAULT_POLICY: &str = include_str!("../policy/default.cedar");
+/// The schema every policy is validated against.
+pub const SCHEMA: &str = include_str!("../policy/schema.cedarschema");
 
-const KINDS: [&str; 3] = ["set_setpoint", "stop_line", "maintenance"];
+/// The action kinds an agent can propose.
+pub const KINDS: [&str; 3] = ["set_setpoint", "stop_line", "maintenance"];
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    pub agent: String,
-    pub kinds: Vec<String>,
-    pub assets: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A loaded, validated policy set with the entities it is evaluated against.
+#[derive(Debug, Clone)]
 pub struct Policy {
-    #[serde(default)]
-    pub allow: Vec<Rule>,
+    set: PolicySet,
+    schema: Schema,
+    entities: Entities,
+    /// Policy id → its `@reason`, for decision records.
+    reasons: BTreeMap<String, String>,
+    source_name: String,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy {source_name}: {message}")]
-    Syntax {
+    #[error("policy {source_name}:{line}:{column}: {message}")]
+    At {
         source_name: String,
+        line: usize,
+        column: usize,
         message: String,
     },
-    #[error("policy {source_name}: allow[{index}]: {message}")]
+    #[error("policy {source_name}: {message}")]
     Invalid {
         source_name: String,
-        index: usize,
         message: String,
     },
 }
 
-impl Policy {
-    /// Parses a policy; every kind must be known and every asset in `assets` (or "line").
-    pub fn parse(text: &str, source_name: &str, assets: &[&str]) -> Result<Policy, PolicyError> {
-        let p: Policy = toml::from_str(text).map_err(|e| PolicyError::Syntax {
-            source_name: source_name.to_string(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
-        for (index, r) in p.allow.iter().enumerate() {
-            let bad = |message: String| PolicyError::Invalid {
+/// What the process looks like when a proposal is decided (the Cedar context).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcessContext {
+    pub line_running: bool,
+    pub inputs_trusted: bool,
+    pub anomalies: i64,
+    pub anomaly_kinds: Vec<String>,
+}
+
+/// A principal a policy names.
+#[derive(Debug, Clone, Copy)]
+pub enum Principal<'a> {
+    Agent(&'a str),
+    Human(&'a str),
+}
+
+/// The policy's answer, with the policies that determined it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// "id: reason" of each determining policy (the permits that allowed, or the forbids
+    /// that denied); empty when nothing permits.
+    pub policies: Vec<String>,
+    /// Evaluation errors (a policy that failed to evaluate is skipped by Cedar; it is
+    /// reported here and the request is denied if nothing else permits it).
+    pub errors: Vec<String>,
+}
+
+impl Verdict {
+    /// The verdict in words, for a denial's detail or a decision record.
+    pub fn explain(&self) -> String {
+        if self.policies.is_empty() {
+            "no policy permits it".to_string()
+        } else if self.allowed {
+            format!("permitted by {}", self.policies.join("; "))
+        } else {
+            format!("forbidden by {}", self.policies.join("; "))
+        }
+    }
+}
+
+/// Line and column (1-based) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |n| before.len() - n - 1)
+        + 1;
+    (line, column)
+}
+
+/// An error with the location of its first labelled span, when it has one.
+fn located(
+    source_name: &str,
+    text: &str,
+    e: &(dyn miette::Diagnostic + Send + Sync),
+) -> PolicyError {
+    let mut message = e.to_string();
+    if let Some(help) = e.help() {
+        message = format!("{message} ({help})");
+    }
+    match e.labels().and_then(|mut l| l.next()) {
+        Some(label) => {
+            let (line, column) = line_col(text, label.offset());
+            PolicyError::At {
                 source_name: source_name.to_string(),
-                index,
+                line,
+                column,
                 message,
-            };
-            for k in &r.kinds {
-                if !KINDS.contains(&k.as_str()) {
-                    return Err(bad(format!(
-                        "unknown action kind {k:?} (known: {})",
-                        KINDS.join(", ")
-                    )));
-                }
-            }
-            for a in &r.assets {
-                if a != "line" && !assets.contains(&a.as_str()) {
-                    return Err(bad(format!("unknown asset {a:?}")));
-                }
             }
         }
-        Ok(p)
+        None => PolicyError::Invalid {
+            source_name: source_name.to_string(),
+            message,
+        },
+    }
+}
+
+fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
+    let literal = format!("Twinguard::{kind}::{}", json!(id));
+    EntityUid::from_str(&literal).map_err(|e| format!("{literal}: {e}"))
+}
+
+impl Policy {
+    /// Parses and validates a policy file against the schema, for `plant` (its assets are
+    /// the resources, all in the plant's zone). Every policy needs an `@id`.
+    pub fn parse(text: &str, source_name: &str, plant: &Plant) -> Result<Policy, PolicyError> {
+        let invalid = |message: String| PolicyError::Invalid {
+            source_name: source_name.to_string(),
+            message,
+        };
+        let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA)
+            .map_err(|e| invalid(format!("the built-in schema does not parse: {e}")))?;
+        let parsed = PolicySet::from_str(text).map_err(|e| located(source_name, text, &e))?;
+        // Stable ids from the `@id` annotations, for decision records.
+        let mut set = PolicySet::new();
+        let mut reasons = BTreeMap::new();
+        for p in parsed.policies() {
+            // Where the policy starts: its `@id` annotation (the last one seen, for a
+            // duplicate), else its own text.
+            let start = match p.annotation("id") {
+                Some(id) => text.rfind(&format!("@id({})", json!(id))),
+                None => text.find(p.to_string().trim()),
+            };
+            let at = |message: String| match start {
+                Some(offset) => {
+                    let (line, column) = line_col(text, offset);
+                    PolicyError::At {
+                        source_name: source_name.to_string(),
+                        line,
+                        column,
+                        message,
+                    }
+                }
+                None => invalid(message),
+            };
+            let Some(id) = p.annotation("id") else {
+                return Err(at("the policy has no @id(\"...\") annotation".into()));
+            };
+            let reason = p.annotation("reason").unwrap_or(id).to_string();
+            if reasons.insert(id.to_string(), reason).is_some() {
+                return Err(at(format!("@id({id:?}) is used twice")));
+            }
+            set.add(p.new_id(PolicyId::new(id)))
+                .map_err(|e| at(e.to_string()))?;
+        }
+        if parsed.templates().next().is_some() {
+            return Err(invalid("policy templates are not supported".into()));
+        }
+        let validation = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+        if let Some(e) = validation.validation_errors().next() {
+            return Err(located(source_name, text, e));
+        }
+        let entities = Self::entities(plant, &[], &[], &schema).map_err(invalid)?;
+        Ok(Policy {
+            set,
+            schema,
+            entities,
+            reasons,
+            source_name: source_name.to_string(),
+        })
     }
 
-    /// The rule that allows it, described for the audit log, or None (deny).
-    pub fn allows(&self, agent: &str, kind: &str, asset: &str) -> Option<String> {
-        self.allow.iter().enumerate().find_map(|(i, r)| {
-            (r.agent == agent
-                && r.kinds.iter().any(|k| k == kind)
-                && r.assets.iter().any(|a| a == asset))
-            .then(|| format!("allow[{i}]: {agent} may {kind} on {asset}"))
-        })
+    /// The entities: the plant's zone, its assets and the line in it, the agents and the
+    /// humans with their roles.
+    fn entities(
+        plant: &Plant,
+        agents: &[String],
+        humans: &[(String, Vec<String>)],
+        schema: &Schema,
+    ) -> Result<Entities, String> {
+        let zone = json!({ "type": "Twinguard::Zone", "id": plant.plant.id });
+        let mut list = vec![json!({ "uid": zone, "attrs": {}, "parents": [] })];
+        for a in plant.assets.iter().map(|a| a.id.as_str()).chain(["line"]) {
+            list.push(json!({
+                "uid": { "type": "Twinguard::Asset", "id": a },
+                "attrs": {},
+                "parents": [zone],
+            }));
+        }
+        for a in agents {
+            list.push(json!({ "uid": { "type": "Twinguard::Agent", "id": a }, "attrs": {}, "parents": [] }));
+        }
+        for (h, roles) in humans {
+            list.push(json!({
+                "uid": { "type": "Twinguard::Human", "id": h },
+                "attrs": { "roles": roles },
+                "parents": [],
+            }));
+        }
+        Entities::from_json_value(serde_json::Value::Array(list), Some(schema))
+            .map_err(|e| format!("entities: {e}"))
+    }
+
+    /// Replaces the agents and humans the policy knows (on registration or revocation).
+    pub fn set_principals(
+        &mut self,
+        plant: &Plant,
+        agents: &[String],
+        humans: &[(String, Vec<String>)],
+    ) -> Result<(), PolicyError> {
+        self.entities = Self::entities(plant, agents, humans, &self.schema).map_err(|message| {
+            PolicyError::Invalid {
+                source_name: self.source_name.clone(),
+                message,
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Whether `principal` may do `kind` on `asset` ("line" for the whole line) in
+    /// `context`. Anything that goes wrong while deciding is a denial that says so.
+    pub fn decide(
+        &self,
+        principal: Principal<'_>,
+        kind: &str,
+        asset: &str,
+        context: &ProcessContext,
+    ) -> Verdict {
+        let deny = |e: String| Verdict {
+            allowed: false,
+            policies: vec![],
+            errors: vec![e],
+        };
+        let principal = match principal {
+            Principal::Agent(a) => uid("Agent", a),
+            Principal::Human(h) => uid("Human", h),
+        };
+        let (principal, action, resource) =
+            match (principal, uid("Action", kind), uid("Asset", asset)) {
+                (Ok(p), Ok(a), Ok(r)) => (p, a, r),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return deny(e),
+            };
+        let ctx = json!({
+            "line_running": context.line_running,
+            "inputs_trusted": context.inputs_trusted,
+            "anomalies": context.anomalies,
+            "anomaly_kinds": context.anomaly_kinds,
+        });
+        let context = match Context::from_json_value(ctx, Some((&self.schema, &action))) {
+            Ok(c) => c,
+            Err(e) => return deny(format!("context: {e}")),
+        };
+        let request = match Request::new(principal, action, resource, context, Some(&self.schema)) {
+            Ok(r) => r,
+            Err(e) => return deny(format!("request: {e}")),
+        };
+        let response = Authorizer::new().is_authorized(&request, &self.set, &self.entities);
+        let diagnostics = response.diagnostics();
+        let policies = diagnostics
+            .reason()
+            .map(|id| {
+                let id = id.to_string();
+                match self.reasons.get(&id) {
+                    Some(r) => format!("{id}: {r}"),
+                    None => id,
+                }
+            })
+            .collect();
+        Verdict {
+            allowed: response.decision() == CedarDecision::Allow,
+            policies,
+            errors: diagnostics.errors().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// The ids of the loaded policies, with their reasons.
+    pub fn policies(&self) -> &BTreeMap<String, String> {
+        &self.reasons
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    fn ctx(inputs_trusted: bool) -> ProcessContext {
+        ProcessContext {
+            line_running: true,
+            inputs_trusted,
+            anomalies: 0,
+            anomaly_kinds: vec![],
+        }
+    }
+
+    #[test]
+    fn the_default_policy_permits_names_and_forbids() {
+        let plant = Plant::reference();
+        let p = Policy::parse(DEFAULT_POLICY, "default", &plant).unwrap();
+        let v = p.decide(
+            Principal::Agent("optimiser"),
+            "set_setpoint",
+            "past",
+            &ctx(true),
+        );
+        assert!(v.allowed, "{v:?}");
+        assert_eq!(v.policies.len(), 1);
+        assert!(v.policies[0].starts_with("optimiser-setpoints: "), "{v:?}");
+        // Deny unless permitted.
+        let v = p.decide(
+            Principal::Agent("optimiser"),
+            "stop_line",
+            "line",
+            &ctx(true),
+        );
+        assert!(!v.allowed);
+        assert_eq!(v.explain(), "no policy permits it");
+        let v = p.decide(
+            Principal::Agent("stranger"),
+            "set_setpoint",
+            "pump",
+            &ctx(true),
+        );
+        assert!(!v.allowed);
+        // A forbid overrides the permit, and says why.
+        let v = p.decide(
+            Principal::Agent("optimiser"),
+            "set_setpoint",
+            "pump",
+            &ctx(false),
+        );
+        assert!(!v.allowed);
+        assert!(
+            v.explain()
+                .starts_with("forbidden by no-setpoint-change-on-untrusted-data: "),
+            "{}",
+            v.explain()
+        );
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_their_location() {
+        let plant = Plant::reference();
+        // A syntax error.
+        let e = Policy::parse(
+            "@id(\"x\")\npermit (principal, action, resource)\n",
+            "p.cedar",
+            &plant,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("policy p.cedar:"), "{e}");
+        // An attribute the schema does not have: caught by validation, located.
+        let text =
+            "@id(\"a\")\npermit (principal, action, resource)\nwhen { context.line_runing };";
+        let e = Policy::parse(text, "p.cedar", &plant)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("policy p.cedar:3:"), "{e}");
+        // An unknown entity type.
+        let text = "@id(\"a\")\npermit (principal == Twinguard::Robot::\"r\", action, resource);";
+        let e = Policy::parse(text, "p.cedar", &plant)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("policy p.cedar:2:"), "{e}");
+        // A policy without an id.
+        let e = Policy::parse("permit (principal, action, resource);", "p.cedar", &plant)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("@id"), "{e}");
+        // The same id twice.
+        let text = "@id(\"a\")\npermit (principal, action, resource);\n@id(\"a\")\nforbid (principal, action, resource);";
+        let e = Policy::parse(text, "p.cedar", &plant)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("used twice") && e.starts_with("policy p.cedar:3:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn humans_are_decided_by_their_roles() {
+        let plant = Plant::reference();
+        let text = "@id(\"approvers-stop\")\n@reason(\"approvers may stop the line\")\npermit (principal is Twinguard::Human, action == Twinguard::Action::\"stop_line\", resource)\nwhen { principal.roles.contains(\"approver\") };";
+        let mut p = Policy::parse(text, "p.cedar", &plant).unwrap();
+        p.set_principals(
+            &plant,
+            &[],
+            &[
+                ("ana".into(), vec!["approver".into()]),
+                ("bo".into(), vec!["viewer".into()]),
+            ],
+        )
+        .unwrap();
+        assert!(
+            p.decide(Principal::Human("ana"), "stop_line", "line", &ctx(true))
+                .allowed
+        );
+        assert!(
+            !p.decide(Principal::Human("bo"), "stop_line", "line", &ctx(true))
+                .allowed
+        );
     }
 }

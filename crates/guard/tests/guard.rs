@@ -30,8 +30,7 @@ struct Setup {
 
 fn setup() -> Setup {
     let plant = Arc::new(Plant::reference());
-    let assets: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
-    let policy = Policy::parse(DEFAULT_POLICY, "default", &assets).unwrap();
+    let policy = Policy::parse(DEFAULT_POLICY, "default", &plant).unwrap();
     let key = SigningKey::from_bytes(&[3u8; 32]);
     let mut reg = AgentRegistry::default();
     reg.register("optimiser", key.verifying_key());

@@ -795,8 +795,7 @@ pub(crate) fn guard_with_agents(
     let mut agents = AgentRegistry::default();
     agents.register("maintenance", maintenance_key.verifying_key());
     agents.register("optimiser", optimiser_key.verifying_key());
-    let asset_ids: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
-    let policy = Policy::parse(DEFAULT_POLICY, "<default policy>", &asset_ids)?;
+    let policy = Policy::parse(DEFAULT_POLICY, "<default policy>", plant)?;
     Ok(Guard::new(plant.clone(), agents, policy))
 }
 

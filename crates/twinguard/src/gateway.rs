@@ -588,7 +588,6 @@ mod tests {
 
     /// An approved command, as only the guard can make one.
     fn approved(plant: &Arc<Plant>, value: f64, nonce: &str) -> guard::Approved {
-        let assets: Vec<&str> = plant.assets.iter().map(|a| a.id.as_str()).collect();
         let agent = SigningKey::from_bytes(&[2u8; 32]);
         let mut reg = AgentRegistry::default();
         reg.register("optimiser", agent.verifying_key());
@@ -599,7 +598,7 @@ mod tests {
         let mut guard = Guard::new(
             plant.clone(),
             reg,
-            Policy::parse(DEFAULT_POLICY, "p", &assets).unwrap(),
+            Policy::parse(DEFAULT_POLICY, "p", plant).unwrap(),
         );
         let p = Proposal {
             agent: "optimiser".into(),
