@@ -171,9 +171,13 @@ fn optimiser_cuts_recirculation_and_temperature_within_quality_limits() {
             {
                 assert!(*value >= 73.0, "{value}");
             }
-            if let (_, Decision::Execute(a), _) =
-                guard.decide(&sp, &[], &guard::InputTrust::default(), now)
-            {
+            let mut trust = guard::InputTrust::default();
+            for (id, st) in w.twin.signals() {
+                if let Some(p) = &st.last {
+                    trust.values.insert(id.clone(), p.value);
+                }
+            }
+            if let (_, Decision::Execute(a), _) = guard.decide(&sp, &[], &trust, now) {
                 w.sim.apply(&a.command().command).unwrap();
                 if let plant_model::PlantCommand::SetSetpoint { setpoint, value } =
                     &a.command().command

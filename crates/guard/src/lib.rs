@@ -116,6 +116,8 @@ pub enum DenyReason {
     UnknownTarget,
     Envelope,
     RateLimit,
+    Budget,
+    Precondition,
     Rejected,
     Expired,
 }
@@ -132,6 +134,8 @@ impl DenyReason {
             DenyReason::UnknownTarget => "unknown_target",
             DenyReason::Envelope => "envelope",
             DenyReason::RateLimit => "rate_limit",
+            DenyReason::Budget => "budget",
+            DenyReason::Precondition => "precondition",
             DenyReason::Rejected => "rejected_by_human",
             DenyReason::Expired => "approval_expired",
         }
@@ -206,7 +210,30 @@ impl Decision {
 #[derive(Debug, Clone, Default)]
 pub struct InputTrust {
     pub below: HashMap<String, String>,
+    /// The current value of each signal, for setpoints' preconditions.
+    pub values: HashMap<String, f64>,
 }
+
+/// Limits the guard holds per agent, beside each setpoint's envelope from the plant file.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardLimits {
+    /// Proposals of one agent accepted (executed or sent to a human) in any sliding hour.
+    pub agent_actions_per_hour: u32,
+    /// The same, for one agent on one asset.
+    pub agent_asset_actions_per_hour: u32,
+}
+
+impl Default for GuardLimits {
+    fn default() -> Self {
+        GuardLimits {
+            agent_actions_per_hour: 60,
+            agent_asset_actions_per_hour: 20,
+        }
+    }
+}
+
+const HOUR_MS: i64 = 3_600_000;
 
 /// A proposal waiting for a human.
 #[derive(Debug, Clone, Serialize)]
@@ -216,6 +243,10 @@ pub struct PendingApproval {
     pub why: String,
     pub created_ms: i64,
     pub expires_ms: i64,
+    /// Distinct humans who must approve (1, or 2 for a dual-approval change).
+    pub approvals_needed: usize,
+    /// Those who have approved so far.
+    pub approved_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -233,10 +264,13 @@ pub struct Guard {
     plant: Arc<Plant>,
     agents: AgentRegistry,
     policy: Policy,
+    limits: GuardLimits,
     /// Last commanded value per setpoint.
     commanded: HashMap<String, f64>,
-    /// Times of executed changes per setpoint, newest last.
-    changes: HashMap<String, VecDeque<i64>>,
+    /// Executed changes per setpoint (time, absolute change), newest last.
+    changes: HashMap<String, VecDeque<(i64, f64)>>,
+    /// Accepted proposals per agent (time, asset), newest last.
+    accepted: HashMap<String, VecDeque<(i64, String)>>,
     line_stopped: bool,
     pending: BTreeMap<u64, PendingApproval>,
     next_proposal: u64,
@@ -274,14 +308,26 @@ impl Guard {
             plant,
             agents,
             policy,
+            limits: GuardLimits::default(),
             commanded,
             changes: HashMap::new(),
+            accepted: HashMap::new(),
             line_stopped: false,
             pending: BTreeMap::new(),
             next_proposal: 1,
             next_command: 1,
             stats: GuardStats::default(),
         }
+    }
+
+    /// The same guard with per-agent limits other than the defaults.
+    pub fn with_limits(mut self, limits: GuardLimits) -> Guard {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> GuardLimits {
+        self.limits
     }
 
     pub fn agents(&mut self) -> &mut AgentRegistry {
@@ -347,7 +393,7 @@ impl Guard {
         // A stop resting on doubtful data still reaches a human (corroboration needs
         // trusted detections); anything else resting on it is denied.
         let (decision, rule) = if untrusted.is_empty() || proposal.action == Action::StopLine {
-            self.evaluate(id, &proposal, active, untrusted.is_empty(), now_ms)
+            self.evaluate(id, &proposal, active, trust, untrusted.is_empty(), now_ms)
         } else {
             (
                 Self::deny(
@@ -396,6 +442,7 @@ impl Guard {
         id: u64,
         p: &Proposal,
         active: &[&Detection],
+        trust: &InputTrust,
         inputs_trusted: bool,
         now_ms: i64,
     ) -> (Decision, Option<String>) {
@@ -441,9 +488,12 @@ impl Guard {
                 rule,
             );
         }
+        if let Err(d) = self.check_agent_rate(&p.agent, &asset, now_ms) {
+            return (d.into(), rule);
+        }
         let tier = match &p.action {
             Action::SetSetpoint { setpoint, value } => {
-                if let Err(d) = self.check_envelope(setpoint, *value, now_ms) {
+                if let Err(d) = self.check_envelope(setpoint, *value, now_ms, &trust.values) {
                     return (d.into(), rule);
                 }
                 self.plant
@@ -464,6 +514,10 @@ impl Guard {
                 }
             }
         };
+        self.accepted
+            .entry(p.agent.clone())
+            .or_default()
+            .push_back((now_ms, asset.clone()));
         let decision = match tier {
             RiskTier::Auto => Decision::Execute(self.approve_now(
                 p.action.clone(),
@@ -472,11 +526,17 @@ impl Guard {
                 vec![],
                 now_ms,
             )),
-            RiskTier::Approve => {
+            RiskTier::Approve | RiskTier::Dual => {
+                let approvals_needed = if tier == RiskTier::Dual { 2 } else { 1 };
+                let who = if approvals_needed == 2 {
+                    "two different humans"
+                } else {
+                    "a human"
+                };
                 let why = match &p.action {
                     Action::StopLine => "a line stop without two independent detections on trusted data needs a human".to_string(),
-                    Action::Maintenance { .. } => "maintenance needs a human".to_string(),
-                    Action::SetSetpoint { setpoint, .. } => format!("changes to {setpoint} need a human"),
+                    Action::Maintenance { .. } => format!("maintenance needs {who}"),
+                    Action::SetSetpoint { setpoint, .. } => format!("changes to {setpoint} need {who}"),
                 };
                 self.pending.insert(
                     id,
@@ -486,6 +546,8 @@ impl Guard {
                         why: why.clone(),
                         created_ms: now_ms,
                         expires_ms: now_ms + APPROVAL_TTL_MS,
+                        approvals_needed,
+                        approved_by: vec![],
                     },
                 );
                 Decision::Pending { id, why }
@@ -520,7 +582,46 @@ impl Guard {
         }
     }
 
-    fn check_envelope(&mut self, setpoint: &str, value: f64, now_ms: i64) -> Result<(), Denial> {
+    /// The agent's accepted proposals in the last hour, overall and on `asset`, against
+    /// its limits.
+    fn check_agent_rate(&mut self, agent: &str, asset: &str, now_ms: i64) -> Result<(), Denial> {
+        let recent = self.accepted.entry(agent.to_string()).or_default();
+        while recent.front().is_some_and(|(t, _)| now_ms - t >= HOUR_MS) {
+            recent.pop_front();
+        }
+        let limits = self.limits;
+        if recent.len() as u64 >= u64::from(limits.agent_actions_per_hour) {
+            return Err(Denial::new(
+                DenyReason::RateLimit,
+                format!(
+                    "agent {agent} already had {} actions accepted in the last hour (limit {})",
+                    recent.len(),
+                    limits.agent_actions_per_hour
+                ),
+            ));
+        }
+        let on_asset = recent.iter().filter(|(_, a)| a == asset).count();
+        if on_asset as u64 >= u64::from(limits.agent_asset_actions_per_hour) {
+            return Err(Denial::new(
+                DenyReason::RateLimit,
+                format!(
+                    "agent {agent} already had {on_asset} actions on {asset} accepted in the last hour (limit {})",
+                    limits.agent_asset_actions_per_hour
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The setpoint's envelope from the plant file: range, step, changes per hour, slew
+    /// rate, cumulative-change budget and preconditions on the process (`values`).
+    fn check_envelope(
+        &self,
+        setpoint: &str,
+        value: f64,
+        now_ms: i64,
+        values: &HashMap<String, f64>,
+    ) -> Result<(), Denial> {
         let Some(sp) = self.plant.setpoint(setpoint) else {
             return Err(Denial::new(
                 DenyReason::UnknownTarget,
@@ -537,30 +638,81 @@ impl Guard {
             ));
         }
         let current = self.commanded.get(setpoint).copied().unwrap_or(sp.initial);
-        if (value - current).abs() > sp.max_step + 1e-9 {
+        let step = (value - current).abs();
+        if step > sp.max_step + 1e-9 {
             return Err(Denial::new(
                 DenyReason::Envelope,
                 format!(
-                    "{setpoint}: step from {current} to {value} is {} {}, more than the max step {}",
-                    (value - current).abs(),
-                    sp.unit,
-                    sp.max_step
+                    "{setpoint}: step from {current} to {value} is {step} {}, more than the max step {}",
+                    sp.unit, sp.max_step
                 ),
             ));
         }
-        let recent = self.changes.entry(setpoint.to_string()).or_default();
-        while recent.front().is_some_and(|t| now_ms - t >= 3_600_000) {
-            recent.pop_front();
-        }
-        if recent.len() as u32 >= sp.max_changes_per_hour {
+        let history = self.changes.get(setpoint);
+        let within = |window_ms: i64| {
+            history
+                .into_iter()
+                .flatten()
+                .filter(move |(t, _)| now_ms - t < window_ms)
+        };
+        let last_hour = within(HOUR_MS).count();
+        if last_hour as u64 >= u64::from(sp.max_changes_per_hour) {
             return Err(Denial::new(
                 DenyReason::RateLimit,
                 format!(
-                    "{setpoint} already changed {} times in the last hour (limit {})",
-                    recent.len(),
+                    "{setpoint} already changed {last_hour} times in the last hour (limit {})",
                     sp.max_changes_per_hour
                 ),
             ));
+        }
+        if let (Some(slew), Some((t, _))) = (sp.max_slew_per_min, history.and_then(|h| h.back())) {
+            let minutes = (now_ms - t).max(0) as f64 / 60_000.0;
+            if step > slew * minutes + 1e-9 {
+                return Err(Denial::new(
+                    DenyReason::Envelope,
+                    format!(
+                        "{setpoint}: a change of {step} {} {minutes:.2} min after the previous one exceeds the slew limit of {slew} {} per minute",
+                        sp.unit, sp.unit
+                    ),
+                ));
+            }
+        }
+        if let Some(b) = &sp.budget {
+            let window_ms = (b.window_min * 60_000.0) as i64;
+            let used: f64 = within(window_ms).map(|(_, d)| d).sum();
+            if used + step > b.max_total + 1e-9 {
+                return Err(Denial::new(
+                    DenyReason::Budget,
+                    format!(
+                        "{setpoint}: {used} {} of change in the last {} min plus this {step} exceeds the budget of {}",
+                        sp.unit, b.window_min, b.max_total
+                    ),
+                ));
+            }
+        }
+        for c in &sp.preconditions {
+            let Some(v) = values.get(&c.signal).copied() else {
+                return Err(Denial::new(
+                    DenyReason::Precondition,
+                    format!(
+                        "{setpoint} may change only with a current value of {}, and there is none",
+                        c.signal
+                    ),
+                ));
+            };
+            let low = c.min.is_some_and(|m| v < m);
+            let high = c.max.is_some_and(|m| v > m);
+            if low || high {
+                return Err(Denial::new(
+                    DenyReason::Precondition,
+                    format!(
+                        "{setpoint} may change only while {} is within [{}, {}]; it is {v}",
+                        c.signal,
+                        c.min.map_or("-inf".to_string(), |m| m.to_string()),
+                        c.max.map_or("inf".to_string(), |m| m.to_string()),
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -576,11 +728,21 @@ impl Guard {
     ) -> Approved {
         let command = match action {
             Action::SetSetpoint { setpoint, value } => {
-                self.commanded.insert(setpoint.clone(), value);
-                self.changes
-                    .entry(setpoint.clone())
-                    .or_default()
-                    .push_back(now_ms);
+                let previous = self.commanded.insert(setpoint.clone(), value);
+                let initial = self.plant.setpoint(&setpoint).map_or(value, |s| s.initial);
+                let changes = self.changes.entry(setpoint.clone()).or_default();
+                changes.push_back((now_ms, (value - previous.unwrap_or(initial)).abs()));
+                // Keep what the longest window can still need.
+                let keep_ms = self
+                    .plant
+                    .setpoint(&setpoint)
+                    .and_then(|s| s.budget)
+                    .map_or(HOUR_MS, |b| ((b.window_min * 60_000.0) as i64).max(HOUR_MS));
+                while changes.len() > 1
+                    && changes.front().is_some_and(|(t, _)| now_ms - t >= keep_ms)
+                {
+                    changes.pop_front();
+                }
                 PlantCommand::SetSetpoint { setpoint, value }
             }
             Action::StopLine => {
@@ -600,19 +762,43 @@ impl Guard {
         })
     }
 
-    /// A human approves a pending proposal. The envelope is checked again: the plant may
+    /// A human approves a pending proposal. A dual-approval change executes on the second
+    /// approval by a different human; the same human approving twice is refused and the
+    /// proposal stays pending. The envelope is checked again on execution: the plant may
     /// have moved on since the proposal was made.
-    pub fn approve(&mut self, id: u64, human: &str, now_ms: i64) -> Result<Decision, String> {
-        let p = self
-            .pending
-            .remove(&id)
-            .ok_or_else(|| format!("no pending approval {id}"))?;
+    pub fn approve(
+        &mut self,
+        id: u64,
+        human: &str,
+        trust: &InputTrust,
+        now_ms: i64,
+    ) -> Result<Decision, String> {
+        let Some(mut p) = self.pending.remove(&id) else {
+            return Err(format!("no pending approval {id}"));
+        };
         let agent = p.proposal.agent.clone();
+        if now_ms <= p.expires_ms && p.approved_by.iter().any(|h| h == human) {
+            let msg = format!(
+                "{human} has already approved {id}; it needs another approver, a different person"
+            );
+            self.pending.insert(id, p);
+            return Err(msg);
+        }
         let decision = if now_ms > p.expires_ms {
             Self::deny(
                 DenyReason::Expired,
                 format!("approval {id} expired at {}", p.expires_ms),
             )
+        } else if p.approved_by.len() + 1 < p.approvals_needed {
+            p.approved_by.push(human.to_string());
+            let why = format!(
+                "approved by {}; needs {} more approver(s), each a different person",
+                p.approved_by.join(", "),
+                p.approvals_needed - p.approved_by.len()
+            );
+            p.why = why.clone();
+            self.pending.insert(id, p);
+            return Ok(Decision::Pending { id, why });
         } else if self.line_stopped && p.proposal.action != Action::StopLine {
             Self::deny(DenyReason::LineStopped, "the line is stopped")
         } else {
@@ -622,19 +808,23 @@ impl Guard {
             };
             let check = match &p.proposal.action {
                 Action::SetSetpoint { setpoint, value } => {
-                    self.check_envelope(setpoint, *value, now_ms)
+                    self.check_envelope(setpoint, *value, now_ms, &trust.values)
                 }
                 _ => Ok(()),
             };
             match check {
                 Err(d) => d.into(),
-                Ok(()) => Decision::Execute(self.approve_now(
-                    p.proposal.action.clone(),
-                    &asset,
-                    &agent,
-                    vec![human.to_string()],
-                    now_ms,
-                )),
+                Ok(()) => {
+                    let mut approved_by = std::mem::take(&mut p.approved_by);
+                    approved_by.push(human.to_string());
+                    Decision::Execute(self.approve_now(
+                        p.proposal.action.clone(),
+                        &asset,
+                        &agent,
+                        approved_by,
+                        now_ms,
+                    ))
+                }
             }
         };
         self.count(&decision, &agent);

@@ -56,15 +56,7 @@ impl Setup {
         active: &[&Detection],
         now: i64,
     ) -> Decision {
-        self.propose_with(
-            agent,
-            action,
-            evidence,
-            active,
-            &[],
-            &guard::InputTrust::default(),
-            now,
-        )
+        self.propose_with(agent, action, evidence, active, &[], &normal(), now)
     }
 
     #[allow(
@@ -103,6 +95,13 @@ impl Setup {
         let sp = sign_proposal(&p, &token, &self.key);
         self.guard.decide(&sp, active, trust, now).1
     }
+}
+
+/// Every input trusted, and the buffer tank at its usual level (the pump's precondition).
+fn normal() -> guard::InputTrust {
+    let mut t = guard::InputTrust::default();
+    t.values.insert("tank.level".into(), 1.6);
+    t
 }
 
 fn speed(v: f64) -> Action {
@@ -152,13 +151,13 @@ fn changes_per_hour_are_limited() {
     for i in 0..6 {
         v -= 50.0;
         assert!(matches!(
-            s.propose("optimiser", speed(v), vec![], &[], T0 + i * 1000),
+            s.propose("optimiser", speed(v), vec![], &[], T0 + i * 60_000),
             Decision::Execute(_)
         ));
     }
-    let d = s.propose("optimiser", speed(v - 50.0), vec![], &[], T0 + 10_000);
+    let d = s.propose("optimiser", speed(v - 50.0), vec![], &[], T0 + 400_000);
     assert_eq!(denied(&d), Some(DenyReason::RateLimit));
-    let later = T0 + 3_600_000 + 10_000;
+    let later = T0 + 3_600_000 + 60_000;
     s.token = s
         .guard
         .agents()
@@ -206,11 +205,11 @@ fn stolen_token_without_key_is_refused_and_alerts() {
         nonce: "thief-1".into(),
     };
     let mut sp = sign_proposal(&p, &s.token, &thief);
-    let (_, d, rec) = s.guard.decide(&sp, &[], &guard::InputTrust::default(), T0);
+    let (_, d, rec) = s.guard.decide(&sp, &[], &normal(), T0);
     assert_eq!(denied(&d), Some(DenyReason::TokenWithoutKey));
     assert_eq!(rec.outcome, "denied");
     sp.signature = String::new();
-    let (_, d, _) = s.guard.decide(&sp, &[], &guard::InputTrust::default(), T0);
+    let (_, d, _) = s.guard.decide(&sp, &[], &normal(), T0);
     assert_eq!(denied(&d), Some(DenyReason::TokenWithoutKey));
     assert_eq!(s.guard.stats().alerts.len(), 2);
 }
@@ -229,17 +228,11 @@ fn replayed_signed_request_is_refused() {
     };
     let sp = sign_proposal(&p, &s.token, &s.key);
     assert!(matches!(
-        s.guard
-            .decide(&sp, &[], &guard::InputTrust::default(), T0)
-            .1,
+        s.guard.decide(&sp, &[], &normal(), T0).1,
         Decision::Execute(_)
     ));
     assert_eq!(
-        denied(
-            &s.guard
-                .decide(&sp, &[], &guard::InputTrust::default(), T0 + 1)
-                .1
-        ),
+        denied(&s.guard.decide(&sp, &[], &normal(), T0 + 1).1),
         Some(DenyReason::Replay)
     );
 }
@@ -350,7 +343,7 @@ fn human_approval_executes_and_rechecks_the_envelope() {
         panic!("{d:?}")
     };
     assert_eq!(s.guard.pending().count(), 1);
-    let d = s.guard.approve(id, "ana", T0 + 1000).unwrap();
+    let d = s.guard.approve(id, "ana", &normal(), T0 + 1000).unwrap();
     match d {
         Decision::Execute(a) => {
             assert_eq!(a.command().command, PlantCommand::Maintenance);
@@ -358,7 +351,10 @@ fn human_approval_executes_and_rechecks_the_envelope() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(s.guard.approve(id, "ana", T0).is_err(), "approved twice");
+    assert!(
+        s.guard.approve(id, "ana", &normal(), T0).is_err(),
+        "approved twice"
+    );
     let d = s.propose(
         "maintenance",
         Action::Maintenance {
@@ -371,7 +367,10 @@ fn human_approval_executes_and_rechecks_the_envelope() {
     let Decision::Pending { id, .. } = d else {
         panic!()
     };
-    let d = s.guard.approve(id, "ana", T0 + 2 * 3_600_000).unwrap();
+    let d = s
+        .guard
+        .approve(id, "ana", &normal(), T0 + 2 * 3_600_000)
+        .unwrap();
     assert_eq!(denied(&d), Some(DenyReason::Expired));
 }
 
@@ -426,7 +425,7 @@ proptest! {
 #[test]
 fn values_below_the_required_trust_never_drive_actuation() {
     let mut s = setup();
-    let mut trust = guard::InputTrust::default();
+    let mut trust = normal();
     trust.below.insert(
         "filler.recirc_flow".into(),
         "arrived unsigned from gw-legacy".into(),

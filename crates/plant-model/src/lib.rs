@@ -81,6 +81,29 @@ pub enum RiskTier {
     Auto,
     /// Waits for one human approval.
     Approve,
+    /// Waits for two approvals by distinct humans (IEC 62443-3-3 SR 2.1 RE 4).
+    Dual,
+}
+
+/// A limit on the total change of a setpoint within a sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeBudget {
+    /// Sum of absolute changes allowed within the window, in the setpoint's unit.
+    pub max_total: f64,
+    pub window_min: f64,
+}
+
+/// A process condition under which a setpoint may be changed: a signal's current value
+/// must lie within `[min, max]` (either bound optional).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Precondition {
+    pub signal: String,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +122,16 @@ pub struct Setpoint {
     /// Value in the plant's safe state (applied by a line stop).
     pub safe: f64,
     pub risk: RiskTier,
+    /// Slew-rate limit: a change may be at most this much per minute since the setpoint's
+    /// previous change.
+    #[serde(default)]
+    pub max_slew_per_min: Option<f64>,
+    /// Cumulative-change budget.
+    #[serde(default)]
+    pub budget: Option<ChangeBudget>,
+    /// Conditions on the process that must hold for a change.
+    #[serde(default)]
+    pub preconditions: Vec<Precondition>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -291,6 +324,40 @@ impl Plant {
             }
             if !sp.safe.is_finite() {
                 return Err(bad(loc("safe"), "must be a finite number".into()));
+            }
+            if sp
+                .max_slew_per_min
+                .is_some_and(|v| !(v.is_finite() && v > 0.0))
+            {
+                return Err(bad(
+                    loc("max_slew_per_min"),
+                    "must be a positive number".into(),
+                ));
+            }
+            if let Some(b) = &sp.budget
+                && !(b.max_total.is_finite()
+                    && b.max_total > 0.0
+                    && b.window_min.is_finite()
+                    && b.window_min > 0.0)
+            {
+                return Err(bad(
+                    loc("budget"),
+                    "max_total and window_min must be positive numbers".into(),
+                ));
+            }
+            for (k, c) in sp.preconditions.iter().enumerate() {
+                let at = loc(&format!("preconditions[{k}]"));
+                if !signals.contains(c.signal.as_str()) {
+                    return Err(bad(at, format!("unknown signal {:?}", c.signal)));
+                }
+                let finite = |v: Option<f64>| v.is_none_or(f64::is_finite);
+                if (c.min.is_none() && c.max.is_none())
+                    || !finite(c.min)
+                    || !finite(c.max)
+                    || matches!((c.min, c.max), (Some(lo), Some(hi)) if lo > hi)
+                {
+                    return Err(bad(at, "needs finite min and/or max, min <= max".into()));
+                }
             }
         }
         for (i, r) in self.relations.iter().enumerate() {

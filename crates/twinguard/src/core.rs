@@ -615,7 +615,11 @@ impl Core {
     fn input_trust(&self) -> guard::InputTrust {
         let suspect = self.detectors.suspect_signals();
         let mut below = std::collections::HashMap::new();
+        let mut values = std::collections::HashMap::new();
         for (id, st) in self.twin.signals() {
+            if let Some(p) = &st.last {
+                values.insert(id.clone(), p.value);
+            }
             match &st.provenance {
                 Some(p) if p.trust < self.min_trust => {
                     let how = match (p.trust, p.signed) {
@@ -640,7 +644,7 @@ impl Core {
                 below.insert(id.clone(), "contradicted by the twin's physics".to_string());
             }
         }
-        guard::InputTrust { below }
+        guard::InputTrust { below, values }
     }
 
     /// Sends an approved command, after its decision is on record. Fails safe.
@@ -688,9 +692,10 @@ impl Core {
         let now = self.clock.now_ms();
         match op {
             Op::Approve { id, by, reply } => {
+                let trust = self.input_trust();
                 let r = self
                     .guard
-                    .approve(id, &by, now)
+                    .approve(id, &by, &trust, now)
                     .map(|d| self.after_human(d, id, &by, "approved", now));
                 let _ = reply.send(r);
             }

@@ -612,13 +612,10 @@ mod tests {
             created_ms: T,
             nonce: nonce.into(),
         };
+        let mut trust = guard::InputTrust::default();
+        trust.values.insert("tank.level".into(), 1.6);
         match guard
-            .decide(
-                &sign_proposal(&p, &token, &agent),
-                &[],
-                &guard::InputTrust::default(),
-                T,
-            )
+            .decide(&sign_proposal(&p, &token, &agent), &[], &trust, T)
             .1
         {
             Decision::Execute(a) => a,
