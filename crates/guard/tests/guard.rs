@@ -476,3 +476,302 @@ fn values_below_the_required_trust_never_drive_actuation() {
     );
     assert!(matches!(d, Decision::Pending { .. }), "{d:?}");
 }
+
+#[test]
+fn slew_budget_and_preconditions_deny_with_the_limit_broken() {
+    let mut s = setup();
+    assert!(matches!(
+        s.propose("optimiser", speed(1550.0), vec![], &[], T0),
+        Decision::Execute(_)
+    ));
+    // 100 rpm/min: 80 rpm half a minute later is too fast ...
+    let d = s.propose("optimiser", speed(1470.0), vec![], &[], T0 + 30_000);
+    match &d {
+        Decision::Denied { reason, detail } => {
+            assert_eq!(*reason, DenyReason::Envelope);
+            assert!(detail.contains("slew limit of 100"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // ... and fine a minute later.
+    assert!(matches!(
+        s.propose("optimiser", speed(1470.0), vec![], &[], T0 + 60_000),
+        Decision::Execute(_)
+    ));
+    // Budget: 400 rpm of change per hour. 50 + 80 used; two more changes of 100 = 330,
+    // then 100 more would make 430.
+    let mut v = 1470.0;
+    for k in 0..2 {
+        v += if k % 2 == 0 { 100.0 } else { -100.0 };
+        let d = s.propose("optimiser", speed(v), vec![], &[], T0 + (k + 2) * 60_000);
+        assert!(matches!(d, Decision::Execute(_)), "{d:?}");
+    }
+    let d = s.propose("optimiser", speed(v + 100.0), vec![], &[], T0 + 5 * 60_000);
+    match &d {
+        Decision::Denied { reason, detail } => {
+            assert_eq!(*reason, DenyReason::Budget);
+            assert!(detail.contains("exceeds the budget of 400"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Preconditions: no pump change while the buffer tank is nearly empty, or unknown.
+    let mut s = setup();
+    let mut low = normal();
+    low.values.insert("tank.level".into(), 0.2);
+    let d = s.propose_with("optimiser", speed(1550.0), vec![], &[], &[], &low, T0);
+    match &d {
+        Decision::Denied { reason, detail } => {
+            assert_eq!(*reason, DenyReason::Precondition);
+            assert!(
+                detail.contains("tank.level is within [0.3, inf]; it is 0.2"),
+                "{detail}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let d = s.propose_with(
+        "optimiser",
+        speed(1550.0),
+        vec![],
+        &[],
+        &[],
+        &guard::InputTrust::default(),
+        T0,
+    );
+    assert_eq!(denied(&d), Some(DenyReason::Precondition));
+    assert_eq!(
+        s.guard.commanded("pump.speed_sp"),
+        Some(1600.0),
+        "nothing moved"
+    );
+}
+
+fn filler(v: f64) -> Action {
+    Action::SetSetpoint {
+        setpoint: "filler.speed_sp".into(),
+        value: v,
+    }
+}
+
+/// A setup whose policy also lets the optimiser propose filler speed changes (a dual-
+/// approval setpoint in the reference plant).
+fn setup_with_filler() -> Setup {
+    let mut s = setup();
+    let plant = Arc::new(Plant::reference());
+    let text = format!(
+        "{DEFAULT_POLICY}\n@id(\"optimiser-filler\")\n@reason(\"the optimiser may propose filler speeds\")\npermit (principal == Twinguard::Agent::\"optimiser\", action == Twinguard::Action::\"set_setpoint\", resource == Twinguard::Asset::\"filler\");\n"
+    );
+    let policy = Policy::parse(&text, "test", &plant).unwrap();
+    let reg = s.guard.agents().clone();
+    s.guard = Guard::new(plant, reg, policy);
+    s
+}
+
+#[test]
+fn dual_approval_needs_two_different_people() {
+    let mut s = setup_with_filler();
+    let d = s.propose("optimiser", filler(480.0), vec![], &[], T0);
+    let Decision::Pending { id, why } = d else {
+        panic!("{d:?}")
+    };
+    assert!(why.contains("two different humans"), "{why}");
+    // The first approval leaves it pending ...
+    let d = s.guard.approve(id, "ana", &normal(), T0 + 1000).unwrap();
+    assert!(matches!(d, Decision::Pending { .. }), "{d:?}");
+    // ... the same person again is refused, and it stays pending ...
+    let e = s
+        .guard
+        .approve(id, "ana", &normal(), T0 + 2000)
+        .unwrap_err();
+    assert!(e.contains("different person"), "{e}");
+    assert_eq!(s.guard.pending().count(), 1);
+    // ... a second person executes it, both on record.
+    match s.guard.approve(id, "bo", &normal(), T0 + 3000).unwrap() {
+        Decision::Execute(a) => assert_eq!(
+            a.command().approved_by,
+            vec!["ana".to_string(), "bo".to_string()]
+        ),
+        other => panic!("{other:?}"),
+    }
+    // An approval after expiry executes nothing, even with two people.
+    let d = s.propose("optimiser", filler(470.0), vec![], &[], T0 + 4000);
+    let Decision::Pending { id, .. } = d else {
+        panic!("{d:?}")
+    };
+    s.guard.approve(id, "ana", &normal(), T0 + 5000).unwrap();
+    let late = T0 + 4000 + guard::APPROVAL_TTL_MS + 1;
+    let d = s.guard.approve(id, "bo", &normal(), late).unwrap();
+    assert_eq!(denied(&d), Some(DenyReason::Expired));
+}
+
+#[test]
+fn agents_are_rate_limited_overall_and_per_asset() {
+    let mut s = setup();
+    let plant = Arc::new(Plant::reference());
+    let reg = s.guard.agents().clone();
+    s.guard = Guard::new(
+        plant.clone(),
+        reg,
+        Policy::parse(DEFAULT_POLICY, "default", &plant).unwrap(),
+    )
+    .with_limits(guard::GuardLimits {
+        agent_actions_per_hour: 3,
+        agent_asset_actions_per_hour: 2,
+    });
+    let mut temp = 75.0;
+    for k in 0..2 {
+        temp -= 0.5;
+        let t = Action::SetSetpoint {
+            setpoint: "past.temp_sp".into(),
+            value: temp,
+        };
+        assert!(matches!(
+            s.propose("optimiser", t, vec![], &[], T0 + k * 60_000),
+            Decision::Execute(_)
+        ));
+    }
+    let t = Action::SetSetpoint {
+        setpoint: "past.temp_sp".into(),
+        value: temp - 0.5,
+    };
+    let d = s.propose("optimiser", t, vec![], &[], T0 + 3 * 60_000);
+    match &d {
+        Decision::Denied { reason, detail } => {
+            assert_eq!(*reason, DenyReason::RateLimit);
+            assert!(detail.contains("actions on past"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        s.propose("optimiser", speed(1550.0), vec![], &[], T0 + 4 * 60_000),
+        Decision::Execute(_)
+    ));
+    let d = s.propose("optimiser", speed(1500.0), vec![], &[], T0 + 6 * 60_000);
+    match &d {
+        Decision::Denied { reason, detail } => {
+            assert_eq!(*reason, DenyReason::RateLimit);
+            assert!(
+                detail.contains("3 actions accepted in the last hour"),
+                "{detail}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A small reference guard for setpoint changes, written straight from the plant file's
+/// rules with no state beyond the list of executed changes: whether the change is allowed.
+struct Reference {
+    plant: Plant,
+    /// (time, setpoint, value) of every executed change, oldest first.
+    executed: Vec<(i64, String, f64)>,
+    /// (time, asset) of every accepted proposal.
+    accepted: Vec<(i64, String)>,
+    limits: guard::GuardLimits,
+}
+
+impl Reference {
+    fn current(&self, setpoint: &str) -> f64 {
+        self.executed
+            .iter()
+            .rev()
+            .find(|(_, s, _)| s == setpoint)
+            .map(|(_, _, v)| *v)
+            .unwrap_or_else(|| self.plant.setpoint(setpoint).unwrap().initial)
+    }
+
+    /// Whether `setpoint := value` at `now` (tank level `level`) is allowed.
+    fn allows(&self, setpoint: &str, value: f64, now: i64, level: f64) -> bool {
+        let sp = self.plant.setpoint(setpoint).unwrap();
+        let in_last = |ms: i64| {
+            self.executed
+                .iter()
+                .filter(move |(t, s, _)| s == setpoint && now - t < ms)
+        };
+        // Absolute change of every executed change of this setpoint.
+        let mut prev = sp.initial;
+        let mut deltas = Vec::new();
+        for (t, s, v) in &self.executed {
+            if s == setpoint {
+                deltas.push((*t, (v - prev).abs()));
+                prev = *v;
+            }
+        }
+        let step = (value - self.current(setpoint)).abs();
+        let slew_ok = match (sp.max_slew_per_min, deltas.last()) {
+            (Some(slew), Some((t, _))) => step <= slew * (now - t) as f64 / 60_000.0 + 1e-9,
+            _ => true,
+        };
+        let budget_ok = sp.budget.is_none_or(|b| {
+            let window = (b.window_min * 60_000.0) as i64;
+            let used: f64 = deltas
+                .iter()
+                .filter(|(t, _)| now - t < window)
+                .map(|(_, d)| d)
+                .sum();
+            used + step <= b.max_total + 1e-9
+        });
+        let pre_ok = sp
+            .preconditions
+            .iter()
+            .all(|c| c.min.is_none_or(|m| level >= m) && c.max.is_none_or(|m| level <= m));
+        let agent_recent: Vec<&(i64, String)> = self
+            .accepted
+            .iter()
+            .filter(|(t, _)| now - t < 3_600_000)
+            .collect();
+        let rate_ok = (agent_recent.len() as u32) < self.limits.agent_actions_per_hour
+            && (agent_recent.iter().filter(|(_, a)| *a == sp.asset).count() as u32)
+                < self.limits.agent_asset_actions_per_hour;
+        value >= sp.min
+            && value <= sp.max
+            && step <= sp.max_step + 1e-9
+            && (in_last(3_600_000).count() as u32) < sp.max_changes_per_hour
+            && slew_ok
+            && budget_ok
+            && pre_ok
+            && rate_ok
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Differential: on random proposals (values, timing, tank level), the guard executes
+    /// a setpoint change exactly when the reference guard allows it; and every executed
+    /// command lies inside its envelope, step, rate, slew, budget and preconditions.
+    #[test]
+    fn the_guard_agrees_with_a_reference_on_random_proposals(
+        steps in proptest::collection::vec(
+            (any::<bool>(), -150.0f64..150.0, 0i64..240_000, prop_oneof![9 => Just(1.6f64), 1 => Just(0.2f64)]),
+            1..80,
+        )
+    ) {
+        let mut s = setup();
+        let plant = Plant::reference();
+        let mut reference = Reference {
+            plant: plant.clone(),
+            executed: vec![],
+            accepted: vec![],
+            limits: s.guard.limits(),
+        };
+        let mut now = T0;
+        for (pump, delta, dt, level) in steps {
+            now += dt;
+            s.token = s.guard.agents().issue_token("optimiser", format!("{:064}", s.nonce + 1_000_000), now).unwrap().value;
+            let (setpoint, scale) = if pump { ("pump.speed_sp", 1.0) } else { ("past.temp_sp", 0.01) };
+            let value = reference.current(setpoint) + delta * scale;
+            let expected = reference.allows(setpoint, value, now, level);
+            let mut trust = normal();
+            trust.values.insert("tank.level".into(), level);
+            let action = Action::SetSetpoint { setpoint: setpoint.into(), value };
+            let d = s.propose_with("optimiser", action, vec![], &[], &[], &trust, now);
+            let executed = matches!(d, Decision::Execute(_));
+            prop_assert_eq!(executed, expected, "{} := {} at +{} ms, level {}: {:?}", setpoint, value, now - T0, level, d);
+            if executed {
+                let asset = plant.setpoint(setpoint).unwrap().asset.clone();
+                reference.executed.push((now, setpoint.to_string(), value));
+                reference.accepted.push((now, asset));
+            }
+        }
+    }
+}
