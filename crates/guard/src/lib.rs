@@ -249,6 +249,20 @@ pub struct PendingApproval {
     pub approved_by: Vec<String>,
 }
 
+/// What the guard would decide on a proposal, and why (see [`Guard::assess`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Assessment {
+    /// The asset the action targets ("line" for a line stop).
+    pub asset: Option<String>,
+    pub policy: Option<Verdict>,
+    /// The envelope, budget, precondition or rate limit the action would break.
+    pub limits: Option<String>,
+    /// Who decides: automatic, one human approval, two approvals by different humans.
+    pub tier: Option<String>,
+    /// The outcome in words.
+    pub outcome: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GuardStats {
     pub executed: u64,
@@ -350,6 +364,73 @@ impl Guard {
 
     pub fn pending(&self) -> impl Iterator<Item = &PendingApproval> {
         self.pending.values()
+    }
+
+    /// What the guard would decide on `p` now, without deciding: the policy's verdict,
+    /// the envelope and rate checks, and the tier. Changes nothing (for `policy check`).
+    pub fn assess(
+        &self,
+        p: &Proposal,
+        context: &ProcessContext,
+        values: &HashMap<String, f64>,
+        now_ms: i64,
+    ) -> Assessment {
+        let asset = match self.target_asset(&p.action) {
+            Ok(a) => a,
+            Err(d) => {
+                return Assessment {
+                    asset: None,
+                    policy: None,
+                    limits: Some(format!("{}: {}", d.0.as_str(), d.1)),
+                    tier: None,
+                    outcome: format!("denied ({}): {}", d.0.as_str(), d.1),
+                };
+            }
+        };
+        let verdict =
+            self.policy
+                .decide(Principal::Agent(&p.agent), p.action.kind(), &asset, context);
+        let limits = match &p.action {
+            Action::SetSetpoint { setpoint, value } => self
+                .check_envelope(setpoint, *value, now_ms, values)
+                .err()
+                .map(|d| format!("{}: {}", d.0.as_str(), d.1)),
+            _ => None,
+        };
+        let tier = match &p.action {
+            Action::SetSetpoint { setpoint, .. } => self
+                .plant
+                .setpoint(setpoint)
+                .map_or(RiskTier::Approve, |s| s.risk),
+            Action::Maintenance { .. } => RiskTier::Approve,
+            Action::StopLine => RiskTier::Approve,
+        };
+        let tier_words = match (&p.action, tier) {
+            (Action::StopLine, _) => {
+                "automatic with two independent detections on trusted data, else one human approval"
+            }
+            (_, RiskTier::Auto) => "automatic",
+            (_, RiskTier::Approve) => "one human approval",
+            (_, RiskTier::Dual) => "two approvals by different humans",
+        };
+        let outcome = if !verdict.allowed {
+            format!("denied (policy): {}", verdict.explain())
+        } else if !context.line_running && p.action != Action::StopLine {
+            "denied (line_stopped): nothing automatic runs while the line is stopped".to_string()
+        } else if let Some(l) = &limits {
+            format!("denied ({l})")
+        } else if tier == RiskTier::Auto {
+            format!("executed: {}", verdict.explain())
+        } else {
+            format!("waits for {tier_words}: {}", verdict.explain())
+        };
+        Assessment {
+            asset: Some(asset),
+            policy: Some(verdict),
+            limits,
+            tier: Some(tier_words.to_string()),
+            outcome,
+        }
     }
 
     /// Decides on a signed proposal. `active` are the detections currently raised.

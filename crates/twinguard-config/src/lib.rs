@@ -20,6 +20,8 @@ pub struct Config {
     pub ingest: ingest::IngestConfig,
     #[serde(default)]
     pub actuation: Actuation,
+    #[serde(default)]
+    pub guard: GuardSection,
     pub twinguard: Node,
     #[serde(default)]
     pub zones: Vec<Zone>,
@@ -33,6 +35,29 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Actuation {
     pub min_trust: Spanned<String>,
+}
+
+/// The guard: the Cedar policy file and the per-agent limits it holds beside the plant
+/// file's envelopes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardSection {
+    /// Cedar policy file, relative to the configuration file (none: the built-in policy).
+    pub policy_file: Option<Spanned<String>>,
+    /// Proposals of one agent accepted (executed or sent to a human) in any sliding hour.
+    pub agent_actions_per_hour: Spanned<u32>,
+    /// The same, for one agent on one asset.
+    pub agent_asset_actions_per_hour: Spanned<u32>,
+}
+
+impl Default for GuardSection {
+    fn default() -> Self {
+        GuardSection {
+            policy_file: None,
+            agent_actions_per_hour: Spanned::new(0..0, 60),
+            agent_asset_actions_per_hour: Spanned::new(0..0, 20),
+        }
+    }
 }
 
 impl Default for Actuation {
@@ -561,6 +586,17 @@ impl Config {
                     i.replay_window
                 ),
             );
+        }
+        for limit in [
+            &config.guard.agent_actions_per_hour,
+            &config.guard.agent_asset_actions_per_hour,
+        ] {
+            if *limit.get_ref() == 0 {
+                err(
+                    limit.span(),
+                    "guard rate limits must be at least 1 (0 would refuse every action; use the policy to forbid)".into(),
+                );
+            }
         }
         let trust = config.actuation.min_trust.get_ref();
         if Config::trust_level(trust).is_none() {

@@ -154,7 +154,13 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     };
     let registry: Vec<Device> = dir.registry()?;
     let verifier = Verifier::new(plant.clone(), registry, config.ingest.clone());
-    let guard = guard_with_agents(&plant, &maintenance_key, &optimiser_key)?;
+    let guard = guard_with_agents(
+        &plant,
+        &config,
+        args.config.as_deref(),
+        &maintenance_key,
+        &optimiser_key,
+    )?;
 
     // API and page.
     let snapshot = Arc::new(RwLock::new(api::Snapshot::default()));
@@ -786,17 +792,45 @@ async fn opcua_link(
     })
 }
 
-/// The guard with the built-in agents registered and the default policy.
+/// The configured Cedar policy (`[guard] policy_file`, relative to the configuration
+/// file `config_path`), or the built-in one.
+pub(crate) fn load_policy(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+    plant: &Plant,
+) -> Result<Policy> {
+    match &config.guard.policy_file {
+        None => Ok(Policy::parse(DEFAULT_POLICY, "<built-in policy>", plant)?),
+        Some(f) => {
+            let base = config_path
+                .and_then(std::path::Path::parent)
+                .unwrap_or(std::path::Path::new("."));
+            let path = base.join(f.get_ref());
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read policy file {}", path.display()))?;
+            Ok(Policy::parse(&text, &path.display().to_string(), plant)?)
+        }
+    }
+}
+
+/// The guard with the built-in agents registered, the configured policy and limits.
 pub(crate) fn guard_with_agents(
     plant: &Arc<Plant>,
+    config: &Config,
+    config_path: Option<&std::path::Path>,
     maintenance_key: &ed25519_dalek::SigningKey,
     optimiser_key: &ed25519_dalek::SigningKey,
 ) -> Result<Guard> {
     let mut agents = AgentRegistry::default();
     agents.register("maintenance", maintenance_key.verifying_key());
     agents.register("optimiser", optimiser_key.verifying_key());
-    let policy = Policy::parse(DEFAULT_POLICY, "<default policy>", plant)?;
-    Ok(Guard::new(plant.clone(), agents, policy))
+    let policy = load_policy(config, config_path, plant)?;
+    Ok(
+        Guard::new(plant.clone(), agents, policy).with_limits(guard::GuardLimits {
+            agent_actions_per_hour: *config.guard.agent_actions_per_hour.get_ref(),
+            agent_asset_actions_per_hour: *config.guard.agent_asset_actions_per_hour.get_ref(),
+        }),
+    )
 }
 
 /// Serves the page and API on 127.0.0.1:`port` (a free port when it is busy); returns the

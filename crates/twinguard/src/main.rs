@@ -8,6 +8,7 @@ mod datadir;
 mod demo;
 mod gateway;
 mod mqtt_acl;
+mod policy_cmd;
 mod run;
 mod watch;
 
@@ -151,6 +152,11 @@ enum Command {
         #[command(subcommand)]
         command: PlantCommand,
     },
+    /// The guard's Cedar policy: schema, built-in policy, validation, and what it decides.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// (demo attacker) Present a copied agent token to the agent API without the agent's key.
     #[command(hide = true)]
     AttackAgent {
@@ -189,6 +195,32 @@ impl PkiDir {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("opcua").join("pki"))
     }
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the schema policies are validated against.
+    Schema,
+    /// Print the built-in policy for the reference plant.
+    Default,
+    /// Validate a policy file against the schema and the plant; errors name line and column.
+    Validate {
+        file: PathBuf,
+        /// The plant file whose assets the policy names (default: the reference plant).
+        #[arg(long)]
+        plant: Option<PathBuf>,
+    },
+    /// Explain what the guard would decide on a proposal file (JSON: agent, action,
+    /// optional context and current values), with the configured policy and limits.
+    Check {
+        #[arg(long)]
+        proposal: PathBuf,
+        /// Configuration file (its `[guard]` section; default: the built-in policy).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        plant: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -343,6 +375,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("cannot read configuration {}", file.display()))?;
             match twinguard_config::Config::parse(&text) {
                 Ok(c) => {
+                    if let Err(e) =
+                        demo::load_policy(&c, Some(&file), &plant_model::Plant::reference())
+                    {
+                        println!("{e}");
+                        println!("1 error(s) in the policy of {}", file.display());
+                        return Ok(ExitCode::from(1));
+                    }
                     println!(
                         "{} is valid: {} zones, {} sources, {} conduits",
                         file.display(),
@@ -407,6 +446,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::DefaultConfig => {
             print!("{}", twinguard_config::DEFAULT_CONFIG);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy { command } => {
+            match command {
+                PolicyCommand::Schema => print!("{}", guard::SCHEMA),
+                PolicyCommand::Default => print!("{}", guard::DEFAULT_POLICY),
+                PolicyCommand::Validate { file, plant } => {
+                    let plant = policy_cmd::load_plant(plant.as_deref())?;
+                    let p = policy_cmd::validate(&file, &plant)?;
+                    println!(
+                        "{} is valid: {} policies",
+                        file.display(),
+                        p.policies().len()
+                    );
+                    for (id, reason) in p.policies() {
+                        println!("  {id}: {reason}");
+                    }
+                }
+                PolicyCommand::Check {
+                    proposal,
+                    config,
+                    plant,
+                } => {
+                    let r = policy_cmd::check(&proposal, config.as_ref(), plant.as_deref())?;
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Pki { command } => {

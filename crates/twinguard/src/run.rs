@@ -139,7 +139,13 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         json!({ "mode": "run", "plant": plant.plant.id, "sources": started }),
     )])?;
 
-    let guard = crate::demo::guard_with_agents(&plant, &maintenance_key, &optimiser_key)?;
+    let guard = crate::demo::guard_with_agents(
+        &plant,
+        &config,
+        Some(&args.config),
+        &maintenance_key,
+        &optimiser_key,
+    )?;
     let snapshot = Arc::new(RwLock::new(api::Snapshot::default()));
     let (api_addr, ops_rx) =
         crate::demo::start_api(args.api_port, snapshot.clone(), &operator_token).await?;

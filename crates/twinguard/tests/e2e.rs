@@ -2197,3 +2197,135 @@ protocols = ["opcua"]
     );
     assert_eq!(r["audit"]["verified"], true);
 }
+
+/// `twinguard policy`: a policy file is validated with its errors located; a configuration
+/// names its policy file, and check-config checks it too; `policy check` explains what the
+/// guard would decide; and the configured policy is the one a run lives by.
+#[test]
+fn policy_files_are_validated_explained_and_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+    };
+    // The built-in policy validates and lists its policies by id.
+    let default = cmd(&["policy", "default"]);
+    std::fs::write(dir.path().join("default.cedar"), &default.stdout).unwrap();
+    let out = cmd(&["policy", "validate", "default.cedar"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("optimiser-setpoints: "),
+        "{}",
+        text(&out)
+    );
+    // A misspelt attribute is refused with its line and column.
+    std::fs::write(
+        dir.path().join("typo.cedar"),
+        "@id(\"a\")\npermit (principal, action, resource)\nwhen { context.line_runing };\n",
+    )
+    .unwrap();
+    let out = cmd(&["policy", "validate", "typo.cedar"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("typo.cedar:3:"), "{}", text(&out));
+    // ... and so is a configuration that names it.
+    let config = String::from_utf8(cmd(&["default-config"]).stdout).unwrap();
+    let with = |policy: &str| {
+        config.replace(
+            "# policy_file = \"policy.cedar\"",
+            &format!("policy_file = \"{policy}\""),
+        )
+    };
+    std::fs::write(dir.path().join("typo.toml"), with("typo.cedar")).unwrap();
+    let out = cmd(&["check-config", "typo.toml"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("typo.cedar:3:"), "{}", text(&out));
+
+    // `policy check` explains.
+    let check = |proposal: Value| {
+        std::fs::write(dir.path().join("p.json"), proposal.to_string()).unwrap();
+        let out = cmd(&["policy", "check", "--proposal", "p.json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        r["assessment"]["outcome"].as_str().unwrap().to_string()
+    };
+    let speed = |v: f64| serde_json::json!({ "kind": "set_setpoint", "setpoint": "pump.speed_sp", "value": v });
+    let o = check(
+        serde_json::json!({ "agent": "optimiser", "action": speed(1550.0), "values": { "tank.level": 1.6 } }),
+    );
+    assert!(
+        o.starts_with("executed: permitted by optimiser-setpoints: "),
+        "{o}"
+    );
+    let o = check(serde_json::json!({ "agent": "optimiser", "action": { "kind": "stop_line" } }));
+    assert_eq!(o, "denied (policy): no policy permits it");
+    let o = check(
+        serde_json::json!({ "agent": "optimiser", "action": speed(1550.0), "context": { "inputs_trusted": false }, "values": { "tank.level": 1.6 } }),
+    );
+    assert!(
+        o.starts_with("denied (policy): forbidden by no-setpoint-change-on-untrusted-data"),
+        "{o}"
+    );
+    let o = check(
+        serde_json::json!({ "agent": "optimiser", "action": speed(900.0), "values": { "tank.level": 1.6 } }),
+    );
+    assert!(
+        o.starts_with("denied (envelope: pump.speed_sp = 900 is outside"),
+        "{o}"
+    );
+    let o = check(
+        serde_json::json!({ "agent": "optimiser", "action": speed(1550.0), "values": { "tank.level": 0.1 } }),
+    );
+    assert!(o.starts_with("denied (precondition: "), "{o}");
+    let o = check(
+        serde_json::json!({ "agent": "maintenance", "action": { "kind": "maintenance", "asset": "pump" } }),
+    );
+    assert!(
+        o.starts_with("waits for one human approval: permitted by maintenance-pump"),
+        "{o}"
+    );
+    // A malformed proposal file is an error that says where.
+    std::fs::write(
+        dir.path().join("bad.json"),
+        "{ \"agent\": \"optimiser\", \"action\": 3 }",
+    )
+    .unwrap();
+    let out = cmd(&["policy", "check", "--proposal", "bad.json"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("bad.json:1:"), "{}", text(&out));
+
+    // A run lives by the configured policy: here the optimiser is permitted nothing.
+    let strict = String::from_utf8(default.stdout)
+        .unwrap()
+        .replace(
+            "@id(\"optimiser-setpoints\")",
+            "@id(\"optimiser-setpoints\")\n// disabled for this test",
+        )
+        .replace(
+            "permit (\n  principal == Twinguard::Agent::\"optimiser\"",
+            "forbid (\n  principal == Twinguard::Agent::\"optimiser\"",
+        );
+    std::fs::write(dir.path().join("strict.cedar"), strict).unwrap();
+    std::fs::write(dir.path().join("strict.toml"), with("strict.cedar")).unwrap();
+    let config_path = dir.path().join("strict.toml");
+    let r = demo(
+        &dir.path().join("data"),
+        2.0,
+        &["--config", config_path.to_str().unwrap()],
+    );
+    assert!(
+        r["proposals"]["denied"]["policy"].as_u64().unwrap_or(0) >= 1,
+        "{}",
+        r["proposals"]
+    );
+    assert!(
+        r["actions_executed_by_agent"].get("optimiser").is_none(),
+        "{}",
+        r["actions_executed_by_agent"]
+    );
+}
