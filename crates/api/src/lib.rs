@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub proposals: Value,
     pub report: Value,
     pub audit_head: Value,
+    /// twinguard's clock (wall clock in `run`, simulated time in the demo).
+    pub now_ms: i64,
 }
 
 pub type Reply = oneshot::Sender<Result<Value, String>>;
@@ -62,6 +64,11 @@ pub enum Op {
     },
     /// A signed proposal from an external agent (JSON of `guard::SignedProposal`).
     AgentProposal {
+        body: Value,
+        reply: Reply,
+    },
+    /// An external agent's signed token request (JSON of `guard::TokenRequest`).
+    AgentToken {
         body: Value,
         reply: Reply,
     },
@@ -113,7 +120,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(health))
         .route(
             "/api/v1/state",
             get(|s: State<ApiState>, h: HeaderMap| read(s, h, |s| s.state.clone())),
@@ -139,6 +146,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/stop", post(stop))
         .route("/api/v1/start", post(start))
         .route("/api/v1/agent/proposals", post(agent_proposal))
+        .route("/api/v1/agent/token", post(agent_token))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(10),
@@ -162,6 +170,11 @@ async fn read(
 }
 
 async fn call(s: &ApiState, make: impl FnOnce(Reply) -> Op) -> Response {
+    call_with(s, make, StatusCode::CONFLICT).await
+}
+
+/// [`call`], answering the core's refusal with `refused`.
+async fn call_with(s: &ApiState, make: impl FnOnce(Reply) -> Op, refused: StatusCode) -> Response {
     let (tx, rx) = oneshot::channel();
     if s.ops.send(make(tx)).await.is_err() {
         return error(
@@ -171,7 +184,7 @@ async fn call(s: &ApiState, make: impl FnOnce(Reply) -> Op) -> Response {
     }
     match tokio::time::timeout(Duration::from_secs(5), rx).await {
         Ok(Ok(Ok(v))) => Json(v).into_response(),
-        Ok(Ok(Err(msg))) => error(StatusCode::CONFLICT, &msg),
+        Ok(Ok(Err(msg))) => error(refused, &msg),
         _ => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the core did not answer; nothing executed",
@@ -207,17 +220,48 @@ async fn start(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     }
 }
 
+/// Liveness and twinguard's clock (agents date their requests by it); 503 while the
+/// clock has not started.
+async fn health(State(s): State<ApiState>) -> Response {
+    let now_ms = s
+        .snapshot
+        .read()
+        .map(|snap| snap.now_ms)
+        .unwrap_or_default();
+    if now_ms == 0 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "starting" })),
+        )
+            .into_response();
+    }
+    Json(json!({ "status": "ok", "now_ms": now_ms })).into_response()
+}
+
+/// The request body as JSON, or the message saying why it is not.
+fn json_body(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("request body is not JSON: {e}"))
+}
+
 async fn agent_proposal(State(s): State<ApiState>, body: axum::body::Bytes) -> Response {
-    let body: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("request body is not JSON: {e}"),
-            );
+    match json_body(&body) {
+        Ok(body) => call(&s, |reply| Op::AgentProposal { body, reply }).await,
+        Err(why) => error(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
+async fn agent_token(State(s): State<ApiState>, body: axum::body::Bytes) -> Response {
+    match json_body(&body) {
+        Ok(body) => {
+            call_with(
+                &s,
+                |reply| Op::AgentToken { body, reply },
+                StatusCode::UNAUTHORIZED,
+            )
+            .await
         }
-    };
-    call(&s, |reply| Op::AgentProposal { body, reply }).await
+        Err(why) => error(StatusCode::BAD_REQUEST, &why),
+    }
 }
 
 /// Serves the API and the page on `listener` until the process ends.

@@ -22,6 +22,7 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 fn setup() -> (axum::Router, mpsc::Receiver<Op>) {
     let snap = Snapshot {
         state: json!({"plant": "line"}),
+        now_ms: 1_767_225_600_000,
         ..Default::default()
     };
     let (tx, rx) = mpsc::channel(4);
@@ -58,8 +59,12 @@ async fn reads_need_the_operator_token() {
     let (s, v) = call(app.clone(), get("/api/v1/state", Some(TOKEN))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["plant"], "line");
-    let (s, _) = call(app, get("/healthz", None)).await;
+    let (s, v) = call(app, get("/healthz", None)).await;
     assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v["now_ms"], 1_767_225_600_000i64,
+        "twinguard's clock, for agents"
+    );
 }
 
 #[tokio::test]

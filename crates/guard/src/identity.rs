@@ -13,6 +13,64 @@ use crate::Proposal;
 /// Largest proposal body accepted, in bytes.
 pub const MAX_PROPOSAL_BYTES: usize = 16 * 1024;
 const CONTEXT: &[u8] = b"twinguard/proposal/v1\0";
+const TOKEN_CONTEXT: &[u8] = b"twinguard/token-request/v1\0";
+/// Live tokens one agent may hold at once (rotation overlaps two; more is refused).
+pub const MAX_LIVE_TOKENS: usize = 4;
+
+/// What an agent's tokens allow: action kinds on assets ("line" for a line stop). `None`
+/// on a registry entry means every kind on every asset (the built-in agents, whose reach
+/// the policy alone decides).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    pub kinds: Vec<String>,
+    pub assets: Vec<String>,
+}
+
+impl Scope {
+    pub fn covers(&self, kind: &str, asset: &str) -> bool {
+        self.kinds.iter().any(|k| k == kind) && self.assets.iter().any(|a| a == asset)
+    }
+}
+
+/// An external agent's request for a token, signed with its key:
+/// Ed25519 over `"twinguard/token-request/v1" 0x00 agent 0x00 created_ms 0x00 nonce`
+/// (`created_ms` in decimal ASCII), hex encoded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub agent: String,
+    pub created_ms: i64,
+    pub nonce: String,
+    pub signature: String,
+}
+
+/// The message a token request signs.
+pub fn token_request_message(agent: &str, created_ms: i64, nonce: &str) -> Vec<u8> {
+    let mut m = TOKEN_CONTEXT.to_vec();
+    m.extend_from_slice(agent.as_bytes());
+    m.push(0);
+    m.extend_from_slice(created_ms.to_string().as_bytes());
+    m.push(0);
+    m.extend_from_slice(nonce.as_bytes());
+    m
+}
+
+/// Signs a token request (for agents written in Rust, and tests).
+pub fn sign_token_request(
+    agent: &str,
+    created_ms: i64,
+    nonce: &str,
+    key: &SigningKey,
+) -> TokenRequest {
+    let sig = key.sign(&token_request_message(agent, created_ms, nonce));
+    TokenRequest {
+        agent: agent.to_string(),
+        created_ms,
+        nonce: nonce.to_string(),
+        signature: hex::encode(sig.to_bytes()),
+    }
+}
 
 /// A proposal with its proof of possession. `body` is the proposal's JSON, exactly as
 /// signed; the guard parses it only after the signature checks out.
@@ -31,6 +89,7 @@ pub struct Token {
     pub value: String,
     pub agent: String,
     pub expires_ms: i64,
+    pub scope: Option<Scope>,
 }
 
 impl std::fmt::Debug for Token {
@@ -39,6 +98,7 @@ impl std::fmt::Debug for Token {
             .field("value", &"<redacted>")
             .field("agent", &self.agent)
             .field("expires_ms", &self.expires_ms)
+            .field("scope", &self.scope)
             .finish()
     }
 }
@@ -83,6 +143,8 @@ pub enum IdentityError {
     },
     #[error("nonce {nonce:?} of agent {agent} was already used")]
     Replay { agent: String, nonce: String },
+    #[error("agent {agent} already holds {MAX_LIVE_TOKENS} live tokens; let one expire first")]
+    TooManyTokens { agent: String },
 }
 
 impl IdentityError {
@@ -94,7 +156,8 @@ impl IdentityError {
             | IdentityError::BadToken { agent }
             | IdentityError::TokenWithoutKey { agent }
             | IdentityError::Stale { agent, .. }
-            | IdentityError::Replay { agent, .. } => agent,
+            | IdentityError::Replay { agent, .. }
+            | IdentityError::TooManyTokens { agent } => agent,
         }
     }
 }
@@ -103,6 +166,7 @@ impl IdentityError {
 struct AgentEntry {
     key: VerifyingKey,
     revoked: bool,
+    scope: Option<Scope>,
 }
 
 /// Nonces seen from one agent, with the time each was seen (oldest first).
@@ -114,6 +178,7 @@ pub struct AgentRegistry {
     agents: HashMap<String, AgentEntry>,
     /// sha256(token) -> (agent, expiry)
     tokens: HashMap<[u8; 32], (String, i64)>,
+    /// Nonces seen per agent, of proposals and (prefixed `token:`) of token requests.
     nonces: HashMap<String, NonceCache>,
     pub token_ttl_ms: i64,
     pub max_skew_ms: i64,
@@ -136,14 +201,42 @@ fn token_hash(t: &str) -> [u8; 32] {
 }
 
 impl AgentRegistry {
+    /// Registers a built-in agent: its reach is the policy's to decide.
     pub fn register(&mut self, agent: &str, key: VerifyingKey) {
         self.agents.insert(
             agent.to_string(),
             AgentEntry {
                 key,
                 revoked: false,
+                scope: None,
             },
         );
+    }
+
+    /// Registers (or updates) an external agent whose tokens carry `scope`. A changed key
+    /// or scope drops the agent's live tokens; a revoked agent stays revoked.
+    pub fn register_scoped(&mut self, agent: &str, key: VerifyingKey, scope: Scope, revoked: bool) {
+        let changed = self
+            .agents
+            .get(agent)
+            .is_none_or(|e| e.key != key || e.scope.as_ref() != Some(&scope));
+        let was_revoked = self.agents.get(agent).is_some_and(|e| e.revoked);
+        if changed || revoked {
+            self.tokens.retain(|_, (a, _)| a != agent);
+        }
+        self.agents.insert(
+            agent.to_string(),
+            AgentEntry {
+                key,
+                revoked: revoked || was_revoked,
+                scope: Some(scope),
+            },
+        );
+    }
+
+    /// The scope of an agent's tokens (`None`: unscoped, or not registered).
+    pub fn scope(&self, agent: &str) -> Option<&Scope> {
+        self.agents.get(agent).and_then(|e| e.scope.as_ref())
     }
 
     /// Revokes an agent and every token issued to it, at once.
@@ -184,6 +277,11 @@ impl AgentRegistry {
             Some(_) => {}
         }
         self.tokens.retain(|_, (_, exp)| *exp > now_ms);
+        if self.tokens.values().filter(|(a, _)| a == agent).count() >= MAX_LIVE_TOKENS {
+            return Err(IdentityError::TooManyTokens {
+                agent: agent.to_string(),
+            });
+        }
         let expires_ms = now_ms + self.token_ttl_ms;
         self.tokens
             .insert(token_hash(&random), (agent.to_string(), expires_ms));
@@ -191,7 +289,84 @@ impl AgentRegistry {
             value: random,
             agent: agent.to_string(),
             expires_ms,
+            scope: self.scope(agent).cloned(),
         })
+    }
+
+    /// Issues a token for a signed token request: the agent is registered and not revoked,
+    /// the signature is by its key, the request is fresh and its nonce unused. A new token
+    /// may be requested while the old one is live (rotation without a gap).
+    pub fn issue_for_request(
+        &mut self,
+        req: &TokenRequest,
+        random: String,
+        now_ms: i64,
+    ) -> Result<Token, IdentityError> {
+        let agent = req.agent.clone();
+        let entry = self
+            .agents
+            .get(&agent)
+            .ok_or_else(|| IdentityError::UnknownAgent {
+                agent: agent.clone(),
+            })?;
+        if entry.revoked {
+            return Err(IdentityError::Revoked { agent });
+        }
+        let sig_ok = hex::decode(&req.signature)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .is_some_and(|b| {
+                entry
+                    .key
+                    .verify_strict(
+                        &token_request_message(&req.agent, req.created_ms, &req.nonce),
+                        &Signature::from_bytes(&b),
+                    )
+                    .is_ok()
+            });
+        if !sig_ok {
+            return Err(IdentityError::TokenWithoutKey { agent });
+        }
+        self.check_fresh_and_new(
+            &agent,
+            req.created_ms,
+            &format!("token:{}", req.nonce),
+            now_ms,
+        )?;
+        self.issue_token(&agent, random, now_ms)
+    }
+
+    /// Refuses a request older or newer than the allowed skew, or whose nonce was seen.
+    fn check_fresh_and_new(
+        &mut self,
+        agent: &str,
+        created_ms: i64,
+        nonce: &str,
+        now_ms: i64,
+    ) -> Result<(), IdentityError> {
+        let age = now_ms - created_ms;
+        if age.abs() > self.max_skew_ms {
+            return Err(IdentityError::Stale {
+                agent: agent.to_string(),
+                age_ms: age,
+                limit_ms: self.max_skew_ms,
+            });
+        }
+        let window = self.max_skew_ms * 2;
+        let (seen, order) = self.nonces.entry(agent.to_string()).or_default();
+        while order.front().is_some_and(|(t, _)| now_ms - t > window) {
+            if let Some((_, n)) = order.pop_front() {
+                seen.remove(&n);
+            }
+        }
+        if nonce.is_empty() || nonce.len() > 134 || !seen.insert(nonce.to_string()) {
+            return Err(IdentityError::Replay {
+                agent: agent.to_string(),
+                nonce: nonce.to_string(),
+            });
+        }
+        order.push_back((now_ms, nonce.to_string()));
+        Ok(())
     }
 
     /// Checks a signed proposal and returns the proposal it carries.
@@ -234,28 +409,13 @@ impl AgentRegistry {
         if !sig_ok {
             return Err(IdentityError::TokenWithoutKey { agent });
         }
-        let age = now_ms - p.created_ms;
-        if age.abs() > self.max_skew_ms {
-            return Err(IdentityError::Stale {
-                agent,
-                age_ms: age,
-                limit_ms: self.max_skew_ms,
-            });
-        }
-        let window = self.max_skew_ms * 2;
-        let (seen, order) = self.nonces.entry(agent.clone()).or_default();
-        while order.front().is_some_and(|(t, _)| now_ms - t > window) {
-            if let Some((_, n)) = order.pop_front() {
-                seen.remove(&n);
-            }
-        }
-        if p.nonce.is_empty() || p.nonce.len() > 128 || !seen.insert(p.nonce.clone()) {
+        if p.nonce.len() > 128 {
             return Err(IdentityError::Replay {
                 agent,
                 nonce: p.nonce.clone(),
             });
         }
-        order.push_back((now_ms, p.nonce.clone()));
+        self.check_fresh_and_new(&agent, p.created_ms, &p.nonce, now_ms)?;
         Ok(p)
     }
 }

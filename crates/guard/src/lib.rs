@@ -22,7 +22,10 @@ use detect::Detection;
 use plant_model::{Plant, PlantCommand, RiskTier};
 use serde::{Deserialize, Serialize};
 
-pub use identity::{AgentRegistry, IdentityError, SignedProposal, Token, sign_proposal};
+pub use identity::{
+    AgentRegistry, IdentityError, MAX_LIVE_TOKENS, Scope, SignedProposal, Token, TokenRequest,
+    sign_proposal, sign_token_request, token_request_message,
+};
 pub use policy::{
     DEFAULT_POLICY, KINDS, Policy, PolicyError, Principal, ProcessContext, SCHEMA, Verdict,
 };
@@ -108,6 +111,7 @@ impl Approved {
 #[serde(rename_all = "snake_case")]
 pub enum DenyReason {
     Identity,
+    Scope,
     UntrustedInput,
     TokenWithoutKey,
     Replay,
@@ -126,6 +130,7 @@ impl DenyReason {
     pub fn as_str(self) -> &'static str {
         match self {
             DenyReason::Identity => "identity",
+            DenyReason::Scope => "scope",
             DenyReason::UntrustedInput => "untrusted_input",
             DenyReason::TokenWithoutKey => "token_without_key",
             DenyReason::Replay => "replay",
@@ -466,6 +471,29 @@ impl Guard {
                 return (id, d, rec);
             }
         };
+        // An external agent's tokens reach only the kinds and assets of its scope.
+        if let Some(scope) = self.agents.scope(&proposal.agent) {
+            let target = self.target_asset(&proposal.action);
+            let covered = target
+                .as_ref()
+                .is_ok_and(|asset| scope.covers(proposal.action.kind(), asset));
+            if !covered {
+                let d = Self::deny(
+                    DenyReason::Scope,
+                    format!(
+                        "agent {} is registered for {} on {}, not {} on {}",
+                        proposal.agent,
+                        scope.kinds.join(", "),
+                        scope.assets.join(", "),
+                        proposal.action.kind(),
+                        target.unwrap_or_else(|d| d.1)
+                    ),
+                );
+                let rec = d.record(id, &proposal.agent, Some(&proposal.action), None);
+                self.count(&d, &proposal.agent);
+                return (id, d, rec);
+            }
+        }
         let untrusted: Vec<String> = proposal
             .inputs
             .iter()

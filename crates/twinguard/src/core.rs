@@ -67,6 +67,9 @@ pub struct Core {
     /// The source carries Sparkplug B payloads: the host's view of its edge nodes, and
     /// the client that publishes rebirth requests.
     pub sparkplug: Option<SparkplugIn>,
+    /// The external agents' registry file, and when it last changed.
+    agents_file: Option<std::path::PathBuf>,
+    agents_modified: Option<std::time::SystemTime>,
 }
 
 /// What a core is built from; the rest of its state starts empty.
@@ -86,6 +89,8 @@ pub struct CoreParts {
     pub progress: watch::Sender<Progress>,
     pub token_leak: Option<Arc<std::sync::Mutex<Option<String>>>>,
     pub sparkplug: Option<SparkplugIn>,
+    /// The external agents' registry file (`agents.toml` in the data directory).
+    pub agents_file: Option<std::path::PathBuf>,
 }
 
 /// A source the core reads, and its connection history.
@@ -150,6 +155,7 @@ impl Core {
             progress,
             token_leak,
             sparkplug,
+            agents_file,
         } = parts;
         Ok(Core {
             twin: Twin::new(
@@ -180,6 +186,8 @@ impl Core {
             detections_by_kind: BTreeMap::new(),
             quarantine_full: 0,
             sparkplug,
+            agents_file,
+            agents_modified: None,
         })
     }
 
@@ -200,11 +208,15 @@ impl Core {
         stop: oneshot::Receiver<()>,
     ) -> Core {
         let mut stop = stop;
+        self.reload_agents();
+        let mut registry_check = tokio::time::interval(std::time::Duration::from_secs(1));
+        registry_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
                 Some(op) = ops_rx.recv() => self.handle_op(op),
+                _ = registry_check.tick(), if self.agents_file.is_some() => self.reload_agents(),
                 Some(f) = frames_rx.recv() => {
                     // Take what else is waiting, to verify signatures in one batch.
                     let mut batch = vec![f];
@@ -729,8 +741,86 @@ impl Core {
                 };
                 let _ = reply.send(r);
             }
+            Op::AgentToken { body, reply } => {
+                let r = match serde_json::from_value::<guard::TokenRequest>(body) {
+                    Ok(req) => self.issue_agent_token(&req, now),
+                    Err(e) => Err(format!("not a token request: {e}")),
+                };
+                let _ = reply.send(r);
+            }
         }
         self.publish_snapshot(true);
+    }
+
+    /// A token for an external agent that proved its key; audited either way (never the
+    /// token itself).
+    fn issue_agent_token(&mut self, req: &guard::TokenRequest, now: i64) -> Result<Value, String> {
+        match self
+            .guard
+            .agents()
+            .issue_for_request(req, random_token(), now)
+        {
+            Ok(t) => {
+                self.audit(vec![Entry::new(
+                    now,
+                    "agent_token_issued",
+                    json!({ "agent": t.agent, "expires_ms": t.expires_ms, "scope": t.scope }),
+                )]);
+                Ok(json!({
+                    "agent": t.agent,
+                    "token": t.value,
+                    "expires_ms": t.expires_ms,
+                    "scope": t.scope,
+                    "now_ms": now,
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(agent = %req.agent, error = %e, "agent token refused");
+                self.audit(vec![Entry::new(
+                    now,
+                    "agent_token_refused",
+                    json!({ "agent": req.agent, "reason": e.to_string() }),
+                )]);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Re-reads the external agents' registry when its file changed (a revocation takes
+    /// effect within a second of `twinguard agent revoke`).
+    fn reload_agents(&mut self) {
+        let Some(path) = self.agents_file.clone() else {
+            return;
+        };
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if modified == self.agents_modified {
+            return;
+        }
+        self.agents_modified = modified;
+        let dir = match crate::datadir::DataDir::open(path.parent().unwrap_or(&path)) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the data directory for the agent registry");
+                return;
+            }
+        };
+        let entries = match dir.agents() {
+            Ok(e) => e,
+            Err(e) => {
+                // An unreadable registry admits nobody new and keeps revocations.
+                tracing::error!(error = %e, "agent registry unreadable: external agents revoked");
+                std::collections::BTreeMap::new()
+            }
+        };
+        let now = self.clock.now_ms();
+        let changes = crate::agent_registry::apply(self.guard.agents(), &entries, &self.plant);
+        if !changes.is_empty() {
+            self.audit(vec![Entry::new(
+                now,
+                "agents_changed",
+                json!({ "changes": changes }),
+            )]);
+        }
     }
 
     fn after_human(&mut self, d: Decision, id: u64, by: &str, verb: &str, now: i64) -> Value {
@@ -847,6 +937,7 @@ impl Core {
                     .head()
                     .map(|h| json!({ "seq": h.seq, "hash": h.hash_hex() }))
             ),
+            now_ms: self.clock.now_ms(),
         };
         if let Ok(mut s) = self.snapshot.write() {
             *s = snap;

@@ -11,6 +11,7 @@
 //!   keys/agent-NAME.key     one per in-process agent        (0600)
 //!   edge/DEVICE.key         the simulated edge devices' keys (0600; they live on the edge)
 //!   devices.toml            device registry: id, asset, public key
+//!   agents.toml             external agents: public key, scope, revoked
 //!   secrets/operator.token  operator API token              (0600)
 //!   secrets/mqtt.toml       embedded broker credentials     (0600)
 //! ```
@@ -63,6 +64,27 @@ pub struct KeyEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after_ms: Option<i64>,
 }
+
+/// An external agent: its Ed25519 public key and what its tokens may reach.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEntry {
+    pub public_key: String,
+    pub kinds: Vec<String>,
+    pub assets: Vec<String>,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentsFile {
+    #[serde(default)]
+    agents: BTreeMap<String, AgentEntry>,
+}
+
+/// Names the built-in agents use; an external agent may not take them.
+pub const BUILT_IN_AGENTS: [&str; 2] = ["maintenance", "optimiser"];
 
 /// Credentials of the embedded broker's accounts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +155,38 @@ impl DataDir {
         Ok(keys::load_or_create(
             &self.root.join("edge").join(format!("{device}.key")),
         )?)
+    }
+
+    pub fn agents_path(&self) -> PathBuf {
+        self.root.join("agents.toml")
+    }
+
+    /// The external agents (none when the file is absent).
+    pub fn agents(&self) -> Result<BTreeMap<String, AgentEntry>> {
+        let path = self.agents_path();
+        if !path.exists() {
+            return Ok(BTreeMap::new());
+        }
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let file: AgentsFile = toml::from_str(&text)
+            .with_context(|| format!("agent registry {} is not valid", path.display()))?;
+        Ok(file.agents)
+    }
+
+    /// Writes the external agents (atomically: a running twinguard never reads half a file).
+    pub fn write_agents(&self, agents: &BTreeMap<String, AgentEntry>) -> Result<()> {
+        let text = toml::to_string(&AgentsFile {
+            agents: agents.clone(),
+        })?;
+        let path = self.agents_path();
+        let tmp = self.root.join("agents.toml.tmp");
+        fs::write(
+            &tmp,
+            format!("# twinguard agent registry: external agents, their keys and scopes\n{text}"),
+        )
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
     }
 
     fn registry_path(&self) -> PathBuf {

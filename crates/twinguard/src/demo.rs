@@ -206,6 +206,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         progress: progress_tx,
         token_leak: token_leak.clone(),
         sparkplug,
+        agents_file: Some(dir.agents_path()),
     })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();

@@ -1,5 +1,6 @@
 //! twinguard: a secure-by-design AI digital twin for manufacturing.
 
+mod agent_registry;
 mod attack;
 mod bench;
 mod broker;
@@ -152,6 +153,11 @@ enum Command {
         #[command(subcommand)]
         command: PlantCommand,
     },
+    /// External AI agents: register one with its public key and scope, list, revoke.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
     /// The guard's Cedar policy: schema, built-in policy, validation, and what it decides.
     Policy {
         #[command(subcommand)]
@@ -195,6 +201,45 @@ impl PkiDir {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("opcua").join("pki"))
     }
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Register an external agent: its Ed25519 public key and the action kinds and assets
+    /// its tokens may reach (the policy still decides each proposal).
+    Add {
+        name: String,
+        /// The agent's public key, 64 hex characters.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Generate the agent's key pair here instead: the private key goes to this file
+        /// (mode 0600), for the agent's owner to move to the agent.
+        #[arg(long)]
+        generate_key: Option<PathBuf>,
+        /// Action kinds, comma-separated: set_setpoint, stop_line, maintenance.
+        #[arg(long, value_delimiter = ',', required = true)]
+        kinds: Vec<String>,
+        /// Assets, comma-separated ("line" for a line stop).
+        #[arg(long, value_delimiter = ',', required = true)]
+        assets: Vec<String>,
+        /// The plant file the assets belong to (default: the reference plant).
+        #[arg(long)]
+        plant: Option<PathBuf>,
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+    },
+    /// List the registered external agents.
+    List {
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+    },
+    /// Revoke an agent: its tokens stop working at once (a running twinguard reloads the
+    /// registry within a second).
+    Revoke {
+        name: String,
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -446,6 +491,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::DefaultConfig => {
             print!("{}", twinguard_config::DEFAULT_CONFIG);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent { command } => {
+            let r = match command {
+                AgentCommand::Add {
+                    name,
+                    public_key,
+                    generate_key,
+                    kinds,
+                    assets,
+                    plant,
+                    data_dir,
+                } => {
+                    let plant = policy_cmd::load_plant(plant.as_deref())?;
+                    agent_registry::add(
+                        &datadir::DataDir::open(&data_dir)?,
+                        &plant,
+                        &name,
+                        public_key.as_deref(),
+                        generate_key.as_deref(),
+                        kinds,
+                        assets,
+                    )?
+                }
+                AgentCommand::List { data_dir } => {
+                    agent_registry::list(&datadir::DataDir::open(&data_dir)?)?
+                }
+                AgentCommand::Revoke { name, data_dir } => {
+                    agent_registry::revoke(&datadir::DataDir::open(&data_dir)?, &name)?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command } => {

@@ -181,6 +181,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         progress: progress_tx,
         token_leak: None,
         sparkplug: None,
+        agents_file: Some(dir.agents_path()),
     })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();

@@ -2329,3 +2329,213 @@ fn policy_files_are_validated_explained_and_enforced() {
         r["actions_executed_by_agent"]
     );
 }
+
+/// An external agent written in Python from `docs/agent-api.md` alone: registered with
+/// `twinguard agent add`, it gets a token by proving its key and proposes through the API;
+/// a replayed request, an action outside its scope and its token in a thief's hands are
+/// refused; `twinguard agent revoke` stops it within seconds.
+#[test]
+fn an_external_agent_from_the_protocol_document_is_held_to_its_key_and_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = dir.path().join("scheduler.key");
+    let bin = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let added = bin(&[
+        "agent",
+        "add",
+        "scheduler",
+        "--generate-key",
+        key.to_str().unwrap(),
+        "--kinds",
+        "maintenance",
+        "--assets",
+        "pump",
+    ]);
+    assert!(added.contains("\"scheduler\""), "{added}");
+    // Bad registrations are refused with the reason.
+    let out = Command::new(BIN)
+        .args([
+            "agent",
+            "add",
+            "optimiser",
+            "--public-key",
+            &"ab".repeat(32),
+            "--kinds",
+            "maintenance",
+            "--assets",
+            "pump",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built-in"));
+    let out = Command::new(BIN)
+        .args([
+            "agent",
+            "add",
+            "x",
+            "--generate-key",
+            dir.path().join("x.key").to_str().unwrap(),
+            "--kinds",
+            "fly",
+            "--assets",
+            "pump",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown action kind \"fly\""));
+
+    // The policy permits the scheduler maintenance on the pump (a human approves it).
+    let policy = String::from_utf8(
+        Command::new(BIN)
+            .args(["policy", "default"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+        + "\n@id(\"scheduler-maintenance\")\n@reason(\"the scheduler may plan pump maintenance\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"maintenance\", resource == Twinguard::Asset::\"pump\");\n";
+    std::fs::write(dir.path().join("policy.cedar"), policy).unwrap();
+    let config = String::from_utf8(
+        Command::new(BIN)
+            .arg("default-config")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .replace(
+        "# policy_file = \"policy.cedar\"",
+        "policy_file = \"policy.cedar\"",
+    );
+    let config_path = dir.path().join("twinguard.toml");
+    std::fs::write(&config_path, config).unwrap();
+
+    let run = Running::start(
+        &[
+            "--speed",
+            "30",
+            "--hours",
+            "1",
+            "--config",
+            config_path.to_str().unwrap(),
+        ],
+        &data,
+    );
+    let api = format!("http://127.0.0.1:{}", run.api_port);
+    let agent = |args: &[&str]| -> Value {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/agent.py");
+        let out = Command::new("python3")
+            .arg(script)
+            .arg(&api)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let key_s = key.to_str().unwrap();
+    let t = agent(&["scheduler", key_s, "token"]);
+    assert_eq!(t["status"], 200, "{t}");
+    assert_eq!(t["scope"]["kinds"][0], "maintenance");
+    let token = t["token"].as_str().unwrap().to_string();
+
+    let request = dir.path().join("request.json");
+    let maintenance = r#"{"kind": "maintenance", "asset": "pump"}"#;
+    let d = agent(&[
+        "scheduler",
+        key_s,
+        "propose",
+        &token,
+        maintenance,
+        request.to_str().unwrap(),
+    ]);
+    assert_eq!(d["status"], 200, "{d}");
+    assert_eq!(d["outcome"], "pending", "{d}");
+    assert!(
+        d["rule"]
+            .as_str()
+            .unwrap()
+            .contains("scheduler-maintenance"),
+        "{d}"
+    );
+    // The same signed request again: a replay.
+    let d = agent(&["-", "-", "replay", request.to_str().unwrap()]);
+    assert_eq!(d["reason"], "replay", "{d}");
+    // Outside its scope.
+    let d = agent(&[
+        "scheduler",
+        key_s,
+        "propose",
+        &token,
+        r#"{"kind": "stop_line"}"#,
+        request.to_str().unwrap(),
+    ]);
+    assert_eq!(d["reason"], "scope", "{d}");
+    // The token without the key.
+    let d = agent(&["scheduler", "-", "steal", &token, maintenance]);
+    assert_eq!(d["reason"], "token_without_key", "{d}");
+    // Rotation: a second token while the first is live; both work.
+    let t2 = agent(&["scheduler", key_s, "token"]);
+    assert_eq!(t2["status"], 200, "{t2}");
+    assert_ne!(t2["token"], t["token"]);
+
+    // Revocation takes effect while twinguard runs.
+    bin(&["agent", "revoke", "scheduler"]);
+    let started = Instant::now();
+    loop {
+        let t = agent(&["scheduler", key_s, "token"]);
+        if t["status"] == 401 {
+            assert!(t["error"].as_str().unwrap().contains("revoked"), "{t}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still issuing tokens after revoke: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let d = agent(&[
+        "scheduler",
+        key_s,
+        "propose",
+        t2["token"].as_str().unwrap(),
+        maintenance,
+        request.to_str().unwrap(),
+    ]);
+    assert_eq!(d["outcome"], "denied", "{d}");
+    assert_eq!(d["reason"], "identity", "{d}");
+    assert!(d["detail"].as_str().unwrap().contains("revoked"), "{d}");
+
+    run.interrupt();
+    let r = run.finish();
+    assert!(
+        r["alerts"]
+            .to_string()
+            .contains("token of agent scheduler presented without its key"),
+        "{}",
+        r["alerts"]
+    );
+    assert_eq!(r["audit"]["verified"], true);
+}
