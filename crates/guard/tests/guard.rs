@@ -775,3 +775,109 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn token_requests_prove_the_key_and_rotate_without_a_gap() {
+    use guard::{Scope, sign_token_request};
+    let mut reg = AgentRegistry::default();
+    let key = SigningKey::from_bytes(&[9u8; 32]);
+    let scope = Scope {
+        kinds: vec!["maintenance".into()],
+        assets: vec!["pump".into()],
+    };
+    reg.register_scoped("scheduler", key.verifying_key(), scope.clone(), false);
+    let t1 = reg
+        .issue_for_request(
+            &sign_token_request("scheduler", T0, "n1", &key),
+            "1".repeat(64),
+            T0,
+        )
+        .unwrap();
+    assert_eq!(t1.scope.as_ref(), Some(&scope));
+    // The same request again is a replay; a request signed by another key is refused.
+    let again = reg.issue_for_request(
+        &sign_token_request("scheduler", T0, "n1", &key),
+        "2".repeat(64),
+        T0,
+    );
+    assert!(
+        matches!(again, Err(guard::IdentityError::Replay { .. })),
+        "{again:?}"
+    );
+    let other = SigningKey::from_bytes(&[8u8; 32]);
+    let forged = reg.issue_for_request(
+        &sign_token_request("scheduler", T0, "n2", &other),
+        "3".repeat(64),
+        T0,
+    );
+    assert!(
+        matches!(forged, Err(guard::IdentityError::TokenWithoutKey { .. })),
+        "{forged:?}"
+    );
+    // A stale request is refused.
+    let stale = reg.issue_for_request(
+        &sign_token_request("scheduler", T0 - 600_000, "n3", &key),
+        "4".repeat(64),
+        T0,
+    );
+    assert!(
+        matches!(stale, Err(guard::IdentityError::Stale { .. })),
+        "{stale:?}"
+    );
+    // Rotation: a second token before the first expires; both are live, and a fifth
+    // live token is refused.
+    let t2 = reg
+        .issue_for_request(
+            &sign_token_request("scheduler", T0 + 60_000, "n4", &key),
+            "5".repeat(64),
+            T0 + 60_000,
+        )
+        .unwrap();
+    assert!(t2.expires_ms > t1.expires_ms);
+    for (v, n) in [("a", "n5"), ("b", "n6")] {
+        reg.issue_for_request(
+            &sign_token_request("scheduler", T0, n, &key),
+            v.repeat(64),
+            T0,
+        )
+        .unwrap();
+    }
+    let fifth = reg.issue_for_request(
+        &sign_token_request("scheduler", T0, "n7", &key),
+        "7".repeat(64),
+        T0,
+    );
+    assert!(
+        matches!(fifth, Err(guard::IdentityError::TooManyTokens { .. })),
+        "{fifth:?}"
+    );
+    // A proposal with the first token is accepted until it expires, then refused.
+    let p = |nonce: &str, t: i64| Proposal {
+        agent: "scheduler".into(),
+        action: Action::Maintenance {
+            asset: "pump".into(),
+        },
+        reason: "r".into(),
+        evidence: vec![],
+        inputs: vec![],
+        created_ms: t,
+        nonce: nonce.into(),
+    };
+    assert!(
+        reg.authenticate(&sign_proposal(&p("p1", T0), &t1.value, &key), T0)
+            .is_ok()
+    );
+    let late = t1.expires_ms + 1;
+    let expired = reg.authenticate(&sign_proposal(&p("p2", late), &t1.value, &key), late);
+    assert!(
+        matches!(expired, Err(guard::IdentityError::BadToken { .. })),
+        "{expired:?}"
+    );
+    // Revocation: every token stops at once.
+    reg.revoke("scheduler");
+    let revoked = reg.authenticate(&sign_proposal(&p("p3", T0), &t2.value, &key), T0);
+    assert!(
+        matches!(revoked, Err(guard::IdentityError::Revoked { .. })),
+        "{revoked:?}"
+    );
+}
