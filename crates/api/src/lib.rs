@@ -5,10 +5,13 @@
 //! so the guard stays the one place where decisions are made.
 //!
 //! Layers, outermost first: request body limit, timeout, then per-route authentication
-//! (operator bearer token for everything but the page, health and agent proposals, which
-//! carry their own proof).
+//! (a person's bearer token for everything but the page, health, login and the agent
+//! routes, which carry their own proof) and role: viewers read, operators may also stop
+//! the line, approvers may also approve, reject and resume, admins everything.
 
-use std::sync::{Arc, RwLock};
+pub mod accounts;
+
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -21,6 +24,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+
+use crate::accounts::{Accounts, Person, Role};
 
 /// Largest request body, in bytes.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -80,6 +85,7 @@ pub struct ApiState {
     pub ops: mpsc::Sender<Op>,
     operator_token_hash: [u8; 32],
     operator: String,
+    accounts: Arc<Mutex<Accounts>>,
 }
 
 impl ApiState {
@@ -95,20 +101,57 @@ impl ApiState {
             ops,
             operator_token_hash: Sha256::digest(operator_token.as_bytes()).into(),
             operator: operator.to_string(),
+            accounts: Arc::new(Mutex::new(Accounts::default())),
         }
     }
 
-    /// The operator's name, or why the request is not authenticated.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<String, &'static str> {
-        let presented = headers
+    /// People's accounts beside the installer's operator token (which acts as an admin).
+    pub fn with_accounts(mut self, accounts: Arc<Mutex<Accounts>>) -> ApiState {
+        self.accounts = accounts;
+        self
+    }
+
+    /// Who is asking, if they hold at least `role`; else the status and why.
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        role: Role,
+    ) -> Result<Person, (StatusCode, String)> {
+        use subtle::ConstantTimeEq;
+        let Some(bearer) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| -> [u8; 32] { Sha256::digest(t.trim().as_bytes()).into() });
-        match presented {
-            Some(h) if h == self.operator_token_hash => Ok(self.operator.clone()),
-            Some(_) => Err("operator token is not valid"),
-            None => Err("missing header Authorization: Bearer <operator token>"),
+        else {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "missing header Authorization: Bearer <token>".into(),
+            ));
+        };
+        let hash: [u8; 32] = Sha256::digest(bearer.trim().as_bytes()).into();
+        let person = if bool::from(hash.ct_eq(&self.operator_token_hash)) {
+            Some(Person {
+                name: self.operator.clone(),
+                role: Role::Admin,
+            })
+        } else {
+            self.accounts
+                .lock()
+                .ok()
+                .and_then(|mut a| a.by_token(bearer))
+        };
+        match person {
+            None => Err((StatusCode::UNAUTHORIZED, "token is not valid".into())),
+            Some(p) if p.role < role => Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} is a {}; this needs the {} role",
+                    p.name,
+                    p.role.as_str(),
+                    role.as_str()
+                ),
+            )),
+            Some(p) => Ok(p),
         }
     }
 }
@@ -144,6 +187,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/proposals/{id}/approve", post(approve))
         .route("/api/v1/proposals/{id}/reject", post(reject))
         .route("/api/v1/stop", post(stop))
+        .route("/api/v1/login", post(login))
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/start", post(start))
         .route("/api/v1/agent/proposals", post(agent_proposal))
         .route("/api/v1/agent/token", post(agent_token))
@@ -160,8 +205,8 @@ async fn read(
     headers: HeaderMap,
     f: impl Fn(&Snapshot) -> Value,
 ) -> Response {
-    if let Err(why) = s.authenticate(&headers) {
-        return error(StatusCode::UNAUTHORIZED, why);
+    if let Err((status, why)) = s.authenticate(&headers, Role::Viewer) {
+        return error(status, &why);
     }
     match s.snapshot.read() {
         Ok(snap) => Json(f(&snap)).into_response(),
@@ -193,30 +238,105 @@ async fn call_with(s: &ApiState, make: impl FnOnce(Reply) -> Op, refused: Status
 }
 
 async fn approve(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
-    match s.authenticate(&headers) {
-        Ok(by) => call(&s, |reply| Op::Approve { id, by, reply }).await,
-        Err(why) => error(StatusCode::UNAUTHORIZED, why),
+    match s.authenticate(&headers, Role::Approver) {
+        Ok(p) => {
+            call(&s, |reply| Op::Approve {
+                id,
+                by: p.name,
+                reply,
+            })
+            .await
+        }
+        Err((status, why)) => error(status, &why),
     }
 }
 
 async fn reject(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
-    match s.authenticate(&headers) {
-        Ok(by) => call(&s, |reply| Op::Reject { id, by, reply }).await,
-        Err(why) => error(StatusCode::UNAUTHORIZED, why),
+    match s.authenticate(&headers, Role::Approver) {
+        Ok(p) => {
+            call(&s, |reply| Op::Reject {
+                id,
+                by: p.name,
+                reply,
+            })
+            .await
+        }
+        Err((status, why)) => error(status, &why),
     }
 }
 
+/// The stop button: any operator may press it.
 async fn stop(State(s): State<ApiState>, headers: HeaderMap) -> Response {
-    match s.authenticate(&headers) {
-        Ok(by) => call(&s, |reply| Op::Stop { by, reply }).await,
-        Err(why) => error(StatusCode::UNAUTHORIZED, why),
+    match s.authenticate(&headers, Role::Operator) {
+        Ok(p) => call(&s, |reply| Op::Stop { by: p.name, reply }).await,
+        Err((status, why)) => error(status, &why),
     }
 }
 
+/// Resuming after a stop takes an approver.
 async fn start(State(s): State<ApiState>, headers: HeaderMap) -> Response {
-    match s.authenticate(&headers) {
-        Ok(by) => call(&s, |reply| Op::Start { by, reply }).await,
-        Err(why) => error(StatusCode::UNAUTHORIZED, why),
+    match s.authenticate(&headers, Role::Approver) {
+        Ok(p) => call(&s, |reply| Op::Start { by: p.name, reply }).await,
+        Err((status, why)) => error(status, &why),
+    }
+}
+
+/// Who the token belongs to, and their role.
+async fn whoami(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    match s.authenticate(&headers, Role::Viewer) {
+        Ok(p) => Json(json!({ "user": p.name, "role": p.role })).into_response(),
+        Err((status, why)) => error(status, &why),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+/// A password login: checks the Argon2id hash off the async threads and opens a session.
+async fn login(State(s): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let Ok(login) = serde_json::from_slice::<Login>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"user\": ..., \"password\": ...}",
+        );
+    };
+    let target = match s.accounts.lock() {
+        Ok(a) => a.login_target(&login.user),
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "accounts are unavailable"),
+    };
+    let phc = match target {
+        Ok(p) => p,
+        Err(why) => return error(StatusCode::TOO_MANY_REQUESTS, &why),
+    };
+    let password = login.password;
+    let ok = tokio::task::spawn_blocking(move || accounts::check_password(&phc, &password))
+        .await
+        .unwrap_or(false);
+    let mut session = [0u8; 32];
+    if getrandom::fill(&mut session).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no randomness for a session",
+        );
+    }
+    let session = hex::encode(session);
+    let person = match s.accounts.lock() {
+        Ok(mut a) => a.login_result(&login.user, ok, session.clone()),
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "accounts are unavailable"),
+    };
+    match person {
+        Some(p) => Json(json!({
+            "token": session,
+            "user": p.name,
+            "role": p.role,
+            "expires_in_s": accounts::SESSION_TTL.as_secs(),
+        }))
+        .into_response(),
+        None => error(StatusCode::UNAUTHORIZED, "user name or password is wrong"),
     }
 }
 

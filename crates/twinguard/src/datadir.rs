@@ -12,6 +12,7 @@
 //!   edge/DEVICE.key         the simulated edge devices' keys (0600; they live on the edge)
 //!   devices.toml            device registry: id, asset, public key
 //!   agents.toml             external agents: public key, scope, revoked
+//!   users.toml              people: role, Argon2id password hash, API token SHA-256 (0600)
 //!   secrets/operator.token  operator API token              (0600)
 //!   secrets/mqtt.toml       embedded broker credentials     (0600)
 //! ```
@@ -81,6 +82,13 @@ pub struct AgentEntry {
 struct AgentsFile {
     #[serde(default)]
     agents: BTreeMap<String, AgentEntry>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    users: BTreeMap<String, api::accounts::Account>,
 }
 
 /// Names the built-in agents use; an external agent may not take them.
@@ -155,6 +163,37 @@ impl DataDir {
         Ok(keys::load_or_create(
             &self.root.join("edge").join(format!("{device}.key")),
         )?)
+    }
+
+    pub fn users_path(&self) -> PathBuf {
+        self.root.join("users.toml")
+    }
+
+    /// People's accounts (none when the file is absent).
+    pub fn users(&self) -> Result<BTreeMap<String, api::accounts::Account>> {
+        let path = self.users_path();
+        if !path.exists() {
+            return Ok(BTreeMap::new());
+        }
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let file: UsersFile = toml::from_str(&text)
+            .with_context(|| format!("user accounts {} are not valid", path.display()))?;
+        Ok(file.users)
+    }
+
+    /// Writes people's accounts (mode 0600, atomically).
+    pub fn write_users(&self, users: &BTreeMap<String, api::accounts::Account>) -> Result<()> {
+        let text = toml::to_string(&UsersFile {
+            users: users.clone(),
+        })?;
+        let tmp = self.root.join("users.toml.tmp");
+        write_private(
+            &tmp,
+            &format!("# twinguard user accounts: roles, password hashes, token hashes\n{text}"),
+        )?;
+        fs::rename(&tmp, self.users_path())
+            .with_context(|| format!("cannot write {}", self.users_path().display()))
     }
 
     pub fn agents_path(&self) -> PathBuf {

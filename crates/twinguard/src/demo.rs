@@ -164,7 +164,8 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
 
     // API and page.
     let snapshot = Arc::new(RwLock::new(api::Snapshot::default()));
-    let (api_addr, ops_rx) = start_api(args.api_port, snapshot.clone(), &operator_token).await?;
+    let (api_addr, ops_rx) =
+        start_api(args.api_port, snapshot.clone(), &operator_token, &dir).await?;
     eprintln!(
         "twinguard: {broker_desc}; data in {}",
         args.data_dir.display()
@@ -840,6 +841,7 @@ pub(crate) async fn start_api(
     port: u16,
     snapshot: Arc<RwLock<api::Snapshot>>,
     operator_token: &str,
+    dir: &DataDir,
 ) -> Result<(std::net::SocketAddr, mpsc::Receiver<api::Op>)> {
     let (ops_tx, ops_rx) = mpsc::channel(64);
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
@@ -851,7 +853,40 @@ pub(crate) async fn start_api(
         Err(e) => return Err(e.into()),
     };
     let api_addr = listener.local_addr()?;
-    let api_state = api::ApiState::new(snapshot, ops_tx, "operator", operator_token);
+    // People's accounts, re-read within a second whenever `twinguard user` changes them.
+    let accounts = Arc::new(std::sync::Mutex::new(api::accounts::Accounts::new(
+        dir.users()?.into_iter().collect(),
+    )));
+    {
+        let accounts = accounts.clone();
+        let root = dir.root.clone();
+        tokio::spawn(async move {
+            let dir = DataDir { root };
+            let mut seen = std::fs::metadata(dir.users_path())
+                .and_then(|m| m.modified())
+                .ok();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let now = std::fs::metadata(dir.users_path())
+                    .and_then(|m| m.modified())
+                    .ok();
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let users = dir.users().unwrap_or_else(|e| {
+                    // An unreadable file admits nobody: only the installer's token works.
+                    tracing::error!(error = %e, "user accounts unreadable: accounts disabled");
+                    Default::default()
+                });
+                if let Ok(mut a) = accounts.lock() {
+                    a.replace(users.into_iter().collect());
+                }
+            }
+        });
+    }
+    let api_state =
+        api::ApiState::new(snapshot, ops_tx, "operator", operator_token).with_accounts(accounts);
     tokio::spawn(async move {
         if let Err(e) = api::serve(listener, api_state).await {
             tracing::error!(error = %e, "HTTP API stopped");

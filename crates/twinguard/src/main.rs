@@ -153,6 +153,12 @@ enum Command {
         #[command(subcommand)]
         command: PlantCommand,
     },
+    /// People: accounts with a role (viewer, operator, approver, admin), signing in with a
+    /// password (stored as a salted Argon2id hash) or an API token (stored as its SHA-256).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// External AI agents: register one with its public key and scope, list, revoke.
     Agent {
         #[command(subcommand)]
@@ -201,6 +207,36 @@ impl PkiDir {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("opcua").join("pki"))
     }
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add an account. Give `--password-file` (its first line is the password, at least 12
+    /// characters) and/or `--token` (an API token is generated and printed once).
+    Add {
+        name: String,
+        /// viewer (reads), operator (also the stop button), approver (also approvals and
+        /// resuming the line), admin.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[arg(long)]
+        token: bool,
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+    },
+    /// List accounts and their roles (never their secrets).
+    List {
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+    },
+    /// Remove an account: its sessions and token stop working within a second.
+    Remove {
+        name: String,
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -313,6 +349,72 @@ enum PlantCommand {
     Check { file: PathBuf },
     /// Print the embedded reference plant file.
     Reference,
+}
+
+/// `twinguard user add`.
+fn user_add(
+    data_dir: &std::path::Path,
+    name: &str,
+    role: &str,
+    password_file: Option<&std::path::Path>,
+    token: bool,
+) -> Result<serde_json::Value> {
+    use api::accounts::{Account, Role, hash_password, token_sha256};
+    let valid_name = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !valid_name || name == "operator" {
+        anyhow::bail!(
+            "user name {name:?} must be 1 to 64 characters of letters, digits, '.', '_' and '-' (and not \"operator\", the installer's token)"
+        );
+    }
+    let role = Role::parse(role)
+        .with_context(|| format!("role {role:?} is not viewer, operator, approver or admin"))?;
+    if password_file.is_none() && !token {
+        anyhow::bail!("give --password-file FILE, --token, or both");
+    }
+    let dir = datadir::DataDir::open(data_dir)?;
+    let mut users = dir.users()?;
+    if users.contains_key(name) {
+        anyhow::bail!("user {name} exists (remove it first)");
+    }
+    let password_hash = match password_file {
+        None => None,
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read password file {}", f.display()))?;
+            let password = text.lines().next().unwrap_or_default();
+            if password.chars().count() < 12 {
+                anyhow::bail!(
+                    "the password in {} is shorter than 12 characters",
+                    f.display()
+                );
+            }
+            Some(hash_password(password).map_err(anyhow::Error::msg)?)
+        }
+    };
+    let api_token = if token {
+        Some(frames::keys::random_hex(32)?)
+    } else {
+        None
+    };
+    users.insert(
+        name.to_string(),
+        Account {
+            role,
+            password_hash,
+            token_sha256: api_token.as_deref().map(token_sha256),
+        },
+    );
+    dir.write_users(&users)?;
+    Ok(serde_json::json!({
+        "user": name,
+        "role": role,
+        // Shown once; twinguard keeps only its hash.
+        "token": api_token,
+    }))
 }
 
 fn main() -> ExitCode {
@@ -491,6 +593,42 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::DefaultConfig => {
             print!("{}", twinguard_config::DEFAULT_CONFIG);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User { command } => {
+            let r = match command {
+                UserCommand::Add {
+                    name,
+                    role,
+                    password_file,
+                    token,
+                    data_dir,
+                } => user_add(&data_dir, &name, &role, password_file.as_deref(), token)?,
+                UserCommand::List { data_dir } => {
+                    let users = datadir::DataDir::open(&data_dir)?.users()?;
+                    serde_json::json!(
+                        users
+                            .iter()
+                            .map(|(n, a)| serde_json::json!({
+                                "user": n,
+                                "role": a.role,
+                                "password": a.password_hash.is_some(),
+                                "token": a.token_sha256.is_some(),
+                            }))
+                            .collect::<Vec<_>>()
+                    )
+                }
+                UserCommand::Remove { name, data_dir } => {
+                    let dir = datadir::DataDir::open(&data_dir)?;
+                    let mut users = dir.users()?;
+                    if users.remove(&name).is_none() {
+                        anyhow::bail!("no user {name}");
+                    }
+                    dir.write_users(&users)?;
+                    serde_json::json!({ "user": name, "removed": true })
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent { command } => {

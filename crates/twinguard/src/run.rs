@@ -148,7 +148,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
     )?;
     let snapshot = Arc::new(RwLock::new(api::Snapshot::default()));
     let (api_addr, ops_rx) =
-        crate::demo::start_api(args.api_port, snapshot.clone(), &operator_token).await?;
+        crate::demo::start_api(args.api_port, snapshot.clone(), &operator_token, &dir).await?;
     eprintln!("twinguard: data in {}", args.data_dir.display());
     eprintln!("twinguard: live twin at http://{api_addr}/#token={operator_token}");
 

@@ -235,8 +235,12 @@ fn audit_verify_names_the_first_bad_record_after_tampering() {
 }
 
 fn http(port: u16, method: &str, path: &str, token: &str) -> (u16, Value) {
+    http_body(port, method, path, token, "")
+}
+
+fn http_body(port: u16, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
     let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -2537,5 +2541,217 @@ fn an_external_agent_from_the_protocol_document_is_held_to_its_key_and_scope() {
         "{}",
         r["alerts"]
     );
+    assert_eq!(r["audit"]["verified"], true);
+}
+
+/// People over the real API: accounts with roles (token or Argon2id password login), a
+/// dual-approval change that needs two different approvers (the same one twice is
+/// refused, a viewer may not approve), the stop button pressed by an operator and the line
+/// resumed only by an approver.
+#[test]
+fn people_approve_by_role_and_a_dual_approval_needs_two_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bin = |args: &[&str]| -> Value {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let token_of = |v: Value| v["token"].as_str().unwrap().to_string();
+    let ana = token_of(bin(&[
+        "user", "add", "ana", "--role", "approver", "--token",
+    ]));
+    let vi = token_of(bin(&["user", "add", "vi", "--role", "viewer", "--token"]));
+    let op = token_of(bin(&["user", "add", "op", "--role", "operator", "--token"]));
+    std::fs::write(dir.path().join("bo.pw"), "a long passphrase for bo\n").unwrap();
+    let bo_pw = dir.path().join("bo.pw");
+    bin(&[
+        "user",
+        "add",
+        "bo",
+        "--role",
+        "approver",
+        "--password-file",
+        bo_pw.to_str().unwrap(),
+    ]);
+    let listed = bin(&["user", "list"]).to_string();
+    assert!(
+        listed.contains("\"bo\"") && !listed.contains("argon2"),
+        "{listed}"
+    );
+    let users = std::fs::read_to_string(data.join("users.toml")).unwrap();
+    assert!(
+        users.contains("$argon2id$")
+            && !users.contains("a long passphrase")
+            && !users.contains(&ana)
+    );
+
+    // An external scheduler may propose filler speeds (a dual-approval setpoint).
+    let key = dir.path().join("scheduler.key");
+    bin(&[
+        "agent",
+        "add",
+        "scheduler",
+        "--generate-key",
+        key.to_str().unwrap(),
+        "--kinds",
+        "set_setpoint",
+        "--assets",
+        "filler",
+    ]);
+    let policy = String::from_utf8(
+        Command::new(BIN)
+            .args(["policy", "default"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+        + "\n@id(\"scheduler-filler\")\n@reason(\"the scheduler may propose filler speeds\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"set_setpoint\", resource == Twinguard::Asset::\"filler\");\n";
+    std::fs::write(dir.path().join("policy.cedar"), policy).unwrap();
+    let config = String::from_utf8(
+        Command::new(BIN)
+            .arg("default-config")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .replace(
+        "# policy_file = \"policy.cedar\"",
+        "policy_file = \"policy.cedar\"",
+    );
+    let config_path = dir.path().join("twinguard.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let run = Running::start(
+        &[
+            "--speed",
+            "30",
+            "--hours",
+            "1",
+            "--config",
+            config_path.to_str().unwrap(),
+        ],
+        &data,
+    );
+    let port = run.api_port;
+
+    // Password login (a wrong password is refused), and who is who.
+    let (s, _) = http_body(
+        port,
+        "POST",
+        "/api/v1/login",
+        "",
+        r#"{"user": "bo", "password": "wrong password!"}"#,
+    );
+    assert_eq!(s, 401);
+    let (s, v) = http_body(
+        port,
+        "POST",
+        "/api/v1/login",
+        "",
+        r#"{"user": "bo", "password": "a long passphrase for bo"}"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    let bo = v["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        http(port, "GET", "/api/v1/whoami", &bo).1["role"],
+        "approver"
+    );
+    assert_eq!(http(port, "GET", "/api/v1/whoami", &vi).1["role"], "viewer");
+    assert_eq!(http(port, "GET", "/api/v1/state", "not-a-token").0, 401);
+
+    // The scheduler proposes; it waits for two approvers.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/agent.py");
+    let agent = |args: &[&str]| -> Value {
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(format!("http://127.0.0.1:{port}"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let t = agent(&["scheduler", key.to_str().unwrap(), "token"]);
+    let request = dir.path().join("request.json");
+    let d = agent(&[
+        "scheduler",
+        key.to_str().unwrap(),
+        "propose",
+        t["token"].as_str().unwrap(),
+        r#"{"kind": "set_setpoint", "setpoint": "filler.speed_sp", "value": 480.0}"#,
+        request.to_str().unwrap(),
+    ]);
+    assert_eq!(d["outcome"], "pending", "{d}");
+    assert!(
+        d["detail"]
+            .as_str()
+            .unwrap()
+            .contains("two different humans"),
+        "{d}"
+    );
+    let id = d["proposal_id"].as_u64().unwrap();
+    let approve = format!("/api/v1/proposals/{id}/approve");
+
+    let (s, v) = http(port, "POST", &approve, &vi);
+    assert_eq!(s, 403, "a viewer may not approve: {v}");
+    assert!(v["error"].as_str().unwrap().contains("approver"), "{v}");
+    let (s, v) = http(port, "POST", &approve, &ana);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["decision"]["outcome"], "pending", "{v}");
+    let (s, v) = http(port, "POST", &approve, &ana);
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("different person"),
+        "{v}"
+    );
+    let (s, v) = http(port, "POST", &approve, &bo);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["decision"]["outcome"], "executed", "{v}");
+
+    // The stop button: an operator presses it; resuming takes an approver.
+    let (s, v) = http(port, "POST", "/api/v1/stop", &vi);
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = http(port, "POST", "/api/v1/stop", &op);
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = http(port, "POST", "/api/v1/start", &op);
+    assert_eq!(s, 403);
+    let (s, v) = http(port, "POST", "/api/v1/start", &ana);
+    assert_eq!(s, 200, "{v}");
+
+    // A removed account stops working at once.
+    bin(&["user", "remove", "vi"]);
+    let started = Instant::now();
+    while http(port, "GET", "/api/v1/whoami", &vi).0 != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a removed account still works"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    run.interrupt();
+    let r = run.finish();
+    let commands = r["commands"].to_string();
+    assert!(
+        commands.contains("filler.speed_sp")
+            && commands.contains("\"ana\"")
+            && commands.contains("\"bo\""),
+        "{commands}"
+    );
+    assert!(r["line_stops"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(r["audit"]["verified"], true);
 }
