@@ -14,7 +14,8 @@ use crate::Proposal;
 pub const MAX_PROPOSAL_BYTES: usize = 16 * 1024;
 const CONTEXT: &[u8] = b"twinguard/proposal/v1\0";
 const TOKEN_CONTEXT: &[u8] = b"twinguard/token-request/v1\0";
-/// Live tokens one agent may hold at once (rotation overlaps two; more is refused).
+/// Live tokens an external agent may hold through token requests (rotation overlaps two;
+/// more is refused).
 pub const MAX_LIVE_TOKENS: usize = 4;
 
 /// What an agent's tokens allow: action kinds on assets ("line" for a line stop). `None`
@@ -277,11 +278,6 @@ impl AgentRegistry {
             Some(_) => {}
         }
         self.tokens.retain(|_, (_, exp)| *exp > now_ms);
-        if self.tokens.values().filter(|(a, _)| a == agent).count() >= MAX_LIVE_TOKENS {
-            return Err(IdentityError::TooManyTokens {
-                agent: agent.to_string(),
-            });
-        }
         let expires_ms = now_ms + self.token_ttl_ms;
         self.tokens
             .insert(token_hash(&random), (agent.to_string(), expires_ms));
@@ -333,6 +329,14 @@ impl AgentRegistry {
             &format!("token:{}", req.nonce),
             now_ms,
         )?;
+        let live = self
+            .tokens
+            .values()
+            .filter(|(a, exp)| *a == agent && *exp > now_ms)
+            .count();
+        if live >= MAX_LIVE_TOKENS {
+            return Err(IdentityError::TooManyTokens { agent });
+        }
         self.issue_token(&agent, random, now_ms)
     }
 
