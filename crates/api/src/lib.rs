@@ -72,6 +72,11 @@ pub enum Op {
         body: Value,
         reply: Reply,
     },
+    /// An approver resets the breakers: agents leave advisory mode.
+    ResetBreakers {
+        by: String,
+        reply: Reply,
+    },
     /// An external agent's signed token request (JSON of `guard::TokenRequest`).
     AgentToken {
         body: Value,
@@ -188,6 +193,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/proposals/{id}/reject", post(reject))
         .route("/api/v1/stop", post(stop))
         .route("/api/v1/login", post(login))
+        .route("/api/v1/breakers/reset", post(reset_breakers))
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/start", post(start))
         .route("/api/v1/agent/proposals", post(agent_proposal))
@@ -277,6 +283,14 @@ async fn stop(State(s): State<ApiState>, headers: HeaderMap) -> Response {
 async fn start(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     match s.authenticate(&headers, Role::Approver) {
         Ok(p) => call(&s, |reply| Op::Start { by: p.name, reply }).await,
+        Err((status, why)) => error(status, &why),
+    }
+}
+
+/// Agents leave advisory mode: an approver's decision.
+async fn reset_breakers(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    match s.authenticate(&headers, Role::Approver) {
+        Ok(p) => call(&s, |reply| Op::ResetBreakers { by: p.name, reply }).await,
         Err((status, why)) => error(status, &why),
     }
 }

@@ -124,6 +124,8 @@ pub enum DenyReason {
     Precondition,
     Rejected,
     Expired,
+    /// The breakers have put agents in advisory mode: proposals are recorded, not run.
+    Advisory,
 }
 
 impl DenyReason {
@@ -143,6 +145,7 @@ impl DenyReason {
             DenyReason::Precondition => "precondition",
             DenyReason::Rejected => "rejected_by_human",
             DenyReason::Expired => "approval_expired",
+            DenyReason::Advisory => "advisory_mode",
         }
     }
 }
@@ -240,6 +243,60 @@ impl Default for GuardLimits {
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// Limits that trip the agents into advisory mode (they propose; nothing of theirs
+/// executes automatically) until an approver resets the breakers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerLimits {
+    /// Detections raised in any sliding hour (alarm density).
+    pub alarms_per_hour: u32,
+    /// Agents' commands executed in any sliding 10 minutes (actuation rate).
+    pub actions_per_10_min: u32,
+    /// Frames or values refused for integrity (signature, replay, key, device, topic) in
+    /// any sliding hour.
+    pub integrity_failures_per_hour: u32,
+    /// Times the twin's physics disagreed with the plant's measurements in any sliding
+    /// hour (model disagreement).
+    pub model_disagreements_per_hour: u32,
+}
+
+impl Default for BreakerLimits {
+    fn default() -> Self {
+        BreakerLimits {
+            alarms_per_hour: 60,
+            actions_per_10_min: 12,
+            integrity_failures_per_hour: 30,
+            model_disagreements_per_hour: 6,
+        }
+    }
+}
+
+/// Why and since when the agents are in advisory mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tripped {
+    pub since_ms: i64,
+    pub why: String,
+}
+
+/// What the breakers count, each as event times within its window.
+#[derive(Debug, Clone, Default)]
+struct BreakerState {
+    alarms: VecDeque<i64>,
+    actions: VecDeque<i64>,
+    integrity: VecDeque<i64>,
+    disagreements: VecDeque<i64>,
+    tripped: Option<Tripped>,
+    trips: u64,
+    /// Trips and resets not yet taken by the core (for the audit log and the page).
+    events: Vec<String>,
+}
+
+fn prune(times: &mut VecDeque<i64>, now_ms: i64, window_ms: i64) {
+    while times.front().is_some_and(|t| now_ms - t >= window_ms) {
+        times.pop_front();
+    }
+}
+
 /// A proposal waiting for a human.
 #[derive(Debug, Clone, Serialize)]
 pub struct PendingApproval {
@@ -284,6 +341,8 @@ pub struct Guard {
     agents: AgentRegistry,
     policy: Policy,
     limits: GuardLimits,
+    breaker_limits: BreakerLimits,
+    breakers: BreakerState,
     /// Last commanded value per setpoint.
     commanded: HashMap<String, f64>,
     /// Executed changes per setpoint (time, absolute change), newest last.
@@ -328,6 +387,8 @@ impl Guard {
             agents,
             policy,
             limits: GuardLimits::default(),
+            breaker_limits: BreakerLimits::default(),
+            breakers: BreakerState::default(),
             commanded,
             changes: HashMap::new(),
             accepted: HashMap::new(),
@@ -347,6 +408,111 @@ impl Guard {
 
     pub fn limits(&self) -> GuardLimits {
         self.limits
+    }
+
+    /// The same guard with other breaker limits.
+    pub fn with_breakers(mut self, limits: BreakerLimits) -> Guard {
+        self.breaker_limits = limits;
+        self
+    }
+
+    /// A detection was raised (`model`: the twin's physics disagrees with the plant).
+    pub fn note_alarm(&mut self, now_ms: i64, model: bool) {
+        self.breakers.alarms.push_back(now_ms);
+        if model {
+            self.breakers.disagreements.push_back(now_ms);
+        }
+        self.check_breakers(now_ms);
+    }
+
+    /// `n` frames or values were refused for integrity.
+    pub fn note_integrity_failures(&mut self, now_ms: i64, n: u64) {
+        for _ in 0..n.min(10_000) {
+            self.breakers.integrity.push_back(now_ms);
+        }
+        self.check_breakers(now_ms);
+    }
+
+    /// Advisory mode: why and since when, if the breakers have tripped.
+    pub fn advisory(&self) -> Option<&Tripped> {
+        self.breakers.tripped.as_ref()
+    }
+
+    pub fn breaker_trips(&self) -> u64 {
+        self.breakers.trips
+    }
+
+    /// Trips and resets since the last call, in words (for the audit log).
+    pub fn take_breaker_events(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.breakers.events)
+    }
+
+    /// An approver resets the breakers: agents act again, and the counts start afresh.
+    pub fn reset_breakers(&mut self, human: &str, now_ms: i64) -> Result<String, String> {
+        let Some(t) = self.breakers.tripped.take() else {
+            return Err("the breakers have not tripped; agents are not in advisory mode".into());
+        };
+        let msg = format!(
+            "breakers reset by {human} at {now_ms}: agents act again (advisory since {}: {})",
+            t.since_ms, t.why
+        );
+        let trips = self.breakers.trips;
+        self.breakers = BreakerState {
+            trips,
+            ..Default::default()
+        };
+        self.breakers.events.push(msg.clone());
+        Ok(msg)
+    }
+
+    fn check_breakers(&mut self, now_ms: i64) {
+        let l = self.breaker_limits;
+        let b = &mut self.breakers;
+        prune(&mut b.alarms, now_ms, HOUR_MS);
+        prune(&mut b.actions, now_ms, 10 * 60_000);
+        prune(&mut b.integrity, now_ms, HOUR_MS);
+        prune(&mut b.disagreements, now_ms, HOUR_MS);
+        if b.tripped.is_some() {
+            return;
+        }
+        let over = |n: usize, limit: u32| n as u64 > u64::from(limit);
+        let why = if over(b.alarms.len(), l.alarms_per_hour) {
+            Some(format!(
+                "{} detections in the last hour (limit {})",
+                b.alarms.len(),
+                l.alarms_per_hour
+            ))
+        } else if over(b.actions.len(), l.actions_per_10_min) {
+            Some(format!(
+                "{} agent commands executed in the last 10 minutes (limit {})",
+                b.actions.len(),
+                l.actions_per_10_min
+            ))
+        } else if over(b.integrity.len(), l.integrity_failures_per_hour) {
+            Some(format!(
+                "{} integrity failures in the last hour (limit {})",
+                b.integrity.len(),
+                l.integrity_failures_per_hour
+            ))
+        } else if over(b.disagreements.len(), l.model_disagreements_per_hour) {
+            Some(format!(
+                "the twin's physics disagreed with the plant {} times in the last hour (limit {})",
+                b.disagreements.len(),
+                l.model_disagreements_per_hour
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            b.trips += 1;
+            b.events.push(format!(
+                "breakers tripped at {now_ms}: {why}; agents are advisory until an approver resets them"
+            ));
+            b.tripped = Some(Tripped {
+                since_ms: now_ms,
+                why,
+            });
+        }
     }
 
     pub fn agents(&mut self) -> &mut AgentRegistry {
@@ -517,6 +683,10 @@ impl Guard {
         };
         let rec = decision.record(id, &proposal.agent, Some(&proposal.action), rule);
         self.count(&decision, &proposal.agent);
+        if matches!(decision, Decision::Execute(_)) {
+            self.breakers.actions.push_back(now_ms);
+            self.check_breakers(now_ms);
+        }
         (id, decision, rec)
     }
 
@@ -623,6 +793,38 @@ impl Guard {
                 }
             }
         };
+        self.check_breakers(now_ms);
+        if let Some(t) = &self.breakers.tripped
+            && tier == RiskTier::Auto
+        {
+            if p.action == Action::StopLine {
+                // A corroborated stop still reaches a human, never nobody.
+                let why = format!("advisory mode ({}): a line stop goes to a human", t.why);
+                self.pending.insert(
+                    id,
+                    PendingApproval {
+                        id,
+                        proposal: p.clone(),
+                        why: why.clone(),
+                        created_ms: now_ms,
+                        expires_ms: now_ms + APPROVAL_TTL_MS,
+                        approvals_needed: 1,
+                        approved_by: vec![],
+                    },
+                );
+                return (Decision::Pending { id, why }, rule);
+            }
+            return (
+                Self::deny(
+                    DenyReason::Advisory,
+                    format!(
+                        "advisory mode since {} ({}): recorded, not executed; an approver resets the breakers",
+                        t.since_ms, t.why
+                    ),
+                ),
+                rule,
+            );
+        }
         self.accepted
             .entry(p.agent.clone())
             .or_default()

@@ -881,3 +881,113 @@ fn token_requests_prove_the_key_and_rotate_without_a_gap() {
         "{revoked:?}"
     );
 }
+
+#[test]
+fn breakers_put_agents_in_advisory_mode_until_an_approver_resets_them() {
+    let mut s = setup();
+    let plant = Arc::new(Plant::reference());
+    let reg = s.guard.agents().clone();
+    s.guard = Guard::new(
+        plant.clone(),
+        reg,
+        Policy::parse(DEFAULT_POLICY, "default", &plant).unwrap(),
+    )
+    .with_breakers(guard::BreakerLimits {
+        integrity_failures_per_hour: 5,
+        ..Default::default()
+    });
+    assert!(matches!(
+        s.propose("optimiser", speed(1550.0), vec![], &[], T0),
+        Decision::Execute(_)
+    ));
+    // Integrity failures past the limit trip the breakers.
+    s.guard.note_integrity_failures(T0 + 1000, 6);
+    let tripped = s.guard.advisory().unwrap().why.clone();
+    assert!(tripped.contains("6 integrity failures"), "{tripped}");
+    assert_eq!(s.guard.take_breaker_events().len(), 1);
+    // An automatic action is recorded, not executed ...
+    let d = s.propose("optimiser", speed(1500.0), vec![], &[], T0 + 120_000);
+    match &d {
+        Decision::Denied { reason, detail } => {
+            assert_eq!(*reason, DenyReason::Advisory);
+            assert!(detail.contains("integrity failures"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.guard.commanded("pump.speed_sp"), Some(1550.0));
+    // ... and a corroborated stop goes to a human instead of running by itself.
+    let a = detection(1, &["pump.vibration"], true);
+    let b = detection(2, &["pump.bearing_temp"], true);
+    let d = s.propose(
+        "maintenance",
+        Action::StopLine,
+        vec![1, 2],
+        &[&a, &b],
+        T0 + 130_000,
+    );
+    assert!(matches!(d, Decision::Pending { .. }), "{d:?}");
+    assert!(!s.guard.line_stopped());
+    // An approver resets; agents act again (the counts start afresh).
+    let msg = s.guard.reset_breakers("ana", T0 + 200_000).unwrap();
+    assert!(msg.contains("reset by ana"), "{msg}");
+    assert!(s.guard.advisory().is_none());
+    assert!(
+        s.guard.reset_breakers("ana", T0 + 200_000).is_err(),
+        "nothing to reset"
+    );
+    assert!(matches!(
+        s.propose("optimiser", speed(1500.0), vec![], &[], T0 + 240_000),
+        Decision::Execute(_)
+    ));
+    assert_eq!(s.guard.breaker_trips(), 1);
+
+    // Alarm density, actuation rate and model disagreement trip them too.
+    for (limits, feed) in [
+        (
+            guard::BreakerLimits {
+                alarms_per_hour: 3,
+                ..Default::default()
+            },
+            (4, false),
+        ),
+        (
+            guard::BreakerLimits {
+                model_disagreements_per_hour: 1,
+                ..Default::default()
+            },
+            (2, true),
+        ),
+    ] {
+        let mut g = Guard::new(
+            plant.clone(),
+            AgentRegistry::default(),
+            Policy::parse(DEFAULT_POLICY, "default", &plant).unwrap(),
+        )
+        .with_breakers(limits);
+        for k in 0..feed.0 {
+            g.note_alarm(T0 + k, feed.1);
+        }
+        assert!(g.advisory().is_some(), "{limits:?}");
+    }
+    let mut s = setup();
+    let reg = s.guard.agents().clone();
+    s.guard = Guard::new(
+        plant.clone(),
+        reg,
+        Policy::parse(DEFAULT_POLICY, "default", &plant).unwrap(),
+    )
+    .with_breakers(guard::BreakerLimits {
+        actions_per_10_min: 1,
+        ..Default::default()
+    });
+    assert!(matches!(
+        s.propose("optimiser", speed(1550.0), vec![], &[], T0),
+        Decision::Execute(_)
+    ));
+    assert!(matches!(
+        s.propose("optimiser", speed(1500.0), vec![], &[], T0 + 60_000),
+        Decision::Execute(_)
+    ));
+    let why = s.guard.advisory().unwrap().why.clone();
+    assert!(why.contains("agent commands executed"), "{why}");
+}

@@ -48,6 +48,29 @@ pub struct GuardSection {
     pub agent_actions_per_hour: Spanned<u32>,
     /// The same, for one agent on one asset.
     pub agent_asset_actions_per_hour: Spanned<u32>,
+    /// Limits that put the agents in advisory mode until an approver resets them.
+    pub breakers: Breakers,
+}
+
+/// `[guard.breakers]`: see `guard::BreakerLimits` (the same fields and defaults).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Breakers {
+    pub alarms_per_hour: u32,
+    pub actions_per_10_min: u32,
+    pub integrity_failures_per_hour: u32,
+    pub model_disagreements_per_hour: u32,
+}
+
+impl Default for Breakers {
+    fn default() -> Self {
+        Breakers {
+            alarms_per_hour: 60,
+            actions_per_10_min: 12,
+            integrity_failures_per_hour: 30,
+            model_disagreements_per_hour: 6,
+        }
+    }
 }
 
 impl Default for GuardSection {
@@ -56,6 +79,7 @@ impl Default for GuardSection {
             policy_file: None,
             agent_actions_per_hour: Spanned::new(0..0, 60),
             agent_asset_actions_per_hour: Spanned::new(0..0, 20),
+            breakers: Breakers::default(),
         }
     }
 }

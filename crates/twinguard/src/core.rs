@@ -460,6 +460,27 @@ impl Core {
     }
 
     fn apply_outcome(&mut self, f: RawFrame, out: ingest::Outcome, now: i64) {
+        use ingest::Reason as R;
+        let integrity = out
+            .rejected
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.reason,
+                    R::UnknownDevice
+                        | R::Unsigned
+                        | R::BadSignature
+                        | R::UnauthorizedTopic
+                        | R::RetiredKey
+                        | R::Replay
+                        | R::UnauthorizedSignal
+                )
+            })
+            .count() as u64;
+        if integrity > 0 {
+            self.guard.note_integrity_failures(now, integrity);
+            self.record_breaker_events();
+        }
         if !out.rejected.is_empty() {
             let entries: Vec<Entry> = out
                 .rejected
@@ -556,11 +577,29 @@ impl Core {
                         .detections_by_kind
                         .entry(d.kind.as_str().to_string())
                         .or_default() += 1;
+                    self.guard
+                        .note_alarm(d.raised_ms, d.kind == detect::DetectionKind::Physics);
                     Entry::new(d.raised_ms, "detection_raised", json!(d))
                 }
                 Event::Cleared { id, t_ms } => {
                     Entry::new(*t_ms, "detection_cleared", json!({ "id": id }))
                 }
+            })
+            .collect();
+        self.audit(entries);
+        self.record_breaker_events();
+    }
+
+    /// Breaker trips and resets go to the audit log.
+    fn record_breaker_events(&mut self) {
+        let now = self.clock.now_ms();
+        let entries: Vec<Entry> = self
+            .guard
+            .take_breaker_events()
+            .into_iter()
+            .map(|what| {
+                tracing::warn!(%what, "breakers");
+                Entry::new(now, "breakers", json!({ "what": what }))
             })
             .collect();
         self.audit(entries);
@@ -619,6 +658,7 @@ impl Core {
         if let Decision::Execute(approved) = decision {
             self.execute(approved, now);
         }
+        self.record_breaker_events();
         rec
     }
 
@@ -741,6 +781,14 @@ impl Core {
                 };
                 let _ = reply.send(r);
             }
+            Op::ResetBreakers { by, reply } => {
+                let r = self
+                    .guard
+                    .reset_breakers(&by, now)
+                    .map(|m| json!({ "reset": m }));
+                self.record_breaker_events();
+                let _ = reply.send(r);
+            }
             Op::AgentToken { body, reply } => {
                 let r = match serde_json::from_value::<guard::TokenRequest>(body) {
                     Ok(req) => self.issue_agent_token(&req, now),
@@ -858,6 +906,7 @@ impl Core {
             "proposals": { "executed": g.executed, "pending": g.pending, "denied": g.denied },
             "actions_executed_by_agent": g.executed_by_agent,
             "line_stops": g.line_stops,
+            "breakers": { "advisory": self.guard.advisory(), "trips": self.guard.breaker_trips() },
             "alerts": g.alerts,
             "commands": self.commands,
             "audit": {

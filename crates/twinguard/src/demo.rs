@@ -827,12 +827,18 @@ pub(crate) fn guard_with_agents(
     agents.register("maintenance", maintenance_key.verifying_key());
     agents.register("optimiser", optimiser_key.verifying_key());
     let policy = load_policy(config, config_path, plant)?;
-    Ok(
-        Guard::new(plant.clone(), agents, policy).with_limits(guard::GuardLimits {
+    let b = &config.guard.breakers;
+    Ok(Guard::new(plant.clone(), agents, policy)
+        .with_limits(guard::GuardLimits {
             agent_actions_per_hour: *config.guard.agent_actions_per_hour.get_ref(),
             agent_asset_actions_per_hour: *config.guard.agent_asset_actions_per_hour.get_ref(),
-        }),
-    )
+        })
+        .with_breakers(guard::BreakerLimits {
+            alarms_per_hour: b.alarms_per_hour,
+            actions_per_10_min: b.actions_per_10_min,
+            integrity_failures_per_hour: b.integrity_failures_per_hour,
+            model_disagreements_per_hour: b.model_disagreements_per_hour,
+        }))
 }
 
 /// Serves the page and API on 127.0.0.1:`port` (a free port when it is busy); returns the
@@ -970,4 +976,40 @@ pub fn summary(r: &Value) -> String {
         r["data_dir"].as_str().unwrap_or("")
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    /// The configuration's guard defaults are the guard's own (the config crate does not
+    /// depend on the guard, so they are written twice).
+    #[test]
+    fn configuration_defaults_match_the_guard() {
+        let c = twinguard_config::Config::default_config();
+        let b = &c.guard.breakers;
+        let g = guard::BreakerLimits::default();
+        assert_eq!(
+            (
+                b.alarms_per_hour,
+                b.actions_per_10_min,
+                b.integrity_failures_per_hour,
+                b.model_disagreements_per_hour
+            ),
+            (
+                g.alarms_per_hour,
+                g.actions_per_10_min,
+                g.integrity_failures_per_hour,
+                g.model_disagreements_per_hour
+            )
+        );
+        let l = guard::GuardLimits::default();
+        assert_eq!(
+            (
+                *c.guard.agent_actions_per_hour.get_ref(),
+                *c.guard.agent_asset_actions_per_hour.get_ref()
+            ),
+            (l.agent_actions_per_hour, l.agent_asset_actions_per_hour)
+        );
+    }
 }

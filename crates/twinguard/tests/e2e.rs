@@ -2755,3 +2755,91 @@ fn people_approve_by_role_and_a_dual_approval_needs_two_of_them() {
     assert!(r["line_stops"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(r["audit"]["verified"], true);
 }
+
+/// Breakers over the real API: integrity failures (the forged-frames attack) past the
+/// configured limit put the agents in advisory mode, which the report shows; only an
+/// approver can reset them.
+#[test]
+fn breakers_trip_on_integrity_failures_and_an_approver_resets_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = String::from_utf8(
+        Command::new(BIN)
+            .arg("default-config")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .replace(
+        "integrity_failures_per_hour = 30",
+        "integrity_failures_per_hour = 3",
+    );
+    let config_path = dir.path().join("twinguard.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "user",
+            "add",
+            "vi",
+            "--role",
+            "viewer",
+            "--token",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let vi: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vi = vi["token"].as_str().unwrap().to_string();
+    let run = Running::start(
+        &[
+            "--speed",
+            "120",
+            "--hours",
+            "2",
+            "--attack",
+            "forged-frames",
+            "--config",
+            config_path.to_str().unwrap(),
+        ],
+        &data,
+    );
+    let started = Instant::now();
+    loop {
+        let (_, r) = run.get("/api/v1/report");
+        if r["breakers"]["advisory"].is_object() {
+            assert!(
+                r["breakers"]["advisory"]["why"]
+                    .as_str()
+                    .unwrap()
+                    .contains("integrity failures"),
+                "{}",
+                r["breakers"]
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the breakers did not trip: {}",
+            r["breakers"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (s, _) = http(run.api_port, "POST", "/api/v1/breakers/reset", &vi);
+    assert_eq!(s, 403, "a viewer may not reset the breakers");
+    let (s, v) = http(run.api_port, "POST", "/api/v1/breakers/reset", &run.token);
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["reset"].as_str().unwrap().contains("reset by operator"),
+        "{v}"
+    );
+    run.interrupt();
+    let r = run.finish();
+    assert!(
+        r["breakers"]["trips"].as_u64().unwrap() >= 1,
+        "{}",
+        r["breakers"]
+    );
+    assert_eq!(r["audit"]["verified"], true);
+}
