@@ -23,9 +23,17 @@ pub const SCHEMA: &str = include_str!("../policy/schema.cedarschema");
 pub const KINDS: [&str; 3] = ["set_setpoint", "stop_line", "maintenance"];
 
 /// A loaded, validated policy set with the entities it is evaluated against.
+///
+/// Cedar evaluates every policy of a set. So that decisions do not slow down with the
+/// number of agents, the set is also split by principal: a policy scoped to one principal
+/// (`principal == X`) can only apply to X, so X's requests are evaluated against the
+/// policies not scoped to one principal plus X's own, with exactly the same outcome.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    set: PolicySet,
+    /// The policies not scoped to a single principal.
+    general: PolicySet,
+    /// Principal (Cedar UID text) -> the general policies plus that principal's own.
+    by_principal: std::collections::HashMap<String, PolicySet>,
     schema: Schema,
     entities: Entities,
     /// Policy id → its `@reason`, for decision records.
@@ -129,8 +137,12 @@ fn located(
 }
 
 fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
-    let literal = format!("Twinguard::{kind}::{}", json!(id));
-    EntityUid::from_str(&literal).map_err(|e| format!("{literal}: {e}"))
+    let type_name = cedar_policy::EntityTypeName::from_str(&format!("Twinguard::{kind}"))
+        .map_err(|e| format!("Twinguard::{kind}: {e}"))?;
+    Ok(EntityUid::from_type_name_and_id(
+        type_name,
+        cedar_policy::EntityId::new(id),
+    ))
 }
 
 impl Policy {
@@ -184,13 +196,46 @@ impl Policy {
             return Err(located(source_name, text, e));
         }
         let entities = Self::entities(plant, &[], &[], &schema).map_err(invalid)?;
+        let (general, by_principal) = Self::index(&set).map_err(invalid)?;
         Ok(Policy {
-            set,
+            general,
+            by_principal,
             schema,
             entities,
             reasons,
             source_name: source_name.to_string(),
         })
+    }
+
+    /// Splits `set` by principal (see [`Policy`]).
+    #[allow(
+        clippy::type_complexity,
+        reason = "a pair of the general set and the per-principal sets"
+    )]
+    fn index(
+        set: &PolicySet,
+    ) -> Result<(PolicySet, std::collections::HashMap<String, PolicySet>), String> {
+        use cedar_policy::PrincipalConstraint;
+        let mut general = PolicySet::new();
+        let mut own: std::collections::HashMap<String, Vec<cedar_policy::Policy>> =
+            std::collections::HashMap::new();
+        for p in set.policies() {
+            match p.principal_constraint() {
+                PrincipalConstraint::Eq(uid) => {
+                    own.entry(uid.to_string()).or_default().push(p.clone())
+                }
+                _ => general.add(p.clone()).map_err(|e| e.to_string())?,
+            }
+        }
+        let mut by_principal = std::collections::HashMap::new();
+        for (uid, policies) in own {
+            let mut s = general.clone();
+            for p in policies {
+                s.add(p).map_err(|e| e.to_string())?;
+            }
+            by_principal.insert(uid, s);
+        }
+        Ok((general, by_principal))
     }
 
     /// The entities: the plant's zone, its assets and the line in it, the agents and the
@@ -263,13 +308,23 @@ impl Policy {
                 (Ok(p), Ok(a), Ok(r)) => (p, a, r),
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return deny(e),
             };
-        let ctx = json!({
-            "line_running": context.line_running,
-            "inputs_trusted": context.inputs_trusted,
-            "anomalies": context.anomalies,
-            "anomaly_kinds": context.anomaly_kinds,
-        });
-        let context = match Context::from_json_value(ctx, Some((&self.schema, &action))) {
+        use cedar_policy::RestrictedExpression as X;
+        let pairs = [
+            (
+                "line_running".to_string(),
+                X::new_bool(context.line_running),
+            ),
+            (
+                "inputs_trusted".to_string(),
+                X::new_bool(context.inputs_trusted),
+            ),
+            ("anomalies".to_string(), X::new_long(context.anomalies)),
+            (
+                "anomaly_kinds".to_string(),
+                X::new_set(context.anomaly_kinds.iter().cloned().map(X::new_string)),
+            ),
+        ];
+        let context = match Context::from_pairs(pairs) {
             Ok(c) => c,
             Err(e) => return deny(format!("context: {e}")),
         };
@@ -277,7 +332,11 @@ impl Policy {
             Ok(r) => r,
             Err(e) => return deny(format!("request: {e}")),
         };
-        let response = Authorizer::new().is_authorized(&request, &self.set, &self.entities);
+        let set = request
+            .principal()
+            .and_then(|p| self.by_principal.get(&p.to_string()))
+            .unwrap_or(&self.general);
+        let response = Authorizer::new().is_authorized(&request, set, &self.entities);
         let diagnostics = response.diagnostics();
         let policies = diagnostics
             .reason()
@@ -400,6 +459,29 @@ mod tests {
             e.contains("used twice") && e.starts_with("policy p.cedar:3:"),
             "{e}"
         );
+    }
+
+    /// The split by principal decides exactly as the whole set: a principal's own permits
+    /// apply to it alone, and general forbids and permits to everyone.
+    #[test]
+    fn the_principal_index_decides_as_the_whole_set() {
+        let plant = Plant::reference();
+        let mut text = String::new();
+        for i in 0..50 {
+            text.push_str(&format!("@id(\"a{i}\")\npermit (principal == Twinguard::Agent::\"agent-{i}\", action == Twinguard::Action::\"set_setpoint\", resource == Twinguard::Asset::\"pump\");\n"));
+        }
+        text.push_str("@id(\"all-maintenance\")\npermit (principal is Twinguard::Agent, action == Twinguard::Action::\"maintenance\", resource);\n");
+        text.push_str("@id(\"no-7\")\nforbid (principal, action, resource) when { principal == Twinguard::Agent::\"agent-7\" };\n");
+        let p = Policy::parse(&text, "p", &plant).unwrap();
+        for i in 0..60 {
+            let a = format!("agent-{i}");
+            let set = p.decide(Principal::Agent(&a), "set_setpoint", "pump", &ctx(true));
+            let other = p.decide(Principal::Agent(&a), "set_setpoint", "past", &ctx(true));
+            let maint = p.decide(Principal::Agent(&a), "maintenance", "pump", &ctx(true));
+            assert_eq!(set.allowed, i < 50 && i != 7, "{a}: {set:?}");
+            assert!(!other.allowed, "{a}");
+            assert_eq!(maint.allowed, i != 7, "{a}: {maint:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod agent_registry;
 mod attack;
 mod bench;
+mod bench_guard;
 mod broker;
 mod core;
 mod datadir;
@@ -85,6 +86,9 @@ enum Command {
         /// Simulated hours for the end-to-end run.
         #[arg(long, default_value_t = 6.0)]
         hours: f64,
+        /// Only the guard's decision latency.
+        #[arg(long)]
+        guard_only: bool,
     },
     /// Check a configuration file and explain every error with its line and column.
     CheckConfig { file: PathBuf },
@@ -479,10 +483,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { hours } => {
+        Command::Bench { hours, guard_only } => {
             let dir = std::env::temp_dir().join(format!("twinguard-bench-{}", std::process::id()));
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let r = rt.block_on(bench::run(hours, dir.clone()));
+            let r = if guard_only {
+                bench_guard::run(&dir).map(|g| serde_json::json!({ "guard": g }))
+            } else {
+                rt.block_on(bench::run(hours, dir.clone()))
+                    .and_then(|mut r| {
+                        r["guard"] = bench_guard::run(&dir.join("guard"))?;
+                        Ok(r)
+                    })
+            };
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
             let _ = std::fs::remove_dir_all(&dir);
             println!("{}", serde_json::to_string_pretty(&r?)?);
