@@ -491,7 +491,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 rt.block_on(bench::run(hours, dir.clone()))
                     .and_then(|mut r| {
-                        r["guard"] = bench_guard::run(&dir.join("guard"))?;
+                        let guard = bench_guard::run(&dir.join("guard"))?;
+                        if let Some(m) = r.as_object_mut() {
+                            m.insert("guard".into(), guard);
+                        }
                         Ok(r)
                     })
             };
