@@ -308,13 +308,24 @@ pub async fn thief(api: &str, agent: &str, token: &str, now_ms: i64) -> Result<V
 
 /// A minimal HTTP/1.1 POST over loopback TCP.
 pub async fn post_json(addr: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
+    post_json_as(addr, path, body, None).await
+}
+
+/// [`post_json`] with `Authorization: Bearer <bearer>`.
+pub async fn post_json_as(
+    addr: &str,
+    path: &str,
+    body: &Value,
+    bearer: Option<&str>,
+) -> Result<(u16, Value)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let payload = serde_json::to_vec(body)?;
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         payload.len()
     );
     s.write_all(head.as_bytes()).await?;

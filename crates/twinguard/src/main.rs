@@ -157,6 +157,22 @@ enum Command {
         #[command(subcommand)]
         command: PlantCommand,
     },
+    /// The stop button from the command line: drive every asset to its safe state (any
+    /// operator); nothing automatic runs until an approver resumes.
+    Stop {
+        #[command(flatten)]
+        api: ApiClient,
+    },
+    /// Restart a stopped line (approver).
+    Resume {
+        #[command(flatten)]
+        api: ApiClient,
+    },
+    /// Take the agents out of advisory mode after the breakers tripped (approver).
+    ResetBreakers {
+        #[command(flatten)]
+        api: ApiClient,
+    },
     /// People: accounts with a role (viewer, operator, approver, admin), signing in with a
     /// password (stored as a salted Argon2id hash) or an API token (stored as its SHA-256).
     User {
@@ -210,6 +226,48 @@ impl PkiDir {
         self.pki
             .clone()
             .unwrap_or_else(|| self.data_dir.join("opcua").join("pki"))
+    }
+}
+
+/// Where a running twinguard's API is, and whose token to present.
+#[derive(clap::Args)]
+struct ApiClient {
+    /// HOST:PORT of the API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api: String,
+    /// A file with the bearer token (default: the installer's operator token in the data
+    /// directory).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    #[arg(long, default_value = "twinguard-data")]
+    data_dir: PathBuf,
+}
+
+impl ApiClient {
+    /// POSTs to `path` with the token; the answer, or an error with the API's reason.
+    fn post(&self, path: &str) -> Result<serde_json::Value> {
+        let token = match &self.token_file {
+            Some(f) => std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read token file {}", f.display()))?
+                .trim()
+                .to_string(),
+            None => datadir::DataDir::open(&self.data_dir)?.operator_token()?,
+        };
+        let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        let (status, body) = rt.block_on(attack::post_json_as(
+            &self.api,
+            path,
+            &serde_json::json!({}),
+            Some(&token),
+        ))?;
+        if status != 200 {
+            anyhow::bail!(
+                "{} answered {status}: {}",
+                self.api,
+                body.get("error").and_then(|e| e.as_str()).unwrap_or("?")
+            );
+        }
+        Ok(body)
     }
 }
 
@@ -608,6 +666,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::DefaultConfig => {
             print!("{}", twinguard_config::DEFAULT_CONFIG);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop { api } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&api.post("/api/v1/stop")?)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume { api } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&api.post("/api/v1/start")?)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ResetBreakers { api } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&api.post("/api/v1/breakers/reset")?)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::User { command } => {

@@ -2834,6 +2834,39 @@ fn breakers_trip_on_integrity_failures_and_an_approver_resets_them() {
         v["reset"].as_str().unwrap().contains("reset by operator"),
         "{v}"
     );
+    // The stop button and resuming from the command line, with the installer's token
+    // (the default) or a viewer's (refused, with the reason).
+    let api = format!("127.0.0.1:{}", run.api_port);
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--api", &api, "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(run.get("/api/v1/state").1["line_stopped"], true);
+    std::fs::write(dir.path().join("vi.token"), &vi).unwrap();
+    let vi_file = dir.path().join("vi.token");
+    let out = cli(&["resume", "--token-file", vi_file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["resume"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     run.interrupt();
     let r = run.finish();
     assert!(
