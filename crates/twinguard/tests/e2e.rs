@@ -2509,9 +2509,10 @@ fn an_external_agent_from_the_protocol_document_is_held_to_its_key_and_scope() {
     bin(&["agent", "revoke", "scheduler"]);
     let started = Instant::now();
     loop {
+        // Until the registry is reloaded, tokens are still issued (up to the live-token
+        // limit, then refused for that); after it, refused because the agent is revoked.
         let t = agent(&["scheduler", key_s, "token"]);
-        if t["status"] == 401 {
-            assert!(t["error"].as_str().unwrap().contains("revoked"), "{t}");
+        if t["status"] == 401 && t["error"].as_str().unwrap_or("").contains("revoked") {
             break;
         }
         assert!(
