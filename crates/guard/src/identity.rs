@@ -197,11 +197,35 @@ impl Default for AgentRegistry {
     }
 }
 
+/// Whether `signature_hex` is a valid Ed25519 signature of `message` by `key`.
+fn signed_by(key: &VerifyingKey, message: &[u8], signature_hex: &str) -> bool {
+    hex::decode(signature_hex)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .is_some_and(|b| {
+            key.verify_strict(message, &Signature::from_bytes(&b))
+                .is_ok()
+        })
+}
+
 fn token_hash(t: &str) -> [u8; 32] {
     Sha256::digest(t.as_bytes()).into()
 }
 
 impl AgentRegistry {
+    /// The agent's entry, if it is registered and not revoked.
+    fn live_entry(&self, agent: &str) -> Result<&AgentEntry, IdentityError> {
+        match self.agents.get(agent) {
+            None => Err(IdentityError::UnknownAgent {
+                agent: agent.to_string(),
+            }),
+            Some(e) if e.revoked => Err(IdentityError::Revoked {
+                agent: agent.to_string(),
+            }),
+            Some(e) => Ok(e),
+        }
+    }
+
     /// Registers a built-in agent: its reach is the policy's to decide.
     pub fn register(&mut self, agent: &str, key: VerifyingKey) {
         self.agents.insert(
@@ -299,28 +323,9 @@ impl AgentRegistry {
         now_ms: i64,
     ) -> Result<Token, IdentityError> {
         let agent = req.agent.clone();
-        let entry = self
-            .agents
-            .get(&agent)
-            .ok_or_else(|| IdentityError::UnknownAgent {
-                agent: agent.clone(),
-            })?;
-        if entry.revoked {
-            return Err(IdentityError::Revoked { agent });
-        }
-        let sig_ok = hex::decode(&req.signature)
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .is_some_and(|b| {
-                entry
-                    .key
-                    .verify_strict(
-                        &token_request_message(&req.agent, req.created_ms, &req.nonce),
-                        &Signature::from_bytes(&b),
-                    )
-                    .is_ok()
-            });
-        if !sig_ok {
+        let entry = self.live_entry(&agent)?;
+        let message = token_request_message(&req.agent, req.created_ms, &req.nonce);
+        if !signed_by(&entry.key, &message, &req.signature) {
             return Err(IdentityError::TokenWithoutKey { agent });
         }
         self.check_fresh_and_new(
@@ -388,28 +393,12 @@ impl AgentRegistry {
         let p: Proposal =
             serde_json::from_str(&sp.body).map_err(|e| IdentityError::Malformed(e.to_string()))?;
         let agent = p.agent.clone();
-        let entry = self
-            .agents
-            .get(&agent)
-            .ok_or_else(|| IdentityError::UnknownAgent {
-                agent: agent.clone(),
-            })?;
-        if entry.revoked {
-            return Err(IdentityError::Revoked { agent });
-        }
+        let entry = self.live_entry(&agent)?;
         match self.tokens.get(&token_hash(&sp.token)) {
             Some((a, exp)) if *a == agent && *exp > now_ms => {}
             _ => return Err(IdentityError::BadToken { agent }),
         }
-        let sig_ok = hex::decode(&sp.signature)
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .is_some_and(|b| {
-                entry
-                    .key
-                    .verify_strict(&message(&sp.token, &sp.body), &Signature::from_bytes(&b))
-                    .is_ok()
-            });
+        let sig_ok = signed_by(&entry.key, &message(&sp.token, &sp.body), &sp.signature);
         if !sig_ok {
             return Err(IdentityError::TokenWithoutKey { agent });
         }

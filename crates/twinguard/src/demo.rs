@@ -70,17 +70,6 @@ pub fn load_config(path: &Option<PathBuf>) -> Result<Config> {
     })
 }
 
-fn load_plant(path: &Option<PathBuf>) -> Result<Plant> {
-    match path {
-        None => Ok(Plant::reference()),
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read plant file {}", p.display()))?;
-            Ok(Plant::parse(&text, &p.display().to_string())?)
-        }
-    }
-}
-
 #[allow(
     clippy::indexing_slicing,
     reason = "serde_json::Value indexing yields Null, it never panics"
@@ -103,7 +92,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         .iter()
         .map(|f| Fault::parse(f))
         .collect::<Result<Vec<_>, _>>()?;
-    let plant = Arc::new(load_plant(&args.plant_file)?);
+    let plant = Arc::new(crate::policy_cmd::load_plant(args.plant_file.as_deref())?);
     let dir = DataDir::open(&args.data_dir)?;
     // Simulated time starts now (to the second), so that records are dated today and key
     // validity windows in the registry mean the same to the plant and to twinguard.

@@ -46,6 +46,7 @@ fn yes() -> bool {
     true
 }
 
+/// The plant file at `path`, or the embedded reference plant.
 pub fn load_plant(path: Option<&Path>) -> Result<Plant> {
     match path {
         None => Ok(Plant::reference()),

@@ -35,14 +35,7 @@ pub struct RunArgs {
 )]
 pub async fn run(args: RunArgs) -> Result<Value> {
     let config = load_config(&Some(args.config.clone()))?;
-    let plant = Arc::new(match &args.plant_file {
-        None => plant_model::Plant::reference(),
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read plant file {}", p.display()))?;
-            plant_model::Plant::parse(&text, &p.display().to_string())?
-        }
-    });
+    let plant = Arc::new(crate::policy_cmd::load_plant(args.plant_file.as_deref())?);
     if config.sources.is_empty() {
         bail!("{} declares no source", args.config.display());
     }
