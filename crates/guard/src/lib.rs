@@ -475,34 +475,33 @@ impl Guard {
         if b.tripped.is_some() {
             return;
         }
-        let over = |n: usize, limit: u32| n as u64 > u64::from(limit);
-        let why = if over(b.alarms.len(), l.alarms_per_hour) {
-            Some(format!(
-                "{} detections in the last hour (limit {})",
+        // (events counted, its limit, what they are) per breaker, in the order checked.
+        let counts = [
+            (
                 b.alarms.len(),
-                l.alarms_per_hour
-            ))
-        } else if over(b.actions.len(), l.actions_per_10_min) {
-            Some(format!(
-                "{} agent commands executed in the last 10 minutes (limit {})",
+                l.alarms_per_hour,
+                "detections in the last hour",
+            ),
+            (
                 b.actions.len(),
-                l.actions_per_10_min
-            ))
-        } else if over(b.integrity.len(), l.integrity_failures_per_hour) {
-            Some(format!(
-                "{} integrity failures in the last hour (limit {})",
+                l.actions_per_10_min,
+                "agent commands executed in the last 10 minutes",
+            ),
+            (
                 b.integrity.len(),
-                l.integrity_failures_per_hour
-            ))
-        } else if over(b.disagreements.len(), l.model_disagreements_per_hour) {
-            Some(format!(
-                "the twin's physics disagreed with the plant {} times in the last hour (limit {})",
+                l.integrity_failures_per_hour,
+                "integrity failures in the last hour",
+            ),
+            (
                 b.disagreements.len(),
-                l.model_disagreements_per_hour
-            ))
-        } else {
-            None
-        };
+                l.model_disagreements_per_hour,
+                "times the twin's physics disagreed with the plant in the last hour",
+            ),
+        ];
+        let why = counts
+            .iter()
+            .find(|(n, limit, _)| *n as u64 > u64::from(*limit))
+            .map(|(n, limit, what)| format!("{n} {what} (limit {limit})"));
         if let Some(why) = why {
             b.trips += 1;
             b.events.push(format!(

@@ -333,18 +333,11 @@ async fn mosquitto_own(port: u16, n: usize, size: usize) -> Result<Option<f64>> 
         return Ok(None);
     };
     let port = port.to_string();
+    // Both clients: the broker, the topic, QoS 1.
+    let common = ["-h", "127.0.0.1", "-p", &port, "-t", "bench", "-q", "1"];
     let mut sub = tokio::process::Command::new(sub_bin)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            "bench",
-            "-q",
-            "1",
-            "-C",
-        ])
+        .args(common)
+        .arg("-C")
         .arg(n.to_string())
         .stdout(std::process::Stdio::null())
         .spawn()?;
@@ -352,17 +345,8 @@ async fn mosquitto_own(port: u16, n: usize, size: usize) -> Result<Option<f64>> 
     let payload = "x".repeat(size);
     let t = Instant::now();
     let mut publisher = tokio::process::Command::new(pub_bin)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            "bench",
-            "-q",
-            "1",
-            "-l",
-        ])
+        .args(common)
+        .arg("-l")
         .stdin(std::process::Stdio::piped())
         .spawn()?;
     if let Some(mut stdin) = publisher.stdin.take() {
