@@ -109,6 +109,105 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// How deeply brackets may nest in a policy file, and how many conditionals one policy
+/// may hold. Cedar's parser recurses over nesting (and over long operator chains), so a
+/// hostile or broken file could exhaust the stack; no real policy comes near these.
+pub const MAX_NESTING: usize = 32;
+pub const MAX_CONDITIONALS: usize = 32;
+/// Tokens in one policy (a policy ends at its `;`).
+pub const MAX_POLICY_TOKENS: usize = 4_096;
+/// Bytes in a policy file.
+pub const MAX_POLICY_BYTES: usize = 16 << 20;
+
+/// Refuses, with its location, a policy text whose shape could exhaust Cedar's parser:
+/// too large, brackets nested too deeply, too many conditionals or tokens in one policy.
+/// Strings and comments are skipped.
+fn check_shape(text: &str, source_name: &str) -> Result<(), PolicyError> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(PolicyError::Invalid {
+            source_name: source_name.to_string(),
+            message: format!(
+                "the file has {} bytes, more than the {MAX_POLICY_BYTES} a policy file may have",
+                text.len()
+            ),
+        });
+    }
+    let at = |offset: usize, message: String| {
+        let (line, column) = line_col(text, offset);
+        PolicyError::At {
+            source_name: source_name.to_string(),
+            line,
+            column,
+            message,
+        }
+    };
+    let bytes = text.as_bytes();
+    let (mut depth, mut conditionals, mut tokens) = (0usize, 0usize, 0usize);
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let start = i;
+        i += 1;
+        match b {
+            b'"' => {
+                // A string: up to the closing quote, escapes skipped.
+                while let Some(&c) = bytes.get(i) {
+                    i += if c == b'\\' { 2 } else { 1 };
+                    if c == b'"' {
+                        break;
+                    }
+                }
+            }
+            b'/' if bytes.get(i) == Some(&b'/') => {
+                while bytes.get(i).is_some_and(|&c| c != b'\n') {
+                    i += 1;
+                }
+                continue;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(at(
+                        start,
+                        format!("brackets nest more than {MAX_NESTING} deep here"),
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b';' if depth == 0 => {
+                (conditionals, tokens) = (0, 0);
+                continue;
+            }
+            c if c.is_ascii_whitespace() => continue,
+            c if c.is_ascii_alphanumeric() || c == b'_' => {
+                while bytes
+                    .get(i)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                {
+                    i += 1;
+                }
+                if bytes.get(start..i) == Some(b"if") {
+                    conditionals += 1;
+                    if conditionals > MAX_CONDITIONALS {
+                        return Err(at(
+                            start,
+                            format!("one policy holds more than {MAX_CONDITIONALS} if-expressions"),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        tokens += 1;
+        if tokens > MAX_POLICY_TOKENS {
+            return Err(at(
+                start,
+                format!("one policy runs to more than {MAX_POLICY_TOKENS} tokens by here"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// An error with the location of its first labelled span, when it has one.
 fn located(
     source_name: &str,
@@ -155,6 +254,7 @@ impl Policy {
         };
         let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA)
             .map_err(|e| invalid(format!("the built-in schema does not parse: {e}")))?;
+        check_shape(text, source_name)?;
         let parsed = PolicySet::from_str(text).map_err(|e| located(source_name, text, &e))?;
         // Stable ids from the `@id` annotations, for decision records.
         let mut set = PolicySet::new();
@@ -506,5 +606,48 @@ mod tests {
             !p.decide(Principal::Human("bo"), "stop_line", "line", &ctx(true))
                 .allowed
         );
+    }
+
+    /// Shapes that exhaust Cedar's recursive parser (found by fuzzing: deep brackets, long
+    /// conditional and operator chains) are refused with their location before Cedar sees
+    /// them; brackets inside strings and comments do not count.
+    #[test]
+    fn shapes_that_would_exhaust_the_parser_are_refused_with_their_place() {
+        let plant = Plant::reference();
+        let head = "@id(\"x\")\npermit (principal, action, resource) when { ";
+        let deep = format!("{head}{}true{} }};", "(".repeat(1000), ")".repeat(1000));
+        let ifs = format!(
+            "{head}{}true{} }};",
+            "if true then ".repeat(3000),
+            " else false".repeat(3000)
+        );
+        let chain = format!("{head}{} == 1 }};", vec!["1"; 200_000].join(" + "));
+        for (what, text, line, column) in [
+            // The body starts at column 45, inside the `{` that is the first bracket.
+            ("brackets", &deep, 2, 45 + 31),
+            ("conditionals", &ifs, 2, 45 + 13 * 32),
+            // 15 tokens before the body; the 4,097th is the 2,041st `+`.
+            ("tokens", &chain, 2, 47 + 4 * 2040),
+        ] {
+            match Policy::parse(text, "deep.cedar", &plant) {
+                Err(PolicyError::At {
+                    line: l,
+                    column: c,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!((l, c), (line, column), "{what}: {message}");
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // Within the limits, and brackets in strings or comments, are fine.
+        let fine = format!(
+            "// ((((((((((((((((((((((((((((((((((((((((\n{head}{}true{} && context.anomaly_kinds.contains(\"((((((((((((((((((((((((((((((((((((((\") }};",
+            "(".repeat(20),
+            ")".repeat(20)
+        );
+        assert!(Policy::parse(&fine, "fine.cedar", &plant).is_ok());
+        assert!(Policy::parse(DEFAULT_POLICY, "default.cedar", &plant).is_ok());
     }
 }
