@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub audit_head: Value,
     /// twinguard's clock (wall clock in `run`, simulated time in the demo).
     pub now_ms: i64,
+    /// Why nothing can execute (the audit log is unavailable), when that is so.
+    pub failure: Option<String>,
 }
 
 pub type Reply = oneshot::Sender<Result<Value, String>>;
@@ -357,11 +359,18 @@ async fn login(State(s): State<ApiState>, body: axum::body::Bytes) -> Response {
 /// Liveness and twinguard's clock (agents date their requests by it); 503 while the
 /// clock has not started.
 async fn health(State(s): State<ApiState>) -> Response {
-    let now_ms = s
+    let (now_ms, failure) = s
         .snapshot
         .read()
-        .map(|snap| snap.now_ms)
+        .map(|snap| (snap.now_ms, snap.failure.clone()))
         .unwrap_or_default();
+    if let Some(reason) = failure {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "failing safe", "reason": reason, "now_ms": now_ms })),
+        )
+            .into_response();
+    }
     if now_ms == 0 {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -107,6 +107,9 @@ impl SqliteStore {
 }
 
 fn init(conn: &Connection) -> rusqlite::Result<()> {
+    // twinguard is the log's only writer: a lock held elsewhere is a fault to report at
+    // once (nothing then executes), not to wait out while the core stands still.
+    conn.busy_timeout(std::time::Duration::from_millis(200))?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -30,7 +30,7 @@ pub use policy::{
     DEFAULT_POLICY, KINDS, Policy, PolicyError, Principal, ProcessContext, SCHEMA, Verdict,
 };
 
-/// How long a pending approval waits before it expires.
+/// How long a pending approval waits before it expires, unless configured otherwise.
 pub const APPROVAL_TTL_MS: i64 = 60 * 60 * 1000;
 
 /// What an agent asks for.
@@ -230,6 +230,10 @@ pub struct GuardLimits {
     pub agent_actions_per_hour: u32,
     /// The same, for one agent on one asset.
     pub agent_asset_actions_per_hour: u32,
+    /// How long an agent's token lives.
+    pub token_ttl_ms: i64,
+    /// How long a proposal waits for its approvals before it expires.
+    pub approval_ttl_ms: i64,
 }
 
 impl Default for GuardLimits {
@@ -237,6 +241,8 @@ impl Default for GuardLimits {
         GuardLimits {
             agent_actions_per_hour: 60,
             agent_asset_actions_per_hour: 20,
+            token_ttl_ms: 15 * 60 * 1000,
+            approval_ttl_ms: APPROVAL_TTL_MS,
         }
     }
 }
@@ -351,6 +357,8 @@ pub struct Guard {
     accepted: HashMap<String, VecDeque<(i64, String)>>,
     line_stopped: bool,
     pending: BTreeMap<u64, PendingApproval>,
+    /// The most recently expired approvals (id, expiry), so that a late approver is told.
+    expired: VecDeque<(u64, i64)>,
     next_proposal: u64,
     next_command: u64,
     stats: GuardStats,
@@ -394,6 +402,7 @@ impl Guard {
             accepted: HashMap::new(),
             line_stopped: false,
             pending: BTreeMap::new(),
+            expired: VecDeque::new(),
             next_proposal: 1,
             next_command: 1,
             stats: GuardStats::default(),
@@ -403,6 +412,7 @@ impl Guard {
     /// The same guard with per-agent limits other than the defaults.
     pub fn with_limits(mut self, limits: GuardLimits) -> Guard {
         self.limits = limits;
+        self.agents.token_ttl_ms = limits.token_ttl_ms;
         self
     }
 
@@ -806,7 +816,7 @@ impl Guard {
                         proposal: p.clone(),
                         why: why.clone(),
                         created_ms: now_ms,
-                        expires_ms: now_ms + APPROVAL_TTL_MS,
+                        expires_ms: now_ms + self.limits.approval_ttl_ms,
                         approvals_needed: 1,
                         approved_by: vec![],
                     },
@@ -855,7 +865,7 @@ impl Guard {
                         proposal: p.clone(),
                         why: why.clone(),
                         created_ms: now_ms,
-                        expires_ms: now_ms + APPROVAL_TTL_MS,
+                        expires_ms: now_ms + self.limits.approval_ttl_ms,
                         approvals_needed,
                         approved_by: vec![],
                     },
@@ -1084,7 +1094,7 @@ impl Guard {
         now_ms: i64,
     ) -> Result<Decision, String> {
         let Some(mut p) = self.pending.remove(&id) else {
-            return Err(format!("no pending approval {id}"));
+            return Err(self.not_pending(id));
         };
         let agent = p.proposal.agent.clone();
         if now_ms <= p.expires_ms && p.approved_by.iter().any(|h| h == human) {
@@ -1146,7 +1156,7 @@ impl Guard {
         let p = self
             .pending
             .remove(&id)
-            .ok_or_else(|| format!("no pending approval {id}"))?;
+            .ok_or_else(|| self.not_pending(id))?;
         let d = Self::deny(DenyReason::Rejected, format!("rejected by {human}"));
         self.count(&d, &p.proposal.agent);
         Ok(d)
@@ -1163,10 +1173,21 @@ impl Guard {
         for id in &expired {
             if let Some(p) = self.pending.remove(id) {
                 *self.stats.denied.entry(DenyReason::Expired).or_default() += 1;
-                let _ = p;
+                self.expired.push_back((*id, p.expires_ms));
+                if self.expired.len() > 256 {
+                    self.expired.pop_front();
+                }
             }
         }
         expired
+    }
+
+    /// Why `id` cannot be approved or rejected: it expired, or it was never pending.
+    fn not_pending(&self, id: u64) -> String {
+        match self.expired.iter().find(|(e, _)| *e == id) {
+            Some((_, at)) => format!("approval {id} expired at {at}; nothing was executed"),
+            None => format!("no pending approval {id}"),
+        }
     }
 
     /// The stop button: a human drives the line to its safe state. Always allowed.

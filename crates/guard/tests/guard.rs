@@ -617,6 +617,7 @@ fn agents_are_rate_limited_overall_and_per_asset() {
     .with_limits(guard::GuardLimits {
         agent_actions_per_hour: 3,
         agent_asset_actions_per_hour: 2,
+        ..Default::default()
     });
     let mut temp = 75.0;
     for k in 0..2 {

@@ -48,6 +48,10 @@ pub struct GuardSection {
     pub agent_actions_per_hour: Spanned<u32>,
     /// The same, for one agent on one asset.
     pub agent_asset_actions_per_hour: Spanned<u32>,
+    /// Minutes an agent's token lives (1 to 60); agents fetch the next one before expiry.
+    pub token_ttl_min: Spanned<u32>,
+    /// Minutes a proposal waits for its approvals before it expires (1 to 1440).
+    pub approval_ttl_min: Spanned<u32>,
     /// Limits that put the agents in advisory mode until an approver resets them.
     pub breakers: Breakers,
 }
@@ -79,6 +83,8 @@ impl Default for GuardSection {
             policy_file: None,
             agent_actions_per_hour: Spanned::new(0..0, 60),
             agent_asset_actions_per_hour: Spanned::new(0..0, 20),
+            token_ttl_min: Spanned::new(0..0, 15),
+            approval_ttl_min: Spanned::new(0..0, 60),
             breakers: Breakers::default(),
         }
     }
@@ -622,6 +628,20 @@ impl Config {
                 );
             }
         }
+        for (what, value, max) in [
+            ("token_ttl_min", &config.guard.token_ttl_min, 60),
+            ("approval_ttl_min", &config.guard.approval_ttl_min, 1440),
+        ] {
+            if !(1..=max).contains(value.get_ref()) {
+                err(
+                    value.span(),
+                    format!(
+                        "guard.{what} must be 1 to {max} minutes, got {}",
+                        value.get_ref()
+                    ),
+                );
+            }
+        }
         let trust = config.actuation.min_trust.get_ref();
         if Config::trust_level(trust).is_none() {
             err(
@@ -973,8 +993,33 @@ node_id = "ns=2;s=tank.level"
             .replace("zone = \"cell\"", "zone = \"cel\"")
             .replace("security_level = 3", "security_level = 7")
             .replace("broker = \"embedded\"", "broker = \"nowhere\"")
-            .replace("min_trust = \"channel\"", "min_trust = \"maybe\"");
+            .replace("min_trust = \"channel\"", "min_trust = \"maybe\"")
+            .replace("token_ttl_min = 15", "token_ttl_min = 0")
+            .replace("approval_ttl_min = 60", "approval_ttl_min = 5000");
         let e = errors(&text);
+        for what in [
+            "guard.token_ttl_min must be 1 to 60 minutes, got 0",
+            "guard.approval_ttl_min must be 1 to 1440 minutes, got 5000",
+        ] {
+            let line = text
+                .lines()
+                .position(|l| {
+                    l.starts_with(
+                        what.split('.')
+                            .nth(1)
+                            .unwrap_or("")
+                            .split(' ')
+                            .next()
+                            .unwrap_or(""),
+                    )
+                })
+                .unwrap()
+                + 1;
+            assert!(
+                e.iter().any(|x| x.message == what && x.line == line),
+                "{what}: {e:?}"
+            );
+        }
         let msgs: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
         assert!(
             msgs.iter()

@@ -56,6 +56,7 @@ pub fn run(dir: &std::path::Path) -> Result<Value> {
             .with_limits(guard::GuardLimits {
                 agent_actions_per_hour: u32::MAX,
                 agent_asset_actions_per_hour: u32::MAX,
+                ..Default::default()
             })
             .with_breakers(guard::BreakerLimits {
                 actions_per_10_min: u32::MAX,

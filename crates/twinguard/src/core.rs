@@ -699,9 +699,12 @@ impl Core {
         guard::InputTrust { below, values }
     }
 
-    /// Sends an approved command, after its decision is on record. Fails safe.
+    /// Sends an approved command, after its decision is on record. Fails safe: while the
+    /// audit log is unavailable nothing executes but a stop to the safe state.
     fn execute(&mut self, approved: guard::Approved, now: i64) -> Value {
-        if let Some(why) = &self.audit_failure {
+        // A stop only drives the line to its safe state: it goes out even unrecorded.
+        let stop = approved.command().command == PlantCommand::StopLine;
+        if let Some(why) = self.audit_failure.as_ref().filter(|_| !stop) {
             let msg = format!("not executed: the audit log is unavailable ({why})");
             tracing::error!("{msg}");
             return json!({ "executed": false, "error": msg });
@@ -987,6 +990,10 @@ impl Core {
                     .map(|h| json!({ "seq": h.seq, "hash": h.hash_hex() }))
             ),
             now_ms: self.clock.now_ms(),
+            failure: self
+                .audit_failure
+                .as_ref()
+                .map(|why| format!("the audit log is unavailable, so nothing executes: {why}")),
         };
         if let Ok(mut s) = self.snapshot.write() {
             *s = snap;

@@ -818,16 +818,24 @@ pub(crate) fn guard_with_agents(
     let policy = load_policy(config, config_path, plant)?;
     let b = &config.guard.breakers;
     Ok(Guard::new(plant.clone(), agents, policy)
-        .with_limits(guard::GuardLimits {
-            agent_actions_per_hour: *config.guard.agent_actions_per_hour.get_ref(),
-            agent_asset_actions_per_hour: *config.guard.agent_asset_actions_per_hour.get_ref(),
-        })
+        .with_limits(guard_limits(config))
         .with_breakers(guard::BreakerLimits {
             alarms_per_hour: b.alarms_per_hour,
             actions_per_10_min: b.actions_per_10_min,
             integrity_failures_per_hour: b.integrity_failures_per_hour,
             model_disagreements_per_hour: b.model_disagreements_per_hour,
         }))
+}
+
+/// The guard's limits from the configuration.
+pub(crate) fn guard_limits(config: &Config) -> guard::GuardLimits {
+    let g = &config.guard;
+    guard::GuardLimits {
+        agent_actions_per_hour: *g.agent_actions_per_hour.get_ref(),
+        agent_asset_actions_per_hour: *g.agent_asset_actions_per_hour.get_ref(),
+        token_ttl_ms: i64::from(*g.token_ttl_min.get_ref()) * 60_000,
+        approval_ttl_ms: i64::from(*g.approval_ttl_min.get_ref()) * 60_000,
+    }
 }
 
 /// Serves the page and API on 127.0.0.1:`port` (a free port when it is busy); returns the
@@ -992,13 +1000,6 @@ mod tests {
                 g.model_disagreements_per_hour
             )
         );
-        let l = guard::GuardLimits::default();
-        assert_eq!(
-            (
-                *c.guard.agent_actions_per_hour.get_ref(),
-                *c.guard.agent_asset_actions_per_hour.get_ref()
-            ),
-            (l.agent_actions_per_hour, l.agent_asset_actions_per_hour)
-        );
+        assert_eq!(super::guard_limits(&c), guard::GuardLimits::default());
     }
 }

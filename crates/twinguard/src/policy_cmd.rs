@@ -75,12 +75,8 @@ pub fn check(
     let plant = Arc::new(load_plant(plant_file)?);
     let cfg = crate::demo::load_config(&config.cloned())?;
     let policy = crate::demo::load_policy(&cfg, config.map(PathBuf::as_path), &plant)?;
-    let guard = Guard::new(plant.clone(), AgentRegistry::default(), policy).with_limits(
-        guard::GuardLimits {
-            agent_actions_per_hour: *cfg.guard.agent_actions_per_hour.get_ref(),
-            agent_asset_actions_per_hour: *cfg.guard.agent_asset_actions_per_hour.get_ref(),
-        },
-    );
+    let guard = Guard::new(plant.clone(), AgentRegistry::default(), policy)
+        .with_limits(crate::demo::guard_limits(&cfg));
     let size = std::fs::metadata(proposal_file)
         .with_context(|| format!("cannot read proposal file {}", proposal_file.display()))?
         .len();

@@ -2334,6 +2334,71 @@ fn policy_files_are_validated_explained_and_enforced() {
     );
 }
 
+/// A data directory with external agent `agent` registered for `kinds` on `assets` (its
+/// key generated at `dir/<agent>.key`), the default policy plus `permit` as
+/// `dir/policy.cedar`, and the default configuration using it with `edits` applied.
+/// Returns the data directory, the agent's key file and the configuration file.
+fn external_agent_setup(
+    dir: &Path,
+    agent: &str,
+    kinds: &str,
+    assets: &str,
+    permit: &str,
+    edits: &[(&str, &str)],
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let data = dir.join("data");
+    let key = dir.join(format!("{agent}.key"));
+    let out = Command::new(BIN)
+        .args(["agent", "add", agent, "--generate-key"])
+        .arg(&key)
+        .args(["--kinds", kinds, "--assets", assets, "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains(&format!("\"{agent}\"")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = |args: &[&str]| {
+        String::from_utf8(Command::new(BIN).args(args).output().unwrap().stdout).unwrap()
+    };
+    std::fs::write(
+        dir.join("policy.cedar"),
+        stdout(&["policy", "default"]) + "\n" + permit + "\n",
+    )
+    .unwrap();
+    let mut config = stdout(&["default-config"]).replace(
+        "# policy_file = \"policy.cedar\"",
+        "policy_file = \"policy.cedar\"",
+    );
+    for (old, new) in edits {
+        assert!(config.contains(old), "{old}");
+        config = config.replace(old, new);
+    }
+    let config_path = dir.join("twinguard.toml");
+    std::fs::write(&config_path, config).unwrap();
+    (data, key, config_path)
+}
+
+/// Runs tests/python/agent.py (written from docs/agent-api.md) against the API on `port`.
+fn python_agent(port: u16, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/agent.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// An external agent written in Python from `docs/agent-api.md` alone: registered with
 /// `twinguard agent add`, it gets a token by proving its key and proposes through the API;
 /// a replayed request, an action outside its scope and its token in a thief's hands are
@@ -2341,8 +2406,15 @@ fn policy_files_are_validated_explained_and_enforced() {
 #[test]
 fn an_external_agent_from_the_protocol_document_is_held_to_its_key_and_scope() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let key = dir.path().join("scheduler.key");
+    // The policy permits the scheduler maintenance on the pump (a human approves it).
+    let (data, key, config_path) = external_agent_setup(
+        dir.path(),
+        "scheduler",
+        "maintenance",
+        "pump",
+        "@id(\"scheduler-maintenance\")\n@reason(\"the scheduler may plan pump maintenance\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"maintenance\", resource == Twinguard::Asset::\"pump\");",
+        &[],
+    );
     let bin = |args: &[&str]| {
         let out = Command::new(BIN)
             .args(args)
@@ -2357,18 +2429,6 @@ fn an_external_agent_from_the_protocol_document_is_held_to_its_key_and_scope() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
-    let added = bin(&[
-        "agent",
-        "add",
-        "scheduler",
-        "--generate-key",
-        key.to_str().unwrap(),
-        "--kinds",
-        "maintenance",
-        "--assets",
-        "pump",
-    ]);
-    assert!(added.contains("\"scheduler\""), "{added}");
     // Bad registrations are refused with the reason.
     let out = Command::new(BIN)
         .args([
@@ -2406,32 +2466,6 @@ fn an_external_agent_from_the_protocol_document_is_held_to_its_key_and_scope() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown action kind \"fly\""));
 
-    // The policy permits the scheduler maintenance on the pump (a human approves it).
-    let policy = String::from_utf8(
-        Command::new(BIN)
-            .args(["policy", "default"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-        + "\n@id(\"scheduler-maintenance\")\n@reason(\"the scheduler may plan pump maintenance\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"maintenance\", resource == Twinguard::Asset::\"pump\");\n";
-    std::fs::write(dir.path().join("policy.cedar"), policy).unwrap();
-    let config = String::from_utf8(
-        Command::new(BIN)
-            .arg("default-config")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .replace(
-        "# policy_file = \"policy.cedar\"",
-        "policy_file = \"policy.cedar\"",
-    );
-    let config_path = dir.path().join("twinguard.toml");
-    std::fs::write(&config_path, config).unwrap();
-
     let run = Running::start(
         &[
             "--speed",
@@ -2443,22 +2477,7 @@ fn an_external_agent_from_the_protocol_document_is_held_to_its_key_and_scope() {
         ],
         &data,
     );
-    let api = format!("http://127.0.0.1:{}", run.api_port);
-    let agent = |args: &[&str]| -> Value {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/agent.py");
-        let out = Command::new("python3")
-            .arg(script)
-            .arg(&api)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let agent = |args: &[&str]| python_agent(run.api_port, args);
     let key_s = key.to_str().unwrap();
     let t = agent(&["scheduler", key_s, "token"]);
     assert_eq!(t["status"], 200, "{t}");
@@ -2597,42 +2616,14 @@ fn people_approve_by_role_and_a_dual_approval_needs_two_of_them() {
     );
 
     // An external scheduler may propose filler speeds (a dual-approval setpoint).
-    let key = dir.path().join("scheduler.key");
-    bin(&[
-        "agent",
-        "add",
+    let (_, key, config_path) = external_agent_setup(
+        dir.path(),
         "scheduler",
-        "--generate-key",
-        key.to_str().unwrap(),
-        "--kinds",
         "set_setpoint",
-        "--assets",
         "filler",
-    ]);
-    let policy = String::from_utf8(
-        Command::new(BIN)
-            .args(["policy", "default"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-        + "\n@id(\"scheduler-filler\")\n@reason(\"the scheduler may propose filler speeds\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"set_setpoint\", resource == Twinguard::Asset::\"filler\");\n";
-    std::fs::write(dir.path().join("policy.cedar"), policy).unwrap();
-    let config = String::from_utf8(
-        Command::new(BIN)
-            .arg("default-config")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .replace(
-        "# policy_file = \"policy.cedar\"",
-        "policy_file = \"policy.cedar\"",
+        "@id(\"scheduler-filler\")\n@reason(\"the scheduler may propose filler speeds\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"set_setpoint\", resource == Twinguard::Asset::\"filler\");",
+        &[],
     );
-    let config_path = dir.path().join("twinguard.toml");
-    std::fs::write(&config_path, config).unwrap();
     let run = Running::start(
         &[
             "--speed",
@@ -2672,21 +2663,7 @@ fn people_approve_by_role_and_a_dual_approval_needs_two_of_them() {
     assert_eq!(http(port, "GET", "/api/v1/state", "not-a-token").0, 401);
 
     // The scheduler proposes; it waits for two approvers.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/agent.py");
-    let agent = |args: &[&str]| -> Value {
-        let out = Command::new("python3")
-            .arg(&script)
-            .arg(format!("http://127.0.0.1:{port}"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let agent = |args: &[&str]| python_agent(port, args);
     let t = agent(&["scheduler", key.to_str().unwrap(), "token"]);
     let request = dir.path().join("request.json");
     let d = agent(&[
@@ -2754,6 +2731,220 @@ fn people_approve_by_role_and_a_dual_approval_needs_two_of_them() {
         "{commands}"
     );
     assert!(r["line_stops"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["audit"]["verified"], true);
+}
+
+/// Expiry over the real API, with the lifetimes configured short: a token used after it
+/// expired is refused though its key signs the request, and an approval given after the
+/// proposal expired executes nothing and says why.
+#[test]
+fn an_expired_token_and_a_late_approval_are_refused_over_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, key, config_path) = external_agent_setup(
+        dir.path(),
+        "scheduler",
+        "maintenance",
+        "pump",
+        "@id(\"scheduler-maintenance\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"maintenance\", resource == Twinguard::Asset::\"pump\");",
+        &[
+            ("token_ttl_min = 15", "token_ttl_min = 1"),
+            ("approval_ttl_min = 60", "approval_ttl_min = 2"),
+        ],
+    );
+    // One simulated minute a second.
+    let run = Running::start(
+        &[
+            "--speed",
+            "60",
+            "--hours",
+            "1",
+            "--config",
+            config_path.to_str().unwrap(),
+        ],
+        &data,
+    );
+    let key = key.to_str().unwrap();
+    let agent = |args: &[&str]| python_agent(run.api_port, args);
+    let request = dir.path().join("request.json");
+    let maintenance = r#"{"kind": "maintenance", "asset": "pump"}"#;
+    let propose = |token: &str| {
+        agent(&[
+            "scheduler",
+            key,
+            "propose",
+            token,
+            maintenance,
+            request.to_str().unwrap(),
+        ])
+    };
+    let wait_until = |t_ms: i64| {
+        let started = Instant::now();
+        while run.sim_now() <= t_ms {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the clock stands still"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let t = agent(&["scheduler", key, "token"]);
+    assert_eq!(t["status"], 200, "{t}");
+    let token = t["token"].as_str().unwrap().to_string();
+    let d = propose(&token);
+    assert_eq!(d["outcome"], "pending", "{d}");
+    let id = d["proposal_id"].as_u64().unwrap();
+    let pending = run.get("/api/v1/proposals").1;
+    let expires = pending["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"].as_u64() == Some(id))
+        .map(|p| p["expires_ms"].as_i64().unwrap())
+        .unwrap_or_else(|| panic!("{pending}"));
+
+    wait_until(t["expires_ms"].as_i64().unwrap());
+    let d = propose(&token);
+    assert_eq!(d["outcome"], "denied", "{d}");
+    assert_eq!(d["reason"], "identity", "{d}");
+    assert!(d["detail"].as_str().unwrap().contains("expired"), "{d}");
+
+    wait_until(expires + 2 * 60_000);
+    let (s, v) = http(
+        run.api_port,
+        "POST",
+        &format!("/api/v1/proposals/{id}/approve"),
+        &run.token,
+    );
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("approval {id} expired at {expires}")),
+        "{v}"
+    );
+    run.interrupt();
+    let r = run.finish();
+    assert!(
+        !r["commands"].to_string().contains("maintenance"),
+        "{}",
+        r["commands"]
+    );
+    assert!(
+        r["proposals"]["denied"]["expired"].as_u64().unwrap() >= 1,
+        "{}",
+        r["proposals"]
+    );
+    assert_eq!(r["audit"]["verified"], true);
+}
+
+/// When the audit log cannot be written (another process holds its write lock), nothing
+/// executes, not even an approved command, the health check and the report say why, and
+/// the stop button still drives the line to its safe state.
+#[test]
+fn nothing_executes_while_the_audit_log_is_unavailable_but_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, key, config_path) = external_agent_setup(
+        dir.path(),
+        "scheduler",
+        "maintenance",
+        "pump",
+        "@id(\"scheduler-maintenance\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"maintenance\", resource == Twinguard::Asset::\"pump\");",
+        &[],
+    );
+    let run = Running::start(
+        &[
+            "--speed",
+            "30",
+            "--hours",
+            "1",
+            "--config",
+            config_path.to_str().unwrap(),
+        ],
+        &data,
+    );
+    let key = key.to_str().unwrap();
+    let t = python_agent(run.api_port, &["scheduler", key, "token"]);
+    let request = dir.path().join("request.json");
+    let d = python_agent(
+        run.api_port,
+        &[
+            "scheduler",
+            key,
+            "propose",
+            t["token"].as_str().unwrap(),
+            r#"{"kind": "maintenance", "asset": "pump"}"#,
+            request.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(d["outcome"], "pending", "{d}");
+    let id = d["proposal_id"].as_u64().unwrap();
+    let (s, v) = http(run.api_port, "GET", "/healthz", "");
+    assert_eq!(s, 200, "{v}");
+
+    // Another process takes the log's write lock and keeps it.
+    let mut locker = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(600)",
+        ])
+        .arg(data.join("audit.db"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(locker.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+
+    // The approval is taken, but the command is not sent: its decision cannot be recorded.
+    let (s, v) = http(
+        run.api_port,
+        "POST",
+        &format!("/api/v1/proposals/{id}/approve"),
+        &run.token,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["execution"]["executed"], false, "{v}");
+    assert!(
+        v["execution"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("audit log is unavailable"),
+        "{v}"
+    );
+    let (s, health) = http(run.api_port, "GET", "/healthz", "");
+    assert_eq!(s, 503, "{health}");
+    assert!(
+        health["reason"]
+            .as_str()
+            .unwrap()
+            .contains("nothing executes"),
+        "{health}"
+    );
+    // The stop button still reaches the plant.
+    let (s, v) = http(run.api_port, "POST", "/api/v1/stop", &run.token);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["executed"], true, "{v}");
+    let r = run.get("/api/v1/report").1;
+    let commands = r["commands"].to_string();
+    assert!(
+        !commands.contains("maintenance") && commands.contains("stop_line"),
+        "{commands}"
+    );
+    assert!(
+        r["audit"]["failure"].as_str().unwrap().contains("locked"),
+        "{}",
+        r["audit"]
+    );
+
+    locker.kill().unwrap();
+    locker.wait().unwrap();
+    run.interrupt();
+    let r = run.finish();
+    assert!(r["audit"]["failure"].is_string(), "{}", r["audit"]);
     assert_eq!(r["audit"]["verified"], true);
 }
 
