@@ -5,6 +5,8 @@
 //!
 //! No I/O and no clock: time comes from the samples.
 
+pub mod multivariate;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
