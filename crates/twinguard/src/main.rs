@@ -3,6 +3,7 @@
 mod agent_registry;
 mod attack;
 mod bench;
+mod bench_data;
 mod bench_guard;
 mod broker;
 mod core;
@@ -83,6 +84,9 @@ enum Command {
     },
     /// Measure the simulator, envelope signing, ingest and the whole loop on this machine.
     Bench {
+        /// A public data set's benchmark instead: `skab`.
+        #[command(subcommand)]
+        data_set: Option<BenchData>,
         /// Simulated hours for the end-to-end run.
         #[arg(long, default_value_t = 6.0)]
         hours: f64,
@@ -406,6 +410,51 @@ enum DeviceCommand {
 }
 
 #[derive(Subcommand)]
+enum BenchData {
+    /// SKAB, by the leaderboard's protocol: our outlier and changepoint rows beside the
+    /// published ones.
+    Skab {
+        /// The SKAB `data` folder (with valve1, valve2 and other).
+        #[arg(long)]
+        data: PathBuf,
+        /// Print the result as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// The detector's settings (defaults: the ones our published row uses).
+        #[command(flatten)]
+        detector: DetectorArgs,
+    },
+}
+
+/// Settings of the PCA detector.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct DetectorArgs {
+    /// Share of the variance the principal components keep.
+    #[arg(long, default_value_t = bench_data::SKAB_OPTIONS.explained_variance)]
+    explained_variance: f64,
+    /// Confidence of the control limits.
+    #[arg(long, default_value_t = bench_data::SKAB_OPTIONS.confidence)]
+    confidence: f64,
+    /// Earlier observations appended to each (dynamic PCA).
+    #[arg(long, default_value_t = bench_data::SKAB_OPTIONS.lags)]
+    lags: usize,
+    /// Observations whose scores are averaged.
+    #[arg(long, default_value_t = bench_data::SKAB_OPTIONS.smoothing)]
+    smoothing: usize,
+}
+
+impl From<DetectorArgs> for detect::multivariate::FitOptions {
+    fn from(a: DetectorArgs) -> Self {
+        detect::multivariate::FitOptions {
+            explained_variance: a.explained_variance,
+            confidence: a.confidence,
+            lags: a.lags,
+            smoothing: a.smoothing,
+        }
+    }
+}
+
+#[derive(Subcommand)]
 enum PlantCommand {
     /// Validate a plant file.
     Check { file: PathBuf },
@@ -541,7 +590,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { hours, guard_only } => {
+        Command::Bench {
+            data_set:
+                Some(BenchData::Skab {
+                    data,
+                    json,
+                    detector,
+                }),
+            ..
+        } => {
+            let r = bench_data::skab(&data, detector.into())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", bench_data::skab_tables(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            hours, guard_only, ..
+        } => {
             let dir = std::env::temp_dir().join(format!("twinguard-bench-{}", std::process::id()));
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let r = if guard_only {

@@ -1,0 +1,22 @@
+//! Public benchmark data sets, read exactly as their own protocols say, and the scorers
+//! those protocols define. The scorers come first and are tested on their own: a result
+//! is only as good as the arithmetic that produced it.
+//!
+//! - [`score`]: point-wise F1/FAR/MAR and the NAB changepoint score (SKAB's definitions).
+//! - [`skab`]: the Skoltech Anomaly Benchmark: loader and the leaderboard protocol.
+
+pub mod score;
+pub mod skab;
+
+/// An error reading a data set, naming the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("{path}, line {line}: {message}")]
+    At {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}

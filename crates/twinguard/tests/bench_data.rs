@@ -1,0 +1,90 @@
+//! `twinguard bench skab` on a folder in SKAB's format, written here: the protocol's split,
+//! the tables, and a clear error for a folder that is not SKAB's.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_twinguard");
+
+/// 600 rows of two related signals; from row 500 the relation breaks (anomaly), with a
+/// changepoint at 500.
+fn experiment(seed: u64) -> String {
+    let mut s = String::from("datetime;A;B;C;anomaly;changepoint\n");
+    let mut x = seed;
+    let mut noise = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    for i in 0..600 {
+        let a = (i as f64 / 25.0).sin() + 0.1 * noise();
+        let broken = i >= 500;
+        let b = 2.0 * a + 0.05 * noise() + if broken { 1.5 } else { 0.0 };
+        let c = 0.2 * noise();
+        let _ = writeln!(
+            s,
+            "2020-03-09 {:02}:{:02}:{:02};{a};{b};{c};{};{}",
+            10 + i / 3600,
+            (i / 60) % 60,
+            i % 60,
+            if broken { "1.0" } else { "0.0" },
+            if i == 500 { "1.0" } else { "0.0" },
+        );
+    }
+    s
+}
+
+#[test]
+fn bench_skab_follows_the_protocol_on_a_folder_in_its_format() {
+    let dir = tempfile::tempdir().unwrap();
+    for (g, seed) in [("valve1", 1), ("valve2", 2), ("other", 3)] {
+        std::fs::create_dir_all(dir.path().join(g)).unwrap();
+        std::fs::write(dir.path().join(g).join("0.csv"), experiment(seed)).unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["bench", "skab", "--json", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["files"], 3);
+    // Only the 200 rows after the first 400 of each file are scored.
+    let c = &r["confusion"];
+    let scored: u64 = ["tp", "tn", "fp", "fn_"]
+        .iter()
+        .map(|k| c[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(scored, 3 * 200);
+    assert!(r["f1"].as_f64().unwrap() > 0.9, "{r}");
+    assert!(r["nab"]["standard"].as_f64().unwrap() > 50.0, "{r}");
+    assert_eq!(r["nab"]["missed"], 0, "{r}");
+
+    let tables = Command::new(BIN)
+        .args(["bench", "skab", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(tables.stdout).unwrap();
+    assert!(
+        text.contains("Conv-AE") && text.contains("twinguard (this run)"),
+        "{text}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["bench", "skab", "--data"])
+        .arg(dir.path().join("valve1"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is --data the SKAB data folder?"), "{err}");
+}
