@@ -342,6 +342,18 @@ pub struct GuardStats {
     pub alerts: Vec<String>,
 }
 
+/// A proposal whose agent, token, signature, freshness and nonce the guard has checked.
+/// Only the guard makes one, so [`Guard::decide_authenticated`] cannot be handed an
+/// unchecked proposal.
+#[derive(Debug)]
+pub struct Authenticated(Proposal);
+
+impl Authenticated {
+    pub fn proposal(&self) -> &Proposal {
+        &self.0
+    }
+}
+
 pub struct Guard {
     plant: Arc<Plant>,
     agents: AgentRegistry,
@@ -621,11 +633,24 @@ impl Guard {
         trust: &InputTrust,
         now_ms: i64,
     ) -> (u64, Decision, DecisionRecord) {
-        let id = self.next_proposal;
-        self.next_proposal += 1;
-        let proposal = match self.agents.authenticate(sp, now_ms) {
-            Ok(p) => p,
+        match self.authenticate(sp, now_ms) {
+            Ok(a) => self.decide_authenticated(a, active, trust, now_ms),
+            Err(denied) => denied,
+        }
+    }
+
+    /// The first half of [`Guard::decide`]: the proposal's token, signature, freshness and
+    /// nonce. A failure is already a recorded denial.
+    pub fn authenticate(
+        &mut self,
+        sp: &SignedProposal,
+        now_ms: i64,
+    ) -> Result<Authenticated, (u64, Decision, DecisionRecord)> {
+        match self.agents.authenticate(sp, now_ms) {
+            Ok(p) => Ok(Authenticated(p)),
             Err(e) => {
+                let id = self.next_proposal;
+                self.next_proposal += 1;
                 let reason = match e {
                     IdentityError::TokenWithoutKey { .. } => {
                         self.stats.alerts.push(format!(
@@ -643,9 +668,23 @@ impl Guard {
                 };
                 let rec = d.record(id, e.agent(), None, None);
                 self.count(&d, e.agent());
-                return (id, d, rec);
+                Err((id, d, rec))
             }
-        };
+        }
+    }
+
+    /// The second half of [`Guard::decide`]: scope, trust of the inputs, policy, rate
+    /// limits, envelope, budget, preconditions, corroboration and risk tier.
+    pub fn decide_authenticated(
+        &mut self,
+        authenticated: Authenticated,
+        active: &[&Detection],
+        trust: &InputTrust,
+        now_ms: i64,
+    ) -> (u64, Decision, DecisionRecord) {
+        let Authenticated(proposal) = authenticated;
+        let id = self.next_proposal;
+        self.next_proposal += 1;
         // An external agent's tokens reach only the kinds and assets of its scope.
         if let Some(scope) = self.agents.scope(&proposal.agent) {
             let target = self.target_asset(&proposal.action);

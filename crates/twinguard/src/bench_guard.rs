@@ -1,6 +1,7 @@
-//! `twinguard bench`'s guard section: decision latency in-process (identity proof,
-//! Cedar evaluation, envelope and budget checks, and the audit append) for 1, 100 and
-//! 10,000 agents × assets, as p50 and p99.
+//! `twinguard bench`'s guard section: decision latency in-process for 1, 100 and 10,000
+//! agents × assets, as p50 and p99, in parts: the identity proof (token, Ed25519
+//! signature, freshness, nonce), the decision (scope, Cedar evaluation, rate limits,
+//! envelope, budget, preconditions, risk tier), the audit append, and their sums.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,7 +76,10 @@ pub fn run(dir: &std::path::Path) -> Result<Value> {
         let mut trust = InputTrust::default();
         trust.values.insert("tank.level".into(), 1.6);
         let mut times = Vec::with_capacity(DECISIONS);
+        let mut proof_times = Vec::with_capacity(DECISIONS);
         let mut decide_times = Vec::with_capacity(DECISIONS);
+        let mut audit_times = Vec::with_capacity(DECISIONS);
+        let mut in_process_times = Vec::with_capacity(DECISIONS);
         let mut executed = 0usize;
         for k in 0..DECISIONS {
             let i = k % tokens.len();
@@ -93,38 +97,60 @@ pub fn run(dir: &std::path::Path) -> Result<Value> {
             };
             let token = tokens.get(i).map(String::as_str).unwrap_or_default();
             let sp = sign_proposal(&p, token, &key);
+            let us = |t: Instant| t.elapsed().as_secs_f64() * 1e6;
             let t = Instant::now();
-            let (id, decision, rec) = guard.decide(&sp, &[], &trust, now);
-            decide_times.push(t.elapsed().as_secs_f64() * 1e6);
+            let authenticated = guard
+                .authenticate(&sp, now)
+                .map_err(|(_, d, _)| anyhow::anyhow!("bench: proposal refused: {d:?}"))?;
+            let proof = us(t);
+            let t1 = Instant::now();
+            let (id, decision, rec) = guard.decide_authenticated(authenticated, &[], &trust, now);
+            let decide = us(t1);
+            let t2 = Instant::now();
             store.append(&[
                 Entry::new(now, "proposal", json!({ "proposal_id": id, "proposal": p })),
                 Entry::new(now, "decision", json!(rec)),
             ])?;
-            times.push(t.elapsed().as_secs_f64() * 1e6);
+            let audit = us(t2);
+            times.push(us(t));
+            proof_times.push(proof);
+            decide_times.push(decide);
+            audit_times.push(audit);
+            in_process_times.push(decide + audit);
             executed += usize::from(matches!(decision, Decision::Execute(_)));
         }
         if executed != DECISIONS {
             anyhow::bail!("bench: {executed} of {DECISIONS} decisions executed at {n} agents");
         }
-        times.sort_by(f64::total_cmp);
-        decide_times.sort_by(f64::total_cmp);
-        let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
-        let (d50, d99) = (
-            percentile(&decide_times, 0.5),
-            percentile(&decide_times, 0.99),
-        );
+        let p = |name: &str, v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            (name.to_string(), percentile(v, 0.5), percentile(v, 0.99))
+        };
+        let parts = [
+            p("total", &mut times),
+            p("proof", &mut proof_times),
+            p("decision", &mut decide_times),
+            p("audit", &mut audit_times),
+            p("decision_and_audit", &mut in_process_times),
+        ];
         eprintln!(
-            "bench: guard decision with {n} agents x assets: p50 {p50:.1} us, p99 {p99:.1} us; without the audit append p50 {d50:.1} us, p99 {d99:.1} us (policy load {load_s:.2} s)"
+            "bench: guard with {n} agents x assets (policy load {load_s:.2} s), p50/p99 us: {}",
+            parts
+                .iter()
+                .map(|(name, p50, p99)| format!("{name} {p50:.1}/{p99:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        rows.push(json!({
+        let mut row = json!({
             "agents_x_assets": n,
             "decisions": DECISIONS,
-            "p50_us": p50,
-            "p99_us": p99,
-            "decide_only_p50_us": d50,
-            "decide_only_p99_us": d99,
             "policy_load_s": load_s,
-        }));
+        });
+        for (name, p50, p99) in parts {
+            row[format!("{name}_p50_us")] = json!(p50);
+            row[format!("{name}_p99_us")] = json!(p99);
+        }
+        rows.push(row);
     }
     Ok(json!(rows))
 }
