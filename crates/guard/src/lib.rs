@@ -635,7 +635,7 @@ impl Guard {
     ) -> (u64, Decision, DecisionRecord) {
         match self.authenticate(sp, now_ms) {
             Ok(a) => self.decide_authenticated(a, active, trust, now_ms),
-            Err(denied) => denied,
+            Err(denied) => *denied,
         }
     }
 
@@ -645,7 +645,7 @@ impl Guard {
         &mut self,
         sp: &SignedProposal,
         now_ms: i64,
-    ) -> Result<Authenticated, (u64, Decision, DecisionRecord)> {
+    ) -> Result<Authenticated, Box<(u64, Decision, DecisionRecord)>> {
         match self.agents.authenticate(sp, now_ms) {
             Ok(p) => Ok(Authenticated(p)),
             Err(e) => {
@@ -668,7 +668,7 @@ impl Guard {
                 };
                 let rec = d.record(id, e.agent(), None, None);
                 self.count(&d, e.agent());
-                Err((id, d, rec))
+                Err(Box::new((id, d, rec)))
             }
         }
     }

@@ -101,7 +101,7 @@ pub fn run(dir: &std::path::Path) -> Result<Value> {
             let t = Instant::now();
             let authenticated = guard
                 .authenticate(&sp, now)
-                .map_err(|(_, d, _)| anyhow::anyhow!("bench: proposal refused: {d:?}"))?;
+                .map_err(|denied| anyhow::anyhow!("bench: proposal refused: {:?}", denied.1))?;
             let proof = us(t);
             let t1 = Instant::now();
             let (id, decision, rec) = guard.decide_authenticated(authenticated, &[], &trust, now);
