@@ -141,16 +141,15 @@ pub fn run(dir: &std::path::Path) -> Result<Value> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let mut row = json!({
-            "agents_x_assets": n,
-            "decisions": DECISIONS,
-            "policy_load_s": load_s,
-        });
+        let mut row = serde_json::Map::new();
+        row.insert("agents_x_assets".into(), json!(n));
+        row.insert("decisions".into(), json!(DECISIONS));
+        row.insert("policy_load_s".into(), json!(load_s));
         for (name, p50, p99) in parts {
-            row[format!("{name}_p50_us")] = json!(p50);
-            row[format!("{name}_p99_us")] = json!(p99);
+            row.insert(format!("{name}_p50_us"), json!(p50));
+            row.insert(format!("{name}_p99_us"), json!(p99));
         }
-        rows.push(row);
+        rows.push(Value::Object(row));
     }
     Ok(json!(rows))
 }
