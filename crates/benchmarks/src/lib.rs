@@ -4,9 +4,11 @@
 //!
 //! - [`score`]: point-wise F1/FAR/MAR and the NAB changepoint score (SKAB's definitions).
 //! - [`skab`]: the Skoltech Anomaly Benchmark: loader and the leaderboard protocol.
+//! - [`tep`]: the Tennessee Eastman process: detection and false-alarm rates per fault.
 
 pub mod score;
 pub mod skab;
+pub mod tep;
 
 /// An error reading a data set, naming the file and what is wrong.
 #[derive(Debug, thiserror::Error)]

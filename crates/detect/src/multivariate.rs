@@ -29,6 +29,12 @@ pub struct FitOptions {
     pub lags: usize,
     /// Observations whose scores are averaged before comparing with the limit (1: none).
     pub smoothing: usize,
+    /// Cross-validation folds for the alarm threshold (0: the theoretical limits alone).
+    /// With k folds, the model is refitted k times without one fold and scores it; the
+    /// threshold is the `confidence` quantile of those out-of-sample scores. This keeps
+    /// the false-alarm rate honest when many variables (or lags) meet few observations,
+    /// where the theoretical limits are too tight.
+    pub folds: usize,
 }
 
 impl Default for FitOptions {
@@ -38,6 +44,7 @@ impl Default for FitOptions {
             confidence: 0.99,
             lags: 0,
             smoothing: 1,
+            folds: 0,
         }
     }
 }
@@ -92,6 +99,13 @@ pub struct PcaModel {
     pub residual_eigenvalues: Vec<f64>,
     pub t2_limit: f64,
     pub spe_limit: f64,
+    /// The alarm threshold on the score: 1 (the limits themselves), or cross-validated.
+    #[serde(default = "one")]
+    pub threshold: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// One observation's verdict.
@@ -99,7 +113,8 @@ pub struct PcaModel {
 pub struct Score {
     pub t2: f64,
     pub spe: f64,
-    /// max(T²/limit, SPE/limit), averaged over `smoothing` observations: above 1 is an alarm.
+    /// max(T²/limit, SPE/limit), averaged over `smoothing` observations: above the
+    /// model's threshold is an alarm.
     pub score: f64,
     pub flag: bool,
     /// Per input column, its share of the (limit-normalised) T² and SPE.
@@ -125,10 +140,10 @@ impl PcaModel {
                 options.confidence
             )));
         }
-        if options.smoothing == 0 || options.lags > 64 {
+        if options.smoothing == 0 || options.lags > 64 || options.folds == 1 || options.folds > 20 {
             return Err(FitError::Option(format!(
-                "smoothing must be at least 1 and lags at most 64, got {} and {}",
-                options.smoothing, options.lags
+                "smoothing must be at least 1, lags at most 64 and folds 0 or 2 to 20, got {}, {} and {}",
+                options.smoothing, options.lags, options.folds
             )));
         }
         let width = columns.len();
@@ -225,6 +240,11 @@ impl PcaModel {
         let residual_eigenvalues: Vec<f64> = values.iter().skip(k).copied().collect();
         let t2_limit = t2_limit(k, n, options.confidence);
         let spe_limit = spe_limit(&residual_eigenvalues, options.confidence);
+        let threshold = if options.folds >= 2 {
+            cross_validated_threshold(columns, rows, options)?
+        } else {
+            1.0
+        };
         Ok(PcaModel {
             format: FORMAT.to_string(),
             version: VERSION,
@@ -243,6 +263,7 @@ impl PcaModel {
             residual_eigenvalues,
             t2_limit,
             spe_limit,
+            threshold,
         })
     }
 
@@ -266,6 +287,7 @@ impl PcaModel {
             && self.std.iter().chain(&self.eigenvalues).all(|v| *v > 0.0)
             && self.t2_limit > 0.0
             && self.spe_limit > 0.0
+            && self.threshold > 0.0
             && self.options.smoothing >= 1;
         if consistent {
             Ok(())
@@ -361,10 +383,52 @@ impl Scorer<'_> {
             t2,
             spe,
             score,
-            flag: score > 1.0,
+            flag: score > m.threshold,
             contributions,
         })
     }
+}
+
+/// The `confidence` quantile of out-of-fold scores (see [`FitOptions::folds`]).
+fn cross_validated_threshold(
+    columns: &[String],
+    rows: &[Vec<f64>],
+    options: FitOptions,
+) -> Result<f64, FitError> {
+    let n = rows.len();
+    let folds = options.folds;
+    let warm = options.lags + options.smoothing;
+    let mut scores = Vec::with_capacity(n);
+    for f in 0..folds {
+        let (a, b) = (n * f / folds, n * (f + 1) / folds);
+        let train: Vec<Vec<f64>> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i < a || *i >= b)
+            .map(|(_, r)| r.clone())
+            .collect();
+        let model = PcaModel::fit(
+            columns,
+            &train,
+            FitOptions {
+                folds: 0,
+                ..options
+            },
+        )?;
+        let mut scorer = model.scorer();
+        // Lags and smoothing start from the observations just before the fold.
+        for r in rows.get(a.saturating_sub(warm)..a).unwrap_or_default() {
+            scorer.push(r);
+        }
+        for r in rows.get(a..b).unwrap_or_default() {
+            if let Some(s) = scorer.push(r) {
+                scores.push(s.score);
+            }
+        }
+    }
+    scores.sort_by(f64::total_cmp);
+    let at = ((scores.len() as f64 - 1.0) * options.confidence).round() as usize;
+    Ok(scores.get(at).copied().filter(|t| *t > 0.0).unwrap_or(1.0))
 }
 
 /// Hotelling's T² limit for `k` components from `n` observations:
@@ -492,6 +556,33 @@ mod tests {
         let rows = process(6, 3);
         assert!(s.push(&rows[0]).is_none() && s.push(&rows[1]).is_none());
         assert!(s.push(&rows[2]).is_some());
+    }
+
+    /// With many lags on few observations the theoretical limits are too tight; the
+    /// cross-validated threshold restores the false-alarm rate on fresh normal data.
+    #[test]
+    fn a_cross_validated_threshold_keeps_false_alarms_honest() {
+        let rows = process(8, 150);
+        let fresh = process(9, 5000);
+        let rate = |model: &PcaModel| {
+            let mut s = model.scorer();
+            let flags: Vec<bool> = fresh
+                .iter()
+                .filter_map(|r| s.push(r))
+                .map(|s| s.flag)
+                .collect();
+            flags.iter().filter(|f| **f).count() as f64 / flags.len() as f64
+        };
+        let tight = FitOptions {
+            lags: 4,
+            ..FitOptions::default()
+        };
+        let theoretical = PcaModel::fit(&cols(), &rows, tight).unwrap();
+        let validated = PcaModel::fit(&cols(), &rows, FitOptions { folds: 5, ..tight }).unwrap();
+        assert_eq!(theoretical.threshold, 1.0);
+        assert!(validated.threshold > 1.0, "{}", validated.threshold);
+        let (before, after) = (rate(&theoretical), rate(&validated));
+        assert!(after < before && after < 0.03, "{before} -> {after}");
     }
 
     #[test]

@@ -424,6 +424,30 @@ enum BenchData {
         #[command(flatten)]
         detector: DetectorArgs,
     },
+    /// Tennessee Eastman: detection rate per fault and false alarms, PCA T² and Q beside
+    /// our detector.
+    Tep {
+        /// The folder with d00.dat, d00_te.dat and d01_te.dat … d21_te.dat.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Earlier observations appended to each (dynamic PCA).
+        #[arg(long, default_value_t = bench_data::TEP_OPTIONS.lags)]
+        lags: usize,
+        /// Observations whose scores are averaged.
+        #[arg(long, default_value_t = bench_data::TEP_OPTIONS.smoothing)]
+        smoothing: usize,
+        /// Confidence of our detector's limits.
+        #[arg(long, default_value_t = bench_data::TEP_OPTIONS.confidence)]
+        confidence: f64,
+        /// Share of the variance our components keep.
+        #[arg(long, default_value_t = bench_data::TEP_OPTIONS.explained_variance)]
+        explained_variance: f64,
+        /// Cross-validation folds for our alarm threshold (0: theoretical limits).
+        #[arg(long, default_value_t = bench_data::TEP_OPTIONS.folds)]
+        folds: usize,
+    },
 }
 
 /// Settings of the PCA detector.
@@ -441,6 +465,9 @@ struct DetectorArgs {
     /// Observations whose scores are averaged.
     #[arg(long, default_value_t = bench_data::SKAB_OPTIONS.smoothing)]
     smoothing: usize,
+    /// Cross-validation folds for the alarm threshold (0: theoretical limits).
+    #[arg(long, default_value_t = bench_data::SKAB_OPTIONS.folds)]
+    folds: usize,
 }
 
 impl From<DetectorArgs> for detect::multivariate::FitOptions {
@@ -450,6 +477,7 @@ impl From<DetectorArgs> for detect::multivariate::FitOptions {
             confidence: a.confidence,
             lags: a.lags,
             smoothing: a.smoothing,
+            folds: a.folds,
         }
     }
 }
@@ -604,6 +632,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 print!("{}", bench_data::skab_tables(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            data_set:
+                Some(BenchData::Tep {
+                    data,
+                    json,
+                    lags,
+                    smoothing,
+                    confidence,
+                    explained_variance,
+                    folds,
+                }),
+            ..
+        } => {
+            let ours = detect::multivariate::FitOptions {
+                lags,
+                smoothing,
+                confidence,
+                explained_variance,
+                folds,
+            };
+            let r = bench_data::tep(&data, ours)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", bench_data::tep_table(&r));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -88,3 +88,105 @@ fn bench_skab_follows_the_protocol_on_a_folder_in_its_format() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is --data the SKAB data folder?"), "{err}");
 }
+
+/// 52 variables driven by 5 latent factors with noise; from observation `fault_at` on,
+/// variable `fault % 52` is offset (a broken relation). Its factors carry equal variance,
+/// so the tests keep 99 % of it (at 90 % a whole factor would fall in the residual).
+fn tep_run(seed: u64, rows: usize, fault: Option<usize>, fault_at: usize) -> Vec<Vec<f64>> {
+    let mut x = seed;
+    let mut noise = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    (0..rows)
+        .map(|i| {
+            let latent: Vec<f64> = (0..5).map(|_| noise()).collect();
+            (0..52)
+                .map(|v| {
+                    let mut value = latent[v % 5] * (1.0 + v as f64 / 52.0) + 0.05 * noise();
+                    if fault.is_some_and(|f| f % 52 == v) && i >= fault_at {
+                        value += 0.5;
+                    }
+                    value
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn write_matrix(path: &std::path::Path, rows: &[Vec<f64>]) {
+    let mut text = String::new();
+    for r in rows {
+        let cells: Vec<String> = r.iter().map(|v| format!("{v:.7e}")).collect();
+        let _ = writeln!(text, "  {}", cells.join("   "));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn bench_tep_reports_rates_per_fault_beside_pca() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = tep_run(1, 500, None, 0);
+    // d00.dat is stored transposed, as in Braatz's data.
+    let transposed: Vec<Vec<f64>> = (0..52)
+        .map(|v| train.iter().map(|r| r[v]).collect())
+        .collect();
+    write_matrix(&dir.path().join("d00.dat"), &transposed);
+    write_matrix(&dir.path().join("d00_te.dat"), &tep_run(2, 960, None, 0));
+    for fault in 1..=21 {
+        write_matrix(
+            &dir.path().join(format!("d{fault:02}_te.dat")),
+            &tep_run(10 + fault as u64, 960, Some(fault), 160),
+        );
+    }
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "tep",
+            "--json",
+            "--explained-variance",
+            "0.99",
+            "--data",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = r["detectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["PCA T²", "PCA Q", "twinguard"]);
+    let ours = &r["detectors"][2];
+    assert_eq!(ours["detection"].as_array().unwrap().len(), 21);
+    assert!(ours["mean_detection_18"].as_f64().unwrap() > 0.9, "{r}");
+    assert!(ours["false_alarm_d00"].as_f64().unwrap() < 0.05, "{ours}");
+
+    let out = Command::new(BIN)
+        .args(["bench", "tep", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("mean") && table.contains("(hard)"),
+        "{table}"
+    );
+    std::fs::remove_file(dir.path().join("d07_te.dat")).unwrap();
+    let out = Command::new(BIN)
+        .args(["bench", "tep", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("d07_te.dat"));
+}
