@@ -102,6 +102,21 @@ pub struct PcaModel {
     /// The alarm threshold on the score: 1 (the limits themselves), or cross-validated.
     #[serde(default = "one")]
     pub threshold: f64,
+    /// Where the training data came from (filled in by whoever read it).
+    #[serde(default)]
+    pub training: TrainingInfo,
+}
+
+/// The training data's provenance, recorded in the model file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingInfo {
+    /// The file's name as given.
+    pub source: String,
+    /// SHA-256 of the file's bytes, hex.
+    pub sha256: String,
+    /// Rows left out for missing values.
+    pub skipped_rows: usize,
 }
 
 fn one() -> f64 {
@@ -264,6 +279,7 @@ impl PcaModel {
             t2_limit,
             spe_limit,
             threshold,
+            training: TrainingInfo::default(),
         })
     }
 
@@ -386,6 +402,80 @@ impl Scorer<'_> {
             flag: score > m.threshold,
             contributions,
         })
+    }
+}
+
+/// What an alarm episode looks like from the statistics alone (no physics, no
+/// provenance: those are the twin's, see the crate's episodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpisodeClass {
+    Normal,
+    /// The correlation structure is broken by essentially one signal: it disagrees with
+    /// what the others say it must be, the signature of a failing sensor.
+    SensorFault,
+    /// The relations between signals hold but the process has moved beyond its normal
+    /// range (T² dominates): a real change of the process.
+    ProcessUpset,
+    /// Several signals break the relations at once: for a human to judge.
+    Unknown,
+}
+
+impl EpisodeClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EpisodeClass::Normal => "normal",
+            EpisodeClass::SensorFault => "sensor_fault",
+            EpisodeClass::ProcessUpset => "process_upset",
+            EpisodeClass::Unknown => "unknown",
+        }
+    }
+}
+
+/// Follows alarm episodes (runs of flagged observations) and classifies each from its
+/// accumulated evidence so far.
+#[derive(Debug, Clone, Default)]
+pub struct Episodes {
+    contributions: Vec<f64>,
+    t2: f64,
+    spe: f64,
+}
+
+/// Share of the contributions one signal must carry for a sensor fault.
+const SENSOR_SHARE: f64 = 0.6;
+
+impl Episodes {
+    /// The class of the episode `score` belongs to, and its top contributors (at most
+    /// three, largest first, as indices into the model's columns).
+    pub fn push(&mut self, model: &PcaModel, score: &Score) -> (EpisodeClass, Vec<usize>) {
+        if !score.flag {
+            *self = Episodes::default();
+            return (EpisodeClass::Normal, Vec::new());
+        }
+        if self.contributions.len() != score.contributions.len() {
+            self.contributions = vec![0.0; score.contributions.len()];
+        }
+        for (a, c) in self.contributions.iter_mut().zip(&score.contributions) {
+            *a += c;
+        }
+        self.t2 += score.t2 / model.t2_limit;
+        self.spe += score.spe / model.spe_limit;
+        let mut order: Vec<usize> = (0..self.contributions.len()).collect();
+        let at = |i: usize| self.contributions.get(i).copied().unwrap_or(0.0);
+        order.sort_by(|&a, &b| at(b).total_cmp(&at(a)));
+        let total: f64 = self.contributions.iter().sum();
+        let top_share = order
+            .first()
+            .map_or(0.0, |&i| at(i) / total.max(f64::MIN_POSITIVE));
+        let class = if self.spe >= self.t2 && top_share >= SENSOR_SHARE {
+            EpisodeClass::SensorFault
+        } else if self.t2 > self.spe {
+            EpisodeClass::ProcessUpset
+        } else {
+            EpisodeClass::Unknown
+        };
+        order.truncate(3);
+        (class, order)
     }
 }
 
@@ -583,6 +673,37 @@ mod tests {
         assert!(validated.threshold > 1.0, "{}", validated.threshold);
         let (before, after) = (rate(&theoretical), rate(&validated));
         assert!(after < before && after < 0.03, "{before} -> {after}");
+    }
+
+    #[test]
+    fn episodes_tell_a_sensor_fault_from_a_process_upset() {
+        let model = PcaModel::fit(&cols(), &process(10, 1000), FitOptions::default()).unwrap();
+        let mut s = model.scorer();
+        let mut episodes = Episodes::default();
+        // One sensor reads off: only it breaks the relations.
+        let mut row = process(11, 1).remove(0);
+        row[1] += 0.5;
+        let (class, top) = episodes.push(&model, &s.push(&row).unwrap());
+        assert_eq!(
+            (class, top.first().copied()),
+            (EpisodeClass::SensorFault, Some(1))
+        );
+        // The process moves along its own structure, far beyond its range: every signal
+        // of factor a agrees.
+        let mut episodes = Episodes::default();
+        let mut row = process(12, 1).remove(0);
+        for (i, k) in [(0, 1.0), (1, 1.0), (2, 2.0)] {
+            row[i] += 6.0 * k;
+        }
+        let (class, _) = episodes.push(&model, &s.push(&row).unwrap());
+        assert_eq!(class, EpisodeClass::ProcessUpset);
+        let normal = process(13, 1).remove(0);
+        let score = s.push(&normal).unwrap();
+        assert_eq!(
+            episodes.push(&model, &score).0,
+            EpisodeClass::Normal,
+            "{score:?}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod broker;
 mod core;
 mod datadir;
 mod demo;
+mod detect_cmd;
 mod gateway;
 mod mqtt_acl;
 mod policy_cmd;
@@ -81,6 +82,11 @@ enum Command {
         /// No progress lines.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Anomaly detection on your own data: learn from a CSV of plant history, score another.
+    Detect {
+        #[command(subcommand)]
+        command: DetectCommand,
     },
     /// Measure the simulator, envelope signing, ingest and the whole loop on this machine.
     Bench {
@@ -432,53 +438,99 @@ enum BenchData {
         data: PathBuf,
         #[arg(long)]
         json: bool,
-        /// Earlier observations appended to each (dynamic PCA).
-        #[arg(long, default_value_t = bench_data::TEP_OPTIONS.lags)]
-        lags: usize,
-        /// Observations whose scores are averaged.
-        #[arg(long, default_value_t = bench_data::TEP_OPTIONS.smoothing)]
-        smoothing: usize,
-        /// Confidence of our detector's limits.
-        #[arg(long, default_value_t = bench_data::TEP_OPTIONS.confidence)]
-        confidence: f64,
-        /// Share of the variance our components keep.
-        #[arg(long, default_value_t = bench_data::TEP_OPTIONS.explained_variance)]
-        explained_variance: f64,
-        /// Cross-validation folds for our alarm threshold (0: theoretical limits).
-        #[arg(long, default_value_t = bench_data::TEP_OPTIONS.folds)]
-        folds: usize,
+        /// Our detector's settings (defaults: the ones our published row uses).
+        #[command(flatten)]
+        detector: DetectorArgs,
     },
 }
 
-/// Settings of the PCA detector.
+/// Settings of the PCA detector; each unset one takes the command's default.
 #[derive(clap::Args, Debug, Clone, Copy)]
 struct DetectorArgs {
-    /// Share of the variance the principal components keep.
-    #[arg(long, default_value_t = bench_data::SKAB_OPTIONS.explained_variance)]
-    explained_variance: f64,
-    /// Confidence of the control limits.
-    #[arg(long, default_value_t = bench_data::SKAB_OPTIONS.confidence)]
-    confidence: f64,
+    /// Share of the variance the principal components keep (0 to 1).
+    #[arg(long)]
+    explained_variance: Option<f64>,
+    /// Confidence of the control limits (0.5 to 1).
+    #[arg(long)]
+    confidence: Option<f64>,
     /// Earlier observations appended to each (dynamic PCA).
-    #[arg(long, default_value_t = bench_data::SKAB_OPTIONS.lags)]
-    lags: usize,
+    #[arg(long)]
+    lags: Option<usize>,
     /// Observations whose scores are averaged.
-    #[arg(long, default_value_t = bench_data::SKAB_OPTIONS.smoothing)]
-    smoothing: usize,
+    #[arg(long)]
+    smoothing: Option<usize>,
     /// Cross-validation folds for the alarm threshold (0: theoretical limits).
-    #[arg(long, default_value_t = bench_data::SKAB_OPTIONS.folds)]
-    folds: usize,
+    #[arg(long)]
+    folds: Option<usize>,
 }
 
-impl From<DetectorArgs> for detect::multivariate::FitOptions {
-    fn from(a: DetectorArgs) -> Self {
+impl DetectorArgs {
+    fn options(self, base: detect::multivariate::FitOptions) -> detect::multivariate::FitOptions {
         detect::multivariate::FitOptions {
-            explained_variance: a.explained_variance,
-            confidence: a.confidence,
-            lags: a.lags,
-            smoothing: a.smoothing,
-            folds: a.folds,
+            explained_variance: self.explained_variance.unwrap_or(base.explained_variance),
+            confidence: self.confidence.unwrap_or(base.confidence),
+            lags: self.lags.unwrap_or(base.lags),
+            smoothing: self.smoothing.unwrap_or(base.smoothing),
+            folds: self.folds.unwrap_or(base.folds),
         }
+    }
+}
+
+#[derive(Subcommand)]
+enum DetectCommand {
+    /// Learn normal behaviour from a CSV of plant history; writes the model file.
+    Fit {
+        #[command(flatten)]
+        csv: CsvArgs,
+        /// Columns to leave out, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        exclude: Vec<String>,
+        /// The model file to write (JSON, format "twinguard-detector" version 1).
+        #[arg(long)]
+        out: PathBuf,
+        /// Detector settings (defaults: 90 % of the variance, 99 % limits, no lags, no
+        /// smoothing, 5-fold cross-validated threshold).
+        #[command(flatten)]
+        detector: DetectorArgs,
+    },
+    /// Score a CSV with a model: writes time,score,flag,contributors,class per row.
+    Score {
+        #[arg(long)]
+        model: PathBuf,
+        #[command(flatten)]
+        csv: CsvArgs,
+        /// The scores file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also draw the signals, the score and the flags to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+}
+
+/// Where a CSV file is and how it is laid out.
+#[derive(clap::Args, Debug, Clone)]
+struct CsvArgs {
+    /// The CSV file (a header line, then one row per observation).
+    #[arg(long)]
+    csv: PathBuf,
+    /// The time column (default: the first column if it is named time, datetime,
+    /// timestamp or date; otherwise rows are numbered).
+    #[arg(long)]
+    time_col: Option<String>,
+    /// The separator: one character, or "tab".
+    #[arg(long, default_value = ",")]
+    sep: String,
+}
+
+impl CsvArgs {
+    fn spec(&self, exclude: Vec<String>) -> Result<detect_cmd::CsvSpec> {
+        Ok(detect_cmd::CsvSpec {
+            path: self.csv.clone(),
+            time_col: self.time_col.clone(),
+            sep: detect_cmd::separator(&self.sep)?,
+            exclude,
+        })
     }
 }
 
@@ -618,6 +670,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Detect {
+            command:
+                DetectCommand::Fit {
+                    csv,
+                    exclude,
+                    out,
+                    detector,
+                },
+        } => {
+            let options = detector.options(detect_cmd::DEFAULTS);
+            detect_cmd::print(&detect_cmd::fit(&csv.spec(exclude)?, options, &out)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Detect {
+            command:
+                DetectCommand::Score {
+                    model,
+                    csv,
+                    out,
+                    plot,
+                },
+        } => {
+            let summary = detect_cmd::score(&model, &csv.spec(vec![])?, &out, plot.as_deref())?;
+            detect_cmd::print(&summary)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             data_set:
                 Some(BenchData::Skab {
@@ -627,7 +705,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }),
             ..
         } => {
-            let r = bench_data::skab(&data, detector.into())?;
+            let r = bench_data::skab(&data, detector.options(bench_data::SKAB_OPTIONS))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -640,22 +718,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(BenchData::Tep {
                     data,
                     json,
-                    lags,
-                    smoothing,
-                    confidence,
-                    explained_variance,
-                    folds,
+                    detector,
                 }),
             ..
         } => {
-            let ours = detect::multivariate::FitOptions {
-                lags,
-                smoothing,
-                confidence,
-                explained_variance,
-                folds,
-            };
-            let r = bench_data::tep(&data, ours)?;
+            let r = bench_data::tep(&data, detector.options(bench_data::TEP_OPTIONS))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

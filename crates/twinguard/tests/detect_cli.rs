@@ -1,0 +1,226 @@
+//! `twinguard detect fit|score` on CSV files written here: the scores file's shape, a
+//! sensor fault found and named, missing values handled as documented, clear errors.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_twinguard");
+
+/// Rows of a pump: flow follows speed, power follows both; `label` is a column to leave
+/// out. From `fault_from` on, the flow sensor reads 20 % high.
+fn history(seed: u64, rows: usize, fault_from: usize, sep: char) -> String {
+    let mut x = seed;
+    let mut noise = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    let mut s = format!("time{sep}speed{sep}flow{sep}power{sep}label\n");
+    for i in 0..rows {
+        let speed = 1500.0 + 200.0 * (i as f64 / 40.0).sin() + 10.0 * noise();
+        let mut flow = speed / 50.0 + 0.3 * noise();
+        let power = 0.002 * speed + 0.1 * flow + 0.05 * noise();
+        if i >= fault_from {
+            flow *= 1.2;
+        }
+        let _ = writeln!(
+            s,
+            "2026-11-26T{:02}:{:02}:00{sep}{speed:.3}{sep}{flow:.4}{sep}{power:.4}{sep}x",
+            i / 60 % 24,
+            i % 60
+        );
+    }
+    s
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn ok(out: Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn fit_then_score_finds_and_names_a_failing_sensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train.csv"), dir.path().join("test.csv"));
+    let (model, scores, plot) = (
+        dir.path().join("model.json"),
+        dir.path().join("scores.csv"),
+        dir.path().join("plot.svg"),
+    );
+    std::fs::write(&train, history(1, 1000, usize::MAX, ';')).unwrap();
+    // Test data: row 101 has a missing flow; the flow sensor drifts from row 200.
+    let mut t = history(2, 300, 200, ';');
+    let lines: Vec<String> = t.lines().map(String::from).collect();
+    let mut cells: Vec<&str> = lines[101].split(';').collect();
+    cells[2] = "";
+    let broken = cells.join(";");
+    t = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| if i == 101 { broken.clone() } else { l.clone() } + "\n")
+        .collect();
+    std::fs::write(&test, t).unwrap();
+
+    let fitted = ok(run(&[
+        "detect",
+        "fit",
+        "--csv",
+        p(&train),
+        "--sep",
+        ";",
+        "--exclude",
+        "label",
+        "--out",
+        p(&model),
+    ]));
+    assert_eq!(
+        fitted["columns"],
+        serde_json::json!(["speed", "flow", "power"])
+    );
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    assert_eq!(
+        (file["format"].as_str(), file["version"].as_u64()),
+        (Some("twinguard-detector"), Some(1))
+    );
+    assert_eq!(file["training"]["sha256"].as_str().unwrap().len(), 64);
+
+    let summary = ok(run(&[
+        "detect",
+        "score",
+        "--model",
+        p(&model),
+        "--csv",
+        p(&test),
+        "--sep",
+        ";",
+        "--out",
+        p(&scores),
+        "--plot",
+        p(&plot),
+    ]));
+    assert_eq!(summary["rows"], 300);
+    assert_eq!(summary["rows_with_missing_values"], 1);
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows[0], ["time", "score", "flag", "contributors", "class"]);
+    assert_eq!(rows.len(), 301, "one line per row, none lost");
+    assert_eq!(rows[101][0], "2026-11-26T01:40:00");
+    assert_eq!(&rows[101][1..], ["", "0", "missing:flow", "missing_data"]);
+    let before = rows[1..200].iter().filter(|r| r[2] == "1").count();
+    let during: Vec<&Vec<&str>> = rows[201..].iter().collect();
+    assert!(before <= 6, "{before} false alarms of 199");
+    assert!(
+        during.iter().all(|r| r[2] == "1"),
+        "the drift is flagged throughout"
+    );
+    assert!(
+        during
+            .iter()
+            .all(|r| r[3].starts_with("flow") && r[4] == "sensor_fault"),
+        "{:?}",
+        during[0]
+    );
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>") && svg.contains("<polyline")
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, model) = (dir.path().join("train.csv"), dir.path().join("model.json"));
+    std::fs::write(&train, history(3, 200, usize::MAX, ',')).unwrap();
+    let err = |out: Output| {
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = err(run(&[
+        "detect",
+        "fit",
+        "--csv",
+        p(&train),
+        "--exclude",
+        "lable",
+        "--out",
+        p(&model),
+    ]));
+    assert!(e.contains("no column \"lable\" (--exclude)"), "{e}");
+    let e = err(run(&[
+        "detect",
+        "fit",
+        "--csv",
+        p(&train),
+        "--sep",
+        "::",
+        "--out",
+        p(&model),
+    ]));
+    assert!(e.contains("--sep must be one ASCII character"), "{e}");
+    // The label column is text: not a number, with its line and column.
+    let e = err(run(&[
+        "detect",
+        "fit",
+        "--csv",
+        p(&train),
+        "--out",
+        p(&model),
+    ]));
+    assert!(
+        e.contains("line 2, column \"label\": \"x\" is not a number"),
+        "{e}"
+    );
+    ok(run(&[
+        "detect",
+        "fit",
+        "--csv",
+        p(&train),
+        "--exclude",
+        "label",
+        "--out",
+        p(&model),
+    ]));
+    // Scoring a file without a column the model needs.
+    let other = dir.path().join("other.csv");
+    std::fs::write(&other, "time,speed,power\n1,2,3\n").unwrap();
+    let e = err(run(&[
+        "detect",
+        "score",
+        "--model",
+        p(&model),
+        "--csv",
+        p(&other),
+        "--out",
+        p(&dir.path().join("s.csv")),
+    ]));
+    assert!(e.contains("the model needs column \"flow\""), "{e}");
+    // A file that is not a model.
+    let e = err(run(&[
+        "detect",
+        "score",
+        "--model",
+        p(&train),
+        "--csv",
+        p(&other),
+        "--out",
+        p(&dir.path().join("s.csv")),
+    ]));
+    assert!(e.contains("is not a twinguard detector file"), "{e}");
+}
