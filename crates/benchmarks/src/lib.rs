@@ -2,10 +2,12 @@
 //! those protocols define. The scorers come first and are tested on their own: a result
 //! is only as good as the arithmetic that produced it.
 //!
+//! - [`batadal`]: the BATADAL water network: the competition's S score on training set 2.
 //! - [`score`]: point-wise F1/FAR/MAR and the NAB changepoint score (SKAB's definitions).
 //! - [`skab`]: the Skoltech Anomaly Benchmark: loader and the leaderboard protocol.
 //! - [`tep`]: the Tennessee Eastman process: detection and false-alarm rates per fault.
 
+pub mod batadal;
 pub mod score;
 pub mod skab;
 pub mod tep;

@@ -430,6 +430,22 @@ enum BenchData {
         #[command(flatten)]
         detector: DetectorArgs,
     },
+    /// BATADAL: the competition's S, S_TTD and S_CM on training data set 2's attacks.
+    Batadal {
+        /// The folder with BATADAL_dataset03.csv, BATADAL_dataset04.csv and
+        /// attacks_training_dataset2.csv.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Also write the model fitted on both training sets (for `twinguard detect score`
+        /// on the official test set).
+        #[arg(long)]
+        model_out: Option<PathBuf>,
+        /// Our detector's settings (defaults: the ones our published row uses).
+        #[command(flatten)]
+        detector: DetectorArgs,
+    },
     /// Tennessee Eastman: detection rate per fault and false alarms, PCA T² and Q beside
     /// our detector.
     Tep {
@@ -694,6 +710,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let summary = detect_cmd::score(&model, &csv.spec(vec![])?, &out, plot.as_deref())?;
             detect_cmd::print(&summary)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            data_set:
+                Some(BenchData::Batadal {
+                    data,
+                    json,
+                    model_out,
+                    detector,
+                }),
+            ..
+        } => {
+            let r = benchmarks::batadal::run(&data, detector.options(bench_data::BATADAL_OPTIONS))?;
+            if let Some(path) = &model_out {
+                let text = serde_json::to_string_pretty(&r.model_for_test)?;
+                std::fs::write(path, text + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", bench_data::batadal_table(&r));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -190,3 +190,122 @@ fn bench_tep_reports_rates_per_fault_beside_pca() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("d07_te.dat"));
 }
+
+/// Hourly rows in BATADAL's format: two tanks filled by two pumps; during an attack tank
+/// T2's level reads constant while its pump runs on.
+fn batadal_rows(
+    seed: u64,
+    from_hour: i64,
+    hours: usize,
+    attack: Option<(usize, usize)>,
+    flag: bool,
+) -> String {
+    let mut x = seed;
+    let mut noise = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    let mut s = String::from(if flag {
+        "DATETIME, L_T1, L_T2, F_PU1, S_PU1, F_PU2, ATT_FLAG\n"
+    } else {
+        "DATETIME,L_T1,L_T2,F_PU1,S_PU1,F_PU2\n"
+    });
+    for i in 0..hours {
+        let h = from_hour + i as i64;
+        let (day, hour) = (h / 24, h % 24);
+        let demand = (hour as f64 / 24.0 * std::f64::consts::TAU).sin();
+        let f1 = 90.0 + 10.0 * demand + noise();
+        let f2 = 40.0 + 5.0 * demand + 0.5 * noise();
+        let l1 = 3.0 + 0.02 * f1 + 0.05 * noise();
+        let mut l2 = 2.0 + 0.04 * f2 + 0.05 * noise();
+        let under = attack.is_some_and(|(a, b)| i >= a && i <= b);
+        if under {
+            l2 = 2.0;
+        }
+        let _ = write!(
+            s,
+            "{:02}/{:02}/16 {hour:02}, {l1:.2}, {l2:.2}, {f1:.2}, 1.00, {f2:.2}",
+            day % 28 + 1,
+            day / 28 % 12 + 1
+        );
+        if flag {
+            let _ = write!(s, ", {}", if under { "1" } else { "-999" });
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[test]
+fn bench_batadal_scores_training_set_2_and_its_model_scores_any_batadal_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("BATADAL_dataset03.csv"),
+        batadal_rows(1, 0, 2000, None, false),
+    )
+    .unwrap();
+    // Set 2 starts on 01/03/16 00 (day 56 of the synthetic calendar): one attack of 48 h
+    // from hour 500 (21/03/16 20; months have 28 days in this calendar).
+    std::fs::write(
+        dir.path().join("BATADAL_dataset04.csv"),
+        batadal_rows(2, 56 * 24, 1000, Some((500, 547)), true),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("attacks_training_dataset2.csv"),
+        "attack_id,start,end,duration_hours,labeled_hours,description,scada_concealment\n1,2016-03-21 20:00,2016-03-23 19:00,48,48,\"T2 level constant\",\"\"\n",
+    )
+    .unwrap();
+    let model = dir.path().join("batadal.json");
+    let out = Command::new(BIN)
+        .args(["bench", "batadal", "--json", "--data"])
+        .arg(dir.path())
+        .arg("--model-out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &r["score"];
+    assert_eq!(
+        (s["detected"].as_u64(), s["attacks"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    assert!(s["s"].as_f64().unwrap() > 0.8, "{r}");
+    // The model fitted on both sets scores a file in BATADAL's format hour by hour.
+    let scores = dir.path().join("scores.csv");
+    let out = Command::new(BIN)
+        .args(["detect", "score", "--model"])
+        .arg(&model)
+        .arg("--csv")
+        .arg(dir.path().join("BATADAL_dataset04.csv"))
+        .arg("--out")
+        .arg(&scores)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1001);
+    assert!(lines[1].starts_with("01/03/16 00,"), "{}", lines[1]);
+    // A data set that is not BATADAL's is refused with the reason.
+    std::fs::write(dir.path().join("BATADAL_dataset03.csv"), "time,a\n1,2\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["bench", "batadal", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the first column is not DATETIME"));
+}
