@@ -218,6 +218,7 @@ fn optimiser_stays_quiet_while_detections_are_open() {
             devices: vec![],
             trusted: true,
         },
+        class: detect::EpisodeClass::SensorFault,
     };
     assert!(agent.observe(&w.twin, &[&d], now).is_empty());
     assert!(!agent.observe(&w.twin, &[], now + 16 * 60_000).is_empty());

@@ -58,6 +58,41 @@ pub struct Evidence {
     pub trusted: bool,
 }
 
+/// What an alarm episode looks like: the class decides who acts on it. `Unknown` and
+/// `SuspectedAttack` go to a human, never straight to an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpisodeClass {
+    Normal,
+    /// One signal's own signature (stuck, spikes), or one signal breaking relations the
+    /// others keep: the sensor, not the process.
+    SensorFault,
+    /// The process itself moved: its relations hold, its values are beyond their range.
+    ProcessUpset,
+    /// The data's provenance is in doubt: the devices behind it had frames refused for
+    /// integrity (forged, replayed, altered) while the episode formed.
+    SuspectedAttack,
+    /// Physics broken without a sensor's signature, or a gap: a human judges.
+    Unknown,
+}
+
+impl EpisodeClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EpisodeClass::Normal => "normal",
+            EpisodeClass::SensorFault => "sensor_fault",
+            EpisodeClass::ProcessUpset => "process_upset",
+            EpisodeClass::SuspectedAttack => "suspected_attack",
+            EpisodeClass::Unknown => "unknown",
+        }
+    }
+
+    /// Whether an action may rest on it without a human.
+    pub fn actionable(self) -> bool {
+        matches!(self, EpisodeClass::SensorFault | EpisodeClass::ProcessUpset)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Detection {
     pub id: u64,
@@ -67,6 +102,8 @@ pub struct Detection {
     pub limit: f64,
     pub message: String,
     pub evidence: Evidence,
+    /// The episode's class, revised while it is active as evidence arrives.
+    pub class: EpisodeClass,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -96,7 +133,16 @@ pub struct Detectors {
     next_id: u64,
     counts: BTreeMap<DetectionKind, u64>,
     first_data_ms: Option<i64>,
+    /// Device -> time of its latest frame refused for integrity.
+    integrity_failures: HashMap<String, i64>,
+    /// Signal -> time of its latest own sensor signature (stuck, rate).
+    signatures: HashMap<String, i64>,
 }
+
+/// How long a device's integrity failure makes episodes on its data suspect, and how
+/// long a signal's own sensor signature (stuck, spike) explains a broken relation.
+const INTEGRITY_MEMORY_MS: i64 = 15 * 60 * 1000;
+const SIGNATURE_MEMORY_MS: i64 = 15 * 60 * 1000;
 
 impl Detectors {
     pub fn new(plant: Arc<Plant>) -> Detectors {
@@ -108,6 +154,80 @@ impl Detectors {
             next_id: 1,
             counts: BTreeMap::new(),
             first_data_ms: None,
+            integrity_failures: HashMap::new(),
+            signatures: HashMap::new(),
+        }
+    }
+
+    /// A frame from `device` was refused for integrity at `t_ms` (forged, replayed,
+    /// altered): episodes resting on its data are suspected attacks for a while.
+    pub fn note_integrity_failure(&mut self, device: &str, t_ms: i64) {
+        let latest = self
+            .integrity_failures
+            .entry(device.to_string())
+            .or_insert(t_ms);
+        *latest = (*latest).max(t_ms);
+        self.reclassify(t_ms);
+    }
+
+    /// The class of an episode of `kind` with `evidence`, given what else is active.
+    fn classify(&self, kind: DetectionKind, evidence: &Evidence, t_ms: i64) -> EpisodeClass {
+        let doubted = evidence.devices.iter().any(|d| {
+            self.integrity_failures
+                .get(d)
+                .is_some_and(|&f| t_ms - f <= INTEGRITY_MEMORY_MS)
+        });
+        if doubted {
+            return EpisodeClass::SuspectedAttack;
+        }
+        let own_signature = |signal: &str| {
+            self.active.iter().any(|((k, s), _)| {
+                matches!(k, DetectionKind::Stuck | DetectionKind::Rate) && s == signal
+            }) || self
+                .signatures
+                .get(signal)
+                .is_some_and(|&t| t_ms - t <= SIGNATURE_MEMORY_MS)
+        };
+        let in_broken_relation = |signal: &str| {
+            self.active.values().any(|d| {
+                d.kind == DetectionKind::Physics && d.evidence.signals.iter().any(|s| s == signal)
+            })
+        };
+        match kind {
+            DetectionKind::Stuck | DetectionKind::Rate => EpisodeClass::SensorFault,
+            DetectionKind::Physics => {
+                let faulty = evidence.signals.iter().filter(|s| own_signature(s)).count();
+                if faulty == 1 {
+                    EpisodeClass::SensorFault
+                } else {
+                    EpisodeClass::Unknown
+                }
+            }
+            DetectionKind::LimitHigh | DetectionKind::LimitLow => {
+                let signal = evidence.signals.first().map(String::as_str).unwrap_or("");
+                if own_signature(signal) {
+                    EpisodeClass::SensorFault
+                } else if in_broken_relation(signal) || !evidence.trusted {
+                    EpisodeClass::Unknown
+                } else {
+                    EpisodeClass::ProcessUpset
+                }
+            }
+            DetectionKind::Gap => EpisodeClass::Unknown,
+        }
+    }
+
+    /// Revises the class of every active episode (evidence changed).
+    fn reclassify(&mut self, t_ms: i64) {
+        let classes: Vec<(Key, EpisodeClass)> = self
+            .active
+            .iter()
+            .map(|(k, d)| (k.clone(), self.classify(d.kind, &d.evidence, t_ms)))
+            .collect();
+        for (k, c) in classes {
+            if let Some(d) = self.active.get_mut(&k) {
+                d.class = c;
+            }
         }
     }
 
@@ -407,6 +527,10 @@ impl Detectors {
         if self.active.contains_key(&key) {
             return;
         }
+        if matches!(key.0, DetectionKind::Stuck | DetectionKind::Rate) {
+            self.signatures.insert(key.1.clone(), t_ms);
+        }
+        let class = self.classify(key.0, &evidence, t_ms);
         let d = Detection {
             id: self.next_id,
             kind: key.0,
@@ -415,16 +539,19 @@ impl Detectors {
             limit,
             message,
             evidence,
+            class,
         };
         self.next_id += 1;
         *self.counts.entry(key.0).or_default() += 1;
         events.push(Event::Raised(d.clone()));
         self.active.insert(key, d);
+        self.reclassify(t_ms);
     }
 
     fn clear(&mut self, events: &mut Vec<Event>, key: &Key, t_ms: i64) {
         if let Some(d) = self.active.remove(key) {
             events.push(Event::Cleared { id: d.id, t_ms });
+            self.reclassify(t_ms);
         }
     }
 }

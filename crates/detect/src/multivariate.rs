@@ -13,6 +13,8 @@ use nalgebra::{DMatrix, SymmetricEigen};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, FisherSnedecor, Normal};
 
+pub use crate::EpisodeClass;
+
 /// The artifact's format name and version, checked when a model is loaded.
 pub const FORMAT: &str = "twinguard-detector";
 pub const VERSION: u32 = 1;
@@ -402,33 +404,6 @@ impl Scorer<'_> {
             flag: score > m.threshold,
             contributions,
         })
-    }
-}
-
-/// What an alarm episode looks like from the statistics alone (no physics, no
-/// provenance: those are the twin's, see the crate's episodes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EpisodeClass {
-    Normal,
-    /// The correlation structure is broken by essentially one signal: it disagrees with
-    /// what the others say it must be, the signature of a failing sensor.
-    SensorFault,
-    /// The relations between signals hold but the process has moved beyond its normal
-    /// range (T² dominates): a real change of the process.
-    ProcessUpset,
-    /// Several signals break the relations at once: for a human to judge.
-    Unknown,
-}
-
-impl EpisodeClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EpisodeClass::Normal => "normal",
-            EpisodeClass::SensorFault => "sensor_fault",
-            EpisodeClass::ProcessUpset => "process_upset",
-            EpisodeClass::Unknown => "unknown",
-        }
     }
 }
 

@@ -11,19 +11,45 @@
 
 use std::sync::Arc;
 
-use detect::{DetectionKind, Detectors, Event};
+use detect::{DetectionKind, Detectors, EpisodeClass, Event};
 use ingest::{Provenance, Sample, Trust};
 use plant_model::Plant;
 use plant_sim::{DEFAULT_START_MS, Fault, Sim};
 use twin::{CusumConfig, DEFAULT_HISTORY, Twin};
 
 struct Run {
-    raised: Vec<(u64, DetectionKind, String)>,
+    /// (second, kind, signals, class when raised)
+    raised: Vec<(u64, DetectionKind, String, EpisodeClass)>,
+    /// The detectors at the end, with their active episodes.
+    det: Detectors,
+}
+
+impl Run {
+    /// The class of the first episode of `kind`, when raised.
+    fn raised_class(&self, kind: DetectionKind) -> Option<EpisodeClass> {
+        self.raised.iter().find(|d| d.1 == kind).map(|d| d.3)
+    }
+
+    /// The class of the active episode of `kind` at the end.
+    fn active_class(&self, kind: DetectionKind) -> Option<EpisodeClass> {
+        self.det.active().find(|d| d.kind == kind).map(|d| d.class)
+    }
 }
 
 /// Runs the plant for `hours`, optionally adding `offset(t_s)` to the tank level as a
 /// compromised gateway would, and feeds twin and detectors.
 fn run(seed: u64, hours: u64, faults: &[&str], level_offset: impl Fn(u64) -> f64) -> Run {
+    run_with(seed, hours, faults, level_offset, None)
+}
+
+/// [`run`], with frames of device "gw" refused for integrity from second `forged_from`.
+fn run_with(
+    seed: u64,
+    hours: u64,
+    faults: &[&str],
+    level_offset: impl Fn(u64) -> f64,
+    forged_from: Option<u64>,
+) -> Run {
     let plant = Arc::new(Plant::reference());
     let mut sim = Sim::new(&plant, seed, DEFAULT_START_MS).unwrap();
     for f in faults {
@@ -46,6 +72,9 @@ fn run(seed: u64, hours: u64, faults: &[&str], level_offset: impl Fn(u64) -> f64
     let mut raised = Vec::new();
     for t_s in 1..=(hours * 3600) {
         let mut tick = sim.step();
+        if forged_from.is_some_and(|f| t_s >= f && t_s % 60 == 0) {
+            det.note_integrity_failure("gw", tick.t_ms);
+        }
         tick.values[level_idx] += level_offset(t_s);
         for (i, sig) in plant.signals.iter().enumerate() {
             let s = Sample {
@@ -57,19 +86,19 @@ fn run(seed: u64, hours: u64, faults: &[&str], level_offset: impl Fn(u64) -> f64
             twin.update(&s);
             for e in det.observe(&s) {
                 if let Event::Raised(d) = e {
-                    raised.push((t_s, d.kind, d.evidence.signals.join(",")));
+                    raised.push((t_s, d.kind, d.evidence.signals.join(","), d.class));
                 }
             }
         }
         for r in twin.evaluate_relations() {
             for e in det.observe_residual(&r, vec!["gw".into()]) {
                 if let Event::Raised(d) = e {
-                    raised.push((t_s, d.kind, d.evidence.signals.join(",")));
+                    raised.push((t_s, d.kind, d.evidence.signals.join(","), d.class));
                 }
             }
         }
     }
-    Run { raised }
+    Run { raised, det }
 }
 
 #[test]
@@ -198,4 +227,48 @@ fn a_lost_source_is_a_gap_until_restored() {
         [detect::Event::Cleared { t_ms: 3_000, .. }]
     ));
     assert_eq!(det.active().count(), 0);
+}
+
+/// Each episode is classified by what it rests on: a signal's own signature is a sensor
+/// fault, a relation broken with no sensor to blame is unknown, and data from a device
+/// whose frames fail integrity makes an episode a suspected attack.
+#[test]
+fn episodes_are_classified_by_their_evidence() {
+    let stuck = run(5, 2, &["stuck:pump.vibration@1800"], |_| 0.0);
+    assert_eq!(
+        stuck.active_class(DetectionKind::Stuck),
+        Some(EpisodeClass::SensorFault)
+    );
+    // A step bias on the level: its jump is the sensor's own signature, so the broken
+    // mass balance is blamed on the sensor.
+    let biased = run(7, 2, &["bias:tank.level@3600=0.15"], |_| 0.0);
+    assert_eq!(
+        biased.raised_class(DetectionKind::Physics),
+        Some(EpisodeClass::SensorFault),
+        "{:?}",
+        biased.raised
+    );
+    // A slow, plausible false level: only physics sees it, nothing says which.
+    let ramp = |t: u64| {
+        if t > 3600 {
+            0.3 * (t - 3600) as f64 / 3600.0
+        } else {
+            0.0
+        }
+    };
+    let fdi = run(4, 3, &[], ramp);
+    assert_eq!(
+        fdi.raised_class(DetectionKind::Physics),
+        Some(EpisodeClass::Unknown)
+    );
+    assert_eq!(
+        fdi.active_class(DetectionKind::Physics),
+        Some(EpisodeClass::Unknown)
+    );
+    // The same while the device's frames are being forged: a suspected attack.
+    let attacked = run_with(4, 3, &[], ramp, Some(3000));
+    assert_eq!(
+        attacked.raised_class(DetectionKind::Physics),
+        Some(EpisodeClass::SuspectedAttack)
+    );
 }

@@ -841,6 +841,17 @@ impl Guard {
                 }
             }
         };
+        // An episode classified unknown or suspected attack goes to a human, never
+        // straight to an action.
+        let doubtful = active
+            .iter()
+            .find(|d| p.evidence.contains(&d.id) && !d.class.actionable())
+            .map(|d| (d.id, d.class));
+        let tier = if tier == RiskTier::Auto && doubtful.is_some() {
+            RiskTier::Approve
+        } else {
+            tier
+        };
         self.check_breakers(now_ms);
         if let Some(t) = &self.breakers.tripped
             && tier == RiskTier::Auto
@@ -892,10 +903,14 @@ impl Guard {
                 } else {
                     "a human"
                 };
-                let why = match &p.action {
-                    Action::StopLine => "a line stop without two independent detections on trusted data needs a human".to_string(),
-                    Action::Maintenance { .. } => format!("maintenance needs {who}"),
-                    Action::SetSetpoint { setpoint, .. } => format!("changes to {setpoint} need {who}"),
+                let why = match (&p.action, doubtful) {
+                    (_, Some((id, class))) => format!(
+                        "it rests on detection {id}, classified {}: {who} decides",
+                        class.as_str().replace('_', " ")
+                    ),
+                    (Action::StopLine, None) => "a line stop without two independent detections on trusted data needs a human".to_string(),
+                    (Action::Maintenance { .. }, None) => format!("maintenance needs {who}"),
+                    (Action::SetSetpoint { setpoint, .. }, None) => format!("changes to {setpoint} need {who}"),
                 };
                 self.pending.insert(
                     id,

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use detect::{Detection, DetectionKind, Evidence};
+use detect::{Detection, DetectionKind, EpisodeClass, Evidence};
 use ed25519_dalek::SigningKey;
 use guard::{
     Action, AgentRegistry, DEFAULT_POLICY, Decision, DenyReason, Guard, Policy, Proposal,
@@ -267,6 +267,7 @@ fn detection(id: u64, signals: &[&str], trusted: bool) -> Detection {
             devices: vec![],
             trusted,
         },
+        class: detect::EpisodeClass::ProcessUpset,
     }
 }
 
@@ -325,6 +326,36 @@ fn line_stop_needs_two_independent_trusted_detections_or_a_human() {
         denied(&s.propose("optimiser", speed(1550.0), vec![], &[], T0)),
         Some(DenyReason::LineStopped)
     );
+}
+
+/// Two independent trusted detections, but one is classified unknown or a suspected
+/// attack: the stop goes to a human, saying why.
+#[test]
+fn an_episode_nobody_can_explain_never_stops_the_line_by_itself() {
+    let vib = detection(1, &["pump.vibration"], true);
+    for class in [EpisodeClass::Unknown, EpisodeClass::SuspectedAttack] {
+        let mut temp = detection(2, &["pump.bearing_temp"], true);
+        temp.class = class;
+        let mut s = setup();
+        let d = s.propose(
+            "maintenance",
+            Action::StopLine,
+            vec![1, 2],
+            &[&vib, &temp],
+            T0,
+        );
+        match d {
+            Decision::Pending { why, .. } => assert!(
+                why.contains(&format!(
+                    "detection 2, classified {}",
+                    class.as_str().replace('_', " ")
+                )),
+                "{why}"
+            ),
+            other => panic!("{class:?}: {other:?}"),
+        }
+        assert!(!s.guard.line_stopped());
+    }
 }
 
 #[test]

@@ -461,7 +461,7 @@ impl Core {
 
     fn apply_outcome(&mut self, f: RawFrame, out: ingest::Outcome, now: i64) {
         use ingest::Reason as R;
-        let integrity = out
+        let failures: Vec<&ingest::Rejection> = out
             .rejected
             .iter()
             .filter(|r| {
@@ -476,7 +476,12 @@ impl Core {
                         | R::UnauthorizedSignal
                 )
             })
-            .count() as u64;
+            .collect();
+        // Episodes on the data of a device whose frames fail integrity are suspect.
+        for device in failures.iter().filter_map(|r| r.device.as_deref()) {
+            self.detectors.note_integrity_failure(device, now);
+        }
+        let integrity = failures.len() as u64;
         if integrity > 0 {
             self.guard.note_integrity_failures(now, integrity);
             self.record_breaker_events();
