@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use audit::{AuditStore, Entry, SqliteStore};
 use guard::{Action, AgentRegistry, Decision, Guard, InputTrust, Policy, Proposal, sign_proposal};
 use plant_model::Plant;
@@ -152,4 +152,209 @@ pub fn run(dir: &std::path::Path) -> Result<Value> {
         rows.push(Value::Object(row));
     }
     Ok(json!(rows))
+}
+
+/// Requests timed over HTTP.
+const HTTP_REQUESTS: usize = 1_000;
+
+/// A keep-alive HTTP/1.1 exchange on `stream`: the status and the body.
+fn exchange(
+    stream: &mut std::net::TcpStream,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // One write: the request in one segment.
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut buf = vec![0u8; length];
+    reader.read_exact(&mut buf)?;
+    Ok((status, String::from_utf8_lossy(&buf).into_owned()))
+}
+
+/// The external path: `twinguard demo` runs as its own process with an external agent
+/// registered; this process acts as that agent over loopback HTTP (one keep-alive
+/// connection), as docs/agent-api.md describes, and times each signed proposal from
+/// request to answer: HTTP, the proof's verification, the decision and the audit append.
+/// Each proposal is a pasteuriser temperature change, which the policy permits: the first
+/// few execute, then its change limits deny the rest (rate, budget), so every request goes
+/// through policy, envelope and budget to a recorded decision, and nothing piles up.
+pub fn http(dir: &std::path::Path) -> Result<Value> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    std::fs::create_dir_all(dir)?;
+    let exe = std::env::current_exe()?;
+    let data = dir.join("data");
+    let key_file = dir.join("bench-agent.key");
+    let status = Command::new(&exe)
+        .args(["agent", "add", "bench-agent", "--generate-key"])
+        .arg(&key_file)
+        .args(["--kinds", "set_setpoint", "--assets", "past", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        anyhow::bail!("bench: cannot register the bench agent");
+    }
+    let policy = format!(
+        "{}\n@id(\"bench-agent\")\npermit (principal == Twinguard::Agent::\"bench-agent\", action == Twinguard::Action::\"set_setpoint\", resource == Twinguard::Asset::\"past\");\n",
+        guard::DEFAULT_POLICY
+    );
+    std::fs::write(dir.join("policy.cedar"), policy)?;
+    let config = twinguard_config::DEFAULT_CONFIG
+        .replace(
+            "# policy_file = \"policy.cedar\"",
+            "policy_file = \"policy.cedar\"",
+        )
+        .replace(
+            "agent_actions_per_hour = 60",
+            "agent_actions_per_hour = 1000000",
+        )
+        .replace(
+            "agent_asset_actions_per_hour = 20",
+            "agent_asset_actions_per_hour = 1000000",
+        );
+    std::fs::write(dir.join("twinguard.toml"), config)?;
+    let mut child = Command::new(&exe)
+        .args([
+            "demo", "--port", "0", "--json", "--speed", "1", "--hours", "4", "--config",
+        ])
+        .arg(dir.join("twinguard.toml"))
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let result = (|| -> Result<Value> {
+        let stderr = child
+            .stderr
+            .take()
+            .context("bench: no stderr from the demo")?;
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let port: u16 = loop {
+            let line = lines
+                .next()
+                .context("bench: the demo ended before serving")??;
+            if let Some(rest) = line.split("live twin at http://127.0.0.1:").nth(1) {
+                break rest
+                    .split('/')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .context("bench: no port")?;
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        let key = frames::keys::load(&key_file)?;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_nodelay(true)?;
+        let now = |stream: &mut std::net::TcpStream| -> Result<i64> {
+            for _ in 0..100 {
+                let (s, body) = exchange(stream, "GET", "/healthz", "")?;
+                if s == 200 {
+                    let v: Value = serde_json::from_str(&body)?;
+                    return v
+                        .get("now_ms")
+                        .and_then(Value::as_i64)
+                        .context("bench: no now_ms");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            anyhow::bail!("bench: the demo did not become healthy")
+        };
+        let t0 = now(&mut stream)?;
+        let request = guard::sign_token_request("bench-agent", t0, "bench-token-0", &key);
+        let (s, body) = exchange(
+            &mut stream,
+            "POST",
+            "/api/v1/agent/token",
+            &serde_json::to_string(&request)?,
+        )?;
+        if s != 200 {
+            anyhow::bail!("bench: token refused ({s}): {body}");
+        }
+        let answer: Value = serde_json::from_str(&body)?;
+        let token = answer
+            .get("token")
+            .and_then(Value::as_str)
+            .context("bench: no token")?
+            .to_string();
+        let mut times = Vec::with_capacity(HTTP_REQUESTS);
+        let mut created = t0;
+        for k in 0..HTTP_REQUESTS {
+            if k % 100 == 0 {
+                created = now(&mut stream)?;
+            }
+            let p = Proposal {
+                agent: "bench-agent".into(),
+                action: Action::SetSetpoint {
+                    setpoint: "past.temp_sp".into(),
+                    value: if k % 2 == 0 { 75.5 } else { 75.0 },
+                },
+                reason: "bench".into(),
+                evidence: vec![],
+                inputs: vec![],
+                created_ms: created,
+                nonce: format!("bench-{k}"),
+            };
+            let sp = sign_proposal(&p, &token, &key);
+            let body = json!({ "body": sp.body, "token": sp.token, "signature": sp.signature })
+                .to_string();
+            let t = Instant::now();
+            let (s, answer) = exchange(&mut stream, "POST", "/api/v1/agent/proposals", &body)?;
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+            if s != 200 || !(answer.contains("\"executed\"") || answer.contains("\"denied\"")) {
+                anyhow::bail!("bench: proposal {k} answered {s}: {answer}");
+            }
+        }
+        // The HTTP round trip alone, for comparison: the health check answers from the
+        // API's last snapshot without asking the core.
+        let mut health = Vec::with_capacity(HTTP_REQUESTS);
+        for _ in 0..HTTP_REQUESTS {
+            let t = Instant::now();
+            exchange(&mut stream, "GET", "/healthz", "")?;
+            health.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        times.sort_by(f64::total_cmp);
+        health.sort_by(f64::total_cmp);
+        let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+        let (h50, h99) = (percentile(&health, 0.5), percentile(&health, 0.99));
+        eprintln!(
+            "bench: external agent over HTTP, {HTTP_REQUESTS} signed proposals: p50 {p50:.0} us, p99 {p99:.0} us (health check alone: p50 {h50:.0} us, p99 {h99:.0} us)"
+        );
+        Ok(json!({
+            "requests": HTTP_REQUESTS,
+            "p50_us": p50,
+            "p99_us": p99,
+            "health_check_p50_us": h50,
+            "health_check_p99_us": h99,
+        }))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }

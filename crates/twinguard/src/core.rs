@@ -750,6 +750,7 @@ impl Core {
 
     pub fn handle_op(&mut self, op: Op) {
         let now = self.clock.now_ms();
+        let agent_request = matches!(op, Op::AgentProposal { .. } | Op::AgentToken { .. });
         match op {
             Op::Approve { id, by, reply } => {
                 let trust = self.input_trust();
@@ -805,7 +806,40 @@ impl Core {
                 let _ = reply.send(r);
             }
         }
-        self.publish_snapshot(true);
+        if agent_request {
+            self.publish_decisions();
+        } else {
+            self.publish_snapshot(true);
+        }
+    }
+
+    /// Publishes what an agent's request can change (proposals, the report, the audit
+    /// head), keeping the rest of the last snapshot: the plant's state and its history are
+    /// the expensive part, and an agent's request does not change them.
+    fn publish_decisions(&mut self) {
+        let proposals =
+            json!({ "pending": self.guard.pending().collect::<Vec<_>>(), "recent": self.recent });
+        let report = self.report();
+        let audit_head = json!(
+            self.audit
+                .head()
+                .map(|h| json!({ "seq": h.seq, "hash": h.hash_hex() }))
+        );
+        let now_ms = self.clock.now_ms();
+        let failure = self.failure();
+        if let Ok(mut s) = self.snapshot.write() {
+            s.proposals = proposals;
+            s.report = report;
+            s.audit_head = audit_head;
+            s.now_ms = now_ms;
+            s.failure = failure;
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.audit_failure
+            .as_ref()
+            .map(|why| format!("the audit log is unavailable, so nothing executes: {why}"))
     }
 
     /// A token for an external agent that proved its key; audited either way (never the
@@ -995,10 +1029,7 @@ impl Core {
                     .map(|h| json!({ "seq": h.seq, "hash": h.hash_hex() }))
             ),
             now_ms: self.clock.now_ms(),
-            failure: self
-                .audit_failure
-                .as_ref()
-                .map(|why| format!("the audit log is unavailable, so nothing executes: {why}")),
+            failure: self.failure(),
         };
         if let Ok(mut s) = self.snapshot.write() {
             *s = snap;

@@ -775,13 +775,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let dir = std::env::temp_dir().join(format!("twinguard-bench-{}", std::process::id()));
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let r = if guard_only {
-                bench_guard::run(&dir).map(|g| serde_json::json!({ "guard": g }))
+                bench_guard::run(&dir).and_then(|g| {
+                    let http = bench_guard::http(&dir.join("http"))?;
+                    Ok(serde_json::json!({ "guard": g, "guard_http": http }))
+                })
             } else {
                 rt.block_on(bench::run(hours, dir.clone()))
                     .and_then(|mut r| {
                         let guard = bench_guard::run(&dir.join("guard"))?;
+                        let http = bench_guard::http(&dir.join("guard-http"))?;
                         if let Some(m) = r.as_object_mut() {
                             m.insert("guard".into(), guard);
+                            m.insert("guard_http".into(), http);
                         }
                         Ok(r)
                     })
