@@ -751,6 +751,7 @@ impl Core {
     pub fn handle_op(&mut self, op: Op) {
         let now = self.clock.now_ms();
         let agent_request = matches!(op, Op::AgentProposal { .. } | Op::AgentToken { .. });
+        let sent_before = self.progress.borrow().commands_sent;
         match op {
             Op::Approve { id, by, reply } => {
                 let trust = self.input_trust();
@@ -806,16 +807,17 @@ impl Core {
                 let _ = reply.send(r);
             }
         }
-        if agent_request {
+        // An agent's request that sent nothing to the plant changed only the decisions.
+        if agent_request && self.progress.borrow().commands_sent == sent_before {
             self.publish_decisions();
         } else {
             self.publish_snapshot(true);
         }
     }
 
-    /// Publishes what an agent's request can change (proposals, the report, the audit
-    /// head), keeping the rest of the last snapshot: the plant's state and its history are
-    /// the expensive part, and an agent's request does not change them.
+    /// Publishes what an agent's request that executed nothing changes (proposals, the
+    /// report, the audit head), keeping the rest of the last snapshot: the plant's state
+    /// and its history are the expensive part, and such a request does not change them.
     fn publish_decisions(&mut self) {
         let proposals =
             json!({ "pending": self.guard.pending().collect::<Vec<_>>(), "recent": self.recent });
