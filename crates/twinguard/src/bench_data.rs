@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use std::process::ExitCode;
+
 use anyhow::Result;
 use benchmarks::batadal::{self, BatadalResult};
 use benchmarks::skab::{self, PUBLISHED_NAB, PUBLISHED_OUTLIER, SkabResult};
@@ -18,6 +20,27 @@ pub const SKAB_OPTIONS: FitOptions = FitOptions {
     smoothing: 10,
     folds: 0,
 };
+
+/// Prints a benchmark's result as JSON or as its table.
+pub fn print<T: serde::Serialize>(json: bool, r: &T, table: fn(&T) -> String) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        print!("{}", table(r));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Appends `rows` (a name and three numbers) under `header`, highest first by the first
+/// number.
+fn ranked(out: &mut String, header: [&str; 4], mut rows: Vec<(String, f64, f64, f64)>) {
+    let [name, a, b, c] = header;
+    let _ = writeln!(out, "{name:<28} {a:>9} {b:>9} {c:>9}");
+    rows.sort_by(|x, y| y.1.total_cmp(&x.1));
+    for (n, a, b, c) in rows {
+        let _ = writeln!(out, "{n:<28} {a:>9.2} {b:>9.2} {c:>9.2}");
+    }
+}
 
 pub fn skab(data: &Path, options: FitOptions) -> Result<SkabResult> {
     let r = skab::run(data, options, |i, n, name| {
@@ -41,39 +64,23 @@ pub fn skab_tables(r: &SkabResult) -> String {
     );
     let _ = writeln!(out, "{}\n", r.detector);
     let _ = writeln!(out, "Outlier detection (point-wise over all test parts)");
-    let _ = writeln!(
-        out,
-        "{:<28} {:>6} {:>8} {:>8}",
-        "Algorithm", "F1", "FAR, %", "MAR, %"
-    );
     let mut rows: Vec<(String, f64, f64, f64)> = PUBLISHED_OUTLIER
         .iter()
         .map(|&(n, f, a, m)| (n.to_string(), f, a, m))
         .collect();
     rows.push((ours.to_string(), r.f1, r.far, r.mar));
-    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    for (n, f, a, m) in rows {
-        let _ = writeln!(out, "{n:<28} {f:>6.2} {a:>8.2} {m:>8.2}");
-    }
+    ranked(&mut out, ["Algorithm", "F1", "FAR, %", "MAR, %"], rows);
     let _ = writeln!(
         out,
         "\nChangepoint detection (NAB, {} s window right of each changepoint)",
         skab::WINDOW_S
-    );
-    let _ = writeln!(
-        out,
-        "{:<28} {:>9} {:>9} {:>9}",
-        "Algorithm", "Standard", "LowFP", "LowFN"
     );
     let mut rows: Vec<(String, f64, f64, f64)> = PUBLISHED_NAB
         .iter()
         .map(|&(n, s, p, f)| (n.to_string(), s, p, f))
         .collect();
     rows.push((ours.to_string(), r.nab.standard, r.nab.low_fp, r.nab.low_fn));
-    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    for (n, s, p, f) in rows {
-        let _ = writeln!(out, "{n:<28} {s:>9.2} {p:>9.2} {f:>9.2}");
-    }
+    ranked(&mut out, ["Algorithm", "Standard", "LowFP", "LowFN"], rows);
     let _ = writeln!(
         out,
         "\nours: {} missed changepoints, {} false positives (TP {} TN {} FP {} FN {})",

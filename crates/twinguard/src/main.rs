@@ -728,12 +728,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 std::fs::write(path, text + "\n")
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", bench_data::batadal_table(&r));
-            }
-            Ok(ExitCode::SUCCESS)
+            bench_data::print(json, &r, bench_data::batadal_table)
         }
         Command::Bench {
             data_set:
@@ -745,12 +740,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ..
         } => {
             let r = bench_data::skab(&data, detector.options(bench_data::SKAB_OPTIONS))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", bench_data::skab_tables(&r));
-            }
-            Ok(ExitCode::SUCCESS)
+            bench_data::print(json, &r, bench_data::skab_tables)
         }
         Command::Bench {
             data_set:
@@ -762,12 +752,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ..
         } => {
             let r = bench_data::tep(&data, detector.options(bench_data::TEP_OPTIONS))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", bench_data::tep_table(&r));
-            }
-            Ok(ExitCode::SUCCESS)
+            bench_data::print(json, &r, bench_data::tep_table)
         }
         Command::Bench {
             hours, guard_only, ..

@@ -9,17 +9,22 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_twinguard");
 
-/// 600 rows of two related signals; from row 500 the relation breaks (anomaly), with a
-/// changepoint at 500.
-fn experiment(seed: u64) -> String {
-    let mut s = String::from("datetime;A;B;C;anomaly;changepoint\n");
+/// Deterministic noise, uniform in [-0.5, 0.5) (xorshift).
+fn noise(seed: u64) -> impl FnMut() -> f64 {
     let mut x = seed;
-    let mut noise = move || {
+    move || {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    };
+    }
+}
+
+/// 600 rows of two related signals; from row 500 the relation breaks (anomaly), with a
+/// changepoint at 500.
+fn experiment(seed: u64) -> String {
+    let mut s = String::from("datetime;A;B;C;anomaly;changepoint\n");
+    let mut noise = noise(seed);
     for i in 0..600 {
         let a = (i as f64 / 25.0).sin() + 0.1 * noise();
         let broken = i >= 500;
@@ -93,13 +98,7 @@ fn bench_skab_follows_the_protocol_on_a_folder_in_its_format() {
 /// variable `fault % 52` is offset (a broken relation). Its factors carry equal variance,
 /// so the tests keep 99 % of it (at 90 % a whole factor would fall in the residual).
 fn tep_run(seed: u64, rows: usize, fault: Option<usize>, fault_at: usize) -> Vec<Vec<f64>> {
-    let mut x = seed;
-    let mut noise = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    };
+    let mut noise = noise(seed);
     (0..rows)
         .map(|i| {
             let latent: Vec<f64> = (0..5).map(|_| noise()).collect();
@@ -200,13 +199,7 @@ fn batadal_rows(
     attack: Option<(usize, usize)>,
     flag: bool,
 ) -> String {
-    let mut x = seed;
-    let mut noise = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    };
+    let mut noise = noise(seed);
     let mut s = String::from(if flag {
         "DATETIME, L_T1, L_T2, F_PU1, S_PU1, F_PU2, ATT_FLAG\n"
     } else {

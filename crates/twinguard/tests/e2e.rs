@@ -2334,6 +2334,9 @@ fn policy_files_are_validated_explained_and_enforced() {
     );
 }
 
+/// The policy that lets the external scheduler plan pump maintenance (a human approves).
+const SCHEDULER_MAINTENANCE: &str = "@id(\"scheduler-maintenance\")\n@reason(\"the scheduler may plan pump maintenance\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"maintenance\", resource == Twinguard::Asset::\"pump\");";
+
 /// A data directory with external agent `agent` registered for `kinds` on `assets` (its
 /// key generated at `dir/<agent>.key`), the default policy plus `permit` as
 /// `dir/policy.cedar`, and the default configuration using it with `edits` applied.
@@ -2412,7 +2415,7 @@ fn an_external_agent_from_the_protocol_document_is_held_to_its_key_and_scope() {
         "scheduler",
         "maintenance",
         "pump",
-        "@id(\"scheduler-maintenance\")\n@reason(\"the scheduler may plan pump maintenance\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"maintenance\", resource == Twinguard::Asset::\"pump\");",
+        SCHEDULER_MAINTENANCE,
         &[],
     );
     let bin = |args: &[&str]| {
@@ -2745,7 +2748,7 @@ fn an_expired_token_and_a_late_approval_are_refused_over_the_api() {
         "scheduler",
         "maintenance",
         "pump",
-        "@id(\"scheduler-maintenance\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"maintenance\", resource == Twinguard::Asset::\"pump\");",
+        SCHEDULER_MAINTENANCE,
         &[
             ("token_ttl_min = 15", "token_ttl_min = 1"),
             ("approval_ttl_min = 60", "approval_ttl_min = 2"),
@@ -2850,7 +2853,7 @@ fn nothing_executes_while_the_audit_log_is_unavailable_but_a_stop() {
         "scheduler",
         "maintenance",
         "pump",
-        "@id(\"scheduler-maintenance\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"maintenance\", resource == Twinguard::Asset::\"pump\");",
+        SCHEDULER_MAINTENANCE,
         &[],
     );
     let run = Running::start(
