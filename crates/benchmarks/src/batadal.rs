@@ -102,19 +102,7 @@ pub fn read(path: &Path) -> Result<DataSet, DataError> {
         };
         let record = record.map_err(|e| at(e.to_string()))?;
         let cell = |i: usize| record.get(i).unwrap_or("");
-        let number = |i: usize| {
-            cell(i)
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| {
-                    at(format!(
-                        "column {:?}: {:?} is not a number",
-                        header.get(i).map(String::as_str).unwrap_or("?"),
-                        cell(i)
-                    ))
-                })
-        };
+        let number = |i: usize| crate::number(&record, &header, i).map_err(at);
         set.hours.push(
             parse_data_time(cell(0))
                 .ok_or_else(|| at(format!("DATETIME {:?} is not dd/mm/yy HH", cell(0))))?,

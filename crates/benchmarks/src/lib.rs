@@ -24,3 +24,21 @@ pub enum DataError {
         message: String,
     },
 }
+
+/// Cell `i` of `record` as a finite number, or why not (naming the column by `header`).
+pub(crate) fn number(
+    record: &csv::StringRecord,
+    header: &[String],
+    i: usize,
+) -> Result<f64, String> {
+    let cell = record.get(i).unwrap_or("").trim();
+    cell.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| {
+            format!(
+                "column {:?}: {cell:?} is not a number",
+                header.get(i).map(String::as_str).unwrap_or("?")
+            )
+        })
+}

@@ -108,19 +108,7 @@ pub fn read(path: &Path) -> Result<Experiment, DataError> {
         };
         let record = record.map_err(|e| at(e.to_string()))?;
         let cell = |i: usize| record.get(i).unwrap_or("").trim();
-        let number = |i: usize| {
-            cell(i)
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| {
-                    at(format!(
-                        "column {:?}: {:?} is not a number",
-                        header.get(i).map(String::as_str).unwrap_or("?"),
-                        cell(i)
-                    ))
-                })
-        };
+        let number = |i: usize| crate::number(&record, &header, i).map_err(at);
         let t = parse_datetime(cell(ti)).ok_or_else(|| {
             at(format!(
                 "datetime {:?} is not YYYY-MM-DD hh:mm:ss",
