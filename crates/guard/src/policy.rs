@@ -57,6 +57,19 @@ pub enum PolicyError {
     },
 }
 
+impl PolicyError {
+    /// An error at byte `offset` of `text`, located by line and column.
+    fn at(text: &str, source_name: &str, offset: usize, message: String) -> PolicyError {
+        let (line, column) = line_col(text, offset);
+        PolicyError::At {
+            source_name: source_name.to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+}
+
 /// What the process looks like when a proposal is decided (the Cedar context).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProcessContext {
@@ -132,15 +145,7 @@ fn check_shape(text: &str, source_name: &str) -> Result<(), PolicyError> {
             ),
         });
     }
-    let at = |offset: usize, message: String| {
-        let (line, column) = line_col(text, offset);
-        PolicyError::At {
-            source_name: source_name.to_string(),
-            line,
-            column,
-            message,
-        }
-    };
+    let at = |offset: usize, message: String| PolicyError::at(text, source_name, offset, message);
     let bytes = text.as_bytes();
     let (mut depth, mut conditionals, mut tokens) = (0usize, 0usize, 0usize);
     let mut i = 0;
@@ -267,15 +272,7 @@ impl Policy {
                 None => text.find(p.to_string().trim()),
             };
             let at = |message: String| match start {
-                Some(offset) => {
-                    let (line, column) = line_col(text, offset);
-                    PolicyError::At {
-                        source_name: source_name.to_string(),
-                        line,
-                        column,
-                        message,
-                    }
-                }
+                Some(offset) => PolicyError::at(text, source_name, offset, message),
                 None => invalid(message),
             };
             let Some(id) = p.annotation("id") else {
