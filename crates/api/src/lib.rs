@@ -37,13 +37,24 @@ const PAGE: &str = include_str!("../assets/index.html");
 pub struct Snapshot {
     pub state: Value,
     pub alerts: Value,
-    pub proposals: Value,
+    pub proposals: Proposals,
     pub report: Value,
     pub audit_head: Value,
     /// twinguard's clock (wall clock in `run`, simulated time in the demo).
     pub now_ms: i64,
     /// Why nothing can execute (the audit log is unavailable), when that is so.
     pub failure: Option<String>,
+}
+
+/// What `/api/v1/proposals` returns: the proposals waiting for a human and the latest
+/// decisions. The decisions are shared with the core, not copied: publishing after each
+/// agent request costs a reference count per decision, and the copy into JSON is made
+/// only when someone reads.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Proposals {
+    pub pending: Value,
+    /// The latest decisions, oldest first.
+    pub recent: Vec<Arc<Value>>,
 }
 
 pub type Reply = oneshot::Sender<Result<Value, String>>;
@@ -208,10 +219,10 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn read(
+async fn read<T: serde::Serialize>(
     State(s): State<ApiState>,
     headers: HeaderMap,
-    f: impl Fn(&Snapshot) -> Value,
+    f: impl Fn(&Snapshot) -> T,
 ) -> Response {
     if let Err((status, why)) = s.authenticate(&headers, Role::Viewer) {
         return error(status, &why);

@@ -245,11 +245,11 @@ impl AuditStore for SqliteStore {
         }
         let head = Head { seq, hash: prev };
         let sig = sign_head(&self.key, &head);
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO head (id, seq, hash, sig) VALUES (1, ?1, ?2, ?3)
              ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, sig = excluded.sig",
-            params![seq as i64, &prev[..], &sig[..]],
         )
+        .and_then(|mut stmt| stmt.execute(params![seq as i64, &prev[..], &sig[..]]))
         .map_err(|e| AuditError::Io {
             path: self.path.clone(),
             message: e.to_string(),

@@ -57,7 +57,7 @@ pub struct Core {
     /// Where a thief could copy the optimiser's token from (only set in the stolen-token demo).
     pub token_leak: Option<Arc<std::sync::Mutex<Option<String>>>>,
     pub(crate) next_agent_ms: Option<i64>,
-    pub(crate) recent: VecDeque<Value>,
+    pub(crate) recent: VecDeque<Arc<Value>>,
     pub(crate) commands: VecDeque<Value>,
     pub(crate) audit_failure: Option<String>,
     pub(crate) last_snapshot: Option<Instant>,
@@ -742,7 +742,7 @@ impl Core {
     }
 
     fn remember(&mut self, v: Value) {
-        self.recent.push_back(v);
+        self.recent.push_back(Arc::new(v));
         while self.recent.len() > 50 {
             self.recent.pop_front();
         }
@@ -819,8 +819,7 @@ impl Core {
     /// report, the audit head), keeping the rest of the last snapshot: the plant's state
     /// and its history are the expensive part, and such a request does not change them.
     fn publish_decisions(&mut self) {
-        let proposals =
-            json!({ "pending": self.guard.pending().collect::<Vec<_>>(), "recent": self.recent });
+        let proposals = self.proposals();
         let report = self.report();
         let audit_head = json!(
             self.audit
@@ -835,6 +834,13 @@ impl Core {
             s.audit_head = audit_head;
             s.now_ms = now_ms;
             s.failure = failure;
+        }
+    }
+
+    fn proposals(&self) -> api::Proposals {
+        api::Proposals {
+            pending: json!(self.guard.pending().collect::<Vec<_>>()),
+            recent: self.recent.iter().cloned().collect(),
         }
     }
 
@@ -1023,7 +1029,7 @@ impl Core {
         let snap = Snapshot {
             state: self.state_json(),
             alerts: json!(self.detectors.active().collect::<Vec<_>>()),
-            proposals: json!({ "pending": self.guard.pending().collect::<Vec<_>>(), "recent": self.recent }),
+            proposals: self.proposals(),
             report: self.report(),
             audit_head: json!(
                 self.audit
