@@ -36,6 +36,17 @@ impl Role {
         }
     }
 
+    /// Every role someone with this role holds: each role includes the ones below it, so
+    /// an approver holds "viewer", "operator" and "approver" (what Cedar policies see as
+    /// `principal.roles`).
+    pub fn held(self) -> Vec<&'static str> {
+        [Role::Viewer, Role::Operator, Role::Approver, Role::Admin]
+            .into_iter()
+            .filter(|r| *r <= self)
+            .map(Role::as_str)
+            .collect()
+    }
+
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "viewer" => Some(Role::Viewer),

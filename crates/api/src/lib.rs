@@ -59,25 +59,25 @@ pub struct Proposals {
 
 pub type Reply = oneshot::Sender<Result<Value, String>>;
 
-/// A write, handled by the core.
+/// A write, handled by the core. `by` is the person as the API authenticated them.
 #[derive(Debug)]
 pub enum Op {
     Approve {
         id: u64,
-        by: String,
+        by: Person,
         reply: Reply,
     },
     Reject {
         id: u64,
-        by: String,
+        by: Person,
         reply: Reply,
     },
     Stop {
-        by: String,
+        by: Person,
         reply: Reply,
     },
     Start {
-        by: String,
+        by: Person,
         reply: Reply,
     },
     /// A signed proposal from an external agent (JSON of `guard::SignedProposal`).
@@ -87,7 +87,7 @@ pub enum Op {
     },
     /// An approver resets the breakers: agents leave advisory mode.
     ResetBreakers {
-        by: String,
+        by: Person,
         reply: Reply,
     },
     /// An external agent's signed token request (JSON of `guard::TokenRequest`).
@@ -258,28 +258,14 @@ async fn call_with(s: &ApiState, make: impl FnOnce(Reply) -> Op, refused: Status
 
 async fn approve(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
     match s.authenticate(&headers, Role::Approver) {
-        Ok(p) => {
-            call(&s, |reply| Op::Approve {
-                id,
-                by: p.name,
-                reply,
-            })
-            .await
-        }
+        Ok(p) => call(&s, |reply| Op::Approve { id, by: p, reply }).await,
         Err((status, why)) => error(status, &why),
     }
 }
 
 async fn reject(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
     match s.authenticate(&headers, Role::Approver) {
-        Ok(p) => {
-            call(&s, |reply| Op::Reject {
-                id,
-                by: p.name,
-                reply,
-            })
-            .await
-        }
+        Ok(p) => call(&s, |reply| Op::Reject { id, by: p, reply }).await,
         Err((status, why)) => error(status, &why),
     }
 }
@@ -287,7 +273,7 @@ async fn reject(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<u6
 /// The stop button: any operator may press it.
 async fn stop(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     match s.authenticate(&headers, Role::Operator) {
-        Ok(p) => call(&s, |reply| Op::Stop { by: p.name, reply }).await,
+        Ok(p) => call(&s, |reply| Op::Stop { by: p, reply }).await,
         Err((status, why)) => error(status, &why),
     }
 }
@@ -295,7 +281,7 @@ async fn stop(State(s): State<ApiState>, headers: HeaderMap) -> Response {
 /// Resuming after a stop takes an approver.
 async fn start(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     match s.authenticate(&headers, Role::Approver) {
-        Ok(p) => call(&s, |reply| Op::Start { by: p.name, reply }).await,
+        Ok(p) => call(&s, |reply| Op::Start { by: p, reply }).await,
         Err((status, why)) => error(status, &why),
     }
 }
@@ -303,7 +289,7 @@ async fn start(State(s): State<ApiState>, headers: HeaderMap) -> Response {
 /// Agents leave advisory mode: an approver's decision.
 async fn reset_breakers(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     match s.authenticate(&headers, Role::Approver) {
-        Ok(p) => call(&s, |reply| Op::ResetBreakers { by: p.name, reply }).await,
+        Ok(p) => call(&s, |reply| Op::ResetBreakers { by: p, reply }).await,
         Err((status, why)) => error(status, &why),
     }
 }

@@ -85,7 +85,9 @@ async fn approve_is_forwarded_to_the_core_with_the_operator_name() {
         match rx.recv().await {
             Some(Op::Approve { id, by, reply }) => {
                 assert_eq!(id, 7);
-                assert_eq!(by, "operator");
+                assert_eq!(by.name, "operator");
+                // The operator token stands for an admin: every role below is held too.
+                assert_eq!(by.role.held(), ["viewer", "operator", "approver", "admin"]);
                 reply.send(Ok(json!({"decision": "executed"}))).unwrap();
             }
             other => panic!("{other:?}"),

@@ -27,8 +27,16 @@ pub use identity::{
     sign_proposal, sign_token_request, token_request_message,
 };
 pub use policy::{
-    DEFAULT_POLICY, KINDS, Policy, PolicyError, Principal, ProcessContext, SCHEMA, Verdict,
+    DEFAULT_POLICY, HUMAN_ACTIONS, Human, KINDS, Policy, PolicyError, Principal, ProcessContext,
+    Review, SCHEMA, Verdict,
 };
+
+/// The process when a person acts: what the policy deciding their review sees.
+#[derive(Debug, Clone, Copy)]
+pub struct Situation<'a> {
+    pub trust: &'a InputTrust,
+    pub active: &'a [&'a Detection],
+}
 
 /// How long a pending approval waits before it expires, unless configured otherwise.
 pub const APPROVAL_TTL_MS: i64 = 60 * 60 * 1000;
@@ -421,6 +429,17 @@ impl Guard {
         }
     }
 
+    /// Puts `policy` in force from now on: new proposals, and the reviews of those still
+    /// pending, are decided by it.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// The same guard with per-agent limits other than the defaults.
     pub fn with_limits(mut self, limits: GuardLimits) -> Guard {
         self.limits = limits;
@@ -469,14 +488,25 @@ impl Guard {
         std::mem::take(&mut self.breakers.events)
     }
 
-    /// An approver resets the breakers: agents act again, and the counts start afresh.
-    pub fn reset_breakers(&mut self, human: &str, now_ms: i64) -> Result<String, String> {
+    /// An approver resets the breakers, if the policy lets them: agents act again, and the
+    /// counts start afresh.
+    pub fn reset_breakers(
+        &mut self,
+        human: &Human,
+        now: &Situation<'_>,
+        now_ms: i64,
+    ) -> Result<String, String> {
+        if self.breakers.tripped.is_none() {
+            return Err("the breakers have not tripped; agents are not in advisory mode".into());
+        }
+        let review = self.review_of_line(now);
+        self.review_allowed(human, "reset_breakers", "line", "the breakers", review)?;
         let Some(t) = self.breakers.tripped.take() else {
             return Err("the breakers have not tripped; agents are not in advisory mode".into());
         };
         let msg = format!(
-            "breakers reset by {human} at {now_ms}: agents act again (advisory since {}: {})",
-            t.since_ms, t.why
+            "breakers reset by {} at {now_ms}: agents act again (advisory since {}: {})",
+            human.name, t.since_ms, t.why
         );
         let trips = self.breakers.trips;
         self.breakers = BreakerState {
@@ -763,6 +793,19 @@ impl Guard {
         }
     }
 
+    /// The process as the policy sees it now.
+    fn process_context(&self, inputs_trusted: bool, active: &[&Detection]) -> ProcessContext {
+        let mut kinds: Vec<String> = active.iter().map(|d| d.kind.as_str().to_string()).collect();
+        kinds.sort();
+        kinds.dedup();
+        ProcessContext {
+            line_running: !self.line_stopped,
+            inputs_trusted,
+            anomalies: active.len() as i64,
+            anomaly_kinds: kinds,
+        }
+    }
+
     /// Policy, state, envelope and tier, for an authenticated proposal.
     fn evaluate(
         &mut self,
@@ -777,15 +820,7 @@ impl Guard {
             Ok(a) => a,
             Err(d) => return (d.into(), None),
         };
-        let mut kinds: Vec<String> = active.iter().map(|d| d.kind.as_str().to_string()).collect();
-        kinds.sort();
-        kinds.dedup();
-        let context = ProcessContext {
-            line_running: !self.line_stopped,
-            inputs_trusted,
-            anomalies: active.len() as i64,
-            anomaly_kinds: kinds,
-        };
+        let context = self.process_context(inputs_trusted, active);
         let verdict = self.policy.decide(
             Principal::Agent(&p.agent),
             p.action.kind(),
@@ -1140,16 +1175,25 @@ impl Guard {
     /// approval by a different human; the same human approving twice is refused and the
     /// proposal stays pending. The envelope is checked again on execution: the plant may
     /// have moved on since the proposal was made.
+    ///
+    /// The policy decides first whether this person may approve this proposal (Cedar
+    /// action `approve`); a refusal leaves it pending for someone who may.
     pub fn approve(
         &mut self,
         id: u64,
-        human: &str,
-        trust: &InputTrust,
+        who: &Human,
+        now: &Situation<'_>,
         now_ms: i64,
     ) -> Result<Decision, String> {
+        let trust = now.trust;
         let Some(mut p) = self.pending.remove(&id) else {
             return Err(self.not_pending(id));
         };
+        if let Err(why) = self.may_review(who, "approve", &p, now) {
+            self.pending.insert(id, p);
+            return Err(why);
+        }
+        let human = who.name.as_str();
         let agent = p.proposal.agent.clone();
         if now_ms <= p.expires_ms && p.approved_by.iter().any(|h| h == human) {
             let msg = format!(
@@ -1180,12 +1224,36 @@ impl Guard {
                 Ok(a) => a,
                 Err(d) => return Ok(d.into()),
             };
-            let check = match &p.proposal.action {
+            // The policy may have changed since the proposal was made: the one in force
+            // must still permit it.
+            let kind = p.proposal.action.kind();
+            let inputs_trusted = !p
+                .proposal
+                .inputs
+                .iter()
+                .any(|i| trust.below.contains_key(i));
+            let context = self.process_context(inputs_trusted, now.active);
+            let verdict = self
+                .policy
+                .decide(Principal::Agent(&agent), kind, &asset, &context);
+            let check = if !verdict.allowed {
+                let mut detail = format!(
+                    "agent {agent} may no longer {kind} on {asset}: {}",
+                    verdict.explain()
+                );
+                if !verdict.errors.is_empty() {
+                    detail.push_str(&format!(" ({})", verdict.errors.join("; ")));
+                }
+                Err(Denial::new(DenyReason::Policy, detail))
+            } else {
+                Ok(())
+            };
+            let check = check.and_then(|()| match &p.proposal.action {
                 Action::SetSetpoint { setpoint, value } => {
                     self.check_envelope(setpoint, *value, now_ms, &trust.values)
                 }
                 _ => Ok(()),
-            };
+            });
             match check {
                 Err(d) => d.into(),
                 Ok(()) => {
@@ -1205,13 +1273,22 @@ impl Guard {
         Ok(decision)
     }
 
-    /// A human rejects a pending proposal.
-    pub fn reject(&mut self, id: u64, human: &str) -> Result<Decision, String> {
+    /// A human rejects a pending proposal, if the policy lets them (Cedar action `reject`).
+    pub fn reject(
+        &mut self,
+        id: u64,
+        who: &Human,
+        now: &Situation<'_>,
+    ) -> Result<Decision, String> {
         let p = self
             .pending
             .remove(&id)
             .ok_or_else(|| self.not_pending(id))?;
-        let d = Self::deny(DenyReason::Rejected, format!("rejected by {human}"));
+        if let Err(why) = self.may_review(who, "reject", &p, now) {
+            self.pending.insert(id, p);
+            return Err(why);
+        }
+        let d = Self::deny(DenyReason::Rejected, format!("rejected by {}", who.name));
         self.count(&d, &p.proposal.agent);
         Ok(d)
     }
@@ -1236,6 +1313,68 @@ impl Guard {
         expired
     }
 
+    /// Whether `who` may `action` ("approve" or "reject") the pending proposal `p`.
+    fn may_review(
+        &self,
+        who: &Human,
+        action: &str,
+        p: &PendingApproval,
+        now: &Situation<'_>,
+    ) -> Result<(), String> {
+        let asset = self
+            .target_asset(&p.proposal.action)
+            .unwrap_or_else(|_| "line".to_string());
+        let what = format!(
+            "proposal {} ({} on {asset}, by agent {})",
+            p.id,
+            p.proposal.action.kind(),
+            p.proposal.agent
+        );
+        let inputs_trusted = !p
+            .proposal
+            .inputs
+            .iter()
+            .any(|i| now.trust.below.contains_key(i));
+        let review = Review {
+            kind: p.proposal.action.kind().to_string(),
+            agent: p.proposal.agent.clone(),
+            dual: p.approvals_needed > 1,
+            process: self.process_context(inputs_trusted, now.active),
+        };
+        self.review_allowed(who, action, &asset, &what, review)
+    }
+
+    /// A review of the line as a whole (resume, reset_breakers): its inputs are trusted
+    /// when every value is.
+    fn review_of_line(&self, now: &Situation<'_>) -> Review {
+        Review {
+            process: self.process_context(now.trust.below.is_empty(), now.active),
+            ..Review::default()
+        }
+    }
+
+    /// The policy's answer to a person's `action` on `asset`; a refusal in words that name
+    /// the person, what they tried and the policies that decided.
+    fn review_allowed(
+        &self,
+        who: &Human,
+        action: &str,
+        asset: &str,
+        what: &str,
+        review: Review,
+    ) -> Result<(), String> {
+        let v = self.policy.decide_review(who, action, asset, &review);
+        if v.allowed {
+            return Ok(());
+        }
+        let verb = action.replace('_', " ");
+        let mut msg = format!("{} may not {verb} {what}: {}", who.name, v.explain());
+        if !v.errors.is_empty() {
+            msg.push_str(&format!(" (policy errors: {})", v.errors.join("; ")));
+        }
+        Err(msg)
+    }
+
     /// Why `id` cannot be approved or rejected: it expired, or it was never pending.
     fn not_pending(&self, id: u64) -> String {
         match self.expired.iter().find(|(e, _)| *e == id) {
@@ -1257,15 +1396,18 @@ impl Guard {
         a
     }
 
-    /// A human restarts a stopped line.
-    pub fn human_start(&mut self, human: &str) -> Option<Approved> {
+    /// A human restarts a stopped line, if the policy lets them (Cedar action `resume`).
+    pub fn human_start(&mut self, who: &Human, now: &Situation<'_>) -> Result<Approved, String> {
         if !self.line_stopped {
-            return None;
+            return Err("the line is not stopped".to_string());
         }
+        let review = self.review_of_line(now);
+        self.review_allowed(who, "resume", "line", "the line", review)?;
+        let human = who.name.as_str();
         self.line_stopped = false;
         let id = format!("cmd-{}", self.next_command);
         self.next_command += 1;
-        Some(Approved(Command {
+        Ok(Approved(Command {
             id,
             asset: "line".into(),
             command: PlantCommand::StartLine,

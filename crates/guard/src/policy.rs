@@ -39,6 +39,9 @@ pub struct Policy {
     /// Policy id → its `@reason`, for decision records.
     reasons: BTreeMap<String, String>,
     source_name: String,
+    /// Why there is no policy in force (the file cannot be read or does not validate):
+    /// every request is denied with this reason.
+    unavailable: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,11 +82,46 @@ pub struct ProcessContext {
     pub anomaly_kinds: Vec<String>,
 }
 
+/// A person as the policy sees them: their name and every role they hold (an admin holds
+/// "viewer", "operator", "approver" and "admin"), for `principal.roles`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Human {
+    pub name: String,
+    pub roles: Vec<String>,
+}
+
+impl Human {
+    pub fn new(name: &str, roles: &[&str]) -> Human {
+        Human {
+            name: name.to_string(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+}
+
+/// What a person's decision (approve, reject, resume, reset_breakers) is made on: the
+/// Cedar context of those actions.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Review {
+    /// The reviewed proposal's action kind; empty for resume and reset_breakers.
+    pub kind: String,
+    /// The agent that proposed it; empty for resume and reset_breakers.
+    pub agent: String,
+    /// The proposal needs two approvers, each a different person.
+    pub dual: bool,
+    /// The process now; `inputs_trusted` is about the proposal's inputs for approve and
+    /// reject, about every value for resume and reset_breakers.
+    pub process: ProcessContext,
+}
+
+/// What a person may do, as Cedar actions: the [`Review`] is their context.
+pub const HUMAN_ACTIONS: [&str; 4] = ["approve", "reject", "resume", "reset_breakers"];
+
 /// A principal a policy names.
 #[derive(Debug, Clone, Copy)]
 pub enum Principal<'a> {
     Agent(&'a str),
-    Human(&'a str),
+    Human(&'a Human),
 }
 
 /// The policy's answer, with the policies that determined it.
@@ -292,7 +330,7 @@ impl Policy {
         if let Some(e) = validation.validation_errors().next() {
             return Err(located(source_name, text, e));
         }
-        let entities = Self::entities(plant, &[], &[], &schema).map_err(invalid)?;
+        let entities = Self::entities(plant, &schema).map_err(invalid)?;
         let (general, by_principal) = Self::index(&set).map_err(invalid)?;
         Ok(Policy {
             general,
@@ -301,7 +339,20 @@ impl Policy {
             entities,
             reasons,
             source_name: source_name.to_string(),
+            unavailable: None,
         })
+    }
+
+    /// No policy in force, because of `why`: every request is denied, saying so.
+    pub fn unavailable(source_name: &str, why: &str, plant: &Plant) -> Result<Policy, PolicyError> {
+        let mut p = Policy::parse("", source_name, plant)?;
+        p.unavailable = Some(format!("the policy store is unavailable: {why}"));
+        Ok(p)
+    }
+
+    /// Why no policy is in force, if none is.
+    pub fn unavailable_reason(&self) -> Option<&str> {
+        self.unavailable.as_deref()
     }
 
     /// Splits `set` by principal (see [`Policy`]).
@@ -335,14 +386,9 @@ impl Policy {
         Ok((general, by_principal))
     }
 
-    /// The entities: the plant's zone, its assets and the line in it, the agents and the
-    /// humans with their roles.
-    fn entities(
-        plant: &Plant,
-        agents: &[String],
-        humans: &[(String, Vec<String>)],
-        schema: &Schema,
-    ) -> Result<Entities, String> {
+    /// The entities: the plant's zone, its assets and the line in it. People are added
+    /// per decision ([`Policy::with_human`]), as the API authenticated them.
+    fn entities(plant: &Plant, schema: &Schema) -> Result<Entities, String> {
         let zone = json!({ "type": "Twinguard::Zone", "id": plant.plant.id });
         let mut list = vec![json!({ "uid": zone, "attrs": {}, "parents": [] })];
         for a in plant.assets.iter().map(|a| a.id.as_str()).chain(["line"]) {
@@ -352,34 +398,23 @@ impl Policy {
                 "parents": [zone],
             }));
         }
-        for a in agents {
-            list.push(json!({ "uid": { "type": "Twinguard::Agent", "id": a }, "attrs": {}, "parents": [] }));
-        }
-        for (h, roles) in humans {
-            list.push(json!({
-                "uid": { "type": "Twinguard::Human", "id": h },
-                "attrs": { "roles": roles },
-                "parents": [],
-            }));
-        }
         Entities::from_json_value(serde_json::Value::Array(list), Some(schema))
             .map_err(|e| format!("entities: {e}"))
     }
 
-    /// Replaces the agents and humans the policy knows (on registration or revocation).
-    pub fn set_principals(
-        &mut self,
-        plant: &Plant,
-        agents: &[String],
-        humans: &[(String, Vec<String>)],
-    ) -> Result<(), PolicyError> {
-        self.entities = Self::entities(plant, agents, humans, &self.schema).map_err(|message| {
-            PolicyError::Invalid {
-                source_name: self.source_name.clone(),
-                message,
-            }
-        })?;
-        Ok(())
+    /// The entities with `human` among them, with their roles.
+    fn with_human(&self, human: &Human) -> Result<Entities, String> {
+        let entity = json!([{
+            "uid": { "type": "Twinguard::Human", "id": human.name },
+            "attrs": { "roles": human.roles },
+            "parents": [],
+        }]);
+        let added = Entities::from_json_value(entity, Some(&self.schema))
+            .map_err(|e| format!("person {}: {e}", human.name))?;
+        self.entities
+            .clone()
+            .add_entities(added, Some(&self.schema))
+            .map_err(|e| format!("person {}: {e}", human.name))
     }
 
     /// Whether `principal` may do `kind` on `asset` ("line" for the whole line) in
@@ -391,22 +426,14 @@ impl Policy {
         asset: &str,
         context: &ProcessContext,
     ) -> Verdict {
-        let deny = |e: String| Verdict {
-            allowed: false,
-            policies: vec![],
-            errors: vec![e],
-        };
-        let principal = match principal {
-            Principal::Agent(a) => uid("Agent", a),
-            Principal::Human(h) => uid("Human", h),
-        };
-        let (principal, action, resource) =
-            match (principal, uid("Action", kind), uid("Asset", asset)) {
-                (Ok(p), Ok(a), Ok(r)) => (p, a, r),
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return deny(e),
-            };
+        self.evaluate(principal, kind, asset, Self::process_pairs(context))
+    }
+
+    fn process_pairs(
+        context: &ProcessContext,
+    ) -> Vec<(String, cedar_policy::RestrictedExpression)> {
         use cedar_policy::RestrictedExpression as X;
-        let pairs = [
+        vec![
             (
                 "line_running".to_string(),
                 X::new_bool(context.line_running),
@@ -420,8 +447,56 @@ impl Policy {
                 "anomaly_kinds".to_string(),
                 X::new_set(context.anomaly_kinds.iter().cloned().map(X::new_string)),
             ),
-        ];
-        let context = match Context::from_pairs(pairs) {
+        ]
+    }
+
+    /// Whether `human` may do `action` (one of [`HUMAN_ACTIONS`]) on `asset` ("line" for
+    /// resume and reset_breakers), as `review` describes it.
+    pub fn decide_review(
+        &self,
+        human: &Human,
+        action: &str,
+        asset: &str,
+        review: &Review,
+    ) -> Verdict {
+        use cedar_policy::RestrictedExpression as X;
+        let mut pairs = Self::process_pairs(&review.process);
+        pairs.extend([
+            ("kind".to_string(), X::new_string(review.kind.clone())),
+            ("agent".to_string(), X::new_string(review.agent.clone())),
+            ("dual".to_string(), X::new_bool(review.dual)),
+        ]);
+        self.evaluate(Principal::Human(human), action, asset, pairs)
+    }
+
+    fn evaluate(
+        &self,
+        principal: Principal<'_>,
+        action: &str,
+        asset: &str,
+        context: Vec<(String, cedar_policy::RestrictedExpression)>,
+    ) -> Verdict {
+        let deny = |e: String| Verdict {
+            allowed: false,
+            policies: vec![],
+            errors: vec![e],
+        };
+        if let Some(why) = &self.unavailable {
+            return deny(why.clone());
+        }
+        let (principal, entities) = match principal {
+            Principal::Agent(a) => (uid("Agent", a), None),
+            Principal::Human(h) => match self.with_human(h) {
+                Ok(e) => (uid("Human", &h.name), Some(e)),
+                Err(e) => return deny(e),
+            },
+        };
+        let (principal, action, resource) =
+            match (principal, uid("Action", action), uid("Asset", asset)) {
+                (Ok(p), Ok(a), Ok(r)) => (p, a, r),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return deny(e),
+            };
+        let context = match Context::from_pairs(context) {
             Ok(c) => c,
             Err(e) => return deny(format!("context: {e}")),
         };
@@ -433,7 +508,8 @@ impl Policy {
             .principal()
             .and_then(|p| self.by_principal.get(&p.to_string()))
             .unwrap_or(&self.general);
-        let response = Authorizer::new().is_authorized(&request, set, &self.entities);
+        let entities = entities.as_ref().unwrap_or(&self.entities);
+        let response = Authorizer::new().is_authorized(&request, set, entities);
         let diagnostics = response.diagnostics();
         let policies = diagnostics
             .reason()
@@ -450,6 +526,11 @@ impl Policy {
             policies,
             errors: diagnostics.errors().map(ToString::to_string).collect(),
         }
+    }
+
+    /// Where the policy was read from.
+    pub fn source_name(&self) -> &str {
+        &self.source_name
     }
 
     /// The ids of the loaded policies, with their reasons.
@@ -585,24 +666,68 @@ mod tests {
     fn humans_are_decided_by_their_roles() {
         let plant = Plant::reference();
         let text = "@id(\"approvers-stop\")\n@reason(\"approvers may stop the line\")\npermit (principal is Twinguard::Human, action == Twinguard::Action::\"stop_line\", resource)\nwhen { principal.roles.contains(\"approver\") };";
-        let mut p = Policy::parse(text, "p.cedar", &plant).unwrap();
-        p.set_principals(
-            &plant,
-            &[],
-            &[
-                ("ana".into(), vec!["approver".into()]),
-                ("bo".into(), vec!["viewer".into()]),
-            ],
-        )
-        .unwrap();
+        let p = Policy::parse(text, "p.cedar", &plant).unwrap();
+        let ana = Human::new("ana", &["viewer", "operator", "approver"]);
+        let bo = Human::new("bo", &["viewer"]);
         assert!(
-            p.decide(Principal::Human("ana"), "stop_line", "line", &ctx(true))
+            p.decide(Principal::Human(&ana), "stop_line", "line", &ctx(true))
                 .allowed
         );
         assert!(
-            !p.decide(Principal::Human("bo"), "stop_line", "line", &ctx(true))
+            !p.decide(Principal::Human(&bo), "stop_line", "line", &ctx(true))
                 .allowed
         );
+    }
+
+    /// People's reviews are decided by policy: the default lets approvers approve, reject,
+    /// resume and reset; a plant's own policy can narrow who reviews what.
+    #[test]
+    fn reviews_are_decided_by_policy() {
+        let plant = Plant::reference();
+        let p = Policy::parse(DEFAULT_POLICY, "default", &plant).unwrap();
+        let ana = Human::new("ana", &["viewer", "operator", "approver"]);
+        let olga = Human::new("olga", &["viewer", "operator"]);
+        let review = Review {
+            kind: "set_setpoint".into(),
+            agent: "optimiser".into(),
+            dual: false,
+            process: ctx(true),
+        };
+        for action in HUMAN_ACTIONS {
+            let asset = if matches!(action, "approve" | "reject") {
+                "past"
+            } else {
+                "line"
+            };
+            let v = p.decide_review(&ana, action, asset, &review);
+            assert!(v.allowed, "{action}: {v:?}");
+            assert!(
+                !p.decide_review(&olga, action, asset, &review).allowed,
+                "{action}"
+            );
+        }
+        // Resuming is about the line, not an asset.
+        assert!(!p.decide_review(&ana, "resume", "pump", &review).allowed);
+        // A narrower plant policy: only the QA lead approves pasteuriser changes, and
+        // never the second approval of her own first.
+        let text = format!(
+            "{DEFAULT_POLICY}\n@id(\"qa-past\")\n@reason(\"only the QA lead approves pasteuriser changes\")\nforbid (principal, action == Twinguard::Action::\"approve\", resource == Twinguard::Asset::\"past\")\nunless {{ principal == Twinguard::Human::\"qa-lead\" }};"
+        );
+        let p = Policy::parse(&text, "plant.cedar", &plant).unwrap();
+        let qa = Human::new("qa-lead", &["viewer", "operator", "approver"]);
+        let v = p.decide_review(&ana, "approve", "past", &review);
+        assert!(!v.allowed);
+        assert!(
+            v.explain().starts_with("forbidden by qa-past: "),
+            "{}",
+            v.explain()
+        );
+        assert!(p.decide_review(&ana, "approve", "pump", &review).allowed);
+        assert!(p.decide_review(&ana, "reject", "past", &review).allowed);
+        assert!(p.decide_review(&qa, "approve", "past", &review).allowed);
+        // A review context attribute the schema does not have is refused when loaded.
+        let bad = "@id(\"x\")\npermit (principal, action == Twinguard::Action::\"approve\", resource)\nwhen { context.kinds == \"x\" };";
+        assert!(Policy::parse(bad, "bad.cedar", &plant).is_err());
     }
 
     /// Shapes that exhaust Cedar's recursive parser (found by fuzzing: deep brackets, long

@@ -98,6 +98,20 @@ impl Setup {
 }
 
 /// Every input trusted, and the buffer tank at its usual level (the pump's precondition).
+/// A person holding the approver role (and the roles below it).
+fn approver(name: &str) -> guard::Human {
+    guard::Human::new(name, &["viewer", "operator", "approver"])
+}
+
+/// Every input trusted and nothing detected, for a person's review.
+fn now() -> guard::Situation<'static> {
+    static TRUST: std::sync::LazyLock<guard::InputTrust> = std::sync::LazyLock::new(normal);
+    guard::Situation {
+        trust: &TRUST,
+        active: &[],
+    }
+}
+
 fn normal() -> guard::InputTrust {
     let mut t = guard::InputTrust::default();
     t.values.insert("tank.level".into(), 1.6);
@@ -374,7 +388,10 @@ fn human_approval_executes_and_rechecks_the_envelope() {
         panic!("{d:?}")
     };
     assert_eq!(s.guard.pending().count(), 1);
-    let d = s.guard.approve(id, "ana", &normal(), T0 + 1000).unwrap();
+    let d = s
+        .guard
+        .approve(id, &approver("ana"), &now(), T0 + 1000)
+        .unwrap();
     match d {
         Decision::Execute(a) => {
             assert_eq!(a.command().command, PlantCommand::Maintenance);
@@ -383,7 +400,7 @@ fn human_approval_executes_and_rechecks_the_envelope() {
         other => panic!("{other:?}"),
     }
     assert!(
-        s.guard.approve(id, "ana", &normal(), T0).is_err(),
+        s.guard.approve(id, &approver("ana"), &now(), T0).is_err(),
         "approved twice"
     );
     let d = s.propose(
@@ -400,7 +417,7 @@ fn human_approval_executes_and_rechecks_the_envelope() {
     };
     let d = s
         .guard
-        .approve(id, "ana", &normal(), T0 + 2 * 3_600_000)
+        .approve(id, &approver("ana"), &now(), T0 + 2 * 3_600_000)
         .unwrap();
     assert_eq!(denied(&d), Some(DenyReason::Expired));
 }
@@ -607,17 +624,24 @@ fn dual_approval_needs_two_different_people() {
     };
     assert!(why.contains("two different humans"), "{why}");
     // The first approval leaves it pending ...
-    let d = s.guard.approve(id, "ana", &normal(), T0 + 1000).unwrap();
+    let d = s
+        .guard
+        .approve(id, &approver("ana"), &now(), T0 + 1000)
+        .unwrap();
     assert!(matches!(d, Decision::Pending { .. }), "{d:?}");
     // ... the same person again is refused, and it stays pending ...
     let e = s
         .guard
-        .approve(id, "ana", &normal(), T0 + 2000)
+        .approve(id, &approver("ana"), &now(), T0 + 2000)
         .unwrap_err();
     assert!(e.contains("different person"), "{e}");
     assert_eq!(s.guard.pending().count(), 1);
     // ... a second person executes it, both on record.
-    match s.guard.approve(id, "bo", &normal(), T0 + 3000).unwrap() {
+    match s
+        .guard
+        .approve(id, &approver("bo"), &now(), T0 + 3000)
+        .unwrap()
+    {
         Decision::Execute(a) => assert_eq!(
             a.command().approved_by,
             vec!["ana".to_string(), "bo".to_string()]
@@ -629,10 +653,79 @@ fn dual_approval_needs_two_different_people() {
     let Decision::Pending { id, .. } = d else {
         panic!("{d:?}")
     };
-    s.guard.approve(id, "ana", &normal(), T0 + 5000).unwrap();
+    s.guard
+        .approve(id, &approver("ana"), &now(), T0 + 5000)
+        .unwrap();
     let late = T0 + 4000 + guard::APPROVAL_TTL_MS + 1;
-    let d = s.guard.approve(id, "bo", &normal(), late).unwrap();
+    let d = s.guard.approve(id, &approver("bo"), &now(), late).unwrap();
     assert_eq!(denied(&d), Some(DenyReason::Expired));
+}
+
+/// Who may approve, reject, resume and reset is the policy's decision: a person the
+/// policy does not allow is refused with the policy named, and the proposal stays
+/// pending for someone it does allow.
+#[test]
+fn people_review_only_what_the_policy_allows_them() {
+    let mut s = setup();
+    let plant = Arc::new(Plant::reference());
+    let text = format!(
+        "{DEFAULT_POLICY}\n@id(\"qa-maintenance\")\n@reason(\"only the maintenance lead approves maintenance\")\nforbid (principal, action == Twinguard::Action::\"approve\", resource)\nwhen {{ context.kind == \"maintenance\" }}\nunless {{ principal == Twinguard::Human::\"lead\" }};"
+    );
+    let reg = s.guard.agents().clone();
+    s.guard = Guard::new(
+        plant,
+        reg,
+        Policy::parse(&text, "plant.cedar", &Plant::reference()).unwrap(),
+    );
+    let maintenance = || Action::Maintenance {
+        asset: "pump".into(),
+    };
+    let Decision::Pending { id, .. } = s.propose("maintenance", maintenance(), vec![], &[], T0)
+    else {
+        panic!()
+    };
+    // An operator is not an approver; an approver other than the lead is forbidden.
+    let olga = guard::Human::new("olga", &["viewer", "operator"]);
+    let e = s.guard.approve(id, &olga, &now(), T0 + 1).unwrap_err();
+    assert!(
+        e.starts_with(
+            "olga may not approve proposal 1 (maintenance on pump, by agent maintenance): "
+        ),
+        "{e}"
+    );
+    let e = s
+        .guard
+        .approve(id, &approver("ana"), &now(), T0 + 2)
+        .unwrap_err();
+    assert!(
+        e.contains("forbidden by qa-maintenance: only the maintenance lead"),
+        "{e}"
+    );
+    assert_eq!(s.guard.pending().count(), 1, "still pending");
+    let e = s.guard.reject(id, &olga, &now()).unwrap_err();
+    assert!(e.starts_with("olga may not reject"), "{e}");
+    // The lead approves; anyone with the approver role may reject.
+    assert!(matches!(
+        s.guard
+            .approve(id, &approver("lead"), &now(), T0 + 3)
+            .unwrap(),
+        Decision::Execute(_)
+    ));
+    let Decision::Pending { id, .. } = s.propose("maintenance", maintenance(), vec![], &[], T0 + 4)
+    else {
+        panic!()
+    };
+    assert!(matches!(
+        s.guard.reject(id, &approver("ana"), &now()),
+        Ok(Decision::Denied { .. })
+    ));
+    // Resuming after a stop: an operator may stop but not resume.
+    s.guard.human_stop("olga", T0 + 5);
+    let e = s.guard.human_start(&olga, &now()).unwrap_err();
+    assert!(e.starts_with("olga may not resume the line"), "{e}");
+    assert!(s.guard.line_stopped());
+    assert!(s.guard.human_start(&approver("ana"), &now()).is_ok());
+    assert!(!s.guard.line_stopped());
 }
 
 #[test]
@@ -960,11 +1053,16 @@ fn breakers_put_agents_in_advisory_mode_until_an_approver_resets_them() {
     assert!(matches!(d, Decision::Pending { .. }), "{d:?}");
     assert!(!s.guard.line_stopped());
     // An approver resets; agents act again (the counts start afresh).
-    let msg = s.guard.reset_breakers("ana", T0 + 200_000).unwrap();
+    let msg = s
+        .guard
+        .reset_breakers(&approver("ana"), &now(), T0 + 200_000)
+        .unwrap();
     assert!(msg.contains("reset by ana"), "{msg}");
     assert!(s.guard.advisory().is_none());
     assert!(
-        s.guard.reset_breakers("ana", T0 + 200_000).is_err(),
+        s.guard
+            .reset_breakers(&approver("ana"), &now(), T0 + 200_000)
+            .is_err(),
         "nothing to reset"
     );
     assert!(matches!(

@@ -70,6 +70,12 @@ pub struct Core {
     /// The external agents' registry file, and when it last changed.
     agents_file: Option<std::path::PathBuf>,
     agents_modified: Option<std::time::SystemTime>,
+    /// The configured policy file (none: the built-in policy), and its last seen
+    /// modification time and length.
+    policy_file: Option<std::path::PathBuf>,
+    policy_seen: Option<(std::time::SystemTime, u64)>,
+    /// Why no policy is in force, while none is.
+    pub(crate) policy_failure: Option<String>,
 }
 
 /// What a core is built from; the rest of its state starts empty.
@@ -91,6 +97,9 @@ pub struct CoreParts {
     pub sparkplug: Option<SparkplugIn>,
     /// The external agents' registry file (`agents.toml` in the data directory).
     pub agents_file: Option<std::path::PathBuf>,
+    /// The policy file the guard's policy was read from, watched for changes (none for
+    /// the built-in policy).
+    pub policy_file: Option<std::path::PathBuf>,
 }
 
 /// A source the core reads, and its connection history.
@@ -156,7 +165,9 @@ impl Core {
             token_leak,
             sparkplug,
             agents_file,
+            policy_file,
         } = parts;
+        let policy_seen = policy_file.as_deref().and_then(file_seen);
         Ok(Core {
             twin: Twin::new(
                 plant.clone(),
@@ -188,6 +199,9 @@ impl Core {
             sparkplug,
             agents_file,
             agents_modified: None,
+            policy_file,
+            policy_seen,
+            policy_failure: None,
         })
     }
 
@@ -216,7 +230,12 @@ impl Core {
                 biased;
                 _ = &mut stop => break,
                 Some(op) = ops_rx.recv() => self.handle_op(op),
-                _ = registry_check.tick(), if self.agents_file.is_some() => self.reload_agents(),
+                _ = registry_check.tick(), if self.agents_file.is_some() || self.policy_file.is_some() => {
+                    self.reload_agents();
+                    if self.reload_policy() {
+                        self.publish_snapshot(true);
+                    }
+                }
                 Some(f) = frames_rx.recv() => {
                     // Take what else is waiting, to verify signatures in one batch.
                     let mut batch = vec![f];
@@ -643,8 +662,13 @@ impl Core {
     }
 
     /// Puts a signed proposal through the guard and carries out the decision.
+    /// The detections active now.
+    fn active(&self) -> Vec<Detection> {
+        self.detectors.active().cloned().collect()
+    }
+
     fn submit(&mut self, sp: &SignedProposal, now: i64) -> DecisionRecord {
-        let active: Vec<Detection> = self.detectors.active().cloned().collect();
+        let active = self.active();
         let refs: Vec<&Detection> = active.iter().collect();
         let trust = self.input_trust();
         let (id, decision, rec) = self.guard.decide(sp, &refs, &trust, now);
@@ -709,8 +733,8 @@ impl Core {
     fn execute(&mut self, approved: guard::Approved, now: i64) -> Value {
         // A stop only drives the line to its safe state: it goes out even unrecorded.
         let stop = approved.command().command == PlantCommand::StopLine;
-        if let Some(why) = self.audit_failure.as_ref().filter(|_| !stop) {
-            let msg = format!("not executed: the audit log is unavailable ({why})");
+        if let Some(why) = self.failure().filter(|_| !stop) {
+            let msg = format!("not executed: {why}");
             tracing::error!("{msg}");
             return json!({ "executed": false, "error": msg });
         }
@@ -754,34 +778,61 @@ impl Core {
         let sent_before = self.progress.borrow().commands_sent;
         match op {
             Op::Approve { id, by, reply } => {
-                let trust = self.input_trust();
+                let (trust, active) = (self.input_trust(), self.active());
+                let refs: Vec<&Detection> = active.iter().collect();
+                let situation = guard::Situation {
+                    trust: &trust,
+                    active: &refs,
+                };
+                let who = human(&by);
                 let r = self
                     .guard
-                    .approve(id, &by, &trust, now)
-                    .map(|d| self.after_human(d, id, &by, "approved", now));
+                    .approve(id, &who, &situation, now)
+                    .map(|d| self.after_human(d, id, &who.name, "approved", now));
+                let r = self.refused(r, &who, "approve", now);
                 let _ = reply.send(r);
             }
             Op::Reject { id, by, reply } => {
+                let (trust, active) = (self.input_trust(), self.active());
+                let refs: Vec<&Detection> = active.iter().collect();
+                let situation = guard::Situation {
+                    trust: &trust,
+                    active: &refs,
+                };
+                let who = human(&by);
                 let r = self
                     .guard
-                    .reject(id, &by)
-                    .map(|d| self.after_human(d, id, &by, "rejected", now));
+                    .reject(id, &who, &situation)
+                    .map(|d| self.after_human(d, id, &who.name, "rejected", now));
+                let r = self.refused(r, &who, "reject", now);
                 let _ = reply.send(r);
             }
             Op::Stop { by, reply } => {
-                let approved = self.guard.human_stop(&by, now);
-                self.audit(vec![Entry::new(now, "stop_button", json!({ "by": by }))]);
+                let approved = self.guard.human_stop(&by.name, now);
+                self.audit(vec![Entry::new(
+                    now,
+                    "stop_button",
+                    json!({ "by": by.name }),
+                )]);
                 let r = self.execute(approved, now);
                 let _ = reply.send(Ok(r));
             }
             Op::Start { by, reply } => {
-                let r = match self.guard.human_start(&by) {
-                    Some(approved) => {
-                        self.audit(vec![Entry::new(now, "restart", json!({ "by": by }))]);
+                let (trust, active) = (self.input_trust(), self.active());
+                let refs: Vec<&Detection> = active.iter().collect();
+                let situation = guard::Situation {
+                    trust: &trust,
+                    active: &refs,
+                };
+                let who = human(&by);
+                let r = match self.guard.human_start(&who, &situation) {
+                    Ok(approved) => {
+                        self.audit(vec![Entry::new(now, "restart", json!({ "by": who.name }))]);
                         Ok(self.execute(approved, now))
                     }
-                    None => Err("the line is not stopped".to_string()),
+                    Err(why) => Err(why),
                 };
+                let r = self.refused(r, &who, "resume", now);
                 let _ = reply.send(r);
             }
             Op::AgentProposal { body, reply } => {
@@ -792,11 +843,19 @@ impl Core {
                 let _ = reply.send(r);
             }
             Op::ResetBreakers { by, reply } => {
+                let (trust, active) = (self.input_trust(), self.active());
+                let refs: Vec<&Detection> = active.iter().collect();
+                let situation = guard::Situation {
+                    trust: &trust,
+                    active: &refs,
+                };
+                let who = human(&by);
                 let r = self
                     .guard
-                    .reset_breakers(&by, now)
+                    .reset_breakers(&who, &situation, now)
                     .map(|m| json!({ "reset": m }));
                 self.record_breaker_events();
+                let r = self.refused(r, &who, "reset_breakers", now);
                 let _ = reply.send(r);
             }
             Op::AgentToken { body, reply } => {
@@ -844,10 +903,17 @@ impl Core {
         }
     }
 
+    /// Why nothing but a stop executes, while something the guard relies on is
+    /// unavailable: the audit log, or the policy.
     fn failure(&self) -> Option<String> {
         self.audit_failure
             .as_ref()
             .map(|why| format!("the audit log is unavailable, so nothing executes: {why}"))
+            .or_else(|| {
+                self.policy_failure
+                    .as_ref()
+                    .map(|why| format!("no policy is in force, so nothing executes: {why}"))
+            })
     }
 
     /// A token for an external agent that proved its key; audited either way (never the
@@ -921,6 +987,78 @@ impl Core {
         }
     }
 
+    /// Records a person's refused request (a review the policy does not allow them, a
+    /// proposal no longer pending, ...) before the refusal is answered.
+    fn refused(
+        &mut self,
+        r: Result<Value, String>,
+        who: &guard::Human,
+        action: &str,
+        now: i64,
+    ) -> Result<Value, String> {
+        if let Err(why) = &r {
+            self.audit(vec![Entry::new(
+                now,
+                "human_refused",
+                json!({ "by": who.name, "action": action, "why": why }),
+            )]);
+        }
+        r
+    }
+
+    /// Re-reads the policy file when it changed; true when the policy in force changed.
+    /// A policy that validates is put in force at once (pending approvals are reviewed
+    /// under it). A file that cannot be read or does not validate leaves no policy in
+    /// force: every proposal and review is denied with the reason, nothing executes but
+    /// a stop, and `/healthz` says why, until the file is fixed.
+    fn reload_policy(&mut self) -> bool {
+        let Some(path) = self.policy_file.clone() else {
+            return false;
+        };
+        let seen = file_seen(&path);
+        if seen == self.policy_seen && (seen.is_some() || self.policy_failure.is_some()) {
+            return false;
+        }
+        self.policy_seen = seen;
+        let now = self.clock.now_ms();
+        let source = path.display().to_string();
+        let loaded = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read policy file {source}: {e}"))
+            .and_then(|text| {
+                let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&text));
+                guard::Policy::parse(&text, &source, &self.plant)
+                    .map(|p| (p, digest))
+                    .map_err(|e| e.to_string())
+            });
+        match loaded {
+            Ok((policy, digest)) => {
+                let ids: Vec<&String> = policy.policies().keys().collect();
+                tracing::info!(file = %source, policies = ids.len(), "policy reloaded");
+                self.audit(vec![Entry::new(
+                    now,
+                    "policy_loaded",
+                    json!({ "file": source, "sha256": digest, "policies": ids }),
+                )]);
+                self.guard.set_policy(policy);
+                self.policy_failure = None;
+            }
+            Err(why) => {
+                tracing::error!(error = %why, "no policy in force: nothing executes");
+                self.audit(vec![Entry::new(
+                    now,
+                    "policy_unavailable",
+                    json!({ "file": source, "error": why }),
+                )]);
+                match guard::Policy::unavailable(&source, &why, &self.plant) {
+                    Ok(p) => self.guard.set_policy(p),
+                    Err(e) => tracing::error!(error = %e, "cannot build the deny-all policy"),
+                }
+                self.policy_failure = Some(why);
+            }
+        }
+        true
+    }
+
     fn after_human(&mut self, d: Decision, id: u64, by: &str, verb: &str, now: i64) -> Value {
         let rec = d.record(id, by, None, None);
         self.audit(vec![Entry::new(
@@ -958,6 +1096,11 @@ impl Core {
             "line_stops": g.line_stops,
             "breakers": { "advisory": self.guard.advisory(), "trips": self.guard.breaker_trips() },
             "alerts": g.alerts,
+            "policy": {
+                "source": self.guard.policy().source_name(),
+                "policies": self.guard.policy().policies().len(),
+                "failure": self.policy_failure,
+            },
             "commands": self.commands,
             "audit": {
                 "records": self.audit.records(),
@@ -1070,4 +1213,15 @@ pub fn format_time(ms: i64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// A person as the guard's policy sees them, from how the API authenticated them.
+fn human(p: &api::accounts::Person) -> guard::Human {
+    guard::Human::new(&p.name, &p.role.held())
+}
+
+/// A file's modification time and length, to notice that it changed.
+fn file_seen(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }

@@ -197,6 +197,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         token_leak: token_leak.clone(),
         sparkplug,
         agents_file: Some(dir.agents_path()),
+        policy_file: policy_path(&config, args.config.as_deref()),
     })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -790,18 +791,29 @@ pub(crate) fn load_policy(
     config_path: Option<&std::path::Path>,
     plant: &Plant,
 ) -> Result<Policy> {
-    match &config.guard.policy_file {
+    match policy_path(config, config_path) {
         None => Ok(Policy::parse(DEFAULT_POLICY, "<built-in policy>", plant)?),
-        Some(f) => {
-            let base = config_path
-                .and_then(std::path::Path::parent)
-                .unwrap_or(std::path::Path::new("."));
-            let path = base.join(f.get_ref());
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read policy file {}", path.display()))?;
-            Ok(Policy::parse(&text, &path.display().to_string(), plant)?)
-        }
+        Some(path) => Ok(read_policy(&path, plant)?),
     }
+}
+
+/// Where the configured policy file is (relative to the configuration file), if one is.
+pub(crate) fn policy_path(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+) -> Option<std::path::PathBuf> {
+    let f = config.guard.policy_file.as_ref()?;
+    let base = config_path
+        .and_then(std::path::Path::parent)
+        .unwrap_or(std::path::Path::new("."));
+    Some(base.join(f.get_ref()))
+}
+
+/// Reads and validates the policy file at `path`.
+pub(crate) fn read_policy(path: &std::path::Path, plant: &Plant) -> Result<Policy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy file {}", path.display()))?;
+    Ok(Policy::parse(&text, &path.display().to_string(), plant)?)
 }
 
 /// The guard with the built-in agents registered, the configured policy and limits.

@@ -175,6 +175,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         token_leak: None,
         sparkplug: None,
         agents_file: Some(dir.agents_path()),
+        policy_file: crate::demo::policy_path(&config, Some(&args.config)),
     })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();

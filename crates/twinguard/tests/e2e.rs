@@ -2595,6 +2595,7 @@ fn people_approve_by_role_and_a_dual_approval_needs_two_of_them() {
     ]));
     let vi = token_of(bin(&["user", "add", "vi", "--role", "viewer", "--token"]));
     let op = token_of(bin(&["user", "add", "op", "--role", "operator", "--token"]));
+    let cy = token_of(bin(&["user", "add", "cy", "--role", "approver", "--token"]));
     std::fs::write(dir.path().join("bo.pw"), "a long passphrase for bo\n").unwrap();
     let bo_pw = dir.path().join("bo.pw");
     bin(&[
@@ -2624,7 +2625,7 @@ fn people_approve_by_role_and_a_dual_approval_needs_two_of_them() {
         "scheduler",
         "set_setpoint",
         "filler",
-        "@id(\"scheduler-filler\")\n@reason(\"the scheduler may propose filler speeds\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"set_setpoint\", resource == Twinguard::Asset::\"filler\");",
+        "@id(\"scheduler-filler\")\n@reason(\"the scheduler may propose filler speeds\")\npermit (principal == Twinguard::Agent::\"scheduler\", action == Twinguard::Action::\"set_setpoint\", resource == Twinguard::Asset::\"filler\");\n@id(\"cy-not-filler\")\n@reason(\"cy is not trained on the filler\")\nforbid (principal == Twinguard::Human::\"cy\", action == Twinguard::Action::\"approve\", resource == Twinguard::Asset::\"filler\");",
         &[],
     );
     let run = Running::start(
@@ -2691,6 +2692,21 @@ fn people_approve_by_role_and_a_dual_approval_needs_two_of_them() {
     let (s, v) = http(port, "POST", &approve, &vi);
     assert_eq!(s, 403, "a viewer may not approve: {v}");
     assert!(v["error"].as_str().unwrap().contains("approver"), "{v}");
+    // An approver the plant's policy does not let approve filler changes is refused by
+    // that policy, and the proposal waits on.
+    let (s, v) = http(port, "POST", &approve, &cy);
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("cy may not approve proposal")
+            && v["error"]
+                .as_str()
+                .unwrap()
+                .contains("forbidden by cy-not-filler: cy is not trained on the filler"),
+        "{v}"
+    );
     let (s, v) = http(port, "POST", &approve, &ana);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["decision"]["outcome"], "pending", "{v}");
@@ -3069,5 +3085,148 @@ fn breakers_trip_on_integrity_failures_and_an_approver_resets_them() {
         "{}",
         r["breakers"]
     );
+    assert_eq!(r["audit"]["verified"], true);
+}
+
+/// The policy file is watched: a new policy is in force within seconds (a pending
+/// approval is reviewed under it), and a file that stops validating leaves no policy in
+/// force, so that nothing executes but a stop and the health check says why, until it is
+/// fixed.
+#[test]
+fn an_edited_policy_is_in_force_at_once_and_a_broken_one_stops_everything_but_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, key, config_path) = external_agent_setup(
+        dir.path(),
+        "scheduler",
+        "maintenance",
+        "pump",
+        SCHEDULER_MAINTENANCE,
+        &[],
+    );
+    let policy_file = dir.path().join("policy.cedar");
+    let with_scheduler = std::fs::read_to_string(&policy_file).unwrap();
+    let run = Running::start(
+        &[
+            "--speed",
+            "30",
+            "--hours",
+            "1",
+            "--config",
+            config_path.to_str().unwrap(),
+        ],
+        &data,
+    );
+    let key = key.to_str().unwrap();
+    let request = dir.path().join("request.json");
+    let propose = || {
+        let t = python_agent(run.api_port, &["scheduler", key, "token"]);
+        python_agent(
+            run.api_port,
+            &[
+                "scheduler",
+                key,
+                "propose",
+                t["token"].as_str().unwrap(),
+                r#"{"kind": "maintenance", "asset": "pump"}"#,
+                request.to_str().unwrap(),
+            ],
+        )
+    };
+    let d = propose();
+    assert_eq!(d["outcome"], "pending", "{d}");
+    let id = d["proposal_id"].as_u64().unwrap();
+    let policies = |run: &Running| run.get("/api/v1/report").1["policy"].clone();
+    let before = policies(&run)["policies"].as_u64().unwrap();
+
+    // The scheduler's permit is taken out of the file.
+    let without = with_scheduler.replace(SCHEDULER_MAINTENANCE, "");
+    assert_ne!(without, with_scheduler);
+    std::fs::write(&policy_file, &without).unwrap();
+    let started = Instant::now();
+    while policies(&run)["policies"].as_u64() != Some(before - 1) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the edited policy was not taken up: {}",
+            policies(&run)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The pending proposal is reviewed under the policy now in force, and a new one is
+    // denied by it.
+    let (s, v) = http(
+        run.api_port,
+        "POST",
+        &format!("/api/v1/proposals/{id}/approve"),
+        &run.token,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["decision"]["outcome"], "denied", "{v}");
+    assert!(
+        v["decision"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("agent scheduler may no longer maintenance on pump: no policy permits it"),
+        "{v}"
+    );
+    let d = propose();
+    assert_eq!(d["outcome"], "denied", "{d}");
+    assert_eq!(d["reason"], "policy", "{d}");
+
+    // A broken edit: no policy is in force, and the health check says where it broke
+    // (agents written from the protocol document wait while it is not healthy).
+    std::fs::write(
+        &policy_file,
+        format!("{with_scheduler}\npermit (principal, action,"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let health = loop {
+        let (s, v) = http(run.api_port, "GET", "/healthz", "");
+        if s == 503 {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still healthy: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let reason = health["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no policy is in force, so nothing executes")
+            && reason.contains("policy.cedar:"),
+        "{health}"
+    );
+    // The stop button still reaches the plant; resuming is a review, which no policy
+    // permits now.
+    let (s, v) = http(run.api_port, "POST", "/api/v1/stop", &run.token);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["executed"], true, "{v}");
+    let (s, v) = http(run.api_port, "POST", "/api/v1/start", &run.token);
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("the policy store is unavailable"),
+        "{v}"
+    );
+
+    // Fixed: healthy again, and the scheduler's permit is back.
+    std::fs::write(&policy_file, &with_scheduler).unwrap();
+    let started = Instant::now();
+    while http(run.api_port, "GET", "/healthz", "").0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the fixed policy was not taken up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (s, v) = http(run.api_port, "POST", "/api/v1/start", &run.token);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(propose()["outcome"], "pending");
+    run.interrupt();
+    let r = run.finish();
+    assert!(r["policy"]["failure"].is_null(), "{}", r["policy"]);
     assert_eq!(r["audit"]["verified"], true);
 }
