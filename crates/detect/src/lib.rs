@@ -5,6 +5,7 @@
 //!
 //! No I/O and no clock: time comes from the samples.
 
+pub mod live;
 pub mod multivariate;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,6 +34,8 @@ pub enum DetectionKind {
     Physics,
     /// A signal's data stopped arriving (or never arrived) while others did.
     Gap,
+    /// The signals together left the normal behaviour a PCA model learnt (T² or SPE).
+    Multivariate,
 }
 
 impl DetectionKind {
@@ -44,6 +47,7 @@ impl DetectionKind {
             DetectionKind::Stuck => "stuck",
             DetectionKind::Physics => "physics",
             DetectionKind::Gap => "gap",
+            DetectionKind::Multivariate => "multivariate",
         }
     }
 }
@@ -137,6 +141,11 @@ pub struct Detectors {
     integrity_failures: HashMap<String, i64>,
     /// Signal -> time of its latest own sensor signature (stuck, rate).
     signatures: HashMap<String, i64>,
+    /// What the multivariate model's own evidence says of its current episode (SPE carried
+    /// by one signal: a sensor; T²: the process).
+    multivariate_hint: EpisodeClass,
+    /// When the multivariate score was last above its threshold.
+    multivariate_last_alarm: Option<i64>,
 }
 
 /// How long a device's integrity failure makes episodes on its data suspect, and how
@@ -156,6 +165,8 @@ impl Detectors {
             first_data_ms: None,
             integrity_failures: HashMap::new(),
             signatures: HashMap::new(),
+            multivariate_hint: EpisodeClass::Unknown,
+            multivariate_last_alarm: None,
         }
     }
 
@@ -214,6 +225,13 @@ impl Detectors {
                 }
             }
             DetectionKind::Gap => EpisodeClass::Unknown,
+            DetectionKind::Multivariate => {
+                if evidence.trusted {
+                    self.multivariate_hint
+                } else {
+                    EpisodeClass::Unknown
+                }
+            }
         }
     }
 
@@ -421,6 +439,65 @@ impl Detectors {
             .is_some_and(|t| r.t_ms - t > 5 * HOLD_MS)
         {
             self.clear(&mut events, &key, r.t_ms);
+        }
+        events
+    }
+
+    /// Checks one score of the live multivariate model (see [`live::Live`]): an episode
+    /// is raised when the score crosses the model's threshold and cleared once it has
+    /// stayed below for the hold time. `class` and `contributors` (largest first) are the
+    /// model's own reading of the episode so far; `trusted` says whether every
+    /// contributor's value can be trusted; `devices` are the contributors' devices.
+    /// `model` names the model (the "relation" the signals broke).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the score and each part of the evidence it rests on"
+    )]
+    pub fn observe_multivariate(
+        &mut self,
+        t_ms: i64,
+        score: &multivariate::Score,
+        threshold: f64,
+        class: EpisodeClass,
+        model: &str,
+        contributors: Vec<String>,
+        devices: Vec<String>,
+        trusted: bool,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        let key = (DetectionKind::Multivariate, "pca".to_string());
+        if score.flag {
+            self.multivariate_last_alarm = Some(t_ms);
+            if self.multivariate_hint != class {
+                self.multivariate_hint = class;
+                self.reclassify(t_ms);
+            }
+            self.raise(
+                &mut events,
+                key,
+                t_ms,
+                score.score,
+                threshold,
+                format!(
+                    "the signals left their learnt normal behaviour: score {:.2} over {:.2} (T² {:.1}, SPE {:.2}); most from {}",
+                    score.score,
+                    threshold,
+                    score.t2,
+                    score.spe,
+                    contributors.join(", ")
+                ),
+                Evidence {
+                    signals: contributors,
+                    relation: Some(model.to_string()),
+                    devices,
+                    trusted,
+                },
+            );
+        } else if self
+            .multivariate_last_alarm
+            .is_some_and(|t| t_ms - t > HOLD_MS)
+        {
+            self.clear(&mut events, &key, t_ms);
         }
         events
     }

@@ -318,8 +318,7 @@ impl PcaModel {
     pub fn scorer(&self) -> Scorer<'_> {
         Scorer {
             model: self,
-            history: VecDeque::new(),
-            recent: VecDeque::new(),
+            stream: Stream::default(),
         }
     }
 }
@@ -328,15 +327,28 @@ impl PcaModel {
 #[derive(Debug, Clone)]
 pub struct Scorer<'a> {
     model: &'a PcaModel,
-    history: VecDeque<Vec<f64>>,
-    recent: VecDeque<f64>,
+    stream: Stream,
 }
 
 impl Scorer<'_> {
     /// The score of `row` (one value per model column). None until `lags` earlier rows
     /// have been seen. Non-finite values must be handled by the caller.
     pub fn push(&mut self, row: &[f64]) -> Option<Score> {
-        let m = self.model;
+        self.stream.push(self.model, row)
+    }
+}
+
+/// What scoring a stream of observations remembers (the lags and the smoothing window),
+/// apart from the model: for an owner that keeps the model beside it.
+#[derive(Debug, Clone, Default)]
+pub struct Stream {
+    history: VecDeque<Vec<f64>>,
+    recent: VecDeque<f64>,
+}
+
+impl Stream {
+    /// See [`Scorer::push`].
+    pub fn push(&mut self, m: &PcaModel, row: &[f64]) -> Option<Score> {
         self.history.push_front(row.to_vec());
         self.history.truncate(m.options.lags + 1);
         if self.history.len() <= m.options.lags {

@@ -22,6 +22,8 @@ pub struct Config {
     pub actuation: Actuation,
     #[serde(default)]
     pub guard: GuardSection,
+    #[serde(default)]
+    pub detect: DetectSection,
     pub twinguard: Node,
     #[serde(default)]
     pub zones: Vec<Zone>,
@@ -54,6 +56,40 @@ pub struct GuardSection {
     pub approval_ttl_min: Spanned<u32>,
     /// Limits that put the agents in advisory mode until an approver resets them.
     pub breakers: Breakers,
+}
+
+/// `[detect]`: the multivariate model in the twin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectSection {
+    /// Whether the model runs (it is on when `model_file` is given).
+    pub multivariate: bool,
+    /// Hours of data learnt before watching (0 < h <= 168).
+    pub learn_hours: Spanned<f64>,
+    /// Seconds of data time between two rows (1 to 3600).
+    pub period_s: Spanned<u32>,
+    /// Confidence of the control limits and the threshold (0.9 to 0.99999).
+    pub confidence: Spanned<f64>,
+    /// Rows whose scores are averaged before comparing with the threshold (1 to 1000).
+    pub smoothing: Spanned<u32>,
+    /// Signals the learnt model leaves out (counters, slow outside drivers).
+    pub exclude: Vec<Spanned<String>>,
+    /// A model fitted by `twinguard detect fit`, relative to the configuration file.
+    pub model_file: Option<Spanned<String>>,
+}
+
+impl Default for DetectSection {
+    fn default() -> Self {
+        DetectSection {
+            multivariate: false,
+            learn_hours: Spanned::new(0..0, 2.0),
+            period_s: Spanned::new(0..0, 5),
+            confidence: Spanned::new(0..0, 0.999),
+            smoothing: Spanned::new(0..0, 12),
+            exclude: Vec::new(),
+            model_file: None,
+        }
+    }
 }
 
 /// `[guard.breakers]`: see `guard::BreakerLimits` (the same fields and defaults).
@@ -642,6 +678,39 @@ impl Config {
                 );
             }
         }
+        let d = &config.detect;
+        let hours = *d.learn_hours.get_ref();
+        if !(hours > 0.0 && hours <= 168.0) {
+            err(
+                d.learn_hours.span(),
+                format!("detect.learn_hours must be more than 0 and at most 168, got {hours}"),
+            );
+        }
+        if !(1..=3600).contains(d.period_s.get_ref()) {
+            err(
+                d.period_s.span(),
+                format!(
+                    "detect.period_s must be 1 to 3600 seconds, got {}",
+                    d.period_s.get_ref()
+                ),
+            );
+        }
+        let confidence = *d.confidence.get_ref();
+        if !(0.9..=0.99999).contains(&confidence) {
+            err(
+                d.confidence.span(),
+                format!("detect.confidence must be 0.9 to 0.99999, got {confidence}"),
+            );
+        }
+        if !(1..=1000).contains(d.smoothing.get_ref()) {
+            err(
+                d.smoothing.span(),
+                format!(
+                    "detect.smoothing must be 1 to 1000 rows, got {}",
+                    d.smoothing.get_ref()
+                ),
+            );
+        }
         let trust = config.actuation.min_trust.get_ref();
         if Config::trust_level(trust).is_none() {
             err(
@@ -995,11 +1064,19 @@ node_id = "ns=2;s=tank.level"
             .replace("broker = \"embedded\"", "broker = \"nowhere\"")
             .replace("min_trust = \"channel\"", "min_trust = \"maybe\"")
             .replace("token_ttl_min = 15", "token_ttl_min = 0")
-            .replace("approval_ttl_min = 60", "approval_ttl_min = 5000");
+            .replace("approval_ttl_min = 60", "approval_ttl_min = 5000")
+            .replace("learn_hours = 2.0", "learn_hours = 0.0")
+            .replace("period_s = 5", "period_s = 0")
+            .replace("confidence = 0.999", "confidence = 1.5")
+            .replace("smoothing = 12", "smoothing = 0");
         let e = errors(&text);
         for what in [
             "guard.token_ttl_min must be 1 to 60 minutes, got 0",
             "guard.approval_ttl_min must be 1 to 1440 minutes, got 5000",
+            "detect.learn_hours must be more than 0 and at most 168, got 0",
+            "detect.period_s must be 1 to 3600 seconds, got 0",
+            "detect.confidence must be 0.9 to 0.99999, got 1.5",
+            "detect.smoothing must be 1 to 1000 rows, got 0",
         ] {
             let line = text
                 .lines()

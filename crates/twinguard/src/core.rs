@@ -76,6 +76,9 @@ pub struct Core {
     policy_seen: Option<(std::time::SystemTime, u64)>,
     /// Why no policy is in force, while none is.
     pub(crate) policy_failure: Option<String>,
+    /// The multivariate model in the twin, and the SHA-256 of the model it watches with.
+    multivariate: Option<detect::live::Live>,
+    multivariate_sha256: Option<String>,
 }
 
 /// What a core is built from; the rest of its state starts empty.
@@ -100,6 +103,8 @@ pub struct CoreParts {
     /// The policy file the guard's policy was read from, watched for changes (none for
     /// the built-in policy).
     pub policy_file: Option<std::path::PathBuf>,
+    /// The multivariate model in the twin (`[detect]`), learning or watching.
+    pub multivariate: Option<detect::live::Live>,
 }
 
 /// A source the core reads, and its connection history.
@@ -166,7 +171,12 @@ impl Core {
             sparkplug,
             agents_file,
             policy_file,
+            multivariate,
         } = parts;
+        let multivariate_sha256 = multivariate
+            .as_ref()
+            .and_then(|m| m.model())
+            .map(model_sha256);
         let policy_seen = policy_file.as_deref().and_then(file_seen);
         Ok(Core {
             twin: Twin::new(
@@ -202,6 +212,8 @@ impl Core {
             policy_file,
             policy_seen,
             policy_failure: None,
+            multivariate,
+            multivariate_sha256,
         })
     }
 
@@ -561,6 +573,7 @@ impl Core {
         }
         self.record_detections(events);
         if let Some(t) = self.twin.complete_until() {
+            self.tick_multivariate(t);
             let due = *self.next_agent_ms.get_or_insert(t + AGENT_PERIOD_MS);
             if t >= due {
                 self.next_agent_ms = Some(t + AGENT_PERIOD_MS);
@@ -590,6 +603,85 @@ impl Core {
             self.record_detections(events);
         }
         self.publish_snapshot(false);
+    }
+
+    /// The multivariate model's turn at `t`, the time every signal has data up to: a row
+    /// of the signals' newest values is learnt or scored, once a period.
+    fn tick_multivariate(&mut self, t: i64) {
+        use detect::live::Output;
+        let Some(live) = self.multivariate.as_mut() else {
+            return;
+        };
+        let twin = &self.twin;
+        let out = live.tick(t, |c| {
+            twin.signal(c)
+                .and_then(|st| st.last)
+                .map(|p| (p.t_ms, p.value))
+        });
+        match out {
+            Output::Fitted => {
+                let Some(model) = live.model() else {
+                    return;
+                };
+                let sha = model_sha256(model);
+                tracing::info!(sha256 = %sha, rows = model.trained_rows, "multivariate model fitted; watching");
+                let entry = json!({
+                    "sha256": sha,
+                    "rows": model.trained_rows,
+                    "columns": model.columns,
+                    "constant_columns": model.constant_columns,
+                    "components": model.eigenvalues.len(),
+                    "threshold": model.threshold,
+                });
+                self.multivariate_sha256 = Some(sha);
+                self.audit(vec![Entry::new(t, "multivariate_model_fitted", entry)]);
+            }
+            Output::FitFailed(why) => {
+                tracing::warn!(%why, "multivariate model not fitted; nothing is watched by it");
+                self.audit(vec![Entry::new(
+                    t,
+                    "multivariate_model_failed",
+                    json!({ "why": why }),
+                )]);
+            }
+            Output::Scored {
+                score,
+                class,
+                contributors,
+            } => {
+                let threshold = live.model().map_or(1.0, |m| m.threshold);
+                let model = format!(
+                    "learnt model {}",
+                    self.multivariate_sha256
+                        .as_deref()
+                        .and_then(|s| s.get(..12))
+                        .unwrap_or("?")
+                );
+                let below = self.input_trust().below;
+                let trusted = contributors.iter().all(|c| !below.contains_key(c));
+                let devices = contributors
+                    .iter()
+                    .filter_map(|c| {
+                        self.twin
+                            .signal(c)
+                            .and_then(|st| st.provenance.as_ref())
+                            .map(|p| p.device.clone())
+                    })
+                    .collect();
+                let events = self.detectors.observe_multivariate(
+                    t,
+                    &score,
+                    threshold,
+                    class,
+                    &model,
+                    contributors,
+                    devices,
+                    trusted,
+                );
+                self.record_detections(events);
+            }
+            Output::Nothing | Output::Learnt { .. } => {}
+        }
     }
 
     fn record_detections(&mut self, events: Vec<Event>) {
@@ -1096,6 +1188,9 @@ impl Core {
             "line_stops": g.line_stops,
             "breakers": { "advisory": self.guard.advisory(), "trips": self.guard.breaker_trips() },
             "alerts": g.alerts,
+            "multivariate": self.multivariate.as_ref().map(|m| {
+                json!({ "status": m.status(), "sha256": self.multivariate_sha256 })
+            }),
             "policy": {
                 "source": self.guard.policy().source_name(),
                 "policies": self.guard.policy().policies().len(),
@@ -1224,4 +1319,10 @@ fn human(p: &api::accounts::Person) -> guard::Human {
 fn file_seen(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
+}
+
+/// SHA-256 of a multivariate model's JSON, hex: the name every detection of it carries.
+fn model_sha256(model: &detect::multivariate::PcaModel) -> String {
+    let bytes = serde_json::to_vec(model).unwrap_or_default();
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
 }

@@ -198,6 +198,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         sparkplug,
         agents_file: Some(dir.agents_path()),
         policy_file: policy_path(&config, args.config.as_deref()),
+        multivariate: multivariate(&config, args.config.as_deref(), &plant)?,
     })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -795,6 +796,71 @@ pub(crate) fn load_policy(
         None => Ok(Policy::parse(DEFAULT_POLICY, "<built-in policy>", plant)?),
         Some(path) => Ok(read_policy(&path, plant)?),
     }
+}
+
+/// The multivariate model of `[detect]`: watching with a model file, learning from the
+/// first hours of data, or none.
+pub(crate) fn multivariate(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+    plant: &Plant,
+) -> Result<Option<detect::live::Live>> {
+    let d = &config.detect;
+    let period_ms = i64::from(*d.period_s.get_ref()) * 1000;
+    let options = detect::live::LiveOptions {
+        period_ms,
+        learn_rows: (d.learn_hours.get_ref() * 3_600_000.0 / period_ms as f64).round() as usize,
+        fit: detect::multivariate::FitOptions {
+            explained_variance: 0.9,
+            confidence: *d.confidence.get_ref(),
+            lags: 0,
+            smoothing: *d.smoothing.get_ref() as usize,
+            folds: 5,
+        },
+        // A value a few rows old is missing (its device stopped sending).
+        max_age_ms: 3 * period_ms + 10_000,
+    };
+    if let Some(f) = &d.model_file {
+        let base = config_path
+            .and_then(std::path::Path::parent)
+            .unwrap_or(std::path::Path::new("."));
+        let path = base.join(f.get_ref());
+        let model = crate::detect_cmd::load_model(&path)?;
+        let unknown: Vec<&String> = model
+            .columns
+            .iter()
+            .filter(|c| plant.signal(c).is_none())
+            .collect();
+        if !unknown.is_empty() {
+            anyhow::bail!(
+                "model {}: its columns {unknown:?} are not signals of plant {:?}; a model for the twin reads the plant's signals by name",
+                path.display(),
+                plant.plant.id
+            );
+        }
+        let live = detect::live::Live::watching(model, options)
+            .map_err(|e| anyhow::anyhow!("model {}: {e}", path.display()))?;
+        return Ok(Some(live));
+    }
+    if !d.multivariate {
+        return Ok(None);
+    }
+    for x in &d.exclude {
+        if plant.signal(x.get_ref()).is_none() {
+            anyhow::bail!(
+                "detect.exclude names {:?}, which is not a signal of plant {:?}",
+                x.get_ref(),
+                plant.plant.id
+            );
+        }
+    }
+    let columns = plant
+        .signals
+        .iter()
+        .map(|s| s.id.clone())
+        .filter(|id| !d.exclude.iter().any(|x| x.get_ref() == id))
+        .collect();
+    Ok(Some(detect::live::Live::learning(columns, options)))
 }
 
 /// Where the configured policy file is (relative to the configuration file), if one is.

@@ -822,6 +822,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         println!("1 error(s) in the policy of {}", file.display());
                         return Ok(ExitCode::from(1));
                     }
+                    if let Err(e) =
+                        demo::multivariate(&c, Some(&file), &plant_model::Plant::reference())
+                    {
+                        println!("{e:#}");
+                        println!("1 error(s) in the detector model of {}", file.display());
+                        return Ok(ExitCode::from(1));
+                    }
                     println!(
                         "{} is valid: {} zones, {} sources, {} conduits",
                         file.display(),

@@ -176,6 +176,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         sparkplug: None,
         agents_file: Some(dir.agents_path()),
         policy_file: crate::demo::policy_path(&config, Some(&args.config)),
+        multivariate: crate::demo::multivariate(&config, Some(&args.config), &plant)?,
     })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();
