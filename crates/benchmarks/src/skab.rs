@@ -178,9 +178,11 @@ pub struct FileResult {
 }
 
 /// Runs the protocol with a PCA detector fitted per file; `progress` is told each file.
+/// Runs the protocol with the model fitted on every column but those in `exclude`.
 pub fn run(
     dir: &Path,
     options: FitOptions,
+    exclude: &[String],
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<SkabResult, DataError> {
     let files = experiments(dir)?;
@@ -188,8 +190,27 @@ pub fn run(
     let mut series = Vec::new();
     let mut per_file = Vec::new();
     for (i, path) in files.iter().enumerate() {
-        let e = read(path)?;
+        let mut e = read(path)?;
         progress(i + 1, files.len(), &e.name);
+        if let Some(unknown) = exclude.iter().find(|x| !e.columns.contains(x)) {
+            return Err(DataError::File {
+                path: path.display().to_string(),
+                message: format!(
+                    "no column {unknown:?} to leave out (columns: {})",
+                    e.columns.join(", ")
+                ),
+            });
+        }
+        let keep: Vec<bool> = e.columns.iter().map(|c| !exclude.contains(c)).collect();
+        let pick = |row: &Vec<f64>| -> Vec<f64> {
+            row.iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(v, _)| *v)
+                .collect()
+        };
+        e.rows = e.rows.iter().map(pick).collect();
+        e.columns.retain(|c| !exclude.contains(c));
         let (train, test) = e.rows.split_at(TRAIN_ROWS);
         let model = PcaModel::fit(&e.columns, train, options).map_err(|err| DataError::File {
             path: path.display().to_string(),
@@ -219,8 +240,16 @@ pub fn run(
     }
     Ok(SkabResult {
         detector: format!(
-            "twinguard PCA T²+SPE (explained variance {}, confidence {}, lags {}, smoothing {})",
-            options.explained_variance, options.confidence, options.lags, options.smoothing
+            "twinguard PCA T²+SPE (explained variance {}, confidence {}, lags {}, smoothing {}{})",
+            options.explained_variance,
+            options.confidence,
+            options.lags,
+            options.smoothing,
+            if exclude.is_empty() {
+                String::new()
+            } else {
+                format!("; without {}", exclude.join(", "))
+            }
         ),
         files: files.len(),
         confusion: total,

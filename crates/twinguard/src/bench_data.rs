@@ -18,7 +18,7 @@ pub const SKAB_OPTIONS: FitOptions = FitOptions {
     confidence: 0.99,
     lags: 0,
     smoothing: 10,
-    folds: 0,
+    folds: 5,
 };
 
 /// Prints a benchmark's result as JSON or as its table.
@@ -42,8 +42,8 @@ fn ranked(out: &mut String, header: [&str; 4], mut rows: Vec<(String, f64, f64, 
     }
 }
 
-pub fn skab(data: &Path, options: FitOptions) -> Result<SkabResult> {
-    let r = skab::run(data, options, |i, n, name| {
+pub fn skab(data: &Path, options: FitOptions, exclude: &[String]) -> Result<SkabResult> {
+    let r = skab::run(data, options, exclude, |i, n, name| {
         eprint!("\rskab: {i}/{n} {name:<16}");
         if i == n {
             eprintln!();

@@ -20,19 +20,24 @@ fn noise(seed: u64) -> impl FnMut() -> f64 {
     }
 }
 
-/// 600 rows of two related signals; from row 500 the relation breaks (anomaly), with a
-/// changepoint at 500.
+/// 600 rows of two related signals and two temperatures that start to drift, as the loop
+/// warms, near the end of the 400 training rows; from row 500 the relation breaks (anomaly), with a changepoint at 500.
 fn experiment(seed: u64) -> String {
-    let mut s = String::from("datetime;A;B;C;anomaly;changepoint\n");
+    let mut s = String::from("datetime;A;B;C;Temperature;Thermocouple;anomaly;changepoint\n");
     let mut noise = noise(seed);
     for i in 0..600 {
         let a = (i as f64 / 25.0).sin() + 0.1 * noise();
         let broken = i >= 500;
         let b = 2.0 * a + 0.05 * noise() + if broken { 1.5 } else { 0.0 };
         let c = 0.2 * noise();
+        let warming = (i as f64 - 390.0).max(0.0);
+        let (t, tc) = (
+            20.0 + 0.05 * warming + 0.02 * noise(),
+            18.0 + 0.03 * warming + 0.02 * noise(),
+        );
         let _ = writeln!(
             s,
-            "2020-03-09 {:02}:{:02}:{:02};{a};{b};{c};{};{}",
+            "2020-03-09 {:02}:{:02}:{:02};{a};{b};{c};{t};{tc};{};{}",
             10 + i / 3600,
             (i / 60) % 60,
             i % 60,
@@ -72,6 +77,27 @@ fn bench_skab_follows_the_protocol_on_a_folder_in_its_format() {
     assert!(r["f1"].as_f64().unwrap() > 0.9, "{r}");
     assert!(r["nab"]["standard"].as_f64().unwrap() > 50.0, "{r}");
     assert_eq!(r["nab"]["missed"], 0, "{r}");
+    // The temperatures are left out by default: with them, their drift past the 400
+    // training rows is an alarm on every normal test row.
+    let run = |exclude: &str| {
+        Command::new(BIN)
+            .args(["bench", "skab", "--json", "--exclude", exclude, "--data"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let with = run("");
+    assert!(with.status.success());
+    let with: Value = serde_json::from_slice(&with.stdout).unwrap();
+    assert!(with["far"].as_f64().unwrap() > 50.0, "{with}");
+    assert!(r["far"].as_f64().unwrap() < 10.0, "{r}");
+    let bad = run("Pressure");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no column \"Pressure\" to leave out"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 
     let tables = Command::new(BIN)
         .args(["bench", "skab", "--data"])
