@@ -13,6 +13,7 @@ mod detect_cmd;
 mod gateway;
 mod mqtt_acl;
 mod policy_cmd;
+mod rul_cmd;
 mod run;
 mod watch;
 
@@ -87,6 +88,12 @@ enum Command {
     Detect {
         #[command(subcommand)]
         command: DetectCommand,
+    },
+    /// Remaining useful life: learn from run-to-failure histories, estimate for engines in
+    /// service (C-MAPSS format).
+    Rul {
+        #[command(subcommand)]
+        command: RulCommand,
     },
     /// Measure the simulator, envelope signing, ingest and the whole loop on this machine.
     Bench {
@@ -451,6 +458,21 @@ enum BenchData {
         #[command(flatten)]
         detector: DetectorArgs,
     },
+    /// C-MAPSS: RMSE and PHM08 score on FD001's official test set beside the published
+    /// rows; test predictions for FD002–FD004, whose truth is withheld.
+    Cmapss {
+        /// The C-MAPSS folder (train_FD00x, test_FD00x, plain or .gz, and RUL_FD001.txt).
+        #[arg(long)]
+        data: PathBuf,
+        /// Where the test predictions go.
+        #[arg(long, default_value = "cmapss-predictions")]
+        out: PathBuf,
+        /// The sets to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "FD001,FD002,FD003,FD004")]
+        sets: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Tennessee Eastman: detection rate per fault and false alarms, PCA T² and Q beside
     /// our detector.
     Tep {
@@ -462,6 +484,39 @@ enum BenchData {
         /// Our detector's settings (defaults: the ones our published row uses).
         #[command(flatten)]
         detector: DetectorArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RulCommand {
+    /// Learn from run-to-failure histories; writes the model file.
+    Fit {
+        /// The training file (every unit runs to failure).
+        #[arg(long)]
+        train: PathBuf,
+        /// The file's format (only NASA's C-MAPSS layout so far; `.gz` is read as is).
+        #[arg(long, default_value = "cmapss")]
+        format: String,
+        /// The model file to write (JSON, format "twinguard-rul" version 1).
+        #[arg(long)]
+        out: PathBuf,
+        /// Networks in the ensemble.
+        #[arg(long)]
+        ensemble: Option<usize>,
+        /// Cycles in each input window.
+        #[arg(long)]
+        window: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Estimate each unit's remaining life at its last cycle: writes unit,rul,rul_low,rul_high.
+    Predict {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        test: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -703,6 +758,55 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let options = detector.options(detect_cmd::DEFAULTS);
             detect_cmd::print(&detect_cmd::fit(&csv.spec(exclude)?, options, &out)?)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Rul {
+            command:
+                RulCommand::Fit {
+                    train,
+                    format,
+                    out,
+                    ensemble,
+                    window,
+                    seed,
+                },
+        } => {
+            if format != "cmapss" {
+                anyhow::bail!("--format {format:?}: only \"cmapss\" is read so far");
+            }
+            let d = rul::FitOptions::default();
+            let options = rul::FitOptions {
+                ensemble: ensemble.unwrap_or(d.ensemble),
+                window: window.unwrap_or(d.window),
+                seed: seed.unwrap_or(d.seed),
+                ..d
+            };
+            detect_cmd::print(&rul_cmd::fit(&train, options, &out)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rul {
+            command: RulCommand::Predict { model, test, out },
+        } => {
+            detect_cmd::print(&rul_cmd::predict(&model, &test, &out)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            data_set:
+                Some(BenchData::Cmapss {
+                    data,
+                    out,
+                    sets,
+                    json,
+                }),
+            ..
+        } => {
+            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+            for s in &sets {
+                if !["FD001", "FD002", "FD003", "FD004"].contains(s) {
+                    anyhow::bail!("--sets: {s:?} is not FD001, FD002, FD003 or FD004");
+                }
+            }
+            let r = rul_cmd::bench(&data, &out, &sets)?;
+            bench_data::print(json, &r, rul_cmd::tables)
         }
         Command::Detect {
             command:

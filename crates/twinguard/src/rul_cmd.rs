@@ -1,0 +1,250 @@
+//! `twinguard rul fit|predict` and `twinguard bench cmapss`: remaining useful life from
+//! run-to-failure histories in NASA's C-MAPSS format.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use rul::{FitOptions, RulModel, cmapss};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Largest model file read, bytes.
+pub const MAX_MODEL_BYTES: u64 = 256 << 20;
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Progress on stderr: one line per network, rewritten each epoch.
+fn progress(p: &rul::Progress) {
+    eprint!(
+        "\rrul: network {}/{} epoch {:>3}  held-out RMSE {:6.2}",
+        p.member, p.of, p.epoch, p.validation_rmse
+    );
+}
+
+/// Fits a model on a training file; records where it learnt.
+pub fn fit_file(train: &Path, options: FitOptions) -> Result<RulModel> {
+    let units = cmapss::read(train)?;
+    let mut model = rul::fit(&units, options, progress)?;
+    eprintln!();
+    model.training.source = train.display().to_string();
+    model.training.sha256 = sha256_file(train)?;
+    Ok(model)
+}
+
+/// `rul fit`: writes the model, returns a summary.
+pub fn fit(train: &Path, options: FitOptions, out: &Path) -> Result<Value> {
+    let model = fit_file(train, options)?;
+    let text = serde_json::to_string(&model)?;
+    std::fs::write(out, &text).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(json!({
+        "model": out.display().to_string(),
+        "sha256": hex::encode(Sha256::digest(text.as_bytes())),
+        "units": model.training.units,
+        "rows": model.training.rows,
+        "sensors": model.sensors.iter().map(|s| format!("s{}", s + 1)).collect::<Vec<_>>(),
+        "conditions": model.conditions.len(),
+        "validation_rmse": model.training.validation_rmse,
+        "interval": model.interval,
+    }))
+}
+
+pub fn load_model(path: &Path) -> Result<RulModel> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read model {}", path.display()))?
+        .len();
+    if size > MAX_MODEL_BYTES {
+        bail!(
+            "model {} is {size} bytes; at most {MAX_MODEL_BYTES} are read",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read model {}", path.display()))?;
+    let model: RulModel = serde_json::from_str(&text)
+        .with_context(|| format!("model {} is not a twinguard RUL model", path.display()))?;
+    model
+        .check()
+        .with_context(|| format!("model {}", path.display()))?;
+    Ok(model)
+}
+
+/// Writes `unit,rul,rul_low,rul_high`, one line per unit.
+fn write_predictions(predictions: &[rul::Prediction], out: &Path) -> Result<()> {
+    let mut text = String::from("unit,rul,rul_low,rul_high\n");
+    for p in predictions {
+        let _ = writeln!(
+            text,
+            "{},{:.2},{:.2},{:.2}",
+            p.unit, p.rul, p.rul_low, p.rul_high
+        );
+    }
+    std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))
+}
+
+/// `rul predict`: one estimate per unit of the test file, at its last cycle.
+pub fn predict(model_path: &Path, test: &Path, out: &Path) -> Result<Value> {
+    let model = load_model(model_path)?;
+    let units = cmapss::read(test)?;
+    let predictions = model.predict(&units);
+    write_predictions(&predictions, out)?;
+    Ok(json!({
+        "predictions": out.display().to_string(),
+        "units": predictions.len(),
+        "model_sha256": sha256_file(model_path)?,
+        "interval_coverage": model.interval.coverage,
+    }))
+}
+
+/// The settings `bench cmapss` fits with.
+pub fn bench_options() -> FitOptions {
+    FitOptions::default()
+}
+
+/// Published FD001 rows (method, RMSE, score), from ../shared/data/cmapss/SOURCE.md (the
+/// RF row there is marked unverified and left out).
+pub const PUBLISHED_FD001: [(&str, f64, Option<f64>); 8] = [
+    ("MLP (Babu et al. 2016)", 37.56, Some(17972.0)),
+    ("SVR (Babu et al. 2016)", 20.96, Some(1381.5)),
+    ("CNN (Babu et al. 2016)", 18.45, Some(1286.7)),
+    ("MODBNE (Zhang et al. 2016)", 15.04, Some(334.2)),
+    ("LSTM (Zheng et al. 2017)", 16.14, Some(338.0)),
+    ("DCNN (Li et al. 2018)", 12.61, Some(273.7)),
+    ("DAST (Zhang et al. 2022)", 11.43, None),
+    ("STAR (Fan et al. 2024)", 10.61, Some(169.0)),
+];
+
+#[derive(Debug, Serialize)]
+pub struct CmapssResult {
+    pub options: FitOptions,
+    /// FD001's official test set, truth capped at the model's cap (the common protocol),
+    /// and uncapped for reference.
+    pub fd001: rul::Scores,
+    pub fd001_uncapped_rmse: f64,
+    pub fd001_validation_rmse: Vec<f64>,
+    pub fit_seconds: Vec<(String, f64)>,
+    /// Test predictions written for the sets whose truth is withheld.
+    pub written: Vec<String>,
+}
+
+/// `bench cmapss`: fits on each training set, scores FD001's test set, writes FD002–FD004
+/// test predictions to `out`.
+pub fn bench(data: &Path, out: &Path, sets: &[&str]) -> Result<CmapssResult> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let file = |stem: &str| -> Result<std::path::PathBuf> {
+        let plain = data.join(format!("{stem}.txt"));
+        let gz = data.join(format!("{stem}.txt.gz"));
+        if plain.exists() {
+            Ok(plain)
+        } else if gz.exists() {
+            Ok(gz)
+        } else {
+            bail!(
+                "{}: no {stem}.txt or {stem}.txt.gz (is --data the C-MAPSS folder?)",
+                data.display()
+            )
+        }
+    };
+    let options = bench_options();
+    let mut result = CmapssResult {
+        options: options.clone(),
+        fd001: rul::Scores {
+            rmse: f64::NAN,
+            phm08: f64::NAN,
+            coverage: f64::NAN,
+        },
+        fd001_uncapped_rmse: f64::NAN,
+        fd001_validation_rmse: Vec::new(),
+        fit_seconds: Vec::new(),
+        written: Vec::new(),
+    };
+    for set in sets {
+        eprintln!("rul: {set}");
+        let started = std::time::Instant::now();
+        let model = fit_file(&file(&format!("train_{set}"))?, options.clone())?;
+        result
+            .fit_seconds
+            .push((set.to_string(), started.elapsed().as_secs_f64()));
+        let test = cmapss::read(&file(&format!("test_{set}"))?)?;
+        let predictions = model.predict(&test);
+        let path = out.join(format!("pred_{set}.csv"));
+        write_predictions(&predictions, &path)?;
+        result.written.push(path.display().to_string());
+        let truth_file = data.join(format!("RUL_{set}.txt"));
+        if *set == "FD001" {
+            let truth = rul::cmapss::read_rul(&truth_file)?;
+            if truth.len() != predictions.len() {
+                bail!(
+                    "{}: {} values for {} test units",
+                    truth_file.display(),
+                    truth.len(),
+                    predictions.len()
+                );
+            }
+            let capped: Vec<f64> = truth.iter().map(|t| t.min(options.cap)).collect();
+            result.fd001 = rul::score(&predictions, &capped);
+            result.fd001_uncapped_rmse = rul::score(&predictions, &truth).rmse;
+            result.fd001_validation_rmse = model.training.validation_rmse.clone();
+        }
+    }
+    Ok(result)
+}
+
+/// Our FD001 row among the published ones, sorted by RMSE.
+pub fn tables(r: &CmapssResult) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "C-MAPSS FD001, official test set (100 engines, one estimate each at its last cycle; truth capped at {})",
+        r.options.cap
+    );
+    let _ = writeln!(
+        out,
+        "twinguard: ensemble of {} networks (hidden {:?}) on {}-cycle windows\n",
+        r.options.ensemble, r.options.hidden, r.options.window
+    );
+    let mut rows: Vec<(String, f64, Option<f64>)> = crate::rul_cmd::PUBLISHED_FD001
+        .iter()
+        .map(|(m, rmse, s)| (m.to_string(), *rmse, *s))
+        .collect();
+    if r.fd001.rmse.is_finite() {
+        rows.push((
+            "twinguard (this run)".into(),
+            r.fd001.rmse,
+            Some(r.fd001.phm08),
+        ));
+    }
+    rows.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let _ = writeln!(out, "{:<30} {:>8} {:>10}", "Method", "RMSE", "score");
+    for (m, rmse, s) in rows {
+        let s = s.map_or("-".to_string(), |s| format!("{s:.1}"));
+        let _ = writeln!(out, "{m:<30} {rmse:>8.2} {s:>10}");
+    }
+    if r.fd001.rmse.is_finite() {
+        let _ = writeln!(
+            out,
+            "\nours: uncapped-truth RMSE {:.2}; {:.0} % of true values inside the {:.0} % interval; held-out RMSE per network {:?}",
+            r.fd001_uncapped_rmse,
+            r.fd001.coverage * 100.0,
+            r.options.coverage * 100.0,
+            r.fd001_validation_rmse
+                .iter()
+                .map(|v| (v * 100.0).round() / 100.0)
+                .collect::<Vec<_>>()
+        );
+    }
+    for (set, s) in &r.fit_seconds {
+        let _ = writeln!(out, "fit {set}: {s:.1} s");
+    }
+    for w in &r.written {
+        let _ = writeln!(out, "wrote {w}");
+    }
+    out
+}
