@@ -56,6 +56,9 @@ pub struct FitOptions {
     pub min_correlation: f64,
     /// Share of the held-out errors the interval covers (for example 0.9).
     pub coverage: f64,
+    /// Weight of the newest cycle in each sensor's exponential moving average (1: the raw
+    /// values); the noise of single cycles says nothing about wear.
+    pub smoothing: f64,
     pub seed: u64,
 }
 
@@ -72,6 +75,7 @@ impl Default for FitOptions {
             patience: 10,
             min_correlation: 0.1,
             coverage: 0.9,
+            smoothing: 0.3,
             seed: 1,
         }
     }
@@ -172,9 +176,12 @@ impl RulModel {
         setting_scale(&self.conditions)
     }
 
-    /// Every row of `unit`, normalised: the used sensors, per their condition.
+    /// Every row of `unit`, normalised (the used sensors, per their condition) and
+    /// smoothed.
     fn normalise(&self, unit: &Unit) -> Vec<Vec<f32>> {
         let scale = self.setting_scale();
+        let alpha = self.options.smoothing.clamp(0.0, 1.0) as f32;
+        let mut ema: Option<Vec<f32>> = None;
         unit.rows
             .iter()
             .map(|row| {
@@ -197,7 +204,19 @@ impl RulModel {
                             .unwrap_or((0.0, 1.0));
                         ((v - m) / sd) as f32
                     })
-                    .collect()
+                    .collect::<Vec<f32>>()
+            })
+            .map(|z| {
+                let next: Vec<f32> = match &ema {
+                    Some(prev) => prev
+                        .iter()
+                        .zip(&z)
+                        .map(|(p, v)| alpha * v + (1.0 - alpha) * p)
+                        .collect(),
+                    None => z,
+                };
+                ema = Some(next.clone());
+                next
             })
             .collect()
     }
@@ -255,7 +274,7 @@ impl RulModel {
         if self.sensors.is_empty() || self.sensors.iter().any(|&s| s >= SENSORS) {
             return bad("sensors must be indices among the 21".into());
         }
-        if self.options.window == 0 || !(self.options.cap > 0.0) {
+        if self.options.window == 0 || !positive(self.options.cap) {
             return bad("window and cap must be positive".into());
         }
         if self.conditions.is_empty()
@@ -263,7 +282,7 @@ impl RulModel {
                 c.settings.len() != SETTINGS
                     || c.mean.len() != self.sensors.len()
                     || c.std.len() != self.sensors.len()
-                    || c.std.iter().any(|s| !(*s > 0.0))
+                    || c.std.iter().any(|s| !positive(*s))
             })
         {
             return bad(
@@ -318,6 +337,9 @@ fn to_matrix(cols: &[Vec<f32>], width: usize) -> DMatrix<f32> {
     })
 }
 
+/// A training sample: the unit it comes from, its window, its scaled target.
+type Sample = (usize, Vec<f32>, f32);
+
 /// What `fit` reports as it goes: network `member` of `of` finished `epoch` with the
 /// validation RMSE in cycles.
 pub struct Progress {
@@ -334,14 +356,18 @@ pub fn fit(
     mut progress: impl FnMut(&Progress),
 ) -> Result<RulModel, RulError> {
     let o = &options;
-    if o.window == 0 || o.window > 500 || !(o.cap > 0.0) || o.ensemble == 0 || o.ensemble > 20 {
+    if o.window == 0 || o.window > 500 || !positive(o.cap) || o.ensemble == 0 || o.ensemble > 20 {
         return Err(RulError::Fit(
             "window must be 1 to 500, cap positive, ensemble 1 to 20".into(),
         ));
     }
-    if !(o.coverage > 0.0 && o.coverage < 1.0) || o.hidden.is_empty() || o.hidden.contains(&0) {
+    if !(positive(o.coverage) && o.coverage < 1.0)
+        || o.hidden.is_empty()
+        || o.hidden.contains(&0)
+        || !(positive(o.smoothing) && o.smoothing <= 1.0)
+    {
         return Err(RulError::Fit(
-            "coverage must be between 0 and 1, and every hidden layer at least 1 wide".into(),
+            "coverage must be between 0 and 1, smoothing more than 0 and at most 1, and every hidden layer at least 1 wide".into(),
         ));
     }
     if units.len() < 2 * o.ensemble.max(2) {
@@ -469,7 +495,7 @@ pub fn fit(
     };
     // Every window of every unit, with its capped target.
     let width = model.input_width();
-    let windows: Vec<(usize, Vec<f32>, f32)> = units
+    let windows: Vec<Sample> = units
         .iter()
         .enumerate()
         .flat_map(|(ui, u)| {
@@ -493,7 +519,7 @@ pub fn fit(
     let mut residuals = Vec::new();
     for member in 0..o.ensemble {
         let held = |ui: usize| fold_of.get(ui).copied() == Some(member % o.ensemble.max(2));
-        let (train, valid): (Vec<&(usize, Vec<f32>, f32)>, Vec<&(usize, Vec<f32>, f32)>) =
+        let (train, valid): (Vec<&Sample>, Vec<&Sample>) =
             windows.iter().partition(|(ui, _, _)| !held(*ui));
         let x = to_matrix(
             &train.iter().map(|w| w.1.clone()).collect::<Vec<_>>(),
@@ -516,7 +542,7 @@ pub fn fit(
             patience: o.patience,
         };
         let of = o.ensemble;
-        let best = net.train(&x, &y, &vx, &vy, train_options, &mut rng, |epoch, mse| {
+        let best = net.train(&x, &y, (&vx, &vy), train_options, &mut rng, |epoch, mse| {
             progress(&Progress {
                 member: member + 1,
                 of,
@@ -539,6 +565,11 @@ pub fn fit(
     model.interval.low = q(tail);
     model.interval.high = q(1.0 - tail);
     Ok(model)
+}
+
+/// Greater than zero (false for NaN).
+fn positive(x: f64) -> bool {
+    x > 0.0
 }
 
 /// Pearson correlation (0 when either side is constant).

@@ -147,14 +147,13 @@ impl Mlp {
     }
 
     /// Trains on `x` (samples as columns) toward `y`, keeping the weights with the lowest
-    /// mean squared error on `(vx, vy)`; `epoch_done(epoch, validation_mse)` reports
+    /// mean squared error on the validation pair `(vx, vy)`; `epoch_done(epoch, validation_mse)` reports
     /// progress. Returns the best validation MSE.
     pub fn train(
         &mut self,
         x: &DMatrix<f32>,
         y: &[f32],
-        vx: &DMatrix<f32>,
-        vy: &[f32],
+        (vx, vy): (&DMatrix<f32>, &[f32]),
         options: TrainOptions,
         rng: &mut Rng,
         mut epoch_done: impl FnMut(usize, f64),
@@ -351,7 +350,7 @@ mod tests {
             learning_rate: 3e-3,
             patience: 30,
         };
-        let best = net.train(&x, &y, &vx, &vy, options, &mut rng, |_, _| {});
+        let best = net.train(&x, &y, (&vx, &vy), options, &mut rng, |_, _| {});
         assert!(best < 0.01, "validation MSE {best}");
         assert!(net.check(2).is_ok());
     }

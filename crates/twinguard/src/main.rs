@@ -470,6 +470,9 @@ enum BenchData {
         /// The sets to run, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "FD001,FD002,FD003,FD004")]
         sets: Vec<String>,
+        /// Fit options other than the defaults (JSON, the `options` of a model file).
+        #[arg(long)]
+        options: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -795,6 +798,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     data,
                     out,
                     sets,
+                    options,
                     json,
                 }),
             ..
@@ -805,7 +809,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     anyhow::bail!("--sets: {s:?} is not FD001, FD002, FD003 or FD004");
                 }
             }
-            let r = rul_cmd::bench(&data, &out, &sets)?;
+            let options = match options {
+                Some(f) => rul_cmd::read_options(&f)?,
+                None => rul_cmd::bench_options(),
+            };
+            let r = rul_cmd::bench(&data, &out, &sets, options)?;
             bench_data::print(json, &r, rul_cmd::tables)
         }
         Command::Detect {
