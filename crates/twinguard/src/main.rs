@@ -5,6 +5,7 @@ mod attack;
 mod bench;
 mod bench_data;
 mod bench_guard;
+mod bench_pump;
 mod broker;
 mod core;
 mod datadir;
@@ -476,6 +477,21 @@ enum BenchData {
         #[arg(long)]
         json: bool,
     },
+    /// The reference plant's pump: warnings of bearing failure from the RUL model, their
+    /// lead time and false warnings over seeded runs to failure.
+    Pump {
+        /// Seeded runs fitted on.
+        #[arg(long, default_value_t = 40)]
+        train: u64,
+        /// Further seeded runs warned on.
+        #[arg(long, default_value_t = 20)]
+        test: u64,
+        /// Warn when failure within this many hours is estimated.
+        #[arg(long, default_value_t = 6.0)]
+        horizon_h: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Tennessee Eastman: detection rate per fault and false alarms, PCA T² and Q beside
     /// our detector.
     Tep {
@@ -785,6 +801,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             detect_cmd::print(&rul_cmd::fit(&train, options, &out)?)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            data_set:
+                Some(BenchData::Pump {
+                    train,
+                    test,
+                    horizon_h,
+                    json,
+                }),
+            ..
+        } => {
+            if train < 10 || test == 0 || !(horizon_h > 0.0) {
+                anyhow::bail!(
+                    "bench pump: --train at least 10 (each of the 5 networks holds out 2), --test at least 1, --horizon-h positive"
+                );
+            }
+            let r = bench_pump::bench(train, test, horizon_h)?;
+            bench_data::print(json, &r, bench_pump::table)
         }
         Command::Rul {
             command: RulCommand::Predict { model, test, out },
