@@ -812,7 +812,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }),
             ..
         } => {
-            if train < 10 || test == 0 || !(horizon_h > 0.0) {
+            if train < 10 || test == 0 || horizon_h.is_nan() || horizon_h <= 0.0 {
                 anyhow::bail!(
                     "bench pump: --train at least 10 (each of the 5 networks holds out 2), --test at least 1, --horizon-h positive"
                 );
