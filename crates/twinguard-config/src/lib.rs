@@ -24,6 +24,8 @@ pub struct Config {
     pub guard: GuardSection,
     #[serde(default)]
     pub detect: DetectSection,
+    #[serde(default)]
+    pub predict: PredictSection,
     pub twinguard: Node,
     #[serde(default)]
     pub zones: Vec<Zone>,
@@ -88,6 +90,26 @@ impl Default for DetectSection {
             smoothing: Spanned::new(0..0, 12),
             exclude: Vec::new(),
             model_file: None,
+        }
+    }
+}
+
+/// `[predict]`: the pump's remaining useful life, estimated live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PredictSection {
+    /// A RUL model for the pump (`twinguard bench pump --model-out`), relative to the
+    /// configuration file; none: no estimate.
+    pub pump_model: Option<Spanned<String>>,
+    /// Warn when failure within this many hours becomes likely (0.5 to 168).
+    pub horizon_h: Spanned<f64>,
+}
+
+impl Default for PredictSection {
+    fn default() -> Self {
+        PredictSection {
+            pump_model: None,
+            horizon_h: Spanned::new(0..0, 8.0),
         }
     }
 }
@@ -709,6 +731,13 @@ impl Config {
                     "detect.smoothing must be 1 to 1000 rows, got {}",
                     d.smoothing.get_ref()
                 ),
+            );
+        }
+        let horizon = *config.predict.horizon_h.get_ref();
+        if !(0.5..=168.0).contains(&horizon) {
+            err(
+                config.predict.horizon_h.span(),
+                format!("predict.horizon_h must be 0.5 to 168 hours, got {horizon}"),
             );
         }
         let trust = config.actuation.min_trust.get_ref();

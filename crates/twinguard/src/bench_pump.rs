@@ -32,8 +32,18 @@ const MAX_HOURS: u64 = 200;
 /// speed it ran at.
 pub fn run_to_failure(plant: &Plant, seed: u64) -> Result<(Unit, f64)> {
     let mut sim = Sim::new(plant, seed, DEFAULT_START_MS)?;
-    // Each run at its own speed within the setpoint's envelope (1300 to 1700 rpm).
-    let speed = 1300.0 + (seed.wrapping_mul(2_654_435_761) % 401) as f64;
+    // Each run at its own speed within the setpoint's envelope (1300 to 1700 rpm), and
+    // with its own wear rate (one to six times the bearing's nominal rate).
+    let mix = seed.wrapping_mul(2_654_435_761);
+    let speed = 1300.0 + (mix % 401) as f64;
+    let wear = 1.0 + ((mix >> 16) % 501) as f64 / 100.0;
+    sim.add_fault(plant_sim::Fault {
+        kind: plant_sim::FaultKind::Wear,
+        target: "pump".into(),
+        start_s: 0,
+        duration_s: None,
+        magnitude: wear,
+    });
     sim.apply(&PlantCommand::SetSetpoint {
         setpoint: "pump.speed_sp".into(),
         value: speed,
@@ -96,8 +106,8 @@ pub struct PumpResult {
 }
 
 /// Fits on seeds `1..=train`, tests on the next `test`; a warning is the estimate at or
-/// below `horizon_h` for two cycles in a row.
-pub fn bench(train: u64, test: u64, horizon_h: f64) -> Result<PumpResult> {
+/// below `horizon_h` for two cycles in a row. Returns the model too.
+pub fn bench(train: u64, test: u64, horizon_h: f64) -> Result<(PumpResult, rul::RulModel)> {
     let plant = Plant::reference();
     eprintln!("pump: simulating {train} runs to failure for training");
     let histories: Vec<Unit> = (1..=train)
@@ -108,13 +118,17 @@ pub fn bench(train: u64, test: u64, horizon_h: f64) -> Result<PumpResult> {
         ..rul::FitOptions::default()
     };
     let started = std::time::Instant::now();
-    let model = rul::fit(&histories, options, |p| {
+    let mut model = rul::fit(&histories, options, |p| {
         eprint!(
             "\rpump: network {}/{} epoch {:>3}  held-out RMSE {:6.2} cycles",
             p.member, p.of, p.epoch, p.validation_rmse
         );
     })?;
     eprintln!();
+    model.training.source = format!(
+        "twinguard bench pump: reference plant, seeds 1-{train} run to bearing failure, {CYCLE_S} s cycles of {}",
+        PUMP_SIGNALS.join(", ")
+    );
     let fit_seconds = started.elapsed().as_secs_f64();
     let cycles_per_h = 3600.0 / CYCLE_S as f64;
     let horizon = horizon_h * cycles_per_h;
@@ -161,7 +175,7 @@ pub fn bench(train: u64, test: u64, horizon_h: f64) -> Result<PumpResult> {
         .filter(|l| l.is_some_and(|l| l >= goal))
         .count();
     let hours = cycles_total as f64 / cycles_per_h;
-    Ok(PumpResult {
+    let result = PumpResult {
         training_runs: train as usize,
         test_runs: test as usize,
         horizon_h,
@@ -172,7 +186,8 @@ pub fn bench(train: u64, test: u64, horizon_h: f64) -> Result<PumpResult> {
         hours_simulated: hours,
         rmse_h: (se / counted.max(1) as f64).sqrt(),
         fit_seconds,
-    })
+    };
+    Ok((result, model))
 }
 
 pub fn table(r: &PumpResult) -> String {
@@ -212,4 +227,140 @@ pub fn table(r: &PumpResult) -> String {
         r.fit_seconds
     );
     out
+}
+
+/// The pump's remaining life estimated live from the twin: every ten minutes of data, the
+/// pump's signals averaged over those minutes become one cycle; the model estimates from
+/// the cycles since the last bearing change. A warning is failure within the horizon
+/// estimated likely (probability at least one half) for two cycles in a row.
+pub struct PumpHealth {
+    model: rul::RulModel,
+    pub sha256: String,
+    horizon_h: f64,
+    rows: Vec<Vec<f64>>,
+    next_cycle_ms: Option<i64>,
+    likely: u32,
+    warning: bool,
+    warnings: u64,
+    last: Option<Estimate>,
+}
+
+/// The latest estimate, in hours.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Estimate {
+    pub t_ms: i64,
+    pub rul_h: f64,
+    pub rul_low_h: f64,
+    pub rul_high_h: f64,
+    /// Probability that the pump fails within the horizon (the interval read as a normal
+    /// spread of errors).
+    pub failure_probability: f64,
+}
+
+/// Cycles kept (the smoothing forgets much faster).
+const KEEP_CYCLES: usize = 500;
+
+impl PumpHealth {
+    pub fn new(model: rul::RulModel, sha256: String, horizon_h: f64) -> PumpHealth {
+        PumpHealth {
+            model,
+            sha256,
+            horizon_h,
+            rows: Vec::new(),
+            next_cycle_ms: None,
+            likely: 0,
+            warning: false,
+            warnings: 0,
+            last: None,
+        }
+    }
+
+    /// The bearing was changed: the history starts again.
+    pub fn reset(&mut self) {
+        self.rows.clear();
+        self.likely = 0;
+        self.warning = false;
+    }
+
+    /// At data time `t_ms`: a new cycle if ten minutes have passed. Returns the estimate
+    /// when a warning starts.
+    pub fn tick(&mut self, t_ms: i64, twin: &twin::Twin) -> Option<Estimate> {
+        let cycle_ms = CYCLE_S as i64 * 1000;
+        let due = *self.next_cycle_ms.get_or_insert(t_ms + cycle_ms);
+        if t_ms < due {
+            return None;
+        }
+        self.next_cycle_ms = Some(due + ((t_ms - due) / cycle_ms + 1) * cycle_ms);
+        let mut row = vec![0.0, 0.0, 100.0];
+        for s in PUMP_SIGNALS {
+            let h = &twin.signal(s)?.history;
+            let (sum, n) = h
+                .iter()
+                .rev()
+                .take_while(|p| t_ms - p.t_ms < cycle_ms)
+                .fold((0.0, 0usize), |(s, n), p| (s + p.value, n + 1));
+            if n == 0 {
+                return None;
+            }
+            row.push(sum / n as f64);
+        }
+        row.resize(SETTINGS + SENSORS, 0.0);
+        self.rows.push(row);
+        if self.rows.len() > KEEP_CYCLES {
+            self.rows.remove(0);
+        }
+        let unit = Unit {
+            id: 1,
+            rows: self.rows.clone(),
+        };
+        let p = self.model.predict(std::slice::from_ref(&unit)).pop()?;
+        let per_h = 3600.0 / CYCLE_S as f64;
+        let sigma = ((p.rul_high - p.rul_low) / (2.0 * 1.645)).max(1e-9);
+        let z = (self.horizon_h * per_h - p.rul) / sigma;
+        let estimate = Estimate {
+            t_ms,
+            rul_h: p.rul / per_h,
+            rul_low_h: p.rul_low / per_h,
+            rul_high_h: p.rul_high / per_h,
+            failure_probability: normal_cdf(z),
+        };
+        self.last = Some(estimate.clone());
+        self.likely = if estimate.failure_probability >= 0.5 {
+            self.likely + 1
+        } else {
+            0
+        };
+        let warn = self.likely >= 2;
+        let started = warn && !self.warning;
+        self.warning = warn;
+        if started {
+            self.warnings += 1;
+        }
+        started.then_some(estimate)
+    }
+
+    /// For the report.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "model_sha256": self.sha256,
+            "horizon_h": self.horizon_h,
+            "cycles": self.rows.len(),
+            "estimate": self.last,
+            "warning": self.warning,
+            "warnings": self.warnings,
+        })
+    }
+}
+
+/// The standard normal distribution function (Abramowitz and Stegun 26.2.17, error
+/// below 1e-7).
+fn normal_cdf(z: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.231_641_9 * z.abs());
+    let d = (-z * z / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let p = d
+        * t
+        * (0.319_381_530
+            + t * (-0.356_563_782
+                + t * (1.781_477_937 + t * (-1.821_255_978 + t * 1.330_274_429))));
+    if z >= 0.0 { 1.0 - p } else { p }
 }

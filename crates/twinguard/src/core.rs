@@ -79,6 +79,8 @@ pub struct Core {
     /// The multivariate model in the twin, and the SHA-256 of the model it watches with.
     multivariate: Option<detect::live::Live>,
     multivariate_sha256: Option<String>,
+    /// The pump's remaining life, estimated live (`[predict]`).
+    pump_health: Option<crate::bench_pump::PumpHealth>,
 }
 
 /// What a core is built from; the rest of its state starts empty.
@@ -105,6 +107,8 @@ pub struct CoreParts {
     pub policy_file: Option<std::path::PathBuf>,
     /// The multivariate model in the twin (`[detect]`), learning or watching.
     pub multivariate: Option<detect::live::Live>,
+    /// The pump's live remaining-life estimate (`[predict]`).
+    pub pump_health: Option<crate::bench_pump::PumpHealth>,
 }
 
 /// A source the core reads, and its connection history.
@@ -172,6 +176,7 @@ impl Core {
             agents_file,
             policy_file,
             multivariate,
+            pump_health,
         } = parts;
         let multivariate_sha256 = multivariate
             .as_ref()
@@ -214,6 +219,7 @@ impl Core {
             policy_failure: None,
             multivariate,
             multivariate_sha256,
+            pump_health,
         })
     }
 
@@ -574,6 +580,7 @@ impl Core {
         self.record_detections(events);
         if let Some(t) = self.twin.complete_until() {
             self.tick_multivariate(t);
+            self.tick_pump_health(t);
             let due = *self.next_agent_ms.get_or_insert(t + AGENT_PERIOD_MS);
             if t >= due {
                 self.next_agent_ms = Some(t + AGENT_PERIOD_MS);
@@ -681,6 +688,27 @@ impl Core {
                 self.record_detections(events);
             }
             Output::Nothing | Output::Learnt { .. } => {}
+        }
+    }
+
+    /// The pump's remaining life at `t`, once per cycle of data; the start of a warning is
+    /// audited with the estimate and the model that made it.
+    fn tick_pump_health(&mut self, t: i64) {
+        let Some(ph) = self.pump_health.as_mut() else {
+            return;
+        };
+        if let Some(e) = ph.tick(t, &self.twin) {
+            let sha = ph.sha256.clone();
+            tracing::warn!(
+                rul_h = e.rul_h,
+                p = e.failure_probability,
+                "pump failure warning"
+            );
+            self.audit(vec![Entry::new(
+                t,
+                "failure_warning",
+                json!({ "asset": "pump", "estimate": e, "model_sha256": sha }),
+            )]);
         }
     }
 
@@ -835,8 +863,13 @@ impl Core {
         {
             self.optimiser.set_known_temp_sp(*value);
         }
+        let maintenance = approved.command().command == PlantCommand::Maintenance;
         match self.sink.send(approved, now) {
             Ok(sent) => {
+                if maintenance && let Some(ph) = self.pump_health.as_mut() {
+                    // A new bearing: its life starts again.
+                    ph.reset();
+                }
                 self.progress.send_modify(|p| p.commands_sent += 1);
                 let v = json!(sent);
                 self.audit(vec![Entry::new(now, "actuation", v.clone())]);
@@ -1188,6 +1221,7 @@ impl Core {
             "line_stops": g.line_stops,
             "breakers": { "advisory": self.guard.advisory(), "trips": self.guard.breaker_trips() },
             "alerts": g.alerts,
+            "pump_health": self.pump_health.as_ref().map(|p| p.status()),
             "multivariate": self.multivariate.as_ref().map(|m| {
                 json!({ "status": m.status(), "sha256": self.multivariate_sha256 })
             }),

@@ -199,6 +199,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         agents_file: Some(dir.agents_path()),
         policy_file: policy_path(&config, args.config.as_deref()),
         multivariate: multivariate(&config, args.config.as_deref(), &plant)?,
+        pump_health: pump_health(&config, args.config.as_deref())?,
     })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -861,6 +862,28 @@ pub(crate) fn multivariate(
         .filter(|id| !d.exclude.iter().any(|x| x.get_ref() == id))
         .collect();
     Ok(Some(detect::live::Live::learning(columns, options)))
+}
+
+/// The pump's live remaining-life estimate of `[predict]`, if a model is configured.
+pub(crate) fn pump_health(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+) -> Result<Option<crate::bench_pump::PumpHealth>> {
+    let Some(f) = &config.predict.pump_model else {
+        return Ok(None);
+    };
+    let base = config_path
+        .and_then(std::path::Path::parent)
+        .unwrap_or(std::path::Path::new("."));
+    let path = base.join(f.get_ref());
+    let model = crate::rul_cmd::load_model(&path)?;
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    Ok(Some(crate::bench_pump::PumpHealth::new(
+        model,
+        sha,
+        *config.predict.horizon_h.get_ref(),
+    )))
 }
 
 /// Where the configured policy file is (relative to the configuration file), if one is.

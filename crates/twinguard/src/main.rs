@@ -487,8 +487,11 @@ enum BenchData {
         #[arg(long, default_value_t = 20)]
         test: u64,
         /// Warn when failure within this many hours is estimated.
-        #[arg(long, default_value_t = 6.0)]
+        #[arg(long, default_value_t = 8.0)]
         horizon_h: f64,
+        /// Also write the fitted model here (for `[predict] pump_model`).
+        #[arg(long)]
+        model_out: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -808,6 +811,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     train,
                     test,
                     horizon_h,
+                    model_out,
                     json,
                 }),
             ..
@@ -817,7 +821,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "bench pump: --train at least 10 (each of the 5 networks holds out 2), --test at least 1, --horizon-h positive"
                 );
             }
-            let r = bench_pump::bench(train, test, horizon_h)?;
+            let (r, model) = bench_pump::bench(train, test, horizon_h)?;
+            if let Some(out) = model_out {
+                std::fs::write(&out, serde_json::to_string(&model)?)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+            }
             bench_data::print(json, &r, bench_pump::table)
         }
         Command::Rul {
@@ -985,6 +993,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     {
                         println!("{e:#}");
                         println!("1 error(s) in the detector model of {}", file.display());
+                        return Ok(ExitCode::from(1));
+                    }
+                    if let Err(e) = demo::pump_health(&c, Some(&file)) {
+                        println!("{e:#}");
+                        println!("1 error(s) in the pump model of {}", file.display());
                         return Ok(ExitCode::from(1));
                     }
                     println!(
