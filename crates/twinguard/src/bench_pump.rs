@@ -243,7 +243,12 @@ pub struct PumpHealth {
     warning: bool,
     warnings: u64,
     last: Option<Estimate>,
+    /// The latest estimates, oldest first, for the page's plot.
+    history: std::collections::VecDeque<Estimate>,
 }
+
+/// Estimates kept for the page: a day of ten-minute cycles.
+const PLOT_CYCLES: usize = 144;
 
 /// The latest estimate, in hours.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -272,6 +277,7 @@ impl PumpHealth {
             warning: false,
             warnings: 0,
             last: None,
+            history: std::collections::VecDeque::new(),
         }
     }
 
@@ -325,6 +331,10 @@ impl PumpHealth {
             failure_probability: normal_cdf(z),
         };
         self.last = Some(estimate.clone());
+        self.history.push_back(estimate.clone());
+        if self.history.len() > PLOT_CYCLES {
+            self.history.pop_front();
+        }
         self.likely = if estimate.failure_probability >= 0.5 {
             self.likely + 1
         } else {
@@ -348,6 +358,7 @@ impl PumpHealth {
             "estimate": self.last,
             "warning": self.warning,
             "warnings": self.warnings,
+            "history": self.history.iter().map(|e| [e.t_ms as f64, e.rul_h, e.rul_low_h, e.rul_high_h]).collect::<Vec<_>>(),
         })
     }
 }
