@@ -67,7 +67,17 @@ pub struct Truth {
     pub failures: u32,
     pub energy_kwh: f64,
     pub good_bottles: f64,
+    /// Bottles filled, good or rejected.
+    pub filled_bottles: f64,
+    /// Seconds outside the quality limits: product under-pasteurised (below 72 °C) or
+    /// rejects above 5 % of what is filled.
+    pub quality_violation_s: u64,
 }
+
+/// Product below this is under-pasteurised, °C.
+pub const PASTEURISATION_MIN_C: f64 = 72.0;
+/// Rejects above this share of the filled bottles break the quality limit, %.
+pub const REJECT_LIMIT_PCT: f64 = 5.0;
 
 /// One second of the plant: the time and the measured value of every plant-file signal,
 /// in plant-file order.
@@ -165,6 +175,8 @@ pub struct Sim {
     fouling: f64,
     filler_speed: f64,
     good_bottles: f64,
+    filled_bottles: f64,
+    quality_violation_s: u64,
     energy_kwh: f64,
     /// last measured value per plant-file signal (for stuck faults)
     last_measured: Vec<f64>,
@@ -248,6 +260,8 @@ impl Sim {
             temp_integral: 0.0,
             fouling: 0.0,
             good_bottles: 0.0,
+            filled_bottles: 0.0,
+            quality_violation_s: 0,
             energy_kwh: 0.0,
             state: Snapshot::default(),
         };
@@ -256,6 +270,8 @@ impl Sim {
             sim.advance_physics();
         }
         sim.good_bottles = 0.0;
+        sim.filled_bottles = 0.0;
+        sim.quality_violation_s = 0;
         sim.energy_kwh = 0.0;
         Ok(sim)
     }
@@ -283,6 +299,8 @@ impl Sim {
             failures: self.failures,
             energy_kwh: self.energy_kwh,
             good_bottles: self.good_bottles,
+            filled_bottles: self.filled_bottles,
+            quality_violation_s: self.quality_violation_s,
         }
     }
 
@@ -444,11 +462,15 @@ impl Sim {
         // under-pasteurised product is diverted.
         let dev = self.product_temp - 74.0;
         let mut reject = 0.3 + 0.15 * dev * dev;
-        if self.product_temp < 72.0 {
+        if self.product_temp < PASTEURISATION_MIN_C {
             reject += 50.0;
         }
         let reject = reject.clamp(0.0, 100.0);
         self.good_bottles += bpm / 60.0 * (1.0 - reject / 100.0) * dt;
+        self.filled_bottles += bpm / 60.0 * dt;
+        if bpm > 0.0 && (self.product_temp < PASTEURISATION_MIN_C || reject > REJECT_LIMIT_PCT) {
+            self.quality_violation_s += dt.round() as u64;
+        }
         let filler_kw = if bpm > 0.0 {
             2.0 + 5.0 * bpm / 600.0
         } else {

@@ -493,6 +493,7 @@ async fn timed_loop(
         broker,
         api_port: 0,
         quiet: true,
+        agents: true,
     })
     .await?;
     let secs = t.elapsed().as_secs_f64();

@@ -81,6 +81,7 @@ pub struct Core {
     multivariate_sha256: Option<String>,
     /// The pump's remaining life, estimated live (`[predict]`).
     pump_health: Option<crate::bench_pump::PumpHealth>,
+    agents_enabled: bool,
 }
 
 /// What a core is built from; the rest of its state starts empty.
@@ -109,6 +110,8 @@ pub struct CoreParts {
     pub multivariate: Option<detect::live::Live>,
     /// The pump's live remaining-life estimate (`[predict]`).
     pub pump_health: Option<crate::bench_pump::PumpHealth>,
+    /// The built-in agents run (false: the fixed-setpoint baseline).
+    pub agents: bool,
 }
 
 /// A source the core reads, and its connection history.
@@ -177,6 +180,7 @@ impl Core {
             policy_file,
             multivariate,
             pump_health,
+            agents: agents_enabled,
         } = parts;
         let multivariate_sha256 = multivariate
             .as_ref()
@@ -220,6 +224,7 @@ impl Core {
             multivariate,
             multivariate_sha256,
             pump_health,
+            agents_enabled,
         })
     }
 
@@ -750,6 +755,9 @@ impl Core {
     }
 
     fn run_agents(&mut self, now: i64) {
+        if !self.agents_enabled {
+            return;
+        }
         let margin = 5 * 60 * 1000;
         let mut proposals = Vec::new();
         let active: Vec<Detection> = self.detectors.active().cloned().collect();

@@ -46,6 +46,8 @@ pub struct DemoArgs {
     pub broker: Option<String>,
     pub api_port: u16,
     pub quiet: bool,
+    /// The agents run (false: the fixed-setpoint baseline, nothing proposed).
+    pub agents: bool,
 }
 
 /// The broker endpoint (with that account's credentials) for an account name.
@@ -200,6 +202,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         policy_file: policy_path(&config, args.config.as_deref()),
         multivariate: multivariate(&config, args.config.as_deref(), &plant)?,
         pump_health: pump_health(&config, args.config.as_deref())?,
+        agents: args.agents,
     })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();

@@ -116,6 +116,10 @@ pub struct TruthReport {
     pub good_bottles: f64,
     pub energy_kwh: f64,
     pub energy_per_good_bottle_wh: Option<f64>,
+    /// Rejected share of the filled bottles, %.
+    pub reject_pct: Option<f64>,
+    /// Seconds outside the quality limits (under-pasteurised, or rejects above 5 %).
+    pub quality_violation_s: u64,
 }
 
 impl From<Truth> for TruthReport {
@@ -129,6 +133,9 @@ impl From<Truth> for TruthReport {
             energy_kwh: t.energy_kwh,
             energy_per_good_bottle_wh: (t.good_bottles > 0.0)
                 .then(|| t.energy_kwh * 1000.0 / t.good_bottles),
+            reject_pct: (t.filled_bottles > 0.0)
+                .then(|| 100.0 * (1.0 - t.good_bottles / t.filled_bottles)),
+            quality_violation_s: t.quality_violation_s,
         }
     }
 }

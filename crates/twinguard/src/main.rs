@@ -7,6 +7,7 @@ mod bench_data;
 mod bench_guard;
 mod bench_pump;
 mod broker;
+mod compare;
 mod core;
 mod datadir;
 mod demo;
@@ -84,6 +85,14 @@ enum Command {
         /// No progress lines.
         #[arg(long)]
         quiet: bool,
+        /// The fixed-setpoint baseline: the agents do not run.
+        #[arg(long)]
+        no_agents: bool,
+        /// Run the same seeded plant twice, with the agents and with fixed setpoints
+        /// (data directories `with-agents` and `fixed-setpoints` under --data-dir), and
+        /// report the key figures side by side.
+        #[arg(long, conflicts_with = "no_agents")]
+        compare_baseline: bool,
     },
     /// Anomaly detection on your own data: learn from a CSV of plant history, score another.
     Detect {
@@ -495,6 +504,21 @@ enum BenchData {
         #[arg(long)]
         json: bool,
     },
+    /// The agents against fixed setpoints on the same seeded plants: energy per good
+    /// bottle, throughput, rejects and quality-limit violations, with their spread.
+    Optimiser {
+        /// Seeds 1 to N.
+        #[arg(long, default_value_t = 5)]
+        seeds: u64,
+        /// Simulated hours per run.
+        #[arg(long, default_value_t = 24.0)]
+        hours: f64,
+        /// Where the runs' data directories go.
+        #[arg(long, default_value = "twinguard-bench-optimiser")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Tennessee Eastman: detection rate per fault and false alarms, PCA T² and Q beside
     /// our detector.
     Tep {
@@ -743,23 +767,45 @@ fn run(cli: Cli) -> Result<ExitCode> {
             port,
             json,
             quiet,
+            no_agents,
+            compare_baseline,
         } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let report = rt.block_on(demo::run(demo::DemoArgs {
+            let args = |agents: bool, data_dir: PathBuf| demo::DemoArgs {
                 transport,
-                config,
-                legacy_devices,
+                config: config.clone(),
+                legacy_devices: legacy_devices.clone(),
                 hours,
                 speed,
                 attack,
                 seed,
                 data_dir,
-                plant_file: plant,
-                faults,
-                broker,
+                plant_file: plant.clone(),
+                faults: faults.clone(),
+                broker: broker.clone(),
                 api_port: port,
                 quiet: quiet || json,
-            }))?;
+                agents,
+            };
+            if compare_baseline {
+                let mut kpis = Vec::new();
+                for (agents, sub) in [(true, "with-agents"), (false, "fixed-setpoints")] {
+                    if !(quiet || json) {
+                        eprintln!("== {sub}");
+                    }
+                    let report = rt.block_on(demo::run(args(agents, data_dir.join(sub))))?;
+                    kpis.push(compare::kpis(&report, hours));
+                }
+                rt.shutdown_timeout(std::time::Duration::from_millis(100));
+                let r = compare::pair(seed, hours, kpis)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{}", compare::comparison(&r));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = rt.block_on(demo::run(args(!no_agents, data_dir)))?;
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -827,6 +873,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("cannot write {}", out.display()))?;
             }
             bench_data::print(json, &r, bench_pump::table)
+        }
+        Command::Bench {
+            data_set:
+                Some(BenchData::Optimiser {
+                    seeds,
+                    hours,
+                    data_dir,
+                    json,
+                }),
+            ..
+        } => {
+            if seeds == 0 || seeds > 100 || !(hours > 0.0 && hours <= 24.0 * 30.0) {
+                anyhow::bail!(
+                    "bench optimiser: --seeds 1 to 100, --hours more than 0 and at most 720"
+                );
+            }
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let r = rt.block_on(compare::bench_optimiser(seeds, hours, &data_dir))?;
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            bench_data::print(json, &r, compare::optimiser_table)
         }
         Command::Rul {
             command: RulCommand::Predict { model, test, out },

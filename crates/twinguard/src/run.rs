@@ -178,6 +178,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         policy_file: crate::demo::policy_path(&config, Some(&args.config)),
         multivariate: crate::demo::multivariate(&config, Some(&args.config), &plant)?,
         pump_health: crate::demo::pump_health(&config, Some(&args.config))?,
+        agents: true,
     })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();

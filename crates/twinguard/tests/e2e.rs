@@ -3408,3 +3408,59 @@ fn the_pump_is_warned_of_before_its_bearing_fails() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `demo --compare-baseline` runs the same seeded plant with the agents and with fixed
+/// setpoints: the agents' changes cut the energy per good bottle without leaving the
+/// quality limits, and the baseline executes nothing.
+#[test]
+fn the_agents_are_compared_with_fixed_setpoints_on_the_same_plant() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--speed",
+            "0",
+            "--port",
+            "0",
+            "--hours",
+            "2",
+            "--compare-baseline",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (with, fixed) = (&r["with_agents"], &r["fixed_setpoints"]);
+    assert!(with["actions_executed"].as_u64().unwrap() >= 2, "{r}");
+    assert_eq!(fixed["actions_executed"], 0, "{r}");
+    assert_eq!(with["quality_violation_s"], 0, "{r}");
+    let energy = r["change_pct"]["energy_per_good_bottle_wh"]
+        .as_f64()
+        .unwrap();
+    assert!(energy < -5.0, "{r}");
+    // Throughput is kept.
+    assert!(
+        r["change_pct"]["good_bottles_per_h"]
+            .as_f64()
+            .unwrap()
+            .abs()
+            < 1.0,
+        "{r}"
+    );
+    // Each run has its own verified data directory.
+    for sub in ["with-agents", "fixed-setpoints"] {
+        let out = Command::new(BIN)
+            .args(["audit", "verify", "--data-dir"])
+            .arg(dir.path().join(sub))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sub}");
+    }
+}

@@ -1,0 +1,190 @@
+//! Comparing runs: the same seeded plant with the agents and with fixed setpoints
+//! (`demo --compare-baseline`, `bench optimiser`).
+#![allow(
+    clippy::indexing_slicing,
+    reason = "serde_json::Value indexing yields Null, it never panics"
+)]
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::demo::{DemoArgs, Transport};
+
+/// The key figures of a demo report, for comparing runs.
+pub fn kpis(report: &Value, hours: f64) -> Value {
+    let t = &report["plant"]["truth"];
+    let good = t["good_bottles"].as_f64().unwrap_or(0.0);
+    json!({
+        "energy_per_good_bottle_wh": t["energy_per_good_bottle_wh"],
+        "good_bottles_per_h": good / hours,
+        "reject_pct": t["reject_pct"],
+        "quality_violation_s": t["quality_violation_s"],
+        "energy_kwh": t["energy_kwh"],
+        "pump_failures": t["pump_failures"],
+        "line_stops": report["line_stops"],
+        "actions_executed": report["proposals"]["executed"],
+    })
+}
+
+/// `bench optimiser`: the agents against fixed setpoints on seeds 1 to `seeds`.
+pub async fn bench_optimiser(seeds: u64, hours: f64, data_dir: &std::path::Path) -> Result<Value> {
+    let mut runs = Vec::new();
+    for seed in 1..=seeds {
+        let mut pair_kpis = Vec::new();
+        for (agents, sub) in [(true, "with-agents"), (false, "fixed-setpoints")] {
+            eprint!("\roptimiser: seed {seed}/{seeds} {sub:<16}");
+            let report = crate::demo::run(DemoArgs {
+                transport: Transport::Mqtt,
+                config: None,
+                legacy_devices: vec![],
+                hours,
+                speed: 0.0,
+                attack: None,
+                seed,
+                data_dir: data_dir.join(format!("seed-{seed}")).join(sub),
+                plant_file: None,
+                faults: vec![],
+                broker: None,
+                api_port: 0,
+                quiet: true,
+                agents,
+            })
+            .await?;
+            pair_kpis.push(kpis(&report, hours));
+        }
+        eprintln!();
+        runs.push(pair(seed, hours, pair_kpis)?);
+    }
+    let stats = |f: &dyn Fn(&Value) -> Option<f64>| -> Value {
+        let v: Vec<f64> = runs.iter().filter_map(f).collect();
+        let n = v.len().max(1) as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        json!({ "mean": mean, "sd": sd, "min": min, "max": max })
+    };
+    Ok(json!({
+        "seeds": seeds,
+        "hours": hours,
+        "energy_per_good_bottle_change_pct": stats(&|r| r["change_pct"]["energy_per_good_bottle_wh"].as_f64()),
+        "good_bottles_per_h_change_pct": stats(&|r| r["change_pct"]["good_bottles_per_h"].as_f64()),
+        "reject_pct_with_agents": stats(&|r| r["with_agents"]["reject_pct"].as_f64()),
+        "quality_violation_s_with_agents": stats(&|r| r["with_agents"]["quality_violation_s"].as_f64()),
+        "quality_violation_s_fixed": stats(&|r| r["fixed_setpoints"]["quality_violation_s"].as_f64()),
+        "runs": runs,
+    }))
+}
+
+pub fn optimiser_table(r: &Value) -> String {
+    let f = |k: &str| {
+        let s = &r[k];
+        format!(
+            "{:+.1} (sd {:.1}, {:+.1} to {:+.1})",
+            s["mean"].as_f64().unwrap_or(f64::NAN),
+            s["sd"].as_f64().unwrap_or(f64::NAN),
+            s["min"].as_f64().unwrap_or(f64::NAN),
+            s["max"].as_f64().unwrap_or(f64::NAN)
+        )
+    };
+    let mut s = format!(
+        "The agents against fixed setpoints, seeds 1 to {}, {} simulated hours each\n\n",
+        r["seeds"], r["hours"]
+    );
+    s.push_str(&format!(
+        "energy per good bottle, % change   {}\n",
+        f("energy_per_good_bottle_change_pct")
+    ));
+    s.push_str(&format!(
+        "good bottles per hour, % change    {}\n",
+        f("good_bottles_per_h_change_pct")
+    ));
+    s.push_str(&format!(
+        "seconds outside quality limits     with agents {}, fixed {}\n",
+        r["quality_violation_s_with_agents"]["max"], r["quality_violation_s_fixed"]["max"]
+    ));
+    s.push_str(&format!(
+        "rejects with agents, %             {}\n\n",
+        f("reject_pct_with_agents").replace('+', "")
+    ));
+    for run in r["runs"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "seed {:>3}: {:.3} vs {:.3} Wh per good bottle ({:+.1} %)\n",
+            run["seed"],
+            run["with_agents"]["energy_per_good_bottle_wh"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            run["fixed_setpoints"]["energy_per_good_bottle_wh"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            run["change_pct"]["energy_per_good_bottle_wh"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        ));
+    }
+    s
+}
+
+/// The comparison as a table.
+pub fn comparison(r: &Value) -> String {
+    let mut s = format!(
+        "seed {}, {} simulated hours: the same plant with the agents and with fixed setpoints\n\n{:<28} {:>14} {:>16} {:>9}\n",
+        r["seed"], r["hours"], "", "with agents", "fixed setpoints", "change"
+    );
+    for (k, label) in [
+        ("energy_per_good_bottle_wh", "energy per good bottle, Wh"),
+        ("good_bottles_per_h", "good bottles per hour"),
+        ("reject_pct", "rejects, %"),
+        ("energy_kwh", "energy, kWh"),
+        ("quality_violation_s", "outside quality limits, s"),
+        ("pump_failures", "pump failures"),
+        ("line_stops", "line stops"),
+    ] {
+        let v = |side: &str| {
+            r[side][k]
+                .as_f64()
+                .map_or("-".to_string(), |v| format!("{v:.3}"))
+        };
+        let c = r["change_pct"][k]
+            .as_f64()
+            .map_or(String::new(), |c| format!("{c:+.1} %"));
+        s.push_str(&format!(
+            "{label:<28} {:>14} {:>16} {c:>9}\n",
+            v("with_agents"),
+            v("fixed_setpoints")
+        ));
+    }
+    s
+}
+
+/// One seed's comparison from the key figures of its two runs (with the agents first).
+pub fn pair(seed: u64, hours: f64, kpis: Vec<Value>) -> Result<Value> {
+    let [with, without] = kpis.as_slice() else {
+        anyhow::bail!("a comparison needs two runs, got {}", kpis.len());
+    };
+    Ok(json!({
+        "seed": seed,
+        "hours": hours,
+        "with_agents": with,
+        "fixed_setpoints": without,
+        "change_pct": change(with, without),
+    }))
+}
+
+/// The relative change of each figure from `baseline` to `agents`, %.
+pub fn change(agents: &Value, baseline: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for k in [
+        "energy_per_good_bottle_wh",
+        "good_bottles_per_h",
+        "reject_pct",
+        "energy_kwh",
+    ] {
+        if let (Some(a), Some(b)) = (agents[k].as_f64(), baseline[k].as_f64())
+            && b != 0.0
+        {
+            out.insert(k.to_string(), json!(100.0 * (a - b) / b));
+        }
+    }
+    Value::Object(out)
+}
