@@ -31,6 +31,11 @@ pub use policy::{
     Review, SCHEMA, Verdict,
 };
 
+/// Whether every value `p` rests on has the trust actuation requires.
+fn inputs_trusted(p: &Proposal, trust: &InputTrust) -> bool {
+    !p.inputs.iter().any(|i| trust.below.contains_key(i))
+}
+
 /// The process when a person acts: what the policy deciding their review sees.
 #[derive(Debug, Clone, Copy)]
 pub struct Situation<'a> {
@@ -1227,12 +1232,7 @@ impl Guard {
             // The policy may have changed since the proposal was made: the one in force
             // must still permit it.
             let kind = p.proposal.action.kind();
-            let inputs_trusted = !p
-                .proposal
-                .inputs
-                .iter()
-                .any(|i| trust.below.contains_key(i));
-            let context = self.process_context(inputs_trusted, now.active);
+            let context = self.process_context(inputs_trusted(&p.proposal, trust), now.active);
             let verdict = self
                 .policy
                 .decide(Principal::Agent(&agent), kind, &asset, &context);
@@ -1330,16 +1330,11 @@ impl Guard {
             p.proposal.action.kind(),
             p.proposal.agent
         );
-        let inputs_trusted = !p
-            .proposal
-            .inputs
-            .iter()
-            .any(|i| now.trust.below.contains_key(i));
         let review = Review {
             kind: p.proposal.action.kind().to_string(),
             agent: p.proposal.agent.clone(),
             dual: p.approvals_needed > 1,
-            process: self.process_context(inputs_trusted, now.active),
+            process: self.process_context(inputs_trusted(&p.proposal, now.trust), now.active),
         };
         self.review_allowed(who, action, &asset, &what, review)
     }

@@ -80,7 +80,7 @@ pub struct Core {
     multivariate: Option<detect::live::Live>,
     multivariate_sha256: Option<String>,
     /// The pump's remaining life, estimated live (`[predict]`).
-    pump_health: Option<crate::bench_pump::PumpHealth>,
+    pump_health: Option<crate::pump_health::PumpHealth>,
     agents_enabled: bool,
 }
 
@@ -109,7 +109,7 @@ pub struct CoreParts {
     /// The multivariate model in the twin (`[detect]`), learning or watching.
     pub multivariate: Option<detect::live::Live>,
     /// The pump's live remaining-life estimate (`[predict]`).
-    pub pump_health: Option<crate::bench_pump::PumpHealth>,
+    pub pump_health: Option<crate::pump_health::PumpHealth>,
     /// The built-in agents run (false: the fixed-setpoint baseline).
     pub agents: bool,
 }
@@ -789,12 +789,24 @@ impl Core {
         }
     }
 
-    /// Puts a signed proposal through the guard and carries out the decision.
     /// The detections active now.
     fn active(&self) -> Vec<Detection> {
         self.detectors.active().cloned().collect()
     }
 
+    /// Runs a person's request on the guard with the process as it is now (what the
+    /// policy deciding their review sees).
+    fn review<R>(&mut self, f: impl FnOnce(&mut Guard, &guard::Situation<'_>) -> R) -> R {
+        let (trust, active) = (self.input_trust(), self.active());
+        let refs: Vec<&Detection> = active.iter().collect();
+        let situation = guard::Situation {
+            trust: &trust,
+            active: &refs,
+        };
+        f(&mut self.guard, &situation)
+    }
+
+    /// Puts a signed proposal through the guard and carries out the decision.
     fn submit(&mut self, sp: &SignedProposal, now: i64) -> DecisionRecord {
         let active = self.active();
         let refs: Vec<&Detection> = active.iter().collect();
@@ -909,36 +921,22 @@ impl Core {
         let now = self.clock.now_ms();
         let agent_request = matches!(op, Op::AgentProposal { .. } | Op::AgentToken { .. });
         let sent_before = self.progress.borrow().commands_sent;
-        match op {
+        let (reply, answer) = match op {
             Op::Approve { id, by, reply } => {
-                let (trust, active) = (self.input_trust(), self.active());
-                let refs: Vec<&Detection> = active.iter().collect();
-                let situation = guard::Situation {
-                    trust: &trust,
-                    active: &refs,
-                };
                 let who = human(&by);
                 let r = self
-                    .guard
-                    .approve(id, &who, &situation, now)
+                    .review(|g, now_is| g.approve(id, &who, now_is, now))
                     .map(|d| self.after_human(d, id, &who.name, "approved", now));
                 let r = self.refused(r, &who, "approve", now);
-                let _ = reply.send(r);
+                (reply, r)
             }
             Op::Reject { id, by, reply } => {
-                let (trust, active) = (self.input_trust(), self.active());
-                let refs: Vec<&Detection> = active.iter().collect();
-                let situation = guard::Situation {
-                    trust: &trust,
-                    active: &refs,
-                };
                 let who = human(&by);
                 let r = self
-                    .guard
-                    .reject(id, &who, &situation)
+                    .review(|g, now_is| g.reject(id, &who, now_is))
                     .map(|d| self.after_human(d, id, &who.name, "rejected", now));
                 let r = self.refused(r, &who, "reject", now);
-                let _ = reply.send(r);
+                (reply, r)
             }
             Op::Stop { by, reply } => {
                 let approved = self.guard.human_stop(&by.name, now);
@@ -948,17 +946,11 @@ impl Core {
                     json!({ "by": by.name }),
                 )]);
                 let r = self.execute(approved, now);
-                let _ = reply.send(Ok(r));
+                (reply, Ok(r))
             }
             Op::Start { by, reply } => {
-                let (trust, active) = (self.input_trust(), self.active());
-                let refs: Vec<&Detection> = active.iter().collect();
-                let situation = guard::Situation {
-                    trust: &trust,
-                    active: &refs,
-                };
                 let who = human(&by);
-                let r = match self.guard.human_start(&who, &situation) {
+                let r = match self.review(|g, now_is| g.human_start(&who, now_is)) {
                     Ok(approved) => {
                         self.audit(vec![Entry::new(now, "restart", json!({ "by": who.name }))]);
                         Ok(self.execute(approved, now))
@@ -966,45 +958,41 @@ impl Core {
                     Err(why) => Err(why),
                 };
                 let r = self.refused(r, &who, "resume", now);
-                let _ = reply.send(r);
+                (reply, r)
             }
             Op::AgentProposal { body, reply } => {
                 let r = match serde_json::from_value::<SignedProposal>(body) {
                     Ok(sp) => Ok(json!(self.submit(&sp, now))),
                     Err(e) => Err(format!("not a signed proposal: {e}")),
                 };
-                let _ = reply.send(r);
+                (reply, r)
             }
             Op::ResetBreakers { by, reply } => {
-                let (trust, active) = (self.input_trust(), self.active());
-                let refs: Vec<&Detection> = active.iter().collect();
-                let situation = guard::Situation {
-                    trust: &trust,
-                    active: &refs,
-                };
                 let who = human(&by);
                 let r = self
-                    .guard
-                    .reset_breakers(&who, &situation, now)
+                    .review(|g, now_is| g.reset_breakers(&who, now_is, now))
                     .map(|m| json!({ "reset": m }));
                 self.record_breaker_events();
                 let r = self.refused(r, &who, "reset_breakers", now);
-                let _ = reply.send(r);
+                (reply, r)
             }
             Op::AgentToken { body, reply } => {
                 let r = match serde_json::from_value::<guard::TokenRequest>(body) {
                     Ok(req) => self.issue_agent_token(&req, now),
                     Err(e) => Err(format!("not a token request: {e}")),
                 };
-                let _ = reply.send(r);
+                (reply, r)
             }
-        }
+        };
         // An agent's request that sent nothing to the plant changed only the decisions.
+        // Published before the answer goes out: whoever is answered then reads the state
+        // their request made.
         if agent_request && self.progress.borrow().commands_sent == sent_before {
             self.publish_decisions();
         } else {
             self.publish_snapshot(true);
         }
+        let _ = reply.send(answer);
     }
 
     /// Publishes what an agent's request that executed nothing changes (proposals, the

@@ -871,7 +871,7 @@ pub(crate) fn multivariate(
 pub(crate) fn pump_health(
     config: &Config,
     config_path: Option<&std::path::Path>,
-) -> Result<Option<crate::bench_pump::PumpHealth>> {
+) -> Result<Option<crate::pump_health::PumpHealth>> {
     let Some(f) = &config.predict.pump_model else {
         return Ok(None);
     };
@@ -882,7 +882,7 @@ pub(crate) fn pump_health(
     let model = crate::rul_cmd::load_model(&path)?;
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-    Ok(Some(crate::bench_pump::PumpHealth::new(
+    Ok(Some(crate::pump_health::PumpHealth::new(
         model,
         sha,
         *config.predict.horizon_h.get_ref(),

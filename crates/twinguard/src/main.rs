@@ -15,6 +15,7 @@ mod detect_cmd;
 mod gateway;
 mod mqtt_acl;
 mod policy_cmd;
+mod pump_health;
 mod rul_cmd;
 mod run;
 mod watch;

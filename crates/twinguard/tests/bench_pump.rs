@@ -10,7 +10,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_twinguard");
 #[test]
 fn bench_pump_warns_before_each_failure_and_counts_false_warnings() {
     let out = Command::new(BIN)
-        .args(["bench", "pump", "--train", "10", "--test", "3", "--json"])
+        .args(["bench", "pump", "--train", "20", "--test", "3", "--json"])
         .output()
         .unwrap();
     assert!(
@@ -19,7 +19,7 @@ fn bench_pump_warns_before_each_failure_and_counts_false_warnings() {
         String::from_utf8_lossy(&out.stderr)
     );
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["training_runs"], 10);
+    assert_eq!(r["training_runs"], 20);
     let leads = r["lead_h"].as_array().unwrap();
     assert_eq!(leads.len(), 3);
     // Every failure is warned of, within about the horizon (6 h) and not absurdly early.
