@@ -25,8 +25,10 @@ fn noise(seed: u64) -> impl FnMut() -> f64 {
 fn experiment(seed: u64) -> String {
     let mut s = String::from("datetime;A;B;C;Temperature;Thermocouple;anomaly;changepoint\n");
     let mut noise = noise(seed);
+    // `a` wanders as an autocorrelated process, as sensor data at 1 Hz does.
+    let mut a = 0.0;
     for i in 0..600 {
-        let a = (i as f64 / 25.0).sin() + 0.1 * noise();
+        a = 0.9 * a + 0.4 * noise();
         let broken = i >= 500;
         let b = 2.0 * a + 0.05 * noise() + if broken { 1.5 } else { 0.0 };
         let c = 0.2 * noise();
