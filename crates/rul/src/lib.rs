@@ -91,6 +91,16 @@ pub struct Condition {
     pub std: Vec<f64>,
 }
 
+impl Condition {
+    /// Sensor `k`'s value `v` standardised in this condition (0 for a sensor constant in
+    /// it).
+    fn z(&self, k: usize, v: f64) -> f64 {
+        let m = self.mean.get(k).copied().unwrap_or(0.0);
+        let sd = self.std.get(k).copied().unwrap_or(0.0);
+        if sd > 1e-9 { (v - m) / sd } else { 0.0 }
+    }
+}
+
 /// The interval added to an estimate: the `coverage` share of held-out errors (true
 /// minus estimated) lay between `low` and `high`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,15 +204,7 @@ impl RulModel {
                     .enumerate()
                     .map(|(k, &s)| {
                         let v = row.get(SETTINGS + s).copied().unwrap_or(0.0);
-                        let (m, sd) = c
-                            .map(|c| {
-                                (
-                                    c.mean.get(k).copied().unwrap_or(0.0),
-                                    c.std.get(k).copied().unwrap_or(1.0),
-                                )
-                            })
-                            .unwrap_or((0.0, 1.0));
-                        ((v - m) / sd) as f32
+                        c.map_or(v, |c| c.z(k, v)) as f32
                     })
                     .collect::<Vec<f32>>()
             })
@@ -439,15 +441,7 @@ pub fn fit(
             ));
             for (s, z) in z_by_sensor.iter_mut().enumerate() {
                 let v = row.get(SETTINGS + s).copied().unwrap_or(0.0);
-                let (m, sd) = c
-                    .map(|c| {
-                        (
-                            c.mean.get(s).copied().unwrap_or(0.0),
-                            c.std.get(s).copied().unwrap_or(0.0),
-                        )
-                    })
-                    .unwrap_or((0.0, 0.0));
-                z.push(if sd > 1e-9 { (v - m) / sd } else { 0.0 });
+                z.push(c.map_or(0.0, |c| c.z(s, v)));
             }
             targets.push(target(u, i));
         }

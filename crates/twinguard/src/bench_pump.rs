@@ -87,8 +87,9 @@ pub struct PumpResult {
     pub false_warnings_per_100h: f64,
     pub hours_simulated: f64,
     /// RMSE of the estimates (hours) over every cycle of the test runs with at most the
-    /// cap left.
+    /// cap left: their last `rmse_window_h` hours.
     pub rmse_h: f64,
+    pub rmse_window_h: f64,
     pub fit_seconds: f64,
 }
 
@@ -172,6 +173,7 @@ pub fn bench(train: u64, test: u64, horizon_h: f64) -> Result<(PumpResult, rul::
         false_warnings_per_100h: false_warnings as f64 / hours.max(1e-9) * 100.0,
         hours_simulated: hours,
         rmse_h: (se / counted.max(1) as f64).sqrt(),
+        rmse_window_h: model.options.cap / cycles_per_h,
         fit_seconds,
     };
     Ok((result, model))
@@ -208,10 +210,8 @@ pub fn table(r: &PumpResult) -> String {
     );
     let _ = writeln!(
         out,
-        "estimate RMSE over the last {} h of each run: {:.2} h; fit {:.1} s",
-        (125.0 / 6.0_f64).round(),
-        r.rmse_h,
-        r.fit_seconds
+        "estimate RMSE over the last {:.0} h of each run: {:.2} h; fit {:.1} s",
+        r.rmse_window_h, r.rmse_h, r.fit_seconds
     );
     out
 }

@@ -880,8 +880,7 @@ pub(crate) fn pump_health(
         .unwrap_or(std::path::Path::new("."));
     let path = base.join(f.get_ref());
     let model = crate::rul_cmd::load_model(&path)?;
-    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let sha = crate::detect_cmd::sha256_file(&path)?;
     Ok(Some(crate::pump_health::PumpHealth::new(
         model,
         sha,

@@ -157,7 +157,8 @@ impl Table {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+/// SHA-256 of a file's bytes, hex.
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut f =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut h = Sha256::new();
@@ -213,21 +214,30 @@ pub fn fit(spec: &CsvSpec, options: FitOptions, out: &Path) -> Result<Value> {
     }))
 }
 
-/// Reads and checks a model file.
-pub fn load_model(path: &Path) -> Result<PcaModel> {
+/// A model file's JSON, read only up to `max` bytes; `what` names the kind of model in
+/// the error when it does not parse.
+pub(crate) fn read_model<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    max: u64,
+    what: &str,
+) -> Result<T> {
     let size = std::fs::metadata(path)
         .with_context(|| format!("cannot read model {}", path.display()))?
         .len();
-    if size > MAX_MODEL_BYTES {
+    if size > max {
         bail!(
-            "model {} is {size} bytes; at most {MAX_MODEL_BYTES} are read",
+            "model {} is {size} bytes; at most {max} are read",
             path.display()
         );
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read model {}", path.display()))?;
-    let model: PcaModel = serde_json::from_str(&text)
-        .with_context(|| format!("model {} is not a twinguard detector file", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("model {} is not a {what}", path.display()))
+}
+
+/// Reads and checks a model file.
+pub fn load_model(path: &Path) -> Result<PcaModel> {
+    let model: PcaModel = read_model(path, MAX_MODEL_BYTES, "twinguard detector file")?;
     model
         .check()
         .map_err(|e| anyhow::anyhow!("model {}: {e}", path.display()))?;

@@ -10,16 +10,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::detect_cmd::{read_model, sha256_file};
+
 /// Largest model file read, bytes.
 pub const MAX_MODEL_BYTES: u64 = 256 << 20;
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hex::encode(h.finalize()))
-}
 
 /// Progress on stderr: one line per network, rewritten each epoch.
 fn progress(p: &rul::Progress) {
@@ -56,20 +50,9 @@ pub fn fit(train: &Path, options: FitOptions, out: &Path) -> Result<Value> {
     }))
 }
 
+/// Reads and checks a model file.
 pub fn load_model(path: &Path) -> Result<RulModel> {
-    let size = std::fs::metadata(path)
-        .with_context(|| format!("cannot read model {}", path.display()))?
-        .len();
-    if size > MAX_MODEL_BYTES {
-        bail!(
-            "model {} is {size} bytes; at most {MAX_MODEL_BYTES} are read",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read model {}", path.display()))?;
-    let model: RulModel = serde_json::from_str(&text)
-        .with_context(|| format!("model {} is not a twinguard RUL model", path.display()))?;
+    let model: RulModel = read_model(path, MAX_MODEL_BYTES, "twinguard RUL model")?;
     model
         .check()
         .with_context(|| format!("model {}", path.display()))?;
