@@ -1,23 +1,33 @@
-//! The append-only, hash-chained audit log and the quarantine of rejected frames.
+//! The append-only audit log, a Merkle tree log in the manner of RFC 9162, and the
+//! quarantine of rejected frames.
 //!
-//! Every record's hash covers its sequence number, time, kind, body and the previous
-//! record's hash, so an edit, deletion, insertion or reordering breaks the chain at the
-//! first record touched. The newest (sequence, hash) pair is kept as a *head* signed with
-//! the install's audit key, so that cutting records off the end is detected too.
+//! Every record is a leaf: its hash covers its sequence number, time, kind and body. The
+//! leaves form a Merkle tree ([`merkle`]); at a configured interval the tree's size and
+//! root are signed with the install's audit key as a [`Checkpoint`]. From the store come an
+//! inclusion proof for any record and a consistency proof between any two checkpoints, both
+//! checkable by anyone holding the log's public key ([`check_proof`]). Verification
+//! ([`LogCheck`]) rebuilds the tree from the stored records and names the first record that
+//! was edited, removed, inserted or moved, or the range of records a signed checkpoint no
+//! longer matches; a checkpoint someone kept from earlier is checked the same way, so a
+//! rewritten history cannot pass for the one they were shown.
 //!
-//! Storage sits behind [`AuditStore`]; [`SqliteStore`] is the default. A later Merkle-tree
-//! log (RFC 9162 style checkpoints and proofs) replaces the chain behind the same trait.
+//! Records older than the retention period lose their bodies but keep their leaf hashes,
+//! so proofs over them stay checkable.
+//!
+//! Storage sits behind [`AuditStore`]; [`SqliteStore`] is the default. [`export`] writes a
+//! log to one file that verifies offline with only the public key.
 
+pub mod checkpoint;
+pub mod export;
+pub mod merkle;
 mod sqlite;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
 
-pub use sqlite::{DEFAULT_QUARANTINE_CAP, SqliteStore};
-
-/// Hash that precedes the first record.
-pub const GENESIS: [u8; 32] = [0u8; 32];
+pub use checkpoint::{Checkpoint, NoteError, origin_for};
+pub use merkle::Hash;
+pub use sqlite::{CheckpointPolicy, DEFAULT_QUARANTINE_CAP, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -27,6 +37,8 @@ pub enum AuditError {
     Io { path: String, message: String },
     #[error("audit body for {kind} is not valid JSON: {message}")]
     Body { kind: String, message: String },
+    #[error("audit proof: {0}")]
+    Proof(String),
 }
 
 /// One event to record.
@@ -47,25 +59,39 @@ impl Entry {
     }
 }
 
-/// A stored record.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A stored record: a leaf of the tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub seq: u64,
     pub ts_ms: i64,
     pub kind: String,
-    pub body: String,
+    /// The event as JSON text; `None` once retention has pruned it (the leaf stays).
+    pub body: Option<String>,
     #[serde(with = "hex_bytes")]
-    pub prev_hash: [u8; 32],
-    #[serde(with = "hex_bytes")]
-    pub hash: [u8; 32],
+    pub leaf: Hash,
 }
 
-/// The newest record, as signed by the audit key.
+impl Record {
+    /// The leaf hash its contents give (what `leaf` must be); `None` when pruned.
+    pub fn computed_leaf(&self) -> Option<Hash> {
+        self.body
+            .as_deref()
+            .map(|b| record_leaf(self.seq, self.ts_ms, &self.kind, b))
+    }
+}
+
+/// The log's size and tree root now (the root of the first `seq` records).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Head {
     pub seq: u64,
     #[serde(with = "hex_bytes")]
-    pub hash: [u8; 32],
+    pub hash: Hash,
+}
+
+impl Head {
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
+    }
 }
 
 /// A rejected frame kept for investigation.
@@ -79,11 +105,21 @@ pub struct Quarantined {
     pub bytes: Vec<u8>,
 }
 
-/// What `verify` found.
+/// What verification found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verification {
     pub records: u64,
+    /// Size and root of the tree the stored records make.
     pub head: Option<Head>,
+    /// Signed checkpoints found and matched.
+    pub checkpoints: u64,
+    /// The newest signed checkpoint.
+    pub latest: Option<Checkpoint>,
+    /// Records newer than the newest checkpoint: intact as far as can be told, but a
+    /// checkpoint does not yet commit the log to them.
+    pub unanchored: u64,
+    /// Records whose bodies retention removed (their leaves are still checked).
+    pub pruned: u64,
     /// The first problem found, if any.
     pub problem: Option<Problem>,
 }
@@ -104,139 +140,312 @@ pub trait AuditStore: Send {
     fn quarantine(&mut self, item: &Quarantined, audit_seq: u64) -> Result<bool, AuditError>;
     fn head(&self) -> Option<Head>;
     fn records(&self) -> u64;
+    /// Signs a checkpoint of every record now, unless the newest already covers them.
+    fn checkpoint(&mut self) -> Result<Option<Checkpoint>, AuditError>;
+    /// Signs a checkpoint if the configured interval has passed with records uncovered.
+    fn checkpoint_if_due(&mut self) -> Result<Option<Checkpoint>, AuditError>;
+    fn latest_checkpoint(&self) -> Option<Checkpoint>;
     fn verify(&self, key: &VerifyingKey) -> Result<Verification, AuditError>;
 }
 
-/// The chain hash of one record.
-pub fn record_hash(seq: u64, ts_ms: i64, kind: &str, body: &str, prev: &[u8; 32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"twinguard/audit/v1\0");
-    h.update(seq.to_be_bytes());
-    h.update(ts_ms.to_be_bytes());
-    h.update((kind.len() as u64).to_be_bytes());
-    h.update(kind.as_bytes());
-    h.update((body.len() as u64).to_be_bytes());
-    h.update(body.as_bytes());
-    h.update(prev);
-    h.finalize().into()
+/// The bytes a record's leaf hash is taken over.
+pub fn leaf_data(seq: u64, ts_ms: i64, kind: &str, body: &str) -> Vec<u8> {
+    let mut d = Vec::with_capacity(48 + kind.len() + body.len());
+    d.extend_from_slice(b"twinguard/audit/v2\0");
+    d.extend_from_slice(&seq.to_be_bytes());
+    d.extend_from_slice(&ts_ms.to_be_bytes());
+    d.extend_from_slice(&(kind.len() as u64).to_be_bytes());
+    d.extend_from_slice(kind.as_bytes());
+    d.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    d.extend_from_slice(body.as_bytes());
+    d
 }
 
-fn head_message(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
-    let mut m = b"twinguard/audit-head/v1\0".to_vec();
-    m.extend_from_slice(&seq.to_be_bytes());
-    m.extend_from_slice(hash);
-    m
+/// A record's leaf hash (RFC 9162: SHA-256 of 0x00 and the leaf data).
+pub fn record_leaf(seq: u64, ts_ms: i64, kind: &str, body: &str) -> Hash {
+    merkle::leaf_hash(&leaf_data(seq, ts_ms, kind, body))
 }
 
-pub fn sign_head(key: &SigningKey, head: &Head) -> [u8; 64] {
-    key.sign(&head_message(head.seq, &head.hash)).to_bytes()
+/// Checks a log record by record, in storage order, against its signed checkpoints, with
+/// memory for 64 hashes whatever the log's length. Shared by every store and the export
+/// reader so that they agree on what "intact" means.
+pub struct LogCheck {
+    frontier: merkle::Frontier,
+    /// Verified checkpoints, ascending by size, with where each came from.
+    checkpoints: Vec<(Checkpoint, String)>,
+    next: usize,
+    last_ok: u64,
+    pruned: u64,
+    matched: u64,
+    problem: Option<Problem>,
 }
 
-pub fn head_signature_ok(key: &VerifyingKey, head: &Head, sig: &[u8; 64]) -> bool {
-    key.verify_strict(
-        &head_message(head.seq, &head.hash),
-        &Signature::from_bytes(sig),
-    )
-    .is_ok()
+impl LogCheck {
+    /// `notes`: signed checkpoint notes and where each came from ("stored", a file name);
+    /// each must be signed by `key`.
+    pub fn new(key: &VerifyingKey, notes: &[(String, String)]) -> LogCheck {
+        let mut check = LogCheck {
+            frontier: merkle::Frontier::default(),
+            checkpoints: Vec::new(),
+            next: 0,
+            last_ok: 0,
+            pruned: 0,
+            matched: 0,
+            problem: None,
+        };
+        for (note, from) in notes {
+            match Checkpoint::open(note, key) {
+                Ok(cp) => check.checkpoints.push((cp, from.clone())),
+                Err(e) => {
+                    let size = note
+                        .lines()
+                        .nth(1)
+                        .and_then(|l| l.parse().ok())
+                        .unwrap_or(0);
+                    check.fail(size, format!("a checkpoint ({from}, size {size}): {e}"));
+                }
+            }
+        }
+        check.checkpoints.sort_by_key(|(c, _)| c.size);
+        let disagreements: Vec<String> = check
+            .checkpoints
+            .windows(2)
+            .filter_map(|pair| match pair {
+                [(a, from_a), (b, from_b)] if a.size == b.size && a.root != b.root => Some(format!(
+                    "two checkpoints of size {} disagree ({from_a}: root {}, {from_b}: root {}): the log was rewritten after one of them was signed",
+                    a.size,
+                    a.root_hex(),
+                    b.root_hex()
+                )),
+                _ => None,
+            })
+            .collect();
+        for what in disagreements {
+            check.fail(1, what);
+        }
+        check
+    }
+
+    fn fail(&mut self, seq: u64, what: String) {
+        if self.problem.is_none() {
+            self.problem = Some(Problem { seq, what });
+        }
+    }
+
+    /// False once a problem is found (the rest need not be read).
+    pub fn record(&mut self, r: &Record) -> bool {
+        if self.problem.is_some() {
+            return false;
+        }
+        let expected = self.frontier.size() + 1;
+        if r.seq != expected {
+            let what = if r.seq > expected {
+                format!("record {expected} is missing (next stored record is {})", r.seq)
+            } else {
+                format!("record {} is out of order (expected {expected})", r.seq)
+            };
+            self.fail(expected, what);
+            return false;
+        }
+        match r.computed_leaf() {
+            Some(leaf) if leaf != r.leaf => {
+                self.fail(
+                    r.seq,
+                    "its contents do not match its leaf hash (edited)".to_string(),
+                );
+                return false;
+            }
+            Some(_) => {}
+            None => self.pruned += 1,
+        }
+        self.frontier.push(r.leaf);
+        let size = self.frontier.size();
+        while let Some((cp, from)) = self.checkpoints.get(self.next) {
+            if cp.size != size {
+                break;
+            }
+            if self.frontier.root() != cp.root {
+                let what = format!(
+                    "records {}..={size} do not match the checkpoint of size {size} ({from}, signed {}): one of them was edited, inserted, removed or moved and its leaf hash recomputed",
+                    self.last_ok + 1,
+                    cp.timestamp_ms
+                );
+                let seq = self.last_ok + 1;
+                self.fail(seq, what);
+                return false;
+            }
+            self.last_ok = size;
+            self.matched += 1;
+            self.next += 1;
+        }
+        true
+    }
+
+    pub fn finish(mut self) -> Verification {
+        let records = self.frontier.size();
+        if self.problem.is_none() {
+            if let Some((cp, from)) = self.checkpoints.get(self.next) {
+                let what = format!(
+                    "records {}..={} are missing (the checkpoint of size {} ({from}) covers them)",
+                    records + 1,
+                    cp.size,
+                    cp.size
+                );
+                self.fail(records + 1, what);
+            } else if records > 0 && self.checkpoints.is_empty() {
+                self.fail(
+                    1,
+                    "no signed checkpoint covers the log (its checkpoints were removed)".into(),
+                );
+            }
+        }
+        let latest = self.checkpoints.last().map(|(c, _)| c.clone());
+        Verification {
+            records,
+            head: (records > 0).then(|| Head {
+                seq: records,
+                hash: self.frontier.root(),
+            }),
+            checkpoints: self.matched,
+            unanchored: records.saturating_sub(latest.as_ref().map_or(0, |c| c.size)),
+            latest,
+            pruned: self.pruned,
+            problem: self.problem,
+        }
+    }
 }
 
-/// Checks a sequence of stored records (in storage order) against the chain rules and the
-/// signed head. Shared by every store so that they agree on what "intact" means.
-pub fn check_chain<I>(
-    records: I,
-    signed_head: Option<(Head, [u8; 64])>,
-    key: &VerifyingKey,
-) -> Verification
-where
-    I: IntoIterator<Item = Record>,
-{
-    let mut prev = GENESIS;
-    let mut count = 0u64;
-    let mut last: Option<Head> = None;
-    for (expected_seq, r) in (1u64..).zip(records) {
-        count += 1;
-        let problem = if r.seq != expected_seq {
-            if r.seq > expected_seq {
-                Some(format!(
-                    "record {expected_seq} is missing (next stored record is {})",
-                    r.seq
+/// An inclusion proof: this record is in the log the checkpoint commits to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InclusionProof {
+    pub record: Record,
+    pub tree_size: u64,
+    #[serde(with = "hex_list")]
+    pub proof: Vec<Hash>,
+    /// The signed checkpoint note.
+    pub checkpoint: String,
+}
+
+/// A consistency proof: the log the newer checkpoint commits to extends the older one's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsistencyProof {
+    pub old: String,
+    pub new: String,
+    #[serde(with = "hex_list")]
+    pub proof: Vec<Hash>,
+}
+
+/// A proof as written to a file by `twinguard audit prove`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Proof {
+    Inclusion(InclusionProof),
+    Consistency(ConsistencyProof),
+}
+
+/// Longest proof file read.
+pub const MAX_PROOF: usize = 64 * 1024 * 1024;
+
+/// Checks a proof with only the log's public key; the answer says what it proves.
+pub fn check_proof(proof: &Proof, key: &VerifyingKey) -> Result<String, AuditError> {
+    let err = |m: String| AuditError::Proof(m);
+    match proof {
+        Proof::Inclusion(p) => {
+            let cp = Checkpoint::open(&p.checkpoint, key).map_err(|e| err(e.to_string()))?;
+            let leaf = p.record.computed_leaf().ok_or_else(|| {
+                err(format!(
+                    "record {} has no body (pruned): its contents cannot be shown",
+                    p.record.seq
+                ))
+            })?;
+            if leaf != p.record.leaf {
+                return Err(err(format!(
+                    "record {}'s contents do not match its leaf hash",
+                    p.record.seq
+                )));
+            }
+            if p.tree_size != cp.size {
+                return Err(err(format!(
+                    "the proof is for a tree of {} records, the checkpoint is of {}",
+                    p.tree_size, cp.size
+                )));
+            }
+            let index = p.record.seq.checked_sub(1).ok_or_else(|| {
+                err("record 0 does not exist (records count from 1)".to_string())
+            })?;
+            if merkle::verify_inclusion(&leaf, index, cp.size, &p.proof, &cp.root) {
+                Ok(format!(
+                    "record {} ({}) is in the log {} of {} records, root {}, signed at {}",
+                    p.record.seq,
+                    p.record.kind,
+                    cp.origin,
+                    cp.size,
+                    cp.root_hex(),
+                    cp.timestamp_ms
                 ))
             } else {
-                Some(format!(
-                    "record {} is out of order (expected {expected_seq})",
-                    r.seq
-                ))
+                Err(err(format!(
+                    "record {} is not in the log the checkpoint of size {} commits to",
+                    p.record.seq, cp.size
+                )))
             }
-        } else if r.prev_hash != prev {
-            Some("its previous-hash does not match the record before it (inserted, reordered or edited)".to_string())
-        } else if record_hash(r.seq, r.ts_ms, &r.kind, &r.body, &r.prev_hash) != r.hash {
-            Some("its contents do not match its hash (edited)".to_string())
-        } else {
-            None
-        };
-        if let Some(what) = problem {
-            return Verification {
-                records: count,
-                head: last,
-                problem: Some(Problem {
-                    seq: expected_seq,
-                    what,
-                }),
-            };
         }
-        prev = r.hash;
-        last = Some(Head {
-            seq: r.seq,
-            hash: r.hash,
-        });
-    }
-    let problem = match (&signed_head, &last) {
-        (None, None) => None,
-        (None, Some(_)) => Some(Problem {
-            seq: 1,
-            what: "the signed head is missing".into(),
-        }),
-        (Some((head, sig)), _) if !head_signature_ok(key, head, sig) => Some(Problem {
-            seq: head.seq,
-            what: "the head's signature does not verify with the audit key".into(),
-        }),
-        (Some((head, _)), None) => Some(Problem {
-            seq: 1,
-            what: format!(
-                "the signed head names record {} but no records are stored",
-                head.seq
-            ),
-        }),
-        (Some((head, _)), Some(last)) if head.seq > last.seq => Some(Problem {
-            seq: last.seq + 1,
-            what: format!(
-                "records {}..={} are missing (the signed head names record {})",
-                last.seq + 1,
-                head.seq,
-                head.seq
-            ),
-        }),
-        (Some((head, _)), Some(last)) if head != last => Some(Problem {
-            seq: last.seq,
-            what: "the newest record does not match the signed head".into(),
-        }),
-        _ => None,
-    };
-    Verification {
-        records: count,
-        head: last,
-        problem,
+        Proof::Consistency(p) => {
+            let old = Checkpoint::open(&p.old, key).map_err(|e| err(format!("old {e}")))?;
+            let new = Checkpoint::open(&p.new, key).map_err(|e| err(format!("new {e}")))?;
+            if merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &p.proof) {
+                Ok(format!(
+                    "the log of {} records (root {}) extends the log of {} records (root {}) unchanged",
+                    new.size,
+                    new.root_hex(),
+                    old.size,
+                    old.root_hex()
+                ))
+            } else {
+                Err(err(format!(
+                    "the log of {} records does not extend the checkpoint of {} records: records up to {} were rewritten",
+                    new.size, old.size, old.size
+                )))
+            }
+        }
     }
 }
 
 mod hex_bytes {
+    use serde::Deserialize;
+
     pub fn serialize<S: serde::Serializer>(b: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(b))
     }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(&s)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+    }
 }
 
-impl Head {
-    pub fn hash_hex(&self) -> String {
-        hex::encode(self.hash)
+mod hex_list {
+    use serde::Deserialize;
+
+    pub fn serialize<S: serde::Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(hex::encode))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
+        let v = Vec::<String>::deserialize(d)?;
+        if v.len() > 128 {
+            return Err(serde::de::Error::custom("a proof has at most 128 hashes"));
+        }
+        v.iter()
+            .map(|s| {
+                hex::decode(s)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+            })
+            .collect()
     }
 }

@@ -1,24 +1,58 @@
 //! SQLite storage for the audit log (the default store).
+//!
+//! Tables: `audit` (one row per record: its fields and leaf hash), `tile` (the hash of
+//! every complete run of 256 leaves, so that proofs at ten million records read one tile
+//! of leaves and a few hundred kilobytes of tile hashes, never the log), `checkpoint`
+//! (every signed checkpoint note) and `quarantine`. The tiles are derived data: a proof
+//! built from a wrong tile fails to verify against the signed checkpoint, and
+//! verification never reads them.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::merkle::{self, Frontier, Hash, Subtrees};
 use crate::{
-    AuditError, AuditStore, Entry, Head, Quarantined, Record, Verification, check_chain,
-    record_hash, sign_head,
+    AuditError, AuditStore, Checkpoint, ConsistencyProof, Entry, Head, InclusionProof, LogCheck,
+    Quarantined, Record, Verification, origin_for, record_leaf,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const APPLICATION_ID: i64 = 0x7467_6175; // "tgau"
+/// Leaves per tile: 2^8.
+const TILE_BITS: u32 = 8;
+const TILE: u64 = 1 << TILE_BITS;
+
+/// When checkpoints are signed: after `every` of wall-clock time or `records` new records,
+/// whichever comes first (and on [`AuditStore::checkpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckpointPolicy {
+    pub every: Duration,
+    pub records: u64,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            every: Duration::from_secs(1),
+            records: 100_000,
+        }
+    }
+}
 
 pub struct SqliteStore {
     conn: Connection,
     path: String,
     key: SigningKey,
+    origin: String,
+    tree: Tree,
     head: Option<Head>,
-    records: u64,
+    latest: Option<Checkpoint>,
+    last_checkpoint: Option<Instant>,
+    policy: CheckpointPolicy,
     /// Bytes of rejected frames kept so far, and the most that will be kept.
     quarantined_bytes: u64,
     quarantine_cap: u64,
@@ -28,8 +62,125 @@ pub struct SqliteStore {
 /// cannot fill the disk; past the cap each rejection is still recorded, without its bytes).
 pub const DEFAULT_QUARANTINE_CAP: u64 = 256 * 1024 * 1024;
 
+/// The writer's view of the tree: the roots of complete tiles and of every complete
+/// power-of-two run of them above, the leaves of the unfinished tile, and the frontier for
+/// the current root.
+#[derive(Default)]
+struct Tree {
+    /// `levels[0]`: tile hashes (256 leaves each); `levels[k]`: runs of 2^k tiles.
+    levels: Vec<Vec<Hash>>,
+    tail: Vec<Hash>,
+    frontier: Frontier,
+}
+
+impl Tree {
+    fn size(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    fn complete_tiles(&self) -> u64 {
+        self.levels.first().map_or(0, |l| l.len() as u64)
+    }
+
+    fn add_tile(&mut self, tile: Hash) {
+        let mut h = tile;
+        let mut level = 0usize;
+        loop {
+            if self.levels.len() <= level {
+                self.levels.push(Vec::new());
+            }
+            let Some(row) = self.levels.get_mut(level) else {
+                return;
+            };
+            row.push(h);
+            if row.len() % 2 == 1 {
+                return;
+            }
+            let n = row.len();
+            match (row.get(n - 2), row.get(n - 1)) {
+                (Some(l), Some(r)) => h = merkle::node_hash(l, r),
+                _ => return,
+            }
+            level += 1;
+        }
+    }
+
+    /// A complete aligned subtree of at least a tile, if known.
+    fn perfect(&self, lo: u64, n: u64) -> Option<Hash> {
+        if n < TILE || !n.is_power_of_two() || lo % n != 0 {
+            return None;
+        }
+        let level = (n.trailing_zeros() - TILE_BITS) as usize;
+        let idx = usize::try_from(lo >> n.trailing_zeros()).ok()?;
+        self.levels.get(level)?.get(idx).copied()
+    }
+}
+
+/// The tree over the database: complete subtrees from the tiles, leaves from the records
+/// (one tile's worth at a time, cached).
+struct DbTree<'a> {
+    conn: &'a Connection,
+    tree: &'a Tree,
+    tiles: HashMap<u64, Vec<Hash>>,
+}
+
+impl DbTree<'_> {
+    fn tile_leaves(&mut self, idx: u64) -> rusqlite::Result<&[Hash]> {
+        if idx == self.tree.complete_tiles() {
+            return Ok(&self.tree.tail);
+        }
+        if !self.tiles.contains_key(&idx) {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT leaf FROM audit WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")?;
+            let leaves = stmt
+                .query_map(params![(idx * TILE) as i64, ((idx + 1) * TILE) as i64], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })?
+                .map(|l| l.map(|v| to32(&v)))
+                .collect::<rusqlite::Result<Vec<Hash>>>()?;
+            self.tiles.insert(idx, leaves);
+        }
+        Ok(self.tiles.get(&idx).map_or(&[][..], |v| &v[..]))
+    }
+}
+
+impl Subtrees for DbTree<'_> {
+    type Error = rusqlite::Error;
+
+    fn subtree(&mut self, lo: u64, hi: u64) -> rusqlite::Result<Hash> {
+        let n = hi.saturating_sub(lo);
+        if n == 0 {
+            return Ok(merkle::EMPTY_ROOT);
+        }
+        if let Some(h) = self.tree.perfect(lo, n) {
+            return Ok(h);
+        }
+        if lo / TILE == (hi - 1) / TILE {
+            let base = lo / TILE * TILE;
+            let leaves = self.tile_leaves(lo / TILE)?;
+            return Ok(merkle::range_root(leaves, lo - base, hi - base));
+        }
+        let k = merkle::split(n);
+        let left = self.subtree(lo, lo + k)?;
+        let right = self.subtree(lo + k, hi)?;
+        Ok(merkle::node_hash(&left, &right))
+    }
+}
+
+fn to32(v: &[u8]) -> Hash {
+    // A wrong length leaves zeros, which then fail verification instead of panicking.
+    v.try_into().unwrap_or([0u8; 32])
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 impl SqliteStore {
-    /// Opens (or creates) the audit database at `path`, signing heads with `key`.
+    /// Opens (or creates) the audit database at `path`, signing checkpoints with `key`.
     pub fn open(path: &Path, key: SigningKey) -> Result<SqliteStore, AuditError> {
         let name = path.display().to_string();
         let open_err = |message: String| AuditError::Open {
@@ -38,21 +189,16 @@ impl SqliteStore {
         };
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         init(&conn).map_err(|e| open_err(e.to_string()))?;
-        let app: i64 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(|e| open_err(format!("is not a readable SQLite database: {e}")))?;
-        if app != APPLICATION_ID {
-            return Err(open_err(format!(
-                "is a SQLite database of another application (application_id {app:#x})"
-            )));
-        }
-        let (records, head) = {
-            let records: i64 = conn
-                .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
-                .map_err(|e| open_err(e.to_string()))?;
-            let head = read_head(&conn).map_err(|e| open_err(e.to_string()))?;
-            (records as u64, head.map(|(h, _)| h))
-        };
+        check_identity(&conn).map_err(open_err)?;
+        let tree = load_tree(&conn).map_err(open_err)?;
+        let origin = origin_for(&key.verifying_key());
+        let latest = latest_note(&conn)
+            .map_err(|e| open_err(e.to_string()))?
+            .map(|note| {
+                Checkpoint::open(&note, &key.verifying_key())
+                    .map_err(|e| open_err(format!("its newest checkpoint: {e}")))
+            })
+            .transpose()?;
         let quarantined_bytes: i64 = conn
             .query_row(
                 "SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM quarantine",
@@ -60,12 +206,20 @@ impl SqliteStore {
                 |r| r.get(0),
             )
             .map_err(|e| open_err(e.to_string()))?;
+        let head = (tree.size() > 0).then(|| Head {
+            seq: tree.size(),
+            hash: tree.frontier.root(),
+        });
         Ok(SqliteStore {
             conn,
             path: name,
             key,
+            origin,
+            tree,
             head,
-            records,
+            latest,
+            last_checkpoint: None,
+            policy: CheckpointPolicy::default(),
             quarantined_bytes: quarantined_bytes.max(0) as u64,
             quarantine_cap: DEFAULT_QUARANTINE_CAP,
         })
@@ -77,39 +231,263 @@ impl SqliteStore {
         self
     }
 
-    /// Opens an existing database read-only, for verification without the signing key.
-    pub fn verify_file(path: &Path, key: &VerifyingKey) -> Result<Verification, AuditError> {
-        let name = path.display().to_string();
-        let open_err = |message: String| AuditError::Open {
-            path: name.clone(),
-            message,
-        };
-        if !path.exists() {
-            return Err(open_err("does not exist".into()));
-        }
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| open_err(e.to_string()))?;
-        let app: i64 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(|e| open_err(format!("is not a readable SQLite database: {e}")))?;
-        if app != APPLICATION_ID {
-            return Err(open_err("is not a twinguard audit database".into()));
-        }
-        verify_conn(&conn, key).map_err(|e| open_err(e.to_string()))
+    pub fn with_checkpoints(mut self, policy: CheckpointPolicy) -> SqliteStore {
+        self.policy = policy;
+        self
     }
 
-    fn io(&self, e: rusqlite::Error) -> AuditError {
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Opens an existing database read-only and verifies it without the signing key, also
+    /// against checkpoints someone kept (`held`: note text and where it came from).
+    pub fn verify_file(
+        path: &Path,
+        key: &VerifyingKey,
+        held: &[(String, String)],
+    ) -> Result<Verification, AuditError> {
+        let conn = open_read_only(path)?;
+        let name = path.display().to_string();
+        verify_conn(&conn, key, held).map_err(|e| AuditError::Io {
+            path: name,
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes the log to `out` as an export that verifies with only the public key.
+    pub fn export_file<W: std::io::Write>(
+        path: &Path,
+        key: &VerifyingKey,
+        out: &mut W,
+        out_name: &str,
+    ) -> Result<u64, AuditError> {
+        let conn = open_read_only(path)?;
+        let name = path.display().to_string();
+        let io = |e: rusqlite::Error| AuditError::Io {
+            path: name.clone(),
+            message: e.to_string(),
+        };
+        // One read transaction: the export is one consistent snapshot even while
+        // twinguard appends.
+        conn.execute_batch("BEGIN").map_err(io)?;
+        let notes = all_notes(&conn).map_err(io)?;
+        let records: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
+            .map_err(io)?;
+        let header = crate::export::Header {
+            format: crate::export::FORMAT.into(),
+            version: crate::export::VERSION,
+            origin: origin_for(key),
+            records: records.max(0) as u64,
+            checkpoints: notes.len() as u64,
+        };
+        let mut stmt = conn
+            .prepare("SELECT seq, ts_ms, kind, body, leaf FROM audit ORDER BY seq")
+            .map_err(io)?;
+        let rows = stmt.query_map([], row_record).map_err(io)?;
+        crate::export::write(out, out_name, &header, &notes, rows.map(|r| r.map_err(io)))
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> AuditError {
         AuditError::Io {
             path: self.path.clone(),
             message: e.to_string(),
         }
     }
+
+    /// The signed note of the checkpoint of exactly `size` records, or of the newest.
+    pub fn checkpoint_note(&self, size: Option<u64>) -> Result<Option<String>, AuditError> {
+        match size {
+            None => latest_note(&self.conn).map_err(|e| self.io(e)),
+            Some(s) => self
+                .conn
+                .query_row(
+                    "SELECT note FROM checkpoint WHERE size = ?1",
+                    [s as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.io(e)),
+        }
+    }
+
+    /// Proves record `seq` is in the log of the newest checkpoint (or of the checkpoint of
+    /// `size` records), signing a checkpoint first when none covers it yet.
+    pub fn prove_inclusion(
+        &mut self,
+        seq: u64,
+        size: Option<u64>,
+    ) -> Result<InclusionProof, AuditError> {
+        if seq == 0 || seq > self.tree.size() {
+            return Err(AuditError::Proof(format!(
+                "there is no record {seq}: the log holds records 1..={}",
+                self.tree.size()
+            )));
+        }
+        if size.is_none() && self.latest.as_ref().is_none_or(|c| c.size < seq) {
+            self.checkpoint()?;
+        }
+        let note = self.checkpoint_note(size)?.ok_or_else(|| {
+            AuditError::Proof(format!(
+                "there is no checkpoint of {} records",
+                size.unwrap_or(seq)
+            ))
+        })?;
+        let cp = Checkpoint::open(&note, &self.key.verifying_key())
+            .map_err(|e| AuditError::Proof(e.to_string()))?;
+        if cp.size < seq {
+            return Err(AuditError::Proof(format!(
+                "the checkpoint of {} records does not cover record {seq}",
+                cp.size
+            )));
+        }
+        let record = self
+            .conn
+            .query_row(
+                "SELECT seq, ts_ms, kind, body, leaf FROM audit WHERE seq = ?1",
+                [seq as i64],
+                row_record,
+            )
+            .map_err(|e| self.io(e))?;
+        let mut t = DbTree {
+            conn: &self.conn,
+            tree: &self.tree,
+            tiles: HashMap::new(),
+        };
+        let proof = merkle::inclusion_proof(&mut t, seq - 1, cp.size).map_err(|e| self.io(e))?;
+        Ok(InclusionProof {
+            record,
+            tree_size: cp.size,
+            proof,
+            checkpoint: note,
+        })
+    }
+
+    /// Proves that the log of the newest checkpoint extends the one of `old` (a signed
+    /// note someone kept); fails, saying so, when it does not.
+    pub fn prove_consistency(&mut self, old: &str) -> Result<ConsistencyProof, AuditError> {
+        let key = self.key.verifying_key();
+        let old_cp = Checkpoint::open(old, &key).map_err(|e| AuditError::Proof(e.to_string()))?;
+        if self.latest.as_ref().is_none_or(|c| c.size < self.tree.size()) {
+            self.checkpoint()?;
+        }
+        let new = self.checkpoint_note(None)?.ok_or_else(|| {
+            AuditError::Proof("the log has no checkpoint yet".to_string())
+        })?;
+        let new_cp =
+            Checkpoint::open(&new, &key).map_err(|e| AuditError::Proof(e.to_string()))?;
+        if old_cp.size > new_cp.size {
+            return Err(AuditError::Proof(format!(
+                "the checkpoint held is of {} records and the log has {}: records were removed",
+                old_cp.size, new_cp.size
+            )));
+        }
+        let mut t = DbTree {
+            conn: &self.conn,
+            tree: &self.tree,
+            tiles: HashMap::new(),
+        };
+        let proof = merkle::consistency_proof(&mut t, old_cp.size, new_cp.size)
+            .map_err(|e| self.io(e))?;
+        Ok(ConsistencyProof {
+            old: old.to_string(),
+            new,
+            proof,
+        })
+    }
+
+    /// Removes the bodies of records older than `before_ms` that a checkpoint covers, and
+    /// the quarantined frames of the same age. Their leaves stay, so every proof and
+    /// checkpoint remains checkable. Returns the records pruned.
+    pub fn prune(&mut self, before_ms: i64) -> Result<u64, AuditError> {
+        let covered = self.latest.as_ref().map_or(0, |c| c.size) as i64;
+        let tx = self.conn.transaction().map_err(|e| AuditError::Io {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let n = tx
+            .execute(
+                "UPDATE audit SET body = NULL WHERE ts_ms < ?1 AND seq <= ?2 AND body IS NOT NULL",
+                params![before_ms, covered],
+            )
+            .and_then(|n| {
+                tx.execute("DELETE FROM quarantine WHERE ts_ms < ?1", [before_ms])?;
+                Ok(n)
+            })
+            .and_then(|n| tx.commit().map(|()| n))
+            .map_err(|e| AuditError::Io {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
+        let q: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM quarantine",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.io(e))?;
+        self.quarantined_bytes = q.max(0) as u64;
+        Ok(n as u64)
+    }
+
+    fn due(&self) -> bool {
+        self.due_at(self.tree.size())
+    }
+
+    fn due_at(&self, size: u64) -> bool {
+        let covered = self.latest.as_ref().map_or(0, |c| c.size);
+        size > covered
+            && (size - covered >= self.policy.records
+                || self
+                    .last_checkpoint
+                    .is_none_or(|t| t.elapsed() >= self.policy.every))
+    }
+
+    /// Signs and stores a checkpoint of the tree whose edge is `frontier` (inside the
+    /// caller's transaction).
+    fn sign_checkpoint(
+        conn: &Connection,
+        key: &SigningKey,
+        origin: &str,
+        frontier: &Frontier,
+    ) -> rusqlite::Result<(Checkpoint, String)> {
+        let cp = Checkpoint {
+            origin: origin.to_string(),
+            size: frontier.size(),
+            root: frontier.root(),
+            timestamp_ms: now_ms(),
+        };
+        let note = cp.sign(key);
+        conn.prepare_cached(
+            "INSERT INTO checkpoint (size, ts_ms, note) VALUES (?1, ?2, ?3)
+             ON CONFLICT(size) DO NOTHING",
+        )?
+        .execute(params![cp.size as i64, cp.timestamp_ms, note])?;
+        Ok((cp, note))
+    }
+}
+
+fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
+    let name = path.display().to_string();
+    let open_err = |message: String| AuditError::Open {
+        path: name.clone(),
+        message,
+    };
+    if !path.exists() {
+        return Err(open_err("does not exist".into()));
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| open_err(e.to_string()))?;
+    check_identity(&conn).map_err(open_err)?;
+    Ok(conn)
 }
 
 fn init(conn: &Connection) -> rusqlite::Result<()> {
     // twinguard is the log's only writer: a lock held elsewhere is a fault to report at
     // once (nothing then executes), not to wait out while the core stands still.
-    conn.busy_timeout(std::time::Duration::from_millis(200))?;
+    conn.busy_timeout(Duration::from_millis(200))?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -122,15 +500,17 @@ fn init(conn: &Connection) -> rusqlite::Result<()> {
                  seq INTEGER PRIMARY KEY,
                  ts_ms INTEGER NOT NULL,
                  kind TEXT NOT NULL,
-                 body TEXT NOT NULL,
-                 prev_hash BLOB NOT NULL,
+                 body TEXT,
+                 leaf BLOB NOT NULL
+             );
+             CREATE TABLE tile (
+                 idx INTEGER PRIMARY KEY,
                  hash BLOB NOT NULL
              );
-             CREATE TABLE head (
-                 id INTEGER PRIMARY KEY CHECK (id = 1),
-                 seq INTEGER NOT NULL,
-                 hash BLOB NOT NULL,
-                 sig BLOB NOT NULL
+             CREATE TABLE checkpoint (
+                 size INTEGER PRIMARY KEY,
+                 ts_ms INTEGER NOT NULL,
+                 note TEXT NOT NULL
              );
              CREATE TABLE quarantine (
                  id INTEGER PRIMARY KEY,
@@ -146,119 +526,204 @@ fn init(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn read_head(conn: &Connection) -> rusqlite::Result<Option<(Head, [u8; 64])>> {
-    conn.query_row("SELECT seq, hash, sig FROM head WHERE id = 1", [], |r| {
-        let seq: i64 = r.get(0)?;
-        let hash: Vec<u8> = r.get(1)?;
-        let sig: Vec<u8> = r.get(2)?;
-        Ok((seq, hash, sig))
-    })
-    .optional()
-    .map(|o| {
-        o.map(|(seq, hash, sig)| {
-            let mut h = [0u8; 32];
-            let mut s = [0u8; 64];
-            // Wrong lengths leave zeros, which then fail verification instead of panicking.
-            if hash.len() == 32 {
-                h.copy_from_slice(&hash);
-            }
-            if sig.len() == 64 {
-                s.copy_from_slice(&sig);
-            }
-            (
-                Head {
-                    seq: seq.max(0) as u64,
-                    hash: h,
-                },
-                s,
-            )
+/// Refuses a file that is not a twinguard audit log of this schema, saying what it is.
+fn check_identity(conn: &Connection) -> Result<(), String> {
+    let app: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| format!("is not a readable SQLite database: {e}"))?;
+    if app != APPLICATION_ID {
+        return Err(format!(
+            "is a SQLite database of another application (application_id {app:#x}), not a twinguard audit log"
+        ));
+    }
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    match version {
+        SCHEMA_VERSION => Ok(()),
+        1 => Err("is a hash-chained audit log of an earlier twinguard (schema 1), which this version does not read or extend: keep it with the twinguard that wrote it and give this one a new data directory".into()),
+        v => Err(format!("has audit schema {v}; this twinguard reads schema {SCHEMA_VERSION}")),
+    }
+}
+
+fn load_tree(conn: &Connection) -> Result<Tree, String> {
+    let mut tree = Tree::default();
+    let tiles: Vec<Hash> = conn
+        .prepare("SELECT idx, hash FROM tile ORDER BY idx")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
         })
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .enumerate()
+        .map(|(i, (idx, h))| {
+            if idx == i as i64 {
+                Ok(to32(&h))
+            } else {
+                Err(format!("its tile index skips from {} to {idx} (run `twinguard audit verify`)", i as i64 - 1))
+            }
+        })
+        .collect::<Result<_, String>>()?;
+    let records: i64 = conn
+        .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    let records = records.max(0) as u64;
+    let tiled = tiles.len() as u64 * TILE;
+    if tiled > records {
+        return Err(format!(
+            "its tree index covers {tiled} records but only {records} are stored: records were removed (run `twinguard audit verify`)"
+        ));
+    }
+    for t in &tiles {
+        tree.add_tile(*t);
+    }
+    tree.tail = conn
+        .prepare("SELECT leaf FROM audit WHERE seq > ?1 ORDER BY seq")
+        .and_then(|mut s| {
+            s.query_map([tiled as i64], |r| r.get::<_, Vec<u8>>(0))?
+                .map(|l| l.map(|v| to32(&v)))
+                .collect::<rusqlite::Result<Vec<Hash>>>()
+        })
+        .map_err(|e| e.to_string())?;
+    if tree.tail.len() as u64 >= TILE || tiled + tree.tail.len() as u64 != records {
+        return Err(format!(
+            "its records are not numbered 1..={records} without gaps, or its tree index is behind them (run `twinguard audit verify`)"
+        ));
+    }
+    // The frontier of a tree of n leaves: the roots of its perfect subtrees, largest first.
+    let mut stack = Vec::new();
+    let mut lo = 0u64;
+    let t = DbTree {
+        conn,
+        tree: &tree,
+        tiles: HashMap::new(),
+    };
+    let mut t = t;
+    for bit in (0..64).rev() {
+        let n = 1u64 << bit;
+        if records & n != 0 {
+            stack.push(t.subtree(lo, lo + n).map_err(|e| e.to_string())?);
+            lo += n;
+        }
+    }
+    tree.frontier = Frontier::from_parts(records, stack);
+    Ok(tree)
+}
+
+fn latest_note(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT note FROM checkpoint ORDER BY size DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn all_notes(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    conn.prepare("SELECT note FROM checkpoint ORDER BY size")?
+        .query_map([], |r| r.get(0))?
+        .collect()
+}
+
+fn row_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let seq: i64 = r.get(0)?;
+    Ok(Record {
+        seq: seq.max(0) as u64,
+        ts_ms: r.get(1)?,
+        kind: r.get(2)?,
+        body: r.get(3)?,
+        leaf: to32(&r.get::<_, Vec<u8>>(4)?),
     })
 }
 
-fn verify_conn(conn: &Connection, key: &VerifyingKey) -> rusqlite::Result<Verification> {
-    let mut stmt =
-        conn.prepare("SELECT seq, ts_ms, kind, body, prev_hash, hash FROM audit ORDER BY rowid")?;
-    let rows = stmt.query_map([], |r| {
-        let to32 = |v: Vec<u8>| {
-            let mut a = [0u8; 32];
-            if v.len() == 32 {
-                a.copy_from_slice(&v);
-            }
-            a
-        };
-        let seq: i64 = r.get(0)?;
-        Ok(Record {
-            seq: seq.max(0) as u64,
-            ts_ms: r.get(1)?,
-            kind: r.get(2)?,
-            body: r.get(3)?,
-            prev_hash: to32(r.get(4)?),
-            hash: to32(r.get(5)?),
-        })
-    })?;
-    let mut records = Vec::new();
-    for r in rows {
-        records.push(r?);
+fn verify_conn(
+    conn: &Connection,
+    key: &VerifyingKey,
+    held: &[(String, String)],
+) -> rusqlite::Result<Verification> {
+    let mut notes: Vec<(String, String)> = all_notes(conn)?
+        .into_iter()
+        .map(|n| (n, "stored".to_string()))
+        .collect();
+    notes.extend(held.iter().cloned());
+    let mut check = LogCheck::new(key, &notes);
+    let mut stmt = conn.prepare("SELECT seq, ts_ms, kind, body, leaf FROM audit ORDER BY rowid")?;
+    for r in stmt.query_map([], row_record)? {
+        if !check.record(&r?) {
+            break;
+        }
     }
-    Ok(check_chain(records, read_head(conn)?, key))
+    Ok(check.finish())
 }
 
 impl AuditStore for SqliteStore {
     fn append(&mut self, entries: &[Entry]) -> Result<Head, AuditError> {
-        let mut seq = self.head.as_ref().map_or(0, |h| h.seq);
-        let mut prev = self.head.as_ref().map_or(crate::GENESIS, |h| h.hash);
-        let tx = self.conn.transaction().map_err(|e| AuditError::Io {
-            path: self.path.clone(),
+        let path = self.path.clone();
+        let io = |e: rusqlite::Error| AuditError::Io {
+            path: path.clone(),
             message: e.to_string(),
-        })?;
+        };
+        // Work on a copy of the tree's growing edge: a failed transaction leaves the
+        // tree in memory as the database is.
+        let mut frontier = self.tree.frontier.clone();
+        let mut tail = self.tree.tail.clone();
+        let mut new_tiles: Vec<Hash> = Vec::new();
+        let due = self.due_at(self.tree.size() + entries.len() as u64);
+        let tx = self.conn.transaction().map_err(io)?;
         {
-            let mut stmt = tx
+            let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO audit (seq, ts_ms, kind, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO audit (seq, ts_ms, kind, body, leaf) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
-                .map_err(|e| AuditError::Io {
-                    path: self.path.clone(),
-                    message: e.to_string(),
-                })?;
+                .map_err(io)?;
+            let mut tile_insert = tx
+                .prepare_cached("INSERT INTO tile (idx, hash) VALUES (?1, ?2)")
+                .map_err(io)?;
+            let mut tiles = self.tree.complete_tiles();
             for e in entries {
-                seq += 1;
+                let seq = frontier.size() + 1;
                 let body = serde_json::to_string(&e.body).map_err(|err| AuditError::Body {
                     kind: e.kind.clone(),
                     message: err.to_string(),
                 })?;
-                let hash = record_hash(seq, e.ts_ms, &e.kind, &body, &prev);
-                stmt.execute(params![
-                    seq as i64,
-                    e.ts_ms,
-                    e.kind,
-                    body,
-                    &prev[..],
-                    &hash[..]
-                ])
-                .map_err(|err| AuditError::Io {
-                    path: self.path.clone(),
-                    message: err.to_string(),
-                })?;
-                prev = hash;
+                let leaf = record_leaf(seq, e.ts_ms, &e.kind, &body);
+                insert
+                    .execute(params![seq as i64, e.ts_ms, e.kind, body, &leaf[..]])
+                    .map_err(io)?;
+                frontier.push(leaf);
+                tail.push(leaf);
+                if tail.len() as u64 == TILE {
+                    let h = merkle::root(&tail);
+                    tail.clear();
+                    tile_insert.execute(params![tiles as i64, &h[..]]).map_err(io)?;
+                    tiles += 1;
+                    new_tiles.push(h);
+                }
             }
         }
-        let head = Head { seq, hash: prev };
-        let sig = sign_head(&self.key, &head);
-        tx.prepare_cached(
-            "INSERT INTO head (id, seq, hash, sig) VALUES (1, ?1, ?2, ?3)
-             ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, sig = excluded.sig",
-        )
-        .and_then(|mut stmt| stmt.execute(params![seq as i64, &prev[..], &sig[..]]))
-        .map_err(|e| AuditError::Io {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
-        tx.commit().map_err(|e| AuditError::Io {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
-        self.records += entries.len() as u64;
+        // The tree in memory changes only once the data is durable.
+        let checkpoint = if due {
+            Some(
+                Self::sign_checkpoint(&tx, &self.key, &self.origin, &frontier).map_err(io)?,
+            )
+        } else {
+            None
+        };
+        tx.commit().map_err(io)?;
+        self.tree.frontier = frontier;
+        self.tree.tail = tail;
+        for t in new_tiles {
+            self.tree.add_tile(t);
+        }
+        if let Some((cp, _)) = checkpoint {
+            self.latest = Some(cp);
+            self.last_checkpoint = Some(Instant::now());
+        }
+        let head = Head {
+            seq: self.tree.size(),
+            hash: self.tree.frontier.root(),
+        };
         self.head = Some(head.clone());
         Ok(head)
     }
@@ -291,10 +756,56 @@ impl AuditStore for SqliteStore {
     }
 
     fn records(&self) -> u64 {
-        self.records
+        self.tree.size()
+    }
+
+    fn checkpoint(&mut self) -> Result<Option<Checkpoint>, AuditError> {
+        if self.latest.as_ref().map_or(0, |c| c.size) >= self.tree.size()
+            && (self.tree.size() > 0 || self.latest.is_some())
+        {
+            return Ok(None);
+        }
+        let path = self.path.clone();
+        let io = |e: rusqlite::Error| AuditError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(io)?;
+        let stored: i64 = tx
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
+            .map_err(io)?;
+        if stored.max(0) as u64 != self.tree.size() {
+            return Err(AuditError::Io {
+                path: self.path.clone(),
+                message: format!(
+                    "the log grew from {} to {stored} records since it was opened here (a running twinguard signs its own checkpoints)",
+                    self.tree.size()
+                ),
+            });
+        }
+        let (cp, _) = Self::sign_checkpoint(&tx, &self.key, &self.origin, &self.tree.frontier).map_err(io)?;
+        tx.commit().map_err(io)?;
+        self.latest = Some(cp.clone());
+        self.last_checkpoint = Some(Instant::now());
+        Ok(Some(cp))
+    }
+
+    fn checkpoint_if_due(&mut self) -> Result<Option<Checkpoint>, AuditError> {
+        if self.due() {
+            self.checkpoint()
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn latest_checkpoint(&self) -> Option<Checkpoint> {
+        self.latest.clone()
     }
 
     fn verify(&self, key: &VerifyingKey) -> Result<Verification, AuditError> {
-        verify_conn(&self.conn, key).map_err(|e| self.io(e))
+        verify_conn(&self.conn, key, &[]).map_err(|e| self.io(e))
     }
 }

@@ -1,4 +1,4 @@
-//! The audit log detects and locates every kind of tampering.
+//! The audit log detects and locates every kind of tampering, and proves what it holds.
 
 #![allow(
     clippy::unwrap_used,
@@ -8,7 +8,10 @@
     reason = "test code: a panic is a test failure"
 )]
 
-use audit::{AuditStore, Entry, Quarantined, SqliteStore};
+use audit::{
+    AuditStore, Checkpoint, CheckpointPolicy, Entry, Proof, Quarantined, SqliteStore,
+    check_proof, merkle,
+};
 use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, params};
 use serde_json::json;
@@ -17,27 +20,29 @@ fn key() -> SigningKey {
     SigningKey::from_bytes(&[7u8; 32])
 }
 
+fn append_n(store: &mut SqliteStore, from: u64, n: u64) {
+    for batch in (from..from + n).collect::<Vec<_>>().chunks(5) {
+        let entries: Vec<Entry> = batch
+            .iter()
+            .map(|i| Entry::new(*i as i64, "detection", json!({"n": i})))
+            .collect();
+        store.append(&entries).unwrap();
+    }
+}
+
+/// A log of `n` records, closed with a checkpoint of all of them (as twinguard does when
+/// it stops).
 fn filled(n: u64) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
     let mut store = SqliteStore::open(&path, key()).unwrap();
-    for batch in 0..n / 5 {
-        let entries: Vec<Entry> = (0..5)
-            .map(|i| {
-                Entry::new(
-                    (batch * 5 + i) as i64,
-                    "detection",
-                    json!({"n": batch * 5 + i}),
-                )
-            })
-            .collect();
-        store.append(&entries).unwrap();
-    }
+    append_n(&mut store, 0, n);
+    store.checkpoint().unwrap();
     (dir, path)
 }
 
 fn verify(path: &std::path::Path) -> audit::Verification {
-    SqliteStore::verify_file(path, &key().verifying_key()).unwrap()
+    SqliteStore::verify_file(path, &key().verifying_key(), &[]).unwrap()
 }
 
 fn exec(path: &std::path::Path, sql: &str) {
@@ -50,6 +55,8 @@ fn intact_log_verifies_and_survives_reopen() {
     let v = verify(&path);
     assert_eq!(v.problem, None);
     assert_eq!(v.records, 20);
+    assert_eq!(v.unanchored, 0);
+    assert_eq!(v.latest.as_ref().unwrap().size, 20);
     let mut store = SqliteStore::open(&path, key()).unwrap();
     assert_eq!(store.records(), 20);
     store
@@ -61,12 +68,54 @@ fn intact_log_verifies_and_survives_reopen() {
 }
 
 #[test]
+fn checkpoints_follow_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let mut store = SqliteStore::open(&path, key())
+        .unwrap()
+        .with_checkpoints(CheckpointPolicy {
+            every: std::time::Duration::from_secs(3600),
+            records: 50,
+        });
+    // The first append is checkpointed at once, then every 50 records.
+    append_n(&mut store, 0, 5);
+    assert_eq!(store.latest_checkpoint().unwrap().size, 5);
+    append_n(&mut store, 5, 45);
+    assert_eq!(store.latest_checkpoint().unwrap().size, 5);
+    append_n(&mut store, 50, 5);
+    assert_eq!(store.latest_checkpoint().unwrap().size, 55);
+    assert!(store.checkpoint_if_due().unwrap().is_none());
+    append_n(&mut store, 55, 5);
+    let v = verify(&path);
+    assert_eq!((v.checkpoints, v.unanchored, v.problem), (2, 5, None));
+    assert_eq!(store.checkpoint().unwrap().unwrap().size, 60);
+    assert!(store.checkpoint().unwrap().is_none());
+}
+
+#[test]
 fn edit_is_located() {
     let (_d, path) = filled(20);
     exec(&path, "UPDATE audit SET body = '{\"n\":999}' WHERE seq = 7");
     let p = verify(&path).problem.unwrap();
     assert_eq!(p.seq, 7);
     assert!(p.what.contains("edited"), "{}", p.what);
+}
+
+#[test]
+fn an_edit_with_its_leaf_recomputed_breaks_the_signed_checkpoint() {
+    let (_d, path) = filled(20);
+    let leaf = audit::record_leaf(7, 6, "detection", "{\"n\":999}");
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE audit SET body = '{\"n\":999}', leaf = ?1 WHERE seq = 7",
+            params![&leaf[..]],
+        )
+        .unwrap();
+    let p = verify(&path).problem.unwrap();
+    // Records 1..=5 are under the first checkpoint, still intact; the change is after.
+    assert_eq!(p.seq, 6, "{p:?}");
+    assert!(p.what.contains("6..=20"), "{}", p.what);
 }
 
 #[test]
@@ -84,27 +133,25 @@ fn tail_truncation_is_located() {
     exec(&path, "DELETE FROM audit WHERE seq > 17");
     let p = verify(&path).problem.unwrap();
     assert_eq!(p.seq, 18);
+    assert!(p.what.contains("18..=20 are missing"), "{}", p.what);
 }
 
 #[test]
 fn insertion_with_renumbering_is_located() {
     let (_d, path) = filled(10);
-    // Shift records 5.. up by one and insert a forged record 5 that chains from 4.
+    // Shift records 5.. up by one and insert a forged record 5 with a correct leaf.
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch("UPDATE audit SET seq = seq + 1000 WHERE seq >= 5; UPDATE audit SET seq = seq - 999 WHERE seq >= 1005;").unwrap();
-    let prev: Vec<u8> = conn
-        .query_row("SELECT hash FROM audit WHERE seq = 4", [], |r| r.get(0))
-        .unwrap();
-    let prev: [u8; 32] = prev.try_into().unwrap();
-    let h = audit::record_hash(5, 0, "approval", "{}", &prev);
+    let leaf = audit::record_leaf(5, 0, "approval", "{}");
     conn.execute(
-        "INSERT INTO audit (seq, ts_ms, kind, body, prev_hash, hash) VALUES (5, 0, 'approval', '{}', ?1, ?2)",
-        params![&prev[..], &h[..]],
+        "INSERT INTO audit (seq, ts_ms, kind, body, leaf) VALUES (5, 0, 'approval', '{}', ?1)",
+        params![&leaf[..]],
     )
     .unwrap();
     drop(conn);
+    // Record 5 is under the first checkpoint (of 5 records): the range it names holds it.
     let p = verify(&path).problem.unwrap();
-    assert!(p.seq == 5 || p.seq == 6, "{p:?}");
+    assert!(p.what.contains("1..=5 do not match"), "{p:?}");
 }
 
 #[test]
@@ -120,15 +167,150 @@ fn reordering_is_located() {
 }
 
 #[test]
-fn forged_head_is_detected() {
+fn forged_or_removed_checkpoints_are_detected() {
     let (_d, path) = filled(10);
-    exec(&path, "UPDATE head SET seq = 9");
+    exec(&path, "UPDATE checkpoint SET note = replace(note, char(10) || '10' || char(10), char(10) || '9' || char(10)) WHERE size = 10");
     let p = verify(&path).problem.unwrap();
     assert!(p.what.contains("signature"), "{}", p.what);
+    let (_d, path) = filled(10);
+    exec(&path, "DELETE FROM checkpoint");
+    let p = verify(&path).problem.unwrap();
+    assert!(p.what.contains("no signed checkpoint"), "{}", p.what);
 }
 
 #[test]
-fn corrupt_or_foreign_database_is_a_clear_error() {
+fn a_checkpoint_kept_from_earlier_catches_a_rewritten_history() {
+    let (_d, path) = filled(20);
+    let held = SqliteStore::open(&path, key())
+        .unwrap()
+        .checkpoint_note(None)
+        .unwrap()
+        .unwrap();
+    // Someone with write access to the database (but not the key) rewrites record 7 with
+    // its leaf recomputed, and removes every stored checkpoint that would show it.
+    let leaf = audit::record_leaf(7, 6, "detection", "{\"n\":999}");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE audit SET body = '{\"n\":999}', leaf = ?1 WHERE seq = 7",
+        params![&leaf[..]],
+    )
+    .unwrap();
+    conn.execute_batch("DELETE FROM checkpoint; DELETE FROM tile;")
+        .unwrap();
+    drop(conn);
+    let held = [(held, "held.checkpoint".to_string())];
+    let v = SqliteStore::verify_file(&path, &key().verifying_key(), &held).unwrap();
+    let p = v.problem.unwrap();
+    assert!(p.what.contains("held.checkpoint"), "{}", p.what);
+    assert_eq!(p.seq, 1);
+}
+
+#[test]
+fn proofs_verify_with_only_the_public_key_across_tiles_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let public = key().verifying_key();
+    let mut store = SqliteStore::open(&path, key()).unwrap();
+    append_n(&mut store, 0, 300);
+    store.checkpoint().unwrap();
+    let old = store.checkpoint_note(None).unwrap().unwrap();
+    drop(store);
+    // Reopened: the tree is rebuilt from the tiles and the unfinished tile's leaves.
+    let mut store = SqliteStore::open(&path, key()).unwrap();
+    append_n(&mut store, 300, 500);
+    store.checkpoint().unwrap();
+    let leaves: Vec<merkle::Hash> = Connection::open(&path)
+        .unwrap()
+        .prepare("SELECT leaf FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|l| l.unwrap().try_into().unwrap())
+        .collect();
+    assert_eq!(store.head().unwrap().hash, merkle::root(&leaves));
+    for seq in [1u64, 2, 255, 256, 257, 300, 511, 512, 513, 700, 800] {
+        let p = store.prove_inclusion(seq, None).unwrap();
+        assert_eq!(p.tree_size, 800);
+        let text = serde_json::to_string(&Proof::Inclusion(p.clone())).unwrap();
+        let back: Proof = serde_json::from_str(&text).unwrap();
+        let said = check_proof(&back, &public).unwrap();
+        assert!(said.contains(&format!("record {seq} ")), "{said}");
+        // A record shown with other contents does not verify.
+        let mut forged = p.clone();
+        forged.record.body = Some("{\"n\":-1}".into());
+        forged.record.leaf = forged.record.computed_leaf().unwrap();
+        assert!(check_proof(&Proof::Inclusion(forged), &public).is_err());
+    }
+    // Against the older checkpoint too.
+    let p = store.prove_inclusion(299, Some(300)).unwrap();
+    assert!(check_proof(&Proof::Inclusion(p), &public).is_ok());
+    assert!(store.prove_inclusion(301, Some(300)).is_err());
+    assert!(store.prove_inclusion(801, None).is_err());
+    let c = store.prove_consistency(&old).unwrap();
+    let said = check_proof(&Proof::Consistency(c.clone()), &public).unwrap();
+    assert!(said.contains("extends the log of 300"), "{said}");
+    // A proof that pretends the old log had other contents fails.
+    let mut other = c.clone();
+    let mut cp = Checkpoint::open(&other.old, &public).unwrap();
+    cp.root[0] ^= 1;
+    other.old = cp.sign(&key());
+    assert!(check_proof(&Proof::Consistency(other), &public).is_err());
+    // And no proof verifies with another key.
+    let stranger = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+    assert!(check_proof(&Proof::Consistency(c), &stranger).is_err());
+}
+
+#[test]
+fn an_export_verifies_offline_and_shows_tampering() {
+    let (_d, path) = filled(40);
+    let public = key().verifying_key();
+    let mut out = Vec::new();
+    let n = SqliteStore::export_file(&path, &public, &mut out, "log.jsonl").unwrap();
+    assert_eq!(n, 40);
+    let v = audit::export::verify(&out[..], "log.jsonl", &public, &[]).unwrap();
+    assert_eq!((v.records, v.problem), (40, None));
+    let text = String::from_utf8(out).unwrap();
+    let edited = text.replace("{\\\"n\\\":17}", "{\\\"n\\\":71}");
+    assert_ne!(edited, text);
+    let p = audit::export::verify(edited.as_bytes(), "log.jsonl", &public, &[])
+        .unwrap()
+        .problem
+        .unwrap();
+    assert_eq!(p.seq, 18);
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = lines[..lines.len() - 3].join("\n");
+    let p = audit::export::verify(cut.as_bytes(), "log.jsonl", &public, &[])
+        .unwrap()
+        .problem
+        .unwrap();
+    assert!(p.what.contains("missing"), "{}", p.what);
+    let stranger = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+    let e = audit::export::verify(text.as_bytes(), "log.jsonl", &stranger, &[]).unwrap_err();
+    assert!(e.to_string().contains("log.jsonl"), "{e}");
+    let e = audit::export::verify(&b"not json\n"[..], "x.jsonl", &public, &[]).unwrap_err();
+    assert!(e.to_string().contains("line 1"), "{e}");
+}
+
+#[test]
+fn pruning_keeps_the_proofs_checkable() {
+    let (_d, path) = filled(30);
+    let mut store = SqliteStore::open(&path, key()).unwrap();
+    assert_eq!(store.prune(10).unwrap(), 10);
+    let v = verify(&path);
+    assert_eq!((v.pruned, v.problem), (10, None));
+    let public = key().verifying_key();
+    assert!(check_proof(&Proof::Inclusion(store.prove_inclusion(20, None).unwrap()), &public).is_ok());
+    let e = check_proof(&Proof::Inclusion(store.prove_inclusion(3, None).unwrap()), &public)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pruned"), "{e}");
+    // A pruned record's leaf still counts: changing it breaks the checkpoint.
+    exec(&path, "UPDATE audit SET leaf = zeroblob(32) WHERE seq = 3");
+    assert!(verify(&path).problem.is_some());
+}
+
+#[test]
+fn corrupt_foreign_or_old_databases_are_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.db");
     std::fs::write(
@@ -148,7 +330,14 @@ fn corrupt_or_foreign_database_is_a_clear_error() {
         .unwrap()
         .to_string();
     assert!(e.contains("another application"), "{e}");
-    let e = SqliteStore::verify_file(&dir.path().join("none.db"), &key().verifying_key())
+    let old = dir.path().join("old.db");
+    exec(
+        &old,
+        "PRAGMA application_id = 1952932213; PRAGMA user_version = 1; CREATE TABLE audit (seq INTEGER PRIMARY KEY);",
+    );
+    let e = SqliteStore::open(&old, key()).err().unwrap().to_string();
+    assert!(e.contains("schema 1"), "{e}");
+    let e = SqliteStore::verify_file(&dir.path().join("none.db"), &key().verifying_key(), &[])
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not exist"), "{e}");
