@@ -46,7 +46,10 @@ pub enum NoteError {
 /// The log's name, derived from its public key, so that two installs never share one.
 pub fn origin_for(key: &VerifyingKey) -> String {
     let d = Sha256::digest(key.as_bytes());
-    format!("twinguard/audit/{}", hex::encode(d.get(..8).unwrap_or_default()))
+    format!(
+        "twinguard/audit/{}",
+        hex::encode(d.get(..8).unwrap_or_default())
+    )
 }
 
 /// The signed-note key id: the first four bytes of SHA-256(name ‖ "\n" ‖ 0x01 ‖ key).

@@ -97,9 +97,13 @@ fn next_line<R: BufRead>(
     Ok(Some(()))
 }
 
-fn parse<'a, T: Deserialize<'a>>(buf: &'a [u8], name: &str, line_no: u64, what: &str) -> Result<T, AuditError> {
-    serde_json::from_slice(buf)
-        .map_err(|e| io(name, format!("line {line_no} is not {what}: {e}")))
+fn parse<'a, T: Deserialize<'a>>(
+    buf: &'a [u8],
+    name: &str,
+    line_no: u64,
+    what: &str,
+) -> Result<T, AuditError> {
+    serde_json::from_slice(buf).map_err(|e| io(name, format!("line {line_no} is not {what}: {e}")))
 }
 
 /// Verifies an export with only the log's public key (and any checkpoints kept from
@@ -136,8 +140,12 @@ pub fn verify<R: BufRead>(
     let mut line_no = 1u64;
     for _ in 0..header.checkpoints {
         line_no += 1;
-        next_line(&mut r, name, line_no, &mut buf)?
-            .ok_or_else(|| io(name, format!("ends at line {line_no}, inside its checkpoints")))?;
+        next_line(&mut r, name, line_no, &mut buf)?.ok_or_else(|| {
+            io(
+                name,
+                format!("ends at line {line_no}, inside its checkpoints"),
+            )
+        })?;
         let c: CheckpointLine = parse(&buf, name, line_no, "a checkpoint")?;
         notes.push((c.checkpoint, format!("{name} line {line_no}")));
     }

@@ -145,6 +145,10 @@ pub trait AuditStore: Send {
     /// Signs a checkpoint if the configured interval has passed with records uncovered.
     fn checkpoint_if_due(&mut self) -> Result<Option<Checkpoint>, AuditError>;
     fn latest_checkpoint(&self) -> Option<Checkpoint>;
+    /// Removes the bodies of records older than `before_ms` that a checkpoint covers, and
+    /// the quarantined frames of the same age. Their leaves stay, so every proof and
+    /// checkpoint remains checkable. Returns the records pruned.
+    fn prune(&mut self, before_ms: i64) -> Result<u64, AuditError>;
     fn verify(&self, key: &VerifyingKey) -> Result<Verification, AuditError>;
 }
 
@@ -240,7 +244,10 @@ impl LogCheck {
         let expected = self.frontier.size() + 1;
         if r.seq != expected {
             let what = if r.seq > expected {
-                format!("record {expected} is missing (next stored record is {})", r.seq)
+                format!(
+                    "record {expected} is missing (next stored record is {})",
+                    r.seq
+                )
             } else {
                 format!("record {} is out of order (expected {expected})", r.seq)
             };
@@ -266,9 +273,9 @@ impl LogCheck {
             }
             if self.frontier.root() != cp.root {
                 let what = format!(
-                    "records {}..={size} do not match the checkpoint of size {size} ({from}, signed {}): one of them was edited, inserted, removed or moved and its leaf hash recomputed",
+                    "records {}..={size} do not match the checkpoint of size {size} ({from}, signed {} UTC): one of them was edited, inserted, removed or moved and its leaf hash recomputed",
                     self.last_ok + 1,
-                    cp.timestamp_ms
+                    format_utc(cp.timestamp_ms)
                 );
                 let seq = self.last_ok + 1;
                 self.fail(seq, what);
@@ -370,18 +377,19 @@ pub fn check_proof(proof: &Proof, key: &VerifyingKey) -> Result<String, AuditErr
                     p.tree_size, cp.size
                 )));
             }
-            let index = p.record.seq.checked_sub(1).ok_or_else(|| {
-                err("record 0 does not exist (records count from 1)".to_string())
-            })?;
+            let index =
+                p.record.seq.checked_sub(1).ok_or_else(|| {
+                    err("record 0 does not exist (records count from 1)".to_string())
+                })?;
             if merkle::verify_inclusion(&leaf, index, cp.size, &p.proof, &cp.root) {
                 Ok(format!(
-                    "record {} ({}) is in the log {} of {} records, root {}, signed at {}",
+                    "record {} ({}) is in the log {} of {} records, root {}, signed {} UTC",
                     p.record.seq,
                     p.record.kind,
                     cp.origin,
                     cp.size,
                     cp.root_hex(),
-                    cp.timestamp_ms
+                    format_utc(cp.timestamp_ms)
                 ))
             } else {
                 Err(err(format!(
@@ -409,6 +417,29 @@ pub fn check_proof(proof: &Proof, key: &VerifyingKey) -> Result<String, AuditErr
             }
         }
     }
+}
+
+/// `2026-01-01 06:30:00` (UTC) from milliseconds since the epoch.
+pub fn format_utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 mod hex_bytes {

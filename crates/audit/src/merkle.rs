@@ -357,7 +357,10 @@ mod tests {
             let rn = roots[n as usize];
             for i in 0..n {
                 let p = inclusion_proof(&mut t, i, n).unwrap();
-                assert!(verify_inclusion(&leaves[i as usize], i, n, &p, &rn), "{i}/{n}");
+                assert!(
+                    verify_inclusion(&leaves[i as usize], i, n, &p, &rn),
+                    "{i}/{n}"
+                );
                 if i + 1 < n {
                     assert!(!verify_inclusion(&leaves[i as usize], i + 1, n, &p, &rn));
                 }

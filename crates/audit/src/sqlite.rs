@@ -107,7 +107,7 @@ impl Tree {
 
     /// A complete aligned subtree of at least a tile, if known.
     fn perfect(&self, lo: u64, n: u64) -> Option<Hash> {
-        if n < TILE || !n.is_power_of_two() || lo % n != 0 {
+        if n < TILE || !n.is_power_of_two() || !lo.is_multiple_of(n) {
             return None;
         }
         let level = (n.trailing_zeros() - TILE_BITS) as usize;
@@ -130,13 +130,14 @@ impl DbTree<'_> {
             return Ok(&self.tree.tail);
         }
         if !self.tiles.contains_key(&idx) {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT leaf FROM audit WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")?;
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT leaf FROM audit WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+            )?;
             let leaves = stmt
-                .query_map(params![(idx * TILE) as i64, ((idx + 1) * TILE) as i64], |r| {
-                    r.get::<_, Vec<u8>>(0)
-                })?
+                .query_map(
+                    params![(idx * TILE) as i64, ((idx + 1) * TILE) as i64],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )?
                 .map(|l| l.map(|v| to32(&v)))
                 .collect::<rusqlite::Result<Vec<Hash>>>()?;
             self.tiles.insert(idx, leaves);
@@ -369,14 +370,17 @@ impl SqliteStore {
     pub fn prove_consistency(&mut self, old: &str) -> Result<ConsistencyProof, AuditError> {
         let key = self.key.verifying_key();
         let old_cp = Checkpoint::open(old, &key).map_err(|e| AuditError::Proof(e.to_string()))?;
-        if self.latest.as_ref().is_none_or(|c| c.size < self.tree.size()) {
+        if self
+            .latest
+            .as_ref()
+            .is_none_or(|c| c.size < self.tree.size())
+        {
             self.checkpoint()?;
         }
-        let new = self.checkpoint_note(None)?.ok_or_else(|| {
-            AuditError::Proof("the log has no checkpoint yet".to_string())
-        })?;
-        let new_cp =
-            Checkpoint::open(&new, &key).map_err(|e| AuditError::Proof(e.to_string()))?;
+        let new = self
+            .checkpoint_note(None)?
+            .ok_or_else(|| AuditError::Proof("the log has no checkpoint yet".to_string()))?;
+        let new_cp = Checkpoint::open(&new, &key).map_err(|e| AuditError::Proof(e.to_string()))?;
         if old_cp.size > new_cp.size {
             return Err(AuditError::Proof(format!(
                 "the checkpoint held is of {} records and the log has {}: records were removed",
@@ -388,8 +392,8 @@ impl SqliteStore {
             tree: &self.tree,
             tiles: HashMap::new(),
         };
-        let proof = merkle::consistency_proof(&mut t, old_cp.size, new_cp.size)
-            .map_err(|e| self.io(e))?;
+        let proof =
+            merkle::consistency_proof(&mut t, old_cp.size, new_cp.size).map_err(|e| self.io(e))?;
         Ok(ConsistencyProof {
             old: old.to_string(),
             new,
@@ -397,39 +401,15 @@ impl SqliteStore {
         })
     }
 
-    /// Removes the bodies of records older than `before_ms` that a checkpoint covers, and
-    /// the quarantined frames of the same age. Their leaves stay, so every proof and
-    /// checkpoint remains checkable. Returns the records pruned.
-    pub fn prune(&mut self, before_ms: i64) -> Result<u64, AuditError> {
-        let covered = self.latest.as_ref().map_or(0, |c| c.size) as i64;
-        let tx = self.conn.transaction().map_err(|e| AuditError::Io {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
-        let n = tx
-            .execute(
-                "UPDATE audit SET body = NULL WHERE ts_ms < ?1 AND seq <= ?2 AND body IS NOT NULL",
-                params![before_ms, covered],
-            )
-            .and_then(|n| {
-                tx.execute("DELETE FROM quarantine WHERE ts_ms < ?1", [before_ms])?;
-                Ok(n)
-            })
-            .and_then(|n| tx.commit().map(|()| n))
-            .map_err(|e| AuditError::Io {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })?;
-        let q: i64 = self
-            .conn
-            .query_row(
-                "SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM quarantine",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.io(e))?;
-        self.quarantined_bytes = q.max(0) as u64;
-        Ok(n as u64)
+    /// Rereads the tree and the newest checkpoint from the database.
+    fn reload(&mut self) -> Result<(), AuditError> {
+        self.tree = load_tree(&self.conn).map_err(|m| self.io(m))?;
+        self.latest = latest_note(&self.conn)
+            .map_err(|e| self.io(e))?
+            .map(|note| Checkpoint::open(&note, &self.key.verifying_key()))
+            .transpose()
+            .map_err(|e| self.io(format!("its newest checkpoint: {e}")))?;
+        Ok(())
     }
 
     fn due(&self) -> bool {
@@ -561,7 +541,10 @@ fn load_tree(conn: &Connection) -> Result<Tree, String> {
             if idx == i as i64 {
                 Ok(to32(&h))
             } else {
-                Err(format!("its tile index skips from {} to {idx} (run `twinguard audit verify`)", i as i64 - 1))
+                Err(format!(
+                    "its tile index skips from {} to {idx} (run `twinguard audit verify`)",
+                    i as i64 - 1
+                ))
             }
         })
         .collect::<Result<_, String>>()?;
@@ -664,13 +647,40 @@ impl AuditStore for SqliteStore {
             path: path.clone(),
             message: e.to_string(),
         };
+        // Another process may have appended since this one last did (`twinguard device
+        // rotate` beside a running twinguard): take the write lock, and catch up first.
+        for _ in 0..3 {
+            let stored: i64 = self
+                .conn
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
+                .map_err(io)?;
+            if stored.max(0) as u64 == self.tree.size() {
+                break;
+            }
+            self.reload()?;
+        }
         // Work on a copy of the tree's growing edge: a failed transaction leaves the
         // tree in memory as the database is.
         let mut frontier = self.tree.frontier.clone();
         let mut tail = self.tree.tail.clone();
         let mut new_tiles: Vec<Hash> = Vec::new();
         let due = self.due_at(self.tree.size() + entries.len() as u64);
-        let tx = self.conn.transaction().map_err(io)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(io)?;
+        let stored: i64 = tx
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
+            .map_err(io)?;
+        if stored.max(0) as u64 != self.tree.size() {
+            return Err(AuditError::Io {
+                path: self.path.clone(),
+                message: format!(
+                    "another process keeps appending to this log (it holds {stored} records, this one expected {})",
+                    self.tree.size()
+                ),
+            });
+        }
         {
             let mut insert = tx
                 .prepare_cached(
@@ -696,7 +706,9 @@ impl AuditStore for SqliteStore {
                 if tail.len() as u64 == TILE {
                     let h = merkle::root(&tail);
                     tail.clear();
-                    tile_insert.execute(params![tiles as i64, &h[..]]).map_err(io)?;
+                    tile_insert
+                        .execute(params![tiles as i64, &h[..]])
+                        .map_err(io)?;
                     tiles += 1;
                     new_tiles.push(h);
                 }
@@ -704,9 +716,7 @@ impl AuditStore for SqliteStore {
         }
         // The tree in memory changes only once the data is durable.
         let checkpoint = if due {
-            Some(
-                Self::sign_checkpoint(&tx, &self.key, &self.origin, &frontier).map_err(io)?,
-            )
+            Some(Self::sign_checkpoint(&tx, &self.key, &self.origin, &frontier).map_err(io)?)
         } else {
             None
         };
@@ -786,7 +796,8 @@ impl AuditStore for SqliteStore {
                 ),
             });
         }
-        let (cp, _) = Self::sign_checkpoint(&tx, &self.key, &self.origin, &self.tree.frontier).map_err(io)?;
+        let (cp, _) =
+            Self::sign_checkpoint(&tx, &self.key, &self.origin, &self.tree.frontier).map_err(io)?;
         tx.commit().map_err(io)?;
         self.latest = Some(cp.clone());
         self.last_checkpoint = Some(Instant::now());
@@ -803,6 +814,38 @@ impl AuditStore for SqliteStore {
 
     fn latest_checkpoint(&self) -> Option<Checkpoint> {
         self.latest.clone()
+    }
+
+    fn prune(&mut self, before_ms: i64) -> Result<u64, AuditError> {
+        let covered = self.latest.as_ref().map_or(0, |c| c.size) as i64;
+        let tx = self.conn.transaction().map_err(|e| AuditError::Io {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let n = tx
+            .execute(
+                "UPDATE audit SET body = NULL WHERE ts_ms < ?1 AND seq <= ?2 AND body IS NOT NULL",
+                params![before_ms, covered],
+            )
+            .and_then(|n| {
+                tx.execute("DELETE FROM quarantine WHERE ts_ms < ?1", [before_ms])?;
+                Ok(n)
+            })
+            .and_then(|n| tx.commit().map(|()| n))
+            .map_err(|e| AuditError::Io {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
+        let q: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM quarantine",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.io(e))?;
+        self.quarantined_bytes = q.max(0) as u64;
+        Ok(n as u64)
     }
 
     fn verify(&self, key: &VerifyingKey) -> Result<Verification, AuditError> {

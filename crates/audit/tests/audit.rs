@@ -9,8 +9,8 @@
 )]
 
 use audit::{
-    AuditStore, Checkpoint, CheckpointPolicy, Entry, Proof, Quarantined, SqliteStore,
-    check_proof, merkle,
+    AuditStore, Checkpoint, CheckpointPolicy, Entry, Proof, Quarantined, SqliteStore, check_proof,
+    merkle,
 };
 use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, params};
@@ -169,7 +169,10 @@ fn reordering_is_located() {
 #[test]
 fn forged_or_removed_checkpoints_are_detected() {
     let (_d, path) = filled(10);
-    exec(&path, "UPDATE checkpoint SET note = replace(note, char(10) || '10' || char(10), char(10) || '9' || char(10)) WHERE size = 10");
+    exec(
+        &path,
+        "UPDATE checkpoint SET note = replace(note, char(10) || '10' || char(10), char(10) || '9' || char(10)) WHERE size = 10",
+    );
     let p = verify(&path).problem.unwrap();
     assert!(p.what.contains("signature"), "{}", p.what);
     let (_d, path) = filled(10);
@@ -299,10 +302,19 @@ fn pruning_keeps_the_proofs_checkable() {
     let v = verify(&path);
     assert_eq!((v.pruned, v.problem), (10, None));
     let public = key().verifying_key();
-    assert!(check_proof(&Proof::Inclusion(store.prove_inclusion(20, None).unwrap()), &public).is_ok());
-    let e = check_proof(&Proof::Inclusion(store.prove_inclusion(3, None).unwrap()), &public)
-        .unwrap_err()
-        .to_string();
+    assert!(
+        check_proof(
+            &Proof::Inclusion(store.prove_inclusion(20, None).unwrap()),
+            &public
+        )
+        .is_ok()
+    );
+    let e = check_proof(
+        &Proof::Inclusion(store.prove_inclusion(3, None).unwrap()),
+        &public,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("pruned"), "{e}");
     // A pruned record's leaf still counts: changing it breaks the checkpoint.
     exec(&path, "UPDATE audit SET leaf = zeroblob(32) WHERE seq = 3");
@@ -414,4 +426,19 @@ fn a_full_quarantine_keeps_the_record_but_not_the_bytes() {
         rows[2].0.contains("quarantine full") && rows[2].1 == 0,
         "{rows:?}"
     );
+}
+
+#[test]
+fn two_writers_on_one_log_keep_it_whole() {
+    let (_d, path) = filled(10);
+    let mut a = SqliteStore::open(&path, key()).unwrap();
+    let mut b = SqliteStore::open(&path, key()).unwrap();
+    append_n(&mut a, 10, 3);
+    append_n(&mut b, 13, 300);
+    append_n(&mut a, 313, 2);
+    assert_eq!(a.records(), 315);
+    a.checkpoint().unwrap();
+    let v = verify(&path);
+    assert_eq!((v.records, v.problem), (315, None));
+    assert_eq!(a.head(), v.head);
 }

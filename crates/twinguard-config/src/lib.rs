@@ -26,6 +26,8 @@ pub struct Config {
     pub detect: DetectSection,
     #[serde(default)]
     pub predict: PredictSection,
+    #[serde(default)]
+    pub audit: AuditSection,
     pub twinguard: Node,
     #[serde(default)]
     pub zones: Vec<Zone>,
@@ -111,6 +113,40 @@ impl Default for PredictSection {
             pump_model: None,
             horizon_h: Spanned::new(0..0, 8.0),
         }
+    }
+}
+
+/// `[audit]`: when the log's checkpoints are signed, and how long records are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Sign a checkpoint at most this many seconds after a record (0.1 to 3600): records
+    /// newer than the newest checkpoint are not yet committed to.
+    pub checkpoint_interval_s: Spanned<f64>,
+    /// ... or after this many records, whichever comes first (1 to 10,000,000).
+    pub checkpoint_records: Spanned<u64>,
+    /// Records older than this lose their bodies (their leaves stay, so proofs stay
+    /// checkable): 1 to 36,500 days.
+    pub retention_days: Spanned<u32>,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            checkpoint_interval_s: Spanned::new(0..0, 1.0),
+            checkpoint_records: Spanned::new(0..0, 100_000),
+            retention_days: Spanned::new(0..0, 183),
+        }
+    }
+}
+
+impl AuditSection {
+    pub fn checkpoint_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.checkpoint_interval_s.get_ref().clamp(0.1, 3600.0))
+    }
+
+    pub fn retention_ms(&self) -> i64 {
+        i64::from(*self.retention_days.get_ref()) * 86_400_000
     }
 }
 
@@ -738,6 +774,32 @@ impl Config {
             err(
                 config.predict.horizon_h.span(),
                 format!("predict.horizon_h must be 0.5 to 168 hours, got {horizon}"),
+            );
+        }
+        let a = &config.audit;
+        let interval = *a.checkpoint_interval_s.get_ref();
+        if !(0.1..=3600.0).contains(&interval) {
+            err(
+                a.checkpoint_interval_s.span(),
+                format!("audit.checkpoint_interval_s must be 0.1 to 3600 seconds, got {interval}"),
+            );
+        }
+        if !(1..=10_000_000).contains(a.checkpoint_records.get_ref()) {
+            err(
+                a.checkpoint_records.span(),
+                format!(
+                    "audit.checkpoint_records must be 1 to 10000000, got {}",
+                    a.checkpoint_records.get_ref()
+                ),
+            );
+        }
+        if !(1..=36_500).contains(a.retention_days.get_ref()) {
+            err(
+                a.retention_days.span(),
+                format!(
+                    "audit.retention_days must be 1 to 36500 days, got {}",
+                    a.retention_days.get_ref()
+                ),
             );
         }
         let trust = config.actuation.min_trust.get_ref();

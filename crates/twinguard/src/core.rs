@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actuate::CommandSink;
 use agents::{Agent, Maintenance, Optimiser};
@@ -51,6 +51,8 @@ pub struct Core {
     pub sink: Box<dyn CommandSink>,
     pub audit: Box<dyn AuditStore>,
     pub audit_public: VerifyingKey,
+    /// Records older than this (by the core's clock) lose their bodies.
+    pub audit_retention_ms: i64,
     pub clock: SimClock,
     pub snapshot: Arc<RwLock<Snapshot>>,
     pub progress: watch::Sender<Progress>,
@@ -60,6 +62,8 @@ pub struct Core {
     pub(crate) recent: VecDeque<Arc<Value>>,
     pub(crate) commands: VecDeque<Value>,
     pub(crate) audit_failure: Option<String>,
+    /// When retention last ran.
+    last_prune: Option<Instant>,
     pub(crate) last_snapshot: Option<Instant>,
     pub(crate) detections_by_kind: BTreeMap<String, u64>,
     /// Rejected frames recorded without their bytes because the quarantine was full.
@@ -96,6 +100,8 @@ pub struct CoreParts {
     pub sink: Box<dyn CommandSink>,
     pub audit: Box<dyn AuditStore>,
     pub audit_public: VerifyingKey,
+    /// Records older than this (by the core's clock) lose their bodies.
+    pub audit_retention_ms: i64,
     pub clock: SimClock,
     pub snapshot: Arc<RwLock<Snapshot>>,
     pub progress: watch::Sender<Progress>,
@@ -171,6 +177,7 @@ impl Core {
             sink,
             audit,
             audit_public,
+            audit_retention_ms,
             clock,
             snapshot,
             progress,
@@ -204,6 +211,7 @@ impl Core {
             sink,
             audit,
             audit_public,
+            audit_retention_ms,
             clock,
             snapshot,
             progress,
@@ -212,6 +220,7 @@ impl Core {
             recent: VecDeque::new(),
             commands: VecDeque::new(),
             audit_failure: None,
+            last_prune: None,
             last_snapshot: None,
             detections_by_kind: BTreeMap::new(),
             quarantine_full: 0,
@@ -253,11 +262,13 @@ impl Core {
                 biased;
                 _ = &mut stop => break,
                 Some(op) = ops_rx.recv() => self.handle_op(op),
-                _ = registry_check.tick(), if self.agents_file.is_some() || self.policy_file.is_some() => {
+                _ = registry_check.tick() => {
                     self.reload_agents();
                     if self.reload_policy() {
                         self.publish_snapshot(true);
                     }
+                    self.checkpoint_audit(false);
+                    self.apply_retention();
                 }
                 Some(f) = frames_rx.recv() => {
                     // Take what else is waiting, to verify signatures in one batch.
@@ -293,8 +304,51 @@ impl Core {
         while let Ok(op) = ops_rx.try_recv() {
             self.handle_op(op);
         }
+        self.checkpoint_audit(true);
         self.publish_snapshot(true);
         self
+    }
+
+    /// Once an hour: records older than the retention period lose their bodies (their
+    /// leaves stay, so every proof stays checkable); the pruning itself is recorded.
+    fn apply_retention(&mut self) {
+        if self
+            .last_prune
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(3600))
+        {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        let before_ms = self.clock.now_ms() - self.audit_retention_ms;
+        match self.audit.prune(before_ms) {
+            Ok(0) => {}
+            Ok(n) => {
+                let t = self.clock.now_ms();
+                self.audit(vec![Entry::new(
+                    t,
+                    "audit_pruned",
+                    json!({ "records": n, "older_than_ms": before_ms }),
+                )]);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit retention failed: nothing will execute");
+                self.audit_failure = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Signs an audit checkpoint when one is due (or now, with `force`); a log that cannot
+    /// be checkpointed is an audit failure like any other (nothing executes).
+    pub fn checkpoint_audit(&mut self, force: bool) {
+        let r = if force {
+            self.audit.checkpoint()
+        } else {
+            self.audit.checkpoint_if_due()
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "audit log cannot be checkpointed: nothing will execute");
+            self.audit_failure = Some(e.to_string());
+        }
     }
 
     /// Appends to the audit log; on failure the core stops executing anything (fail safe).
@@ -1001,11 +1055,7 @@ impl Core {
     fn publish_decisions(&mut self) {
         let proposals = self.proposals();
         let report = self.report();
-        let audit_head = json!(
-            self.audit
-                .head()
-                .map(|h| json!({ "seq": h.seq, "hash": h.hash_hex() }))
-        );
+        let audit_head = self.audit_head();
         let now_ms = self.clock.now_ms();
         let failure = self.failure();
         if let Ok(mut s) = self.snapshot.write() {
@@ -1231,6 +1281,10 @@ impl Core {
                 "records": self.audit.records(),
                 "head": head.as_ref().map(|h| h.hash_hex()),
                 "head_seq": head.as_ref().map(|h| h.seq),
+                "checkpoint": self.audit.latest_checkpoint().map(|c| json!({
+                    "size": c.size,
+                    "root": c.root_hex(),
+                })),
                 "failure": self.audit_failure,
                 "quarantine_full": self.quarantine_full,
             },
@@ -1299,17 +1353,26 @@ impl Core {
             alerts: json!(self.detectors.active().collect::<Vec<_>>()),
             proposals: self.proposals(),
             report: self.report(),
-            audit_head: json!(
-                self.audit
-                    .head()
-                    .map(|h| json!({ "seq": h.seq, "hash": h.hash_hex() }))
-            ),
+            audit_head: self.audit_head(),
             now_ms: self.clock.now_ms(),
             failure: self.failure(),
         };
         if let Ok(mut s) = self.snapshot.write() {
             *s = snap;
         }
+    }
+
+    /// The log's size and root, and its newest signed checkpoint.
+    fn audit_head(&self) -> Value {
+        json!(self.audit.head().map(|h| json!({
+            "seq": h.seq,
+            "hash": h.hash_hex(),
+            "checkpoint": self.audit.latest_checkpoint().map(|c| json!({
+                "size": c.size,
+                "root": c.root_hex(),
+                "timestamp_ms": c.timestamp_ms,
+            })),
+        })))
     }
 
     pub fn verify_audit(&self) -> Result<audit::Verification, audit::AuditError> {
@@ -1319,25 +1382,7 @@ impl Core {
 
 /// `2026-01-01 06:30:00` from milliseconds since the epoch (UTC).
 pub fn format_time(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    audit::format_utc(ms)
 }
 
 /// A person as the guard's policy sees them, from how the API authenticated them.

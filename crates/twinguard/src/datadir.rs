@@ -135,6 +135,10 @@ impl DataDir {
         })
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn audit_db(&self) -> PathBuf {
         self.root.join("audit.db")
     }

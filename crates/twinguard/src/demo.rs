@@ -54,6 +54,20 @@ pub struct DemoArgs {
 type EndpointFor = Arc<dyn Fn(&str, MqttVersion) -> BrokerEndpoint + Send + Sync>;
 
 /// The configuration file, or the embedded default; every error with its location.
+/// The audit log of a data directory, checkpointed as the configuration says.
+pub fn audit_store(
+    dir: &DataDir,
+    key: ed25519_dalek::SigningKey,
+    config: &Config,
+) -> Result<SqliteStore> {
+    Ok(
+        SqliteStore::open(&dir.audit_db(), key)?.with_checkpoints(audit::CheckpointPolicy {
+            every: config.audit.checkpoint_every(),
+            records: *config.audit.checkpoint_records.get_ref(),
+        }),
+    )
+}
+
 pub fn load_config(path: &Option<PathBuf>) -> Result<Config> {
     let (text, name) = match path {
         None => return Ok(Config::default_config()),
@@ -124,7 +138,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     };
     let broker_desc = link.desc.clone();
     // Audit log first: if it cannot be opened, nothing runs.
-    let mut store = SqliteStore::open(&dir.audit_db(), audit_key.clone())?;
+    let mut store = audit_store(&dir, audit_key.clone(), &config)?;
     store.append(&[Entry::new(
         start_ms,
         "run_started",
@@ -193,6 +207,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         sink,
         audit: Box::new(store),
         audit_public: audit_key.verifying_key(),
+        audit_retention_ms: config.audit.retention_ms(),
         clock: clock.clone(),
         snapshot: snapshot.clone(),
         progress: progress_tx,
@@ -363,12 +378,15 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let mut report = core.report();
     let finished = Entry::new(clock.now_ms(), "run_finished", report.clone());
     core.audit.append(&[finished])?;
+    core.audit.checkpoint()?;
     let verification = core.verify_audit()?;
     let head = core.audit.head();
     report["audit"] = json!({
         "records": core.audit.records(),
         "head": head.as_ref().map(|h| h.hash_hex()),
         "head_seq": head.as_ref().map(|h| h.seq),
+        "checkpoints": verification.checkpoints,
+        "checkpoint": verification.latest.as_ref().map(|c| json!({ "size": c.size, "root": c.root_hex() })),
         "verified": verification.problem.is_none(),
         "problem": verification.problem,
         "failure": core.audit_failure,

@@ -2,7 +2,9 @@
 
 mod agent_registry;
 mod attack;
+mod audit_cmd;
 mod bench;
+mod bench_audit;
 mod bench_data;
 mod bench_guard;
 mod bench_pump;
@@ -167,7 +169,7 @@ enum Command {
     /// The audit log.
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
+        command: audit_cmd::AuditCommand,
     },
     /// The device registry: edge devices and their keys.
     Device {
@@ -228,15 +230,6 @@ enum Command {
         token_file: PathBuf,
         #[arg(long)]
         now_ms: i64,
-    },
-}
-
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Check the hash chain and the signed head; exits 1 and names the first bad record.
-    Verify {
-        #[arg(long, default_value = "twinguard-data")]
-        data_dir: PathBuf,
     },
 }
 
@@ -484,6 +477,18 @@ enum BenchData {
         /// Fit options other than the defaults (JSON, the `options` of a model file).
         #[arg(long)]
         options: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit log: append rate with checkpoints, then proofs (made and checked),
+    /// reopening and verification at a log of `--records` records.
+    Audit {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Where the logs are built (default: the system's temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print the result as JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -853,6 +858,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
+            data_set: Some(BenchData::Audit { records, dir, json }),
+            ..
+        } => {
+            if !(1000..=100_000_000).contains(&records) {
+                anyhow::bail!("bench audit: --records 1000 to 100000000");
+            }
+            let dir = dir
+                .unwrap_or_else(std::env::temp_dir)
+                .join(format!("twinguard-bench-audit-{}", std::process::id()));
+            let r = bench_audit::run(&dir, records)?;
+            bench_data::print(json, &r, bench_audit::table)
+        }
+        Command::Bench {
             data_set:
                 Some(BenchData::Pump {
                     train,
@@ -1014,35 +1032,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&r?)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit {
-            command: AuditCommand::Verify { data_dir },
-        } => {
-            let dir = datadir::DataDir::open(&data_dir)?;
-            let key = dir.public_key("audit")?;
-            let v = audit::SqliteStore::verify_file(&dir.audit_db(), &key)?;
-            match v.problem {
-                None => {
-                    println!(
-                        "audit log {} verified: {} records, head {}",
-                        dir.audit_db().display(),
-                        v.records,
-                        v.head
-                            .map(|h| format!("{} ({})", h.seq, h.hash_hex()))
-                            .unwrap_or_else(|| "-".into())
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Some(p) => {
-                    println!(
-                        "audit log {} FAILED verification at record {}: {}",
-                        dir.audit_db().display(),
-                        p.seq,
-                        p.what
-                    );
-                    Ok(ExitCode::from(1))
-                }
-            }
-        }
+        Command::Audit { command } => audit_cmd::run(command),
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read configuration {}", file.display()))?;

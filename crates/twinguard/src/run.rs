@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use audit::{AuditStore, Entry, SqliteStore};
+use audit::{AuditStore, Entry};
 use ingest::Verifier;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -78,7 +78,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
     let operator_token = dir.operator_token()?;
     let maintenance_key = dir.key("agent-maintenance")?;
     let optimiser_key = dir.key("agent-optimiser")?;
-    let mut store = SqliteStore::open(&dir.audit_db(), audit_key.clone())?;
+    let mut store = crate::demo::audit_store(&dir, audit_key.clone(), &config)?;
 
     let (ua_tx, ua_rx) = mpsc::channel(65_536);
     let mut sources = Vec::new();
@@ -169,6 +169,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         sink: Box::new(actuate::OpcUaSink::new(links, &plant)),
         audit: Box::new(store),
         audit_public: audit_key.verifying_key(),
+        audit_retention_ms: config.audit.retention_ms(),
         clock: clock.clone(),
         snapshot: snapshot.clone(),
         progress: progress_tx,
@@ -202,9 +203,12 @@ pub async fn run(args: RunArgs) -> Result<Value> {
     let mut report = core.report();
     core.audit
         .append(&[Entry::new(wall_clock_ms(), "run_finished", report.clone())])?;
+    core.audit.checkpoint()?;
     let verification = core.verify_audit()?;
     report["audit"] = json!({
         "records": core.audit.records(),
+        "checkpoints": verification.checkpoints,
+        "checkpoint": verification.latest.as_ref().map(|c| json!({ "size": c.size, "root": c.root_hex() })),
         "verified": verification.problem.is_none(),
         "problem": verification.problem,
         "failure": core.audit_failure,

@@ -234,6 +234,162 @@ fn audit_verify_names_the_first_bad_record_after_tampering() {
     }
 }
 
+fn tg(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn the_audit_log_proves_its_records_and_that_it_was_never_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let r = demo(dir.path(), 1.0, &[]);
+    assert_eq!(
+        r["audit"]["checkpoint"]["size"], r["audit"]["records"],
+        "the last record is under a checkpoint: {}",
+        r["audit"]
+    );
+    // An auditor keeps today's checkpoint.
+    let (ok, _, err) = tg(&[
+        "audit",
+        "checkpoint",
+        "--data-dir",
+        d,
+        "--out",
+        &file("held.cp"),
+    ]);
+    assert!(ok, "{err}");
+    // The plant runs on; the log grows and still extends what the auditor holds.
+    demo(dir.path(), 1.0, &[]);
+    let (ok, out, _) = tg(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        d,
+        "--checkpoint",
+        &file("held.cp"),
+    ]);
+    assert!(ok && out.contains("verified"), "{out}");
+    let (ok, _, err) = tg(&[
+        "audit",
+        "prove",
+        "--data-dir",
+        d,
+        "--from-checkpoint",
+        &file("held.cp"),
+        "--out",
+        &file("cons.json"),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = tg(&[
+        "audit",
+        "prove",
+        "--data-dir",
+        d,
+        "--seq",
+        "3",
+        "--out",
+        &file("incl.json"),
+    ]);
+    assert!(ok, "{err}");
+    // Anyone with the public key alone checks both proofs.
+    let key = file("keys/audit.pub");
+    for proof in ["cons.json", "incl.json"] {
+        let (ok, out, _) = tg(&["audit", "check-proof", &file(proof), "--key", &key]);
+        assert!(ok && out.contains("proof holds"), "{proof}: {out}");
+    }
+    // A proof edited to show other contents fails.
+    let text = std::fs::read_to_string(file("incl.json")).unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    let body = v["record"]["body"].as_str().unwrap().replacen('1', "2", 1);
+    v["record"]["body"] = Value::String(body);
+    std::fs::write(file("forged.json"), v.to_string()).unwrap();
+    let (ok, out, _) = tg(&["audit", "check-proof", &file("forged.json"), "--key", &key]);
+    assert!(!ok && out.contains("FAILS"), "{out}");
+    // The export verifies offline with the key alone, and shows an edit.
+    let (ok, _, err) = tg(&[
+        "audit",
+        "export",
+        "--data-dir",
+        d,
+        "--out",
+        &file("log.jsonl"),
+    ]);
+    assert!(ok, "{err}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (ok, out, _) = tg(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        elsewhere.path().to_str().unwrap(),
+        "--export",
+        &file("log.jsonl"),
+        "--key",
+        &key,
+    ]);
+    assert!(ok && out.contains("verified"), "{out}");
+    let export = std::fs::read_to_string(file("log.jsonl")).unwrap();
+    std::fs::write(
+        file("edited.jsonl"),
+        export.replacen("\"kind\":\"run_started\"", "\"kind\":\"run_startet\"", 1),
+    )
+    .unwrap();
+    let (ok, out, _) = tg(&[
+        "audit",
+        "verify",
+        "--export",
+        &file("edited.jsonl"),
+        "--key",
+        &key,
+    ]);
+    assert!(
+        !ok && out.contains("FAILED verification at record 1"),
+        "{out}"
+    );
+    // Someone with write access but without the key rewrites record 3, recomputes its
+    // leaf and removes every stored checkpoint: the held checkpoint still catches it.
+    let db = dir.path().join("audit.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (ts, kind): (i64, String) = conn
+        .query_row("SELECT ts_ms, kind FROM audit WHERE seq = 3", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let hash = audit::record_leaf(3, ts, &kind, "{}");
+    conn.execute(
+        "UPDATE audit SET body = '{}', leaf = ?1 WHERE seq = 3",
+        [&hash[..]],
+    )
+    .unwrap();
+    conn.execute_batch("DELETE FROM checkpoint").unwrap();
+    drop(conn);
+    let (ok, out, _) = tg(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        d,
+        "--checkpoint",
+        &file("held.cp"),
+    ]);
+    assert!(!ok && out.contains("held.cp"), "{out}");
+    let (ok, _, err) = tg(&[
+        "audit",
+        "prove",
+        "--data-dir",
+        d,
+        "--from-checkpoint",
+        &file("held.cp"),
+        "--out",
+        &file("cons2.json"),
+    ]);
+    assert!(!ok, "{err}");
+}
+
 fn http(port: u16, method: &str, path: &str, token: &str) -> (u16, Value) {
     http_body(port, method, path, token, "")
 }
