@@ -56,6 +56,8 @@ pub struct SqliteStore {
     /// Bytes of rejected frames kept so far, and the most that will be kept.
     quarantined_bytes: u64,
     quarantine_cap: u64,
+    /// Dropped with the store: the WAL checkpointer thread then ends.
+    _wal: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Bytes of rejected frames kept in the quarantine by default (a flood of forged frames
@@ -223,6 +225,7 @@ impl SqliteStore {
             policy: CheckpointPolicy::default(),
             quarantined_bytes: quarantined_bytes.max(0) as u64,
             quarantine_cap: DEFAULT_QUARANTINE_CAP,
+            _wal: wal_checkpointer(path),
         })
     }
 
@@ -295,6 +298,18 @@ impl SqliteStore {
             path: self.path.clone(),
             message: e.to_string(),
         }
+    }
+
+    /// The sizes of every stored checkpoint, ascending.
+    pub fn checkpoint_sizes(&self) -> Result<Vec<u64>, AuditError> {
+        self.conn
+            .prepare("SELECT size FROM checkpoint ORDER BY size")
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get::<_, i64>(0))?
+                    .map(|r| r.map(|v| v.max(0) as u64))
+                    .collect()
+            })
+            .map_err(|e| self.io(e))
     }
 
     /// The signed note of the checkpoint of exactly `size` records, or of the newest.
@@ -413,16 +428,12 @@ impl SqliteStore {
     }
 
     fn due(&self) -> bool {
-        self.due_at(self.tree.size())
-    }
-
-    fn due_at(&self, size: u64) -> bool {
-        let covered = self.latest.as_ref().map_or(0, |c| c.size);
-        size > covered
-            && (size - covered >= self.policy.records
-                || self
-                    .last_checkpoint
-                    .is_none_or(|t| t.elapsed() >= self.policy.every))
+        checkpoint_due(
+            &self.policy,
+            self.latest.as_ref(),
+            self.last_checkpoint,
+            self.tree.size(),
+        )
     }
 
     /// Signs and stores a checkpoint of the tree whose edge is `frontier` (inside the
@@ -449,6 +460,43 @@ impl SqliteStore {
     }
 }
 
+/// Copies the write-ahead log into the database every second from a connection of its own
+/// (a passive SQLite checkpoint, which never blocks the writer), so that appends never
+/// pay for it: SQLite's own automatic checkpoint runs inside the commit that crosses its
+/// threshold, a pause of milliseconds in the middle of a guard decision. Ends when the
+/// returned sender is dropped. None if the thread cannot start (SQLite then keeps the WAL
+/// until the last connection closes, and the store still works).
+fn wal_checkpointer(path: &Path) -> Option<std::sync::mpsc::Sender<()>> {
+    let conn = Connection::open(path).ok()?;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("audit-wal".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(Duration::from_secs(1))
+            {
+                // A checkpoint that fails (busy) is retried a second later; the WAL only
+                // grows meanwhile.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+        })
+        .ok()?;
+    Some(tx)
+}
+
+/// A log of `size` records needs a checkpoint: some are uncovered, and enough time or
+/// records have passed since the newest.
+fn checkpoint_due(
+    policy: &CheckpointPolicy,
+    latest: Option<&Checkpoint>,
+    last: Option<Instant>,
+    size: u64,
+) -> bool {
+    let covered = latest.map_or(0, |c| c.size);
+    size > covered
+        && (size - covered >= policy.records || last.is_none_or(|t| t.elapsed() >= policy.every))
+}
+
 fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
     let name = path.display().to_string();
     let open_err = |message: String| AuditError::Open {
@@ -472,6 +520,8 @@ fn init(conn: &Connection) -> rusqlite::Result<()> {
     let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The WAL is copied into the database by the store's own thread (`wal_checkpointer`).
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     if version == 0 && tables == 0 {
         conn.execute_batch(&format!(
             "PRAGMA application_id = {APPLICATION_ID};
@@ -648,39 +698,44 @@ impl AuditStore for SqliteStore {
             message: e.to_string(),
         };
         // Another process may have appended since this one last did (`twinguard device
-        // rotate` beside a running twinguard): take the write lock, and catch up first.
-        for _ in 0..3 {
-            let stored: i64 = self
+        // rotate` beside a running twinguard): under the write lock, catch up first.
+        let mut attempts = 0;
+        let tx = loop {
+            let tx = self
                 .conn
-                .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(io)?;
+            let stored: i64 = tx
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM audit")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
                 .map_err(io)?;
             if stored.max(0) as u64 == self.tree.size() {
-                break;
+                break tx;
+            }
+            drop(tx);
+            attempts += 1;
+            if attempts > 3 {
+                return Err(AuditError::Io {
+                    path: self.path.clone(),
+                    message: format!(
+                        "another process keeps appending to this log (it holds {stored} records, this one expected {})",
+                        self.tree.size()
+                    ),
+                });
             }
             self.reload()?;
-        }
+        };
         // Work on a copy of the tree's growing edge: a failed transaction leaves the
         // tree in memory as the database is.
         let mut frontier = self.tree.frontier.clone();
         let mut tail = self.tree.tail.clone();
         let mut new_tiles: Vec<Hash> = Vec::new();
-        let due = self.due_at(self.tree.size() + entries.len() as u64);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(io)?;
-        let stored: i64 = tx
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
-            .map_err(io)?;
-        if stored.max(0) as u64 != self.tree.size() {
-            return Err(AuditError::Io {
-                path: self.path.clone(),
-                message: format!(
-                    "another process keeps appending to this log (it holds {stored} records, this one expected {})",
-                    self.tree.size()
-                ),
-            });
-        }
+        let due = checkpoint_due(
+            &self.policy,
+            self.latest.as_ref(),
+            self.last_checkpoint,
+            self.tree.size() + entries.len() as u64,
+        );
         {
             let mut insert = tx
                 .prepare_cached(

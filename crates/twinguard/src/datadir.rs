@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! DATA_DIR/
-//!   audit.db                the hash-chained audit log and the quarantine
+//!   audit.db                the Merkle tree audit log, its checkpoints and the quarantine
 //!   keys/audit.key          signs the audit head            (0600)
 //!   keys/audit.pub
 //!   keys/actuation.key      signs commands to the plant     (0600)
