@@ -156,7 +156,7 @@ fn code_format(name: &str, head: &[u8]) -> Option<&'static str> {
         "so" | "dll" | "dylib" | "exe" | "jar" | "class" | "wasm" => Some("executable code"),
         _ => None,
     };
-    by_ext.or_else(|| match head {
+    by_ext.or(match head {
         [0x80, 2..=5, ..] => Some("a Python pickle (runs code when loaded)"),
         [0x7f, b'E', b'L', b'F', ..] => Some("an ELF executable"),
         [b'M', b'Z', ..] => Some("a Windows executable"),

@@ -193,6 +193,9 @@ fn a_single_file_model_carries_its_signature_beside_it() {
     assert!(models::dsse::verify(&file, &trust("\"detector\"")).is_ok());
 }
 
+/// A model's files: name and contents.
+type Files<'a> = Vec<(&'a str, Vec<u8>)>;
+
 fn refusals(dir: &Path, endpoints: &[String]) -> Vec<models::Finding> {
     models::scan::scan(dir, endpoints)
         .unwrap()
@@ -229,7 +232,7 @@ fn the_scanner_refuses_what_a_model_must_not_carry_and_says_where() {
             .iter()
             .any(|f| f.what == "metadata" && f.detail.contains("author = acme"))
     );
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(&str, Files, &str)> = vec![
         (
             "cloud-key",
             vec![(

@@ -415,3 +415,59 @@ pub fn print(v: &Value) -> Result<()> {
     writeln!(out, "{}", serde_json::to_string_pretty(v)?)?;
     Ok(())
 }
+
+/// The golden run of a detector model at admission: every row of `data` (the model's
+/// columns and a 0/1 `label`) scored; precision, recall, F1 and false-alarm rate of the
+/// flags against the labels, over the rows scored.
+pub fn golden(model_path: &Path, data: &Path) -> Result<std::collections::BTreeMap<String, f64>> {
+    let model = load_model(model_path)?;
+    let mut columns = model.columns.clone();
+    columns.push("label".into());
+    let spec = CsvSpec {
+        path: data.to_path_buf(),
+        time_col: None,
+        sep: b',',
+        exclude: vec![],
+    };
+    let mut table = Table::open(&spec, Some(&columns))?;
+    let mut scorer = model.scorer();
+    let (mut tp, mut fp, mut tn, mut fneg) = (0u64, 0u64, 0u64, 0u64);
+    for row in table.rows() {
+        let (_, time, mut values) = row?;
+        let label = values.pop().flatten();
+        let Some(full) = values.into_iter().collect::<Option<Vec<f64>>>() else {
+            continue;
+        };
+        let Some(label) = label else {
+            bail!("{}: row {time} has no label", data.display());
+        };
+        let Some(s) = scorer.push(&full) else {
+            continue;
+        };
+        match (s.flag, label > 0.5) {
+            (true, true) => tp += 1,
+            (true, false) => fp += 1,
+            (false, false) => tn += 1,
+            (false, true) => fneg += 1,
+        }
+    }
+    let rows = tp + fp + tn + fneg;
+    if rows == 0 {
+        bail!("{}: no row could be scored", data.display());
+    }
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let precision = ratio(tp, tp + fp);
+    let recall = ratio(tp, tp + fneg);
+    let f1 = if precision + recall > 0.0 {
+        2.0 * precision * recall / (precision + recall)
+    } else {
+        0.0
+    };
+    Ok(std::collections::BTreeMap::from([
+        ("rows".to_string(), rows as f64),
+        ("precision".to_string(), precision),
+        ("recall".to_string(), recall),
+        ("f1".to_string(), f1),
+        ("far".to_string(), ratio(fp, fp + tn)),
+    ]))
+}

@@ -8,6 +8,7 @@ mod bench_audit;
 mod bench_data;
 mod bench_guard;
 mod bench_pump;
+mod bom;
 mod broker;
 mod compare;
 mod core;
@@ -15,6 +16,7 @@ mod datadir;
 mod demo;
 mod detect_cmd;
 mod gateway;
+mod model_cmd;
 mod mqtt_acl;
 mod policy_cmd;
 mod pump_health;
@@ -165,6 +167,12 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Models: sign (publishers), trust, scan, admit, list, promote, rollback, and the
+    /// ML-BOM.
+    Model {
+        #[command(subcommand)]
+        command: model_cmd::ModelCommand,
     },
     /// The audit log.
     Audit {
@@ -1033,6 +1041,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => audit_cmd::run(command),
+        Command::Model { command } => model_cmd::run(command),
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read configuration {}", file.display()))?;

@@ -249,3 +249,31 @@ pub fn tables(r: &CmapssResult) -> String {
     }
     out
 }
+
+/// The golden run of a RUL model at admission: RMSE, PHM08 score and interval coverage on
+/// a C-MAPSS-format test file against its true remaining lives.
+pub fn golden(
+    model_path: &Path,
+    test: &Path,
+    truth: &Path,
+) -> Result<std::collections::BTreeMap<String, f64>> {
+    let model = load_model(model_path)?;
+    let units = cmapss::read(test)?;
+    let truth_values = cmapss::read_rul(truth)?;
+    if truth_values.len() != units.len() {
+        anyhow::bail!(
+            "{} has {} units and {} gives {} true lives",
+            test.display(),
+            units.len(),
+            truth.display(),
+            truth_values.len()
+        );
+    }
+    let s = rul::score(&model.predict(&units), &truth_values);
+    Ok(std::collections::BTreeMap::from([
+        ("units".to_string(), units.len() as f64),
+        ("rmse".to_string(), s.rmse),
+        ("score".to_string(), s.phm08),
+        ("coverage".to_string(), s.coverage),
+    ]))
+}
