@@ -80,6 +80,10 @@ pub struct DetectSection {
     pub exclude: Vec<Spanned<String>>,
     /// A model fitted by `twinguard detect fit`, relative to the configuration file.
     pub model_file: Option<Spanned<String>>,
+    /// The name of an admitted detector model in the data directory's registry
+    /// (`twinguard model admit`): its active version watches, its shadow version runs
+    /// beside it, recorded and never acted on.
+    pub registry_model: Option<Spanned<String>>,
 }
 
 impl Default for DetectSection {
@@ -92,6 +96,7 @@ impl Default for DetectSection {
             smoothing: Spanned::new(0..0, 12),
             exclude: Vec::new(),
             model_file: None,
+            registry_model: None,
         }
     }
 }
@@ -767,6 +772,12 @@ impl Config {
                     "detect.smoothing must be 1 to 1000 rows, got {}",
                     d.smoothing.get_ref()
                 ),
+            );
+        }
+        if let (Some(_), Some(r)) = (&d.model_file, &d.registry_model) {
+            err(
+                r.span(),
+                "detect.registry_model and detect.model_file both name the model: give one".into(),
             );
         }
         let horizon = *config.predict.horizon_h.get_ref();

@@ -80,12 +80,56 @@ pub struct Core {
     policy_seen: Option<(std::time::SystemTime, u64)>,
     /// Why no policy is in force, while none is.
     pub(crate) policy_failure: Option<String>,
-    /// The multivariate model in the twin, and the SHA-256 of the model it watches with.
+    /// The multivariate model in the twin, and the SHA-256 of the model it watches with
+    /// (for an admitted model, the digest of its signed statement).
     multivariate: Option<detect::live::Live>,
     multivariate_sha256: Option<String>,
+    /// The admitted model watching, when it comes from the registry.
+    multivariate_ref: Option<ModelRef>,
+    /// The active model's flag at its last scored row (for the shadow's agreement).
+    multivariate_flag: Option<bool>,
+    /// A model in shadow: it scores what the active one scores, its episodes are
+    /// recorded, nothing it says is acted on.
+    shadow: Option<ShadowModel>,
     /// The pump's remaining life, estimated live (`[predict]`).
     pump_health: Option<crate::pump_health::PumpHealth>,
     agents_enabled: bool,
+}
+
+/// An admitted model, as every record of what it did names it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+    /// SHA-256 of its signed statement.
+    pub digest: String,
+}
+
+/// A model in shadow beside the active one.
+pub struct ShadowModel {
+    pub live: detect::live::Live,
+    pub model: ModelRef,
+    flagged: bool,
+    rows: u64,
+    flagged_rows: u64,
+    episodes: u64,
+    compared: u64,
+    agreed: u64,
+}
+
+impl ShadowModel {
+    pub fn new(live: detect::live::Live, model: ModelRef) -> ShadowModel {
+        ShadowModel {
+            live,
+            model,
+            flagged: false,
+            rows: 0,
+            flagged_rows: 0,
+            episodes: 0,
+            compared: 0,
+            agreed: 0,
+        }
+    }
 }
 
 /// What a core is built from; the rest of its state starts empty.
@@ -114,6 +158,9 @@ pub struct CoreParts {
     pub policy_file: Option<std::path::PathBuf>,
     /// The multivariate model in the twin (`[detect]`), learning or watching.
     pub multivariate: Option<detect::live::Live>,
+    /// Which admitted model `multivariate` is, when it comes from the registry.
+    pub multivariate_ref: Option<ModelRef>,
+    pub shadow: Option<ShadowModel>,
     /// The pump's live remaining-life estimate (`[predict]`).
     pub pump_health: Option<crate::pump_health::PumpHealth>,
     /// The built-in agents run (false: the fixed-setpoint baseline).
@@ -186,13 +233,18 @@ impl Core {
             agents_file,
             policy_file,
             multivariate,
+            multivariate_ref,
+            shadow,
             pump_health,
             agents: agents_enabled,
         } = parts;
-        let multivariate_sha256 = multivariate
-            .as_ref()
-            .and_then(|m| m.model())
-            .map(model_sha256);
+        let multivariate_sha256 = match &multivariate_ref {
+            Some(r) => Some(r.digest.clone()),
+            None => multivariate
+                .as_ref()
+                .and_then(|m| m.model())
+                .map(model_sha256),
+        };
         let policy_seen = policy_file.as_deref().and_then(file_seen);
         Ok(Core {
             twin: Twin::new(
@@ -232,6 +284,9 @@ impl Core {
             policy_failure: None,
             multivariate,
             multivariate_sha256,
+            multivariate_ref,
+            multivariate_flag: None,
+            shadow,
             pump_health,
             agents_enabled,
         })
@@ -335,6 +390,53 @@ impl Core {
                 self.audit_failure = Some(e.to_string());
             }
         }
+    }
+
+    /// The shadow model scores the twin's values as the active one does; an episode's
+    /// start and end are recorded (`shadow_detection`, with the model's digest), and
+    /// nothing else happens: no alert, no proposal.
+    fn tick_shadow(&mut self, t: i64) {
+        use detect::live::Output;
+        let Some(shadow) = self.shadow.as_mut() else {
+            return;
+        };
+        let twin = &self.twin;
+        let out = shadow.live.tick(t, |c| {
+            twin.signal(c)
+                .and_then(|st| st.last)
+                .map(|p| (p.t_ms, p.value))
+        });
+        let Output::Scored {
+            score,
+            class,
+            contributors,
+        } = out
+        else {
+            return;
+        };
+        shadow.rows += 1;
+        shadow.flagged_rows += u64::from(score.flag);
+        if let Some(active) = self.multivariate_flag {
+            shadow.compared += 1;
+            shadow.agreed += u64::from(active == score.flag);
+        }
+        if score.flag == shadow.flagged {
+            return;
+        }
+        shadow.flagged = score.flag;
+        shadow.episodes += u64::from(score.flag);
+        let entry = json!({
+            "model": shadow.model.name,
+            "version": shadow.model.version,
+            "digest": shadow.model.digest,
+            "state": if score.flag { "start" } else { "end" },
+            "score": score.score,
+            "threshold": shadow.live.model().map(|m| m.threshold),
+            "class": class.as_str(),
+            "contributors": contributors,
+            "active_flag": self.multivariate_flag,
+        });
+        self.audit(vec![Entry::new(t, "shadow_detection", entry)]);
     }
 
     /// Signs an audit checkpoint when one is due (or now, with `force`); a log that cannot
@@ -673,7 +775,13 @@ impl Core {
 
     /// The multivariate model's turn at `t`, the time every signal has data up to: a row
     /// of the signals' newest values is learnt or scored, once a period.
+    /// The active model, then the shadow one on the same values.
     fn tick_multivariate(&mut self, t: i64) {
+        self.tick_active_model(t);
+        self.tick_shadow(t);
+    }
+
+    fn tick_active_model(&mut self, t: i64) {
         use detect::live::Output;
         let Some(live) = self.multivariate.as_mut() else {
             return;
@@ -716,13 +824,16 @@ impl Core {
                 contributors,
             } => {
                 let threshold = live.model().map_or(1.0, |m| m.threshold);
-                let model = format!(
-                    "learnt model {}",
-                    self.multivariate_sha256
-                        .as_deref()
-                        .and_then(|s| s.get(..12))
-                        .unwrap_or("?")
-                );
+                self.multivariate_flag = Some(score.flag);
+                let sha12 = self
+                    .multivariate_sha256
+                    .as_deref()
+                    .and_then(|s| s.get(..12))
+                    .unwrap_or("?");
+                let model = match &self.multivariate_ref {
+                    Some(r) => format!("model {} {} ({sha12})", r.name, r.version),
+                    None => format!("learnt model {sha12}"),
+                };
                 let below = self.input_trust().below;
                 let trusted = contributors.iter().all(|c| !below.contains_key(c));
                 let devices = contributors
@@ -1269,8 +1380,16 @@ impl Core {
             "alerts": g.alerts,
             "pump_health": self.pump_health.as_ref().map(|p| p.status()),
             "multivariate": self.multivariate.as_ref().map(|m| {
-                json!({ "status": m.status(), "sha256": self.multivariate_sha256 })
+                json!({ "status": m.status(), "sha256": self.multivariate_sha256, "model": self.multivariate_ref })
             }),
+            "shadow": self.shadow.as_ref().map(|s| json!({
+                "model": s.model,
+                "status": s.live.status(),
+                "rows": s.rows,
+                "flagged_rows": s.flagged_rows,
+                "episodes": s.episodes,
+                "agreement": (s.compared > 0).then(|| s.agreed as f64 / s.compared as f64),
+            })),
             "policy": {
                 "source": self.guard.policy().source_name(),
                 "policies": self.guard.policy().policies().len(),

@@ -196,6 +196,18 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         None => (None, None),
     };
     let signals = plant.signals.iter().map(|s| s.id.clone()).collect();
+    let (multivariate, multivariate_ref, shadow) =
+        match crate::model_cmd::registry_detector(&config, &dir, &plant)? {
+            Some(r) => {
+                let (live, model) = r.active.unzip();
+                (live, model, r.shadow)
+            }
+            None => (
+                multivariate(&config, args.config.as_deref(), &plant)?,
+                None,
+                None,
+            ),
+        };
     let mut core = Core::new(CoreParts {
         plant: plant.clone(),
         verifier,
@@ -215,7 +227,9 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         sparkplug,
         agents_file: Some(dir.agents_path()),
         policy_file: policy_path(&config, args.config.as_deref()),
-        multivariate: multivariate(&config, args.config.as_deref(), &plant)?,
+        multivariate,
+        multivariate_ref,
+        shadow,
         pump_health: pump_health(&config, args.config.as_deref())?,
         agents: args.agents,
     })?;
@@ -822,14 +836,11 @@ pub(crate) fn load_policy(
 
 /// The multivariate model of `[detect]`: watching with a model file, learning from the
 /// first hours of data, or none.
-pub(crate) fn multivariate(
-    config: &Config,
-    config_path: Option<&std::path::Path>,
-    plant: &Plant,
-) -> Result<Option<detect::live::Live>> {
+/// How the live multivariate model reads the twin (`[detect]`).
+pub(crate) fn live_options(config: &Config) -> detect::live::LiveOptions {
     let d = &config.detect;
     let period_ms = i64::from(*d.period_s.get_ref()) * 1000;
-    let options = detect::live::LiveOptions {
+    detect::live::LiveOptions {
         period_ms,
         learn_rows: (d.learn_hours.get_ref() * 3_600_000.0 / period_ms as f64).round() as usize,
         fit: detect::multivariate::FitOptions {
@@ -841,25 +852,44 @@ pub(crate) fn multivariate(
         },
         // A value a few rows old is missing (its device stopped sending).
         max_age_ms: 3 * period_ms + 10_000,
-    };
+    }
+}
+
+/// A detector model's columns must be signals of the plant (the twin reads them by name).
+pub(crate) fn check_columns(
+    model: &detect::multivariate::PcaModel,
+    path: &std::path::Path,
+    plant: &Plant,
+) -> Result<()> {
+    let unknown: Vec<&String> = model
+        .columns
+        .iter()
+        .filter(|c| plant.signal(c).is_none())
+        .collect();
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "model {}: its columns {unknown:?} are not signals of plant {:?}; a model for the twin reads the plant's signals by name",
+            path.display(),
+            plant.plant.id
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn multivariate(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+    plant: &Plant,
+) -> Result<Option<detect::live::Live>> {
+    let d = &config.detect;
+    let options = live_options(config);
     if let Some(f) = &d.model_file {
         let base = config_path
             .and_then(std::path::Path::parent)
             .unwrap_or(std::path::Path::new("."));
         let path = base.join(f.get_ref());
         let model = crate::detect_cmd::load_model(&path)?;
-        let unknown: Vec<&String> = model
-            .columns
-            .iter()
-            .filter(|c| plant.signal(c).is_none())
-            .collect();
-        if !unknown.is_empty() {
-            anyhow::bail!(
-                "model {}: its columns {unknown:?} are not signals of plant {:?}; a model for the twin reads the plant's signals by name",
-                path.display(),
-                plant.plant.id
-            );
-        }
+        check_columns(&model, &path, plant)?;
         let live = detect::live::Live::watching(model, options)
             .map_err(|e| anyhow::anyhow!("model {}: {e}", path.display()))?;
         return Ok(Some(live));

@@ -676,6 +676,69 @@ enum PlantCommand {
     Check { file: PathBuf },
     /// Print the embedded reference plant file.
     Reference,
+    /// Run the reference simulator on its own and write its signals as CSV (`time` in ms,
+    /// every signal, and `label`: 1 while a fault is active), to fit and test models on.
+    Simulate {
+        #[arg(long, default_value_t = 24.0)]
+        hours: f64,
+        /// Write a row every this many simulated seconds.
+        #[arg(long, default_value_t = 5)]
+        every_s: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// A fault, as for `demo --fault` (repeatable).
+        #[arg(long)]
+        fault: Vec<String>,
+        /// The plant file (default: the reference plant).
+        #[arg(long)]
+        plant: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `twinguard plant simulate`: the simulator alone, its signals as CSV.
+fn simulate_csv(
+    hours: f64,
+    every_s: u32,
+    seed: u64,
+    faults: &[String],
+    plant_file: Option<&std::path::Path>,
+    out: &std::path::Path,
+) -> Result<u64> {
+    use std::io::Write as _;
+    if !(hours > 0.0 && hours <= 24.0 * 365.0) || every_s == 0 {
+        anyhow::bail!("plant simulate: --hours more than 0 and at most 8760, --every-s at least 1");
+    }
+    let plant = policy_cmd::load_plant(plant_file)?;
+    let faults = faults
+        .iter()
+        .map(|f| plant_sim::Fault::parse(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut sim = plant_sim::Sim::new(&plant, seed, plant_sim::DEFAULT_START_MS)?;
+    for f in &faults {
+        sim.add_fault(f.clone());
+    }
+    let file =
+        std::fs::File::create(out).with_context(|| format!("cannot write {}", out.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let header: Vec<&str> = plant.signals.iter().map(|s| s.id.as_str()).collect();
+    writeln!(w, "time,{},label", header.join(","))?;
+    let seconds = (hours * 3600.0).round() as u64;
+    let mut rows = 0u64;
+    for s in 0..seconds {
+        let tick = sim.step();
+        if s % u64::from(every_s) != 0 {
+            continue;
+        }
+        let label = u8::from(faults.iter().any(|f| f.active(s)));
+        let values: Vec<String> = tick.values.iter().map(|v| format!("{v:.6}")).collect();
+        writeln!(w, "{},{},{label}", tick.t_ms, values.join(","))?;
+        rows += 1;
+    }
+    w.flush()
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(rows)
 }
 
 /// `twinguard user add`.
@@ -1347,6 +1410,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: PlantCommand::Reference,
         } => {
             print!("{}", plant_model::REFERENCE_PLANT);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plant {
+            command:
+                PlantCommand::Simulate {
+                    hours,
+                    every_s,
+                    seed,
+                    fault,
+                    plant,
+                    out,
+                },
+        } => {
+            let rows = simulate_csv(hours, every_s, seed, &fault, plant.as_deref(), &out)?;
+            println!("{rows} rows written to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::AttackAgent {

@@ -590,3 +590,61 @@ pub fn run(command: ModelCommand) -> Result<ExitCode> {
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
+
+/// The registry's detector for the twin: the active version watching, the shadow beside.
+pub struct RegistryDetector {
+    pub active: Option<(detect::live::Live, crate::core::ModelRef)>,
+    pub shadow: Option<crate::core::ShadowModel>,
+}
+
+/// The admitted detector model of `[detect] registry_model`: its active version (to watch
+/// with) and its shadow version (to run beside it), each verified again from its admitted
+/// copy. None when the configuration names no registry model.
+pub fn registry_detector(
+    config: &twinguard_config::Config,
+    dir: &DataDir,
+    plant: &plant_model::Plant,
+) -> Result<Option<RegistryDetector>> {
+    let Some(name) = &config.detect.registry_model else {
+        return Ok(None);
+    };
+    let name = name.get_ref();
+    let registry = Registry::load(&registry_path(dir))?;
+    let load = |e: &RegistryEntry| -> Result<(detect::live::Live, crate::core::ModelRef)> {
+        if e.kind != "detector" {
+            bail!(
+                "detect.registry_model {name}: {} {} is a {} model, not a detector",
+                e.name,
+                e.version,
+                e.kind
+            );
+        }
+        let (path, signed) = load_admitted(dir, e)
+            .with_context(|| format!("detect.registry_model {name}: {} {}", e.name, e.version))?;
+        let model = crate::detect_cmd::load_model(&path)?;
+        crate::demo::check_columns(&model, &path, plant)?;
+        let live = detect::live::Live::watching(model, crate::demo::live_options(config))
+            .map_err(|e| anyhow::anyhow!("model {}: {e}", path.display()))?;
+        Ok((
+            live,
+            crate::core::ModelRef {
+                name: e.name.clone(),
+                version: e.version.clone(),
+                digest: signed.digest,
+            },
+        ))
+    };
+    let active = registry.active(name).map(load).transpose()?;
+    let shadow = registry
+        .shadow(name)
+        .map(load)
+        .transpose()?
+        .map(|(live, r)| crate::core::ShadowModel::new(live, r));
+    if active.is_none() && shadow.is_none() {
+        bail!(
+            "detect.registry_model {name}: no version of it is admitted in {} (`twinguard model list`)",
+            registry_path(dir).display()
+        );
+    }
+    Ok(Some(RegistryDetector { active, shadow }))
+}

@@ -158,6 +158,18 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         })
     };
     let (progress_tx, _progress_rx) = watch::channel(gateway::Progress::default());
+    let (multivariate, multivariate_ref, shadow) =
+        match crate::model_cmd::registry_detector(&config, &dir, &plant)? {
+            Some(r) => {
+                let (live, model) = r.active.unzip();
+                (live, model, r.shadow)
+            }
+            None => (
+                crate::demo::multivariate(&config, Some(&args.config), &plant)?,
+                None,
+                None,
+            ),
+        };
     let mut core = Core::new(CoreParts {
         plant: plant.clone(),
         verifier: Verifier::new(plant.clone(), vec![], config.ingest.clone()),
@@ -177,7 +189,9 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         sparkplug: None,
         agents_file: Some(dir.agents_path()),
         policy_file: crate::demo::policy_path(&config, Some(&args.config)),
-        multivariate: crate::demo::multivariate(&config, Some(&args.config), &plant)?,
+        multivariate,
+        multivariate_ref,
+        shadow,
         pump_health: crate::demo::pump_health(&config, Some(&args.config))?,
         agents: true,
     })?;

@@ -448,3 +448,200 @@ fn the_scanner_reports_with_locations_from_the_command_line() {
             .any(|f| f["what"] == "url" && f["severity"] == "info")
     );
 }
+
+/// A detector model of the reference plant, fitted on `plant simulate` data of `seed`,
+/// with golden data (a drifting discharge-pressure sensor, labelled), signed.
+fn plant_detector(lab: &Lab, version: &str, seed: &str) -> PathBuf {
+    let dir = lab.path(&format!("plant-{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let normal = lab.path(&format!("normal-{seed}.csv"));
+    ok(&[
+        "plant",
+        "simulate",
+        "--hours",
+        "12",
+        "--seed",
+        seed,
+        "--out",
+        p(&normal),
+    ]);
+    ok(&[
+        "detect",
+        "fit",
+        "--csv",
+        p(&normal),
+        "--exclude",
+        "label,energy.total,filler.good_bottles",
+        "--out",
+        p(&dir.join("detector.json")),
+    ]);
+    ok(&[
+        "plant",
+        "simulate",
+        "--hours",
+        "8",
+        "--seed",
+        "9",
+        "--fault",
+        "drift:pump.discharge_pressure@14400=0.5",
+        "--out",
+        p(&dir.join("golden.csv")),
+    ]);
+    let manifest = json!({
+        "name": "plant-pca", "version": version, "kind": "detector",
+        "publisher": "acme-ml", "entry": "detector.json",
+        "intended_use": "flag abnormal behaviour of the bottling line for review",
+        "limitations": "the reference plant; fitted on twelve normal hours",
+        "training_data": { "description": format!("plant simulate, seed {seed}, 12 h"), "sha256": "ef".repeat(32) },
+        "golden": { "data": "golden.csv", "thresholds": { "f1": { "min": 0.9 }, "far": { "max": 0.05 } } },
+    });
+    let m = lab.path(&format!("plant-{version}.json"));
+    std::fs::write(&m, manifest.to_string()).unwrap();
+    ok(&[
+        "model",
+        "sign",
+        p(&dir),
+        "--manifest",
+        p(&m),
+        "--key",
+        p(&lab.path("acme.key")),
+    ]);
+    dir
+}
+
+#[test]
+fn an_admitted_model_watches_the_twin_and_its_successor_runs_in_shadow() {
+    let lab = Lab {
+        root: tempfile::tempdir().unwrap(),
+    };
+    let data = lab.path("data");
+    let d = p(&data);
+    ok(&["model", "keygen", "--out", p(&lab.path("acme.key"))]);
+    ok(&[
+        "model",
+        "trust",
+        "--name",
+        "acme-ml",
+        "--key",
+        p(&lab.path("acme.key.pub")),
+        "--kinds",
+        "detector",
+        "--data-dir",
+        d,
+    ]);
+    let v1 = plant_detector(&lab, "1.0.0", "1");
+    let v2 = plant_detector(&lab, "2.0.0", "3");
+    ok(&["model", "admit", p(&v1), "--data-dir", d]);
+    ok(&["model", "admit", p(&v2), "--data-dir", d]);
+    std::fs::write(lab.path("pw"), "correct horse battery staple\n").unwrap();
+    ok(&[
+        "user",
+        "add",
+        "ana",
+        "--role",
+        "approver",
+        "--password-file",
+        p(&lab.path("pw")),
+        "--data-dir",
+        d,
+    ]);
+    ok(&[
+        "model",
+        "promote",
+        "plant-pca",
+        "1.0.0",
+        "--approver",
+        "ana",
+        "--password-file",
+        p(&lab.path("pw")),
+        "--data-dir",
+        d,
+    ]);
+    let registry: Value =
+        serde_json::from_str(&ok(&["model", "list", "--json", "--data-dir", d])).unwrap();
+    let digest = |v: usize| {
+        registry["models"][v]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    let config = ok(&["default-config"]).replace(
+        "multivariate = false",
+        "multivariate = false\nregistry_model = \"plant-pca\"",
+    );
+    let config_path = lab.path("twinguard.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "demo", "--speed", "0", "--port", "0", "--json", "--hours", "8", "--config",
+        ])
+        .arg(&config_path)
+        .args([
+            "--fault",
+            "drift:pump.discharge_pressure@14400=0.5",
+            "--data-dir",
+            d,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The active model caught the drift, and the record names it by its digest.
+    assert_eq!(
+        r["detections"],
+        json!({ "multivariate": 1 }),
+        "{}",
+        r["detections"]
+    );
+    assert_eq!(r["multivariate"]["model"]["version"], "1.0.0");
+    let records = audit_kinds(&data);
+    let raised = &records
+        .iter()
+        .find(|(k, _)| k == "detection_raised")
+        .unwrap()
+        .1;
+    assert_eq!(
+        raised["evidence"]["relation"],
+        format!("model plant-pca 1.0.0 ({})", &digest(0)[..12]),
+        "{raised}"
+    );
+    // The shadow saw the same drift; it is recorded under its own digest, and acted on
+    // nowhere (one detection, from the active model).
+    let shadow = &r["shadow"];
+    assert_eq!(shadow["model"]["version"], "2.0.0", "{shadow}");
+    assert!(shadow["episodes"].as_u64().unwrap() >= 1, "{shadow}");
+    assert!(shadow["agreement"].as_f64().unwrap() > 0.9, "{shadow}");
+    let shadowed: Vec<&Value> = records
+        .iter()
+        .filter(|(k, _)| k == "shadow_detection")
+        .map(|(_, b)| b)
+        .collect();
+    assert!(!shadowed.is_empty());
+    assert!(
+        shadowed.iter().all(|b| b["digest"] == digest(1).as_str()),
+        "{shadowed:?}"
+    );
+    assert_eq!(shadowed[0]["state"], "start");
+    // An admitted copy altered on disk is refused at the next start.
+    let stored = data.join("models/store/plant-pca/1.0.0/detector.json");
+    let text = std::fs::read_to_string(&stored)
+        .unwrap()
+        .replacen('1', "2", 1);
+    std::fs::write(&stored, text).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "demo", "--speed", "0", "--port", "0", "--json", "--hours", "1", "--config",
+        ])
+        .arg(&config_path)
+        .args(["--data-dir", d])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("altered after signing"), "{err}");
+}
