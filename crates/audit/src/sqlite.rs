@@ -259,6 +259,33 @@ impl SqliteStore {
         })
     }
 
+    /// How many records of each kind the log holds, read-only.
+    pub fn kind_counts(path: &Path) -> Result<std::collections::BTreeMap<String, u64>, AuditError> {
+        let conn = open_read_only(path)?;
+        let name = path.display().to_string();
+        conn.prepare("SELECT kind, COUNT(*) FROM audit GROUP BY kind")
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+                })?
+                .collect()
+            })
+            .map_err(|e| AuditError::Io {
+                path: name,
+                message: e.to_string(),
+            })
+    }
+
+    /// The newest record of a kind, if any.
+    pub fn newest_of_kind(&self, kind: &str) -> Result<Option<u64>, AuditError> {
+        self.conn
+            .query_row("SELECT MAX(seq) FROM audit WHERE kind = ?1", [kind], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .map(|v| v.map(|s| s.max(0) as u64))
+            .map_err(|e| self.io(e))
+    }
+
     /// Writes the log to `out` as an export that verifies with only the public key.
     pub fn export_file<W: std::io::Write>(
         path: &Path,

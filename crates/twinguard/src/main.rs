@@ -11,6 +11,7 @@ mod bench_pump;
 mod bom;
 mod broker;
 mod compare;
+mod compliance;
 mod core;
 mod datadir;
 mod demo;
@@ -174,6 +175,11 @@ enum Command {
         #[command(subcommand)]
         command: model_cmd::ModelCommand,
     },
+    /// Compliance evidence from the live data directory.
+    Compliance {
+        #[command(subcommand)]
+        command: ComplianceCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -238,6 +244,25 @@ enum Command {
         token_file: PathBuf,
         #[arg(long)]
         now_ms: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ComplianceCommand {
+    /// Write report.json and report.html: evidence from the data directory (audit log and
+    /// proofs, models, accounts, agents, devices, configuration, test results) mapped to
+    /// IEC 62443-3-3, EU AI Act Articles 9, 12-15 and the NIST AI RMF functions.
+    Report {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+        /// The configuration twinguard runs with (sources, zones, conduits, retention).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A `cargo test` log: the tests behind each claim, with their results.
+        #[arg(long)]
+        tests: Option<PathBuf>,
     },
 }
 
@@ -1105,6 +1130,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Audit { command } => audit_cmd::run(command),
         Command::Model { command } => model_cmd::run(command),
+        Command::Compliance {
+            command:
+                ComplianceCommand::Report {
+                    out,
+                    data_dir,
+                    config,
+                    tests,
+                },
+        } => {
+            let dir = datadir::DataDir::open(&data_dir)?;
+            let r = compliance::report(&dir, config.as_deref(), tests.as_deref(), &out)?;
+            println!(
+                "compliance evidence written to {} (report.html, report.json): {} claims met, {} partly, {} not shown",
+                out.display(),
+                r.pointer("/summary/met")
+                    .unwrap_or(&serde_json::Value::Null),
+                r.pointer("/summary/partial")
+                    .unwrap_or(&serde_json::Value::Null),
+                r.pointer("/summary/not_shown")
+                    .unwrap_or(&serde_json::Value::Null)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read configuration {}", file.display()))?;
