@@ -70,7 +70,8 @@ fn patterns() -> &'static [Pattern] {
         let p = |what, name, re: &str, redact| Pattern {
             what,
             name,
-            re: Regex::new(re).expect("scanner pattern"),
+            // ASCII classes and word boundaries: the files are bytes, not UTF-8.
+            re: Regex::new(&format!("(?-u){re}")).expect("scanner pattern"),
             redact,
         };
         vec![
@@ -124,7 +125,9 @@ fn patterns() -> &'static [Pattern] {
             p(
                 "host",
                 "host name",
-                r"(?i)\b(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:com|net|org|io|cloud|internal|local|corp|lan|dev|ai|amazonaws\.com)\b",
+                // Lower case only: host names are written so, and in weights a mixed-case
+                // "xY9.IO" turns up by chance every few hundred megabytes.
+                r"\b(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9-]{3,63}\.(?:com|net|org|io|cloud|internal|local|corp|lan|dev|ai)\b",
                 false,
             ),
         ]
@@ -186,17 +189,92 @@ fn declared(found: &str, endpoints: &[String]) -> bool {
     })
 }
 
+/// Text shorter than this inside binary data is not read: a run of a few printable bytes
+/// turns up by chance in weights, and nothing the scanner looks for is that short.
+const MIN_RUN: usize = 8;
+
+fn printable(b: u8) -> bool {
+    (0x20..=0x7e).contains(&b) || b == b'\t' || b == b'\n' || b == b'\r'
+}
+
+/// The runs of printable ASCII of at least [`MIN_RUN`] bytes, as (start, end): what
+/// `strings` would show. Credentials, endpoints and the like are text.
+fn text_runs(data: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (i, &b) in data.iter().enumerate() {
+        match (printable(b), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                if i - s >= MIN_RUN {
+                    runs.push((s, i));
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start
+        && data.len() - s >= MIN_RUN
+    {
+        runs.push((s, data.len()));
+    }
+    runs
+}
+
+#[allow(
+    clippy::expect_used,
+    reason = "the patterns are constants, tested by every scan test"
+)]
+fn pattern_set() -> &'static regex::bytes::RegexSet {
+    static S: OnceLock<regex::bytes::RegexSet> = OnceLock::new();
+    S.get_or_init(|| {
+        regex::bytes::RegexSet::new(patterns().iter().map(|p| p.re.as_str()))
+            .expect("scanner patterns")
+    })
+}
+
+/// Finds the patterns in `data` (at `base` in the file), keeping matches that start
+/// before `until`.
 fn scan_bytes(
     file: &str,
     base: u64,
     data: &[u8],
-    from: usize,
+    until: usize,
     endpoints: &[String],
     out: &mut Vec<Finding>,
 ) {
-    for p in patterns() {
-        for m in p.re.find_iter(data) {
-            if m.start() < from {
+    for (start, end) in text_runs(data) {
+        let Some(run) = data.get(start..end) else {
+            continue;
+        };
+        // One pass tells which patterns occur at all; only those are located.
+        for i in pattern_set().matches(run).iter() {
+            if let Some(p) = patterns().get(i) {
+                scan_run(p, file, base, start, run, until, endpoints, out);
+            }
+        }
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site, the scan loop's state"
+)]
+fn scan_run(
+    p: &Pattern,
+    file: &str,
+    base: u64,
+    run_start: usize,
+    run: &[u8],
+    until: usize,
+    endpoints: &[String],
+    out: &mut Vec<Finding>,
+) {
+    {
+        for m in p.re.find_iter(run) {
+            let at = run_start + m.start();
+            if at >= until {
                 continue;
             }
             let text = excerpt(m.as_bytes(), p.redact);
@@ -214,7 +292,7 @@ fn scan_bytes(
             };
             out.push(Finding {
                 file: file.to_string(),
-                offset: Some(base + m.start() as u64),
+                offset: Some(base + at as u64),
                 what: p.what.into(),
                 detail,
                 severity,
@@ -238,12 +316,11 @@ pub fn scan(model: &Path, endpoints: &[String]) -> Result<Report, ModelError> {
         let mut whole: Option<Vec<u8>> =
             name.to_ascii_lowercase().ends_with(".onnx").then(Vec::new);
         loop {
+            let want = buf.len() - kept;
             let n = read_full(&mut f, buf.get_mut(kept..).unwrap_or_default())
                 .map_err(|e| ModelError::io(path, e))?;
-            if n == 0 && !first {
-                break;
-            }
             let data = buf.get(..kept + n).unwrap_or_default();
+            let last = n < want;
             if first {
                 if let Some(kind) = code_format(name, data) {
                     findings.push(Finding {
@@ -256,14 +333,14 @@ pub fn scan(model: &Path, endpoints: &[String]) -> Result<Report, ModelError> {
                 }
                 first = false;
             }
-            scan_bytes(
-                name,
-                base,
-                data,
-                if base == 0 { 0 } else { OVERLAP.min(kept) },
-                endpoints,
-                &mut findings,
-            );
+            // Matches starting in the last OVERLAP bytes are left to the next chunk,
+            // which sees them whole from its start.
+            let until = if last {
+                data.len()
+            } else {
+                data.len() - OVERLAP.min(data.len())
+            };
+            scan_bytes(name, base, data, until, endpoints, &mut findings);
             if let Some(w) = whole.as_mut() {
                 w.extend_from_slice(data.get(kept..).unwrap_or_default());
             }
@@ -271,21 +348,18 @@ pub fn scan(model: &Path, endpoints: &[String]) -> Result<Report, ModelError> {
             if bytes > MAX_FILE * 4 {
                 return Err(ModelError::invalid(model, "is larger than 8 GiB"));
             }
-            if n == 0 {
+            if last {
                 break;
             }
-            // Keep the tail, so that a match across the boundary is found.
             let len = data.len();
-            let keep = OVERLAP.min(len);
-            base += (len - keep) as u64;
-            buf.copy_within(len - keep..len, 0);
-            kept = keep;
+            base += until as u64;
+            buf.copy_within(until..len, 0);
+            kept = len - until;
         }
         if let Some(w) = whole {
             onnx_findings(name, &w, &mut findings);
         }
     }
-    // Overlapping chunks may report a match twice.
     findings.sort_by(|a, b| {
         (&a.file, a.offset, &a.what, &a.detail).cmp(&(&b.file, b.offset, &b.what, &b.detail))
     });

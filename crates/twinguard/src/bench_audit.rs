@@ -242,3 +242,114 @@ pub fn table(r: &AuditBench) -> String {
     }
     out
 }
+
+#[derive(Debug, Serialize)]
+pub struct ScanBench {
+    pub files: Vec<ScanRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScanRow {
+    pub what: &'static str,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub mb_per_s: f64,
+    pub findings: usize,
+    /// By kind, with their text (in random bytes, what a scanner can mistake for text).
+    pub found: Vec<String>,
+}
+
+/// The model scanner's speed on three kinds of model file of `mb` megabytes each: random
+/// bytes (weights), JSON text of numbers (twinguard's own model files) and an ONNX model
+/// (a graph with one large initializer).
+pub fn scan(dir: &Path, mb: u64) -> Result<ScanBench> {
+    use prost::Message;
+    std::fs::create_dir_all(dir)?;
+    let n = (mb * 1_000_000) as usize;
+    let mut rng = 11u64;
+    let mut random = vec![0u8; n];
+    for chunk in random.chunks_mut(8) {
+        let v = next(&mut rng).to_le_bytes();
+        for (c, b) in chunk.iter_mut().zip(v) {
+            *c = b;
+        }
+    }
+    let mut json_text = String::with_capacity(n + 32);
+    json_text.push_str("{\"weights\":[");
+    while json_text.len() < n {
+        let v = (next(&mut rng) % 2_000_000) as f64 / 1e6 - 1.0;
+        json_text.push_str(&format!("{v:.6},"));
+    }
+    json_text.push_str("0]}");
+    let onnx = models::onnx::ModelProto {
+        ir_version: 8,
+        graph: Some(models::onnx::GraphProto {
+            node: vec![models::onnx::NodeProto {
+                input: vec!["x".into(), "w".into()],
+                output: vec!["y".into()],
+                op_type: "MatMul".into(),
+                ..Default::default()
+            }],
+            name: "g".into(),
+            initializer: vec![models::onnx::TensorProto {
+                dims: vec![(n / 4) as i64],
+                data_type: 1,
+                name: "w".into(),
+                raw_data: random.clone(),
+                ..Default::default()
+            }],
+        }),
+        opset_import: vec![models::onnx::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut files = Vec::new();
+    for (what, name, bytes) in [
+        ("random bytes (weights)", "weights.bin", random),
+        ("JSON numbers", "model.json", json_text.into_bytes()),
+        ("ONNX, one large initializer", "model.onnx", onnx),
+    ] {
+        let model = dir.join(name.replace('.', "-"));
+        std::fs::create_dir_all(&model)?;
+        std::fs::write(model.join(name), &bytes)?;
+        let t = Instant::now();
+        let report = models::scan::scan(&model, &[])?;
+        let seconds = t.elapsed().as_secs_f64();
+        files.push(ScanRow {
+            what,
+            bytes: report.bytes,
+            seconds,
+            mb_per_s: report.bytes as f64 / 1e6 / seconds,
+            findings: report.findings.len(),
+            found: report
+                .findings
+                .iter()
+                .map(|f| format!("{}: {}", f.what, f.detail))
+                .collect(),
+        });
+        let _ = std::fs::remove_dir_all(&model);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(ScanBench { files })
+}
+
+pub fn scan_table(r: &ScanBench) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<30} {:>12} {:>9} {:>9} {:>9}",
+        "file", "bytes", "seconds", "MB/s", "findings"
+    );
+    for f in &r.files {
+        let _ = writeln!(
+            out,
+            "{:<30} {:>12} {:>9.3} {:>9.1} {:>9}",
+            f.what, f.bytes, f.seconds, f.mb_per_s, f.findings
+        );
+    }
+    out
+}

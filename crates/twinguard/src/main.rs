@@ -525,6 +525,13 @@ enum BenchData {
         #[arg(long)]
         json: bool,
     },
+    /// The model scanner's speed in MB/s on weights, JSON and ONNX files of `--mb` MB.
+    Scan {
+        #[arg(long, default_value_t = 200)]
+        mb: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// The reference plant's pump: warnings of bearing failure from the RUL model, their
     /// lead time and false warnings over seeded runs to failure.
     Pump {
@@ -965,6 +972,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .join(format!("twinguard-bench-audit-{}", std::process::id()));
             let r = bench_audit::run(&dir, records)?;
             bench_data::print(json, &r, bench_audit::table)
+        }
+        Command::Bench {
+            data_set: Some(BenchData::Scan { mb, json }),
+            ..
+        } => {
+            if !(1..=2000).contains(&mb) {
+                anyhow::bail!("bench scan: --mb 1 to 2000");
+            }
+            let dir =
+                std::env::temp_dir().join(format!("twinguard-bench-scan-{}", std::process::id()));
+            let r = bench_audit::scan(&dir, mb)?;
+            bench_data::print(json, &r, bench_audit::scan_table)
         }
         Command::Bench {
             data_set:
