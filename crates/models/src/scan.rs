@@ -343,6 +343,17 @@ pub fn scan(model: &Path, endpoints: &[String]) -> Result<Report, ModelError> {
             scan_bytes(name, base, data, until, endpoints, &mut findings);
             if let Some(w) = whole.as_mut() {
                 w.extend_from_slice(data.get(kept..).unwrap_or_default());
+                if w.len() as u64 > MAX_FILE {
+                    // Protobuf caps an ONNX file at 2 GiB: this one cannot be one.
+                    whole = None;
+                    findings.push(Finding {
+                        file: name.clone(),
+                        offset: None,
+                        what: "format".into(),
+                        detail: format!("{name} is larger than the 2 GiB an ONNX file can be"),
+                        severity: Severity::Refuse,
+                    });
+                }
             }
             bytes += n as u64;
             if bytes > MAX_FILE * 4 {

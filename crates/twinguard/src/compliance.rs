@@ -151,25 +151,24 @@ fn gather(dir: &DataDir, config: Option<&Path>, tests: Option<&Path>) -> Result<
     let key = dir.public_key("audit")?;
     let counts = audit::SqliteStore::kind_counts(&db)?;
     let verification = audit::SqliteStore::verify_file(&db, &key, &[])?;
-    // A proof an auditor can check alone: the newest guard decision's inclusion.
-    let proof = match dir.key("audit") {
-        Ok(k) => {
-            let mut store = audit::SqliteStore::open(&db, k)?;
-            match store.newest_of_kind("decision")? {
-                Some(seq) => {
-                    let p = audit::Proof::Inclusion(store.prove_inclusion(seq, None)?);
-                    let checked = audit::check_proof(&p, &key);
-                    Some(json!({
-                        "proof": p,
-                        "checked": checked.as_ref().map_or_else(|e| e.to_string(), Clone::clone),
-                        "holds": checked.is_ok(),
-                    }))
-                }
-                None => None,
-            }
-        }
-        Err(_) => None,
-    };
+    // A proof an auditor can check alone: the newest guard decision's inclusion. When it
+    // cannot be made (a running twinguard is appending), the report says why.
+    let proof = (|| -> Result<Option<Value>> {
+        let mut store = audit::SqliteStore::open(&db, dir.key("audit")?)?;
+        let Some(seq) = store.newest_of_kind("decision")? else {
+            return Ok(None);
+        };
+        let p = audit::Proof::Inclusion(store.prove_inclusion(seq, None)?);
+        let checked = audit::check_proof(&p, &key);
+        Ok(Some(json!({
+            "proof": p,
+            "checked": checked.as_ref().map_or_else(|e| e.to_string(), Clone::clone),
+            "holds": checked.is_ok(),
+        })))
+    })()
+    .unwrap_or_else(|e| {
+        Some(json!({ "holds": false, "error": format!("no proof could be made: {e:#}") }))
+    });
     let registry = models::Registry::load(&dir.root().join("models").join("registry.json"))?;
     let publishers = models::TrustPolicy::load(&dir.root().join("models").join("trust.toml"))?
         .publishers

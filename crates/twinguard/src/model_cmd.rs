@@ -338,6 +338,8 @@ pub fn run(command: ModelCommand) -> Result<ExitCode> {
             let dir = DataDir::open(&data_dir)?;
             let public = std::fs::read_to_string(&key)
                 .with_context(|| format!("cannot read {}", key.display()))?;
+            // A key file is one hex key and nothing else (its text goes into trust.toml).
+            frames::keys::parse_public(&public, &key.display().to_string())?;
             let kinds: Vec<String> = kinds
                 .split(',')
                 .map(|k| k.trim().to_string())
