@@ -84,6 +84,8 @@ pub struct DetectSection {
     /// (`twinguard model admit`): its active version watches, its shadow version runs
     /// beside it, recorded and never acted on.
     pub registry_model: Option<Spanned<String>>,
+    /// Lets `model_file`, which was not admitted, run.
+    pub allow_unadmitted_model: bool,
 }
 
 impl Default for DetectSection {
@@ -97,6 +99,7 @@ impl Default for DetectSection {
             exclude: Vec::new(),
             model_file: None,
             registry_model: None,
+            allow_unadmitted_model: false,
         }
     }
 }
@@ -108,6 +111,10 @@ pub struct PredictSection {
     /// A RUL model for the pump (`twinguard bench pump --model-out`), relative to the
     /// configuration file; none: no estimate.
     pub pump_model: Option<Spanned<String>>,
+    /// An admitted rul model, by name (`twinguard model admit`): its active version runs.
+    pub registry_model: Option<Spanned<String>>,
+    /// Lets `pump_model`, which was not admitted, run.
+    pub allow_unadmitted_model: bool,
     /// Warn when failure within this many hours becomes likely (0.5 to 168).
     pub horizon_h: Spanned<f64>,
 }
@@ -116,6 +123,8 @@ impl Default for PredictSection {
     fn default() -> Self {
         PredictSection {
             pump_model: None,
+            registry_model: None,
+            allow_unadmitted_model: false,
             horizon_h: Spanned::new(0..0, 8.0),
         }
     }
@@ -780,6 +789,29 @@ impl Config {
                 "detect.registry_model and detect.model_file both name the model: give one".into(),
             );
         }
+        let unadmitted = |section: &str, key: &str| {
+            format!(
+                "{section}.{key} is a model that was not admitted (signed, scanned, run on golden data): admit it with `twinguard model admit` and name it with {section}.registry_model, or set {section}.allow_unadmitted_model = true to run it anyway"
+            )
+        };
+        if let Some(f) = &d.model_file
+            && !d.allow_unadmitted_model
+        {
+            err(f.span(), unadmitted("detect", "model_file"));
+        }
+        let pr = &config.predict;
+        if let Some(f) = &pr.pump_model
+            && !pr.allow_unadmitted_model
+        {
+            err(f.span(), unadmitted("predict", "pump_model"));
+        }
+        if let (Some(_), Some(r)) = (&pr.pump_model, &pr.registry_model) {
+            err(
+                r.span(),
+                "predict.registry_model and predict.pump_model both name the model: give one"
+                    .into(),
+            );
+        }
         let horizon = *config.predict.horizon_h.get_ref();
         if !(0.5..=168.0).contains(&horizon) {
             err(
@@ -1243,6 +1275,46 @@ node_id = "ns=2;s=tank.level"
                 host: "10.0.0.5".into(),
                 port: 8883
             })
+        );
+    }
+
+    #[test]
+    fn a_model_that_was_not_admitted_runs_only_when_allowed() {
+        for (key, section) in [
+            ("model_file = \"model.json\"", "detect"),
+            ("pump_model = \"pump-rul.json\"", "predict"),
+        ] {
+            let text = DEFAULT_CONFIG.replace(&format!("# {key}"), key);
+            assert_ne!(text, DEFAULT_CONFIG);
+            let e = errors(&text);
+            assert!(
+                e.iter().any(|e| e.message.contains(&format!("{section}."))
+                    && e.message.contains("not admitted")),
+                "{e:?}"
+            );
+            let allowed = text.replacen(
+                "# allow_unadmitted_model = false",
+                "allow_unadmitted_model = true",
+                if section == "detect" { 1 } else { 2 },
+            );
+            assert!(errors(&allowed).is_empty(), "{:?}", errors(&allowed));
+        }
+        let both = DEFAULT_CONFIG
+            .replace(
+                "# registry_model = \"pump-rul\"",
+                "registry_model = \"pump-rul\"",
+            )
+            .replace(
+                "# pump_model = \"pump-rul.json\"",
+                "pump_model = \"pump-rul.json\"\nallow_unadmitted_model = true",
+            )
+            .replacen("# allow_unadmitted_model = false", "", 2);
+        assert!(
+            errors(&both)
+                .iter()
+                .any(|e| e.message.contains("both name the model")),
+            "{:?}",
+            errors(&both)
         );
     }
 }

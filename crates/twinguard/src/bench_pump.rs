@@ -95,7 +95,11 @@ pub struct PumpResult {
 
 /// Fits on seeds `1..=train`, tests on the next `test`; a warning is the estimate at or
 /// below `horizon_h` for two cycles in a row. Returns the model too.
-pub fn bench(train: u64, test: u64, horizon_h: f64) -> Result<(PumpResult, rul::RulModel)> {
+pub fn bench(
+    train: u64,
+    test: u64,
+    horizon_h: f64,
+) -> Result<(PumpResult, rul::RulModel, Vec<Unit>)> {
     let plant = Plant::reference();
     eprintln!("pump: simulating {train} runs to failure for training");
     let histories: Vec<Unit> = (1..=train)
@@ -122,10 +126,12 @@ pub fn bench(train: u64, test: u64, horizon_h: f64) -> Result<(PumpResult, rul::
     let horizon = horizon_h * cycles_per_h;
     let (mut lead_h, mut false_warnings, mut cycles_total) = (Vec::new(), 0u64, 0usize);
     let (mut se, mut counted) = (0.0, 0usize);
+    let mut tests = Vec::new();
     for seed in train + 1..=train + test {
         eprint!("\rpump: test run {}/{test}", seed - train);
         let (unit, _) = run_to_failure(&plant, seed)?;
         let life = unit.rows.len();
+        tests.push(unit.clone());
         cycles_total += life;
         let mut below = 0;
         let mut warned_at = None;
@@ -176,7 +182,35 @@ pub fn bench(train: u64, test: u64, horizon_h: f64) -> Result<(PumpResult, rul::
         rmse_window_h: model.options.cap / cycles_per_h,
         fit_seconds,
     };
-    Ok((result, model))
+    Ok((result, model, tests))
+}
+
+/// A golden data set for admitting the pump's RUL model (`twinguard model admit`): each
+/// test run cut at a point between half and nine tenths of its life, in C-MAPSS test
+/// format (`golden_test.txt`), and the cycles each had left (`golden_rul.txt`).
+pub fn write_golden(units: &[Unit], dir: &std::path::Path) -> Result<()> {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (mut test, mut truth) = (String::new(), String::new());
+    for (k, u) in units.iter().enumerate() {
+        let life = u.rows.len();
+        // A fixed spread of cut points: 0.5, 0.9, 0.7, 0.6, 0.8, …
+        let share = 0.5 + 0.4 * ((k as f64 * 0.618_034) % 1.0);
+        let end = ((life as f64 * share) as usize).clamp(1, life);
+        for (cycle, row) in u.rows.iter().take(end).enumerate() {
+            let _ = write!(test, "{} {}", k + 1, cycle + 1);
+            for v in row {
+                let _ = write!(test, " {v:.6}");
+            }
+            test.push('\n');
+        }
+        let _ = writeln!(truth, "{}", life - end);
+    }
+    for (name, text) in [("golden_test.txt", test), ("golden_rul.txt", truth)] {
+        std::fs::write(dir.join(name), text)
+            .with_context(|| format!("cannot write {}", dir.join(name).display()))?;
+    }
+    Ok(())
 }
 
 pub fn table(r: &PumpResult) -> String {

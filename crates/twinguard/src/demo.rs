@@ -230,7 +230,10 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         multivariate,
         multivariate_ref,
         shadow,
-        pump_health: pump_health(&config, args.config.as_deref())?,
+        pump_health: match crate::model_cmd::registry_pump_health(&config, &dir)? {
+            Some(p) => Some(p),
+            None => pump_health(&config, args.config.as_deref())?,
+        },
         agents: args.agents,
     })?;
     core.publish_snapshot(true);

@@ -544,9 +544,14 @@ enum BenchData {
         /// Warn when failure within this many hours is estimated.
         #[arg(long, default_value_t = 8.0)]
         horizon_h: f64,
-        /// Also write the fitted model here (for `[predict] pump_model`).
+        /// Also write the fitted model here (to sign and admit for `[predict]
+        /// registry_model`, or for `[predict] pump_model`).
         #[arg(long)]
         model_out: Option<PathBuf>,
+        /// Also write the test runs, cut short, as a golden data set for admission
+        /// (`golden_test.txt`, `golden_rul.txt`) into this directory.
+        #[arg(long)]
+        golden_out: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -992,6 +997,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     test,
                     horizon_h,
                     model_out,
+                    golden_out,
                     json,
                 }),
             ..
@@ -1001,7 +1007,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "bench pump: --train at least 10 (each of the 5 networks holds out 2), --test at least 1, --horizon-h positive"
                 );
             }
-            let (r, model) = bench_pump::bench(train, test, horizon_h)?;
+            let (r, model, tests) = bench_pump::bench(train, test, horizon_h)?;
+            if let Some(dir) = golden_out {
+                bench_pump::write_golden(&tests, &dir)?;
+            }
             if let Some(out) = model_out {
                 std::fs::write(&out, serde_json::to_string(&model)?)
                     .with_context(|| format!("cannot write {}", out.display()))?;

@@ -650,3 +650,45 @@ pub fn registry_detector(
     }
     Ok(Some(RegistryDetector { active, shadow }))
 }
+
+/// The pump's RUL model of `[predict] registry_model`: the registry's active version,
+/// verified again from its admitted copy. None when the configuration names none.
+pub fn registry_pump_health(
+    config: &twinguard_config::Config,
+    dir: &DataDir,
+) -> Result<Option<crate::pump_health::PumpHealth>> {
+    let Some(name) = &config.predict.registry_model else {
+        return Ok(None);
+    };
+    let name = name.get_ref();
+    let registry = Registry::load(&registry_path(dir))?;
+    let e = registry.active(name).with_context(|| {
+        format!(
+            "predict.registry_model {name}: no version of it is active in {} (`twinguard model list`)",
+            registry_path(dir).display()
+        )
+    })?;
+    if e.kind != "rul" {
+        bail!(
+            "predict.registry_model {name}: {} {} is a {} model, not a rul model",
+            e.name,
+            e.version,
+            e.kind
+        );
+    }
+    let (path, signed) = load_admitted(dir, e)
+        .with_context(|| format!("predict.registry_model {name}: {} {}", e.name, e.version))?;
+    let model = crate::rul_cmd::load_model(&path)?;
+    Ok(Some(
+        crate::pump_health::PumpHealth::new(
+            model,
+            signed.digest.clone(),
+            *config.predict.horizon_h.get_ref(),
+        )
+        .admitted(crate::core::ModelRef {
+            name: e.name.clone(),
+            version: e.version.clone(),
+            digest: signed.digest,
+        }),
+    ))
+}

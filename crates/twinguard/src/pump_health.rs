@@ -42,6 +42,8 @@ pub struct PumpHealth {
     last: Option<Estimate>,
     /// The latest estimates, oldest first, for the page's plot.
     history: std::collections::VecDeque<Estimate>,
+    /// Set when the model came from the registry.
+    admitted: Option<crate::core::ModelRef>,
 }
 
 /// Estimates kept for the page: a day of ten-minute cycles.
@@ -75,7 +77,14 @@ impl PumpHealth {
             warnings: 0,
             last: None,
             history: std::collections::VecDeque::new(),
+            admitted: None,
         }
+    }
+
+    /// The admitted model this is (registry name, version, digest).
+    pub fn admitted(mut self, model: crate::core::ModelRef) -> PumpHealth {
+        self.admitted = Some(model);
+        self
     }
 
     /// The bearing was changed: the history starts again.
@@ -149,6 +158,7 @@ impl PumpHealth {
     pub fn status(&self) -> serde_json::Value {
         serde_json::json!({
             "model_sha256": self.sha256,
+            "admitted": self.admitted,
             "horizon_h": self.horizon_h,
             "cycles": self.rows.len(),
             "estimate": self.last,

@@ -192,7 +192,10 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         multivariate,
         multivariate_ref,
         shadow,
-        pump_health: crate::demo::pump_health(&config, Some(&args.config))?,
+        pump_health: match crate::model_cmd::registry_pump_health(&config, &dir)? {
+            Some(p) => Some(p),
+            None => crate::demo::pump_health(&config, Some(&args.config))?,
+        },
         agents: true,
     })?;
     core.publish_snapshot(true);

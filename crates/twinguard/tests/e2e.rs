@@ -3581,40 +3581,109 @@ fn the_learnt_multivariate_model_catches_a_drifting_sensor_and_names_it() {
 fn the_pump_is_warned_of_before_its_bearing_fails() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "pump",
-            "--train",
-            "40",
-            "--test",
-            "1",
-            "--json",
-            "--model-out",
-        ])
-        .arg(d.join("pump-rul.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let config = String::from_utf8(
+    let model = d.join("pump-model");
+    let data = d.join("data");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    // The model is fitted, signed by its publisher, admitted (its golden run on three
+    // runs to failure cut short) and promoted before it runs.
+    let key = path(&d.join("acme.key"));
+    let run = |args: &[&str]| {
+        let (ok, out, err) = tg(args);
+        assert!(ok, "twinguard {args:?}: {out}{err}");
+        out
+    };
+    run(&["model", "keygen", "--out", &key]);
+    run(&[
+        "bench",
+        "pump",
+        "--train",
+        "40",
+        "--test",
+        "3",
+        "--json",
+        "--model-out",
+        &path(&model.join("pump-rul.json")),
+        "--golden-out",
+        &path(&model),
+    ]);
+    let manifest = serde_json::json!({
+        "name": "pump-rul", "version": "1.0.0", "kind": "rul", "publisher": "acme-ml",
+        "entry": "pump-rul.json",
+        "intended_use": "warn of the reference pump's bearing failure hours ahead",
+        "limitations": "the reference plant's pump; ten-minute cycles",
+        "training_data": { "description": "bench pump seeds 1-40", "sha256": "12".repeat(32) },
+        "golden": { "data": "golden_test.txt", "truth": "golden_rul.txt",
+                    "thresholds": { "rmse": { "max": 30.0 }, "coverage": { "min": 0.6 } } },
+    });
+    std::fs::write(d.join("manifest.json"), manifest.to_string()).unwrap();
+    run(&[
+        "model",
+        "sign",
+        &path(&model),
+        "--manifest",
+        &path(&d.join("manifest.json")),
+        "--key",
+        &key,
+    ]);
+    let dd = path(&data);
+    run(&[
+        "model",
+        "trust",
+        "--name",
+        "acme-ml",
+        "--key",
+        &format!("{key}.pub"),
+        "--kinds",
+        "rul",
+        "--data-dir",
+        &dd,
+    ]);
+    run(&["model", "admit", &path(&model), "--data-dir", &dd]);
+    std::fs::write(d.join("pw"), "correct horse battery staple\n").unwrap();
+    run(&[
+        "user",
+        "add",
+        "ana",
+        "--role",
+        "approver",
+        "--password-file",
+        &path(&d.join("pw")),
+        "--data-dir",
+        &dd,
+    ]);
+    run(&[
+        "model",
+        "promote",
+        "pump-rul",
+        "1.0.0",
+        "--approver",
+        "ana",
+        "--password-file",
+        &path(&d.join("pw")),
+        "--data-dir",
+        &dd,
+    ]);
+    let registry: Value =
+        serde_json::from_str(&run(&["model", "list", "--json", "--data-dir", &dd])).unwrap();
+    let digest = registry["models"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let default_config = String::from_utf8(
         Command::new(BIN)
             .arg("default-config")
             .output()
             .unwrap()
             .stdout,
     )
-    .unwrap()
-    .replace(
-        "# pump_model = \"pump-rul.json\"",
-        "pump_model = \"pump-rul.json\"",
+    .unwrap();
+    let config = default_config.replace(
+        "# registry_model = \"pump-rul\"",
+        "registry_model = \"pump-rul\"",
     );
+    assert_ne!(config, default_config);
     let config_path = d.join("twinguard.toml");
     std::fs::write(&config_path, config).unwrap();
-    let data = d.join("data");
     let r = demo(
         &data,
         30.0,
@@ -3632,6 +3701,9 @@ fn the_pump_is_warned_of_before_its_bearing_fails() {
     let first = &warnings[0];
     assert_eq!(first["asset"], "pump");
     assert_eq!(first["model_sha256"], health["model_sha256"]);
+    // The warning names the admitted model by the digest of its signed statement.
+    assert_eq!(first["model_sha256"], digest.as_str());
+    assert_eq!(health["admitted"]["version"], "1.0.0", "{health}");
     let warned_ms = first["estimate"]["t_ms"].as_i64().unwrap();
     assert!(first["estimate"]["failure_probability"].as_f64().unwrap() >= 0.5);
     // The vibration's danger zone (ISO 10816 zone D) comes later, and the failure (the
@@ -3653,7 +3725,14 @@ fn the_pump_is_warned_of_before_its_bearing_fails() {
     let lead_h = (failed["raised_ms"].as_i64().unwrap() - warned_ms) as f64 / 3_600_000.0;
     assert!(lead_h >= 4.0, "warned {lead_h:.1} h before the failure");
 
-    // A configured model that is not one is refused before anything runs.
+    // A model file that was not admitted runs only when allowed, and one that is not a
+    // model is refused before anything runs.
+    let unadmitted = default_config.replace(
+        "# pump_model = \"pump-rul.json\"\n# allow_unadmitted_model = false",
+        "pump_model = \"pump-rul.json\"\nallow_unadmitted_model = true",
+    );
+    assert_ne!(unadmitted, default_config);
+    std::fs::write(&config_path, unadmitted).unwrap();
     std::fs::write(d.join("pump-rul.json"), "{}").unwrap();
     let out = Command::new(BIN)
         .arg("check-config")
