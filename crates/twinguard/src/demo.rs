@@ -197,17 +197,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     };
     let signals = plant.signals.iter().map(|s| s.id.clone()).collect();
     let (multivariate, multivariate_ref, shadow) =
-        match crate::model_cmd::registry_detector(&config, &dir, &plant)? {
-            Some(r) => {
-                let (live, model) = r.active.unzip();
-                (live, model, r.shadow)
-            }
-            None => (
-                multivariate(&config, args.config.as_deref(), &plant)?,
-                None,
-                None,
-            ),
-        };
+        crate::model_cmd::core_detector(&config, args.config.as_deref(), &dir, &plant)?;
     let mut core = Core::new(CoreParts {
         plant: plant.clone(),
         verifier,
@@ -230,10 +220,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         multivariate,
         multivariate_ref,
         shadow,
-        pump_health: match crate::model_cmd::registry_pump_health(&config, &dir)? {
-            Some(p) => Some(p),
-            None => pump_health(&config, args.config.as_deref())?,
-        },
+        pump_health: crate::model_cmd::core_pump_health(&config, args.config.as_deref(), &dir)?,
         agents: args.agents,
     })?;
     core.publish_snapshot(true);

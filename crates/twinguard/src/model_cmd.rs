@@ -593,6 +593,63 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
+/// An admitted model of the kind a setting needs, verified again from its copy.
+fn admitted_of_kind(
+    dir: &DataDir,
+    e: &RegistryEntry,
+    kind: &str,
+    setting: &str,
+) -> Result<(PathBuf, models::Signed)> {
+    if e.kind != kind {
+        bail!(
+            "{setting} {}: {} {} is a {} model, not a {kind} model",
+            e.name,
+            e.name,
+            e.version,
+            e.kind
+        );
+    }
+    load_admitted(dir, e).with_context(|| format!("{setting} {}: {} {}", e.name, e.name, e.version))
+}
+
+/// The multivariate detector the core runs, with its identity and its shadow: the
+/// registry's (`[detect] registry_model`), else a model file or learning in the twin.
+pub fn core_detector(
+    config: &twinguard_config::Config,
+    config_path: Option<&Path>,
+    dir: &DataDir,
+    plant: &plant_model::Plant,
+) -> Result<(
+    Option<detect::live::Live>,
+    Option<crate::core::ModelRef>,
+    Option<crate::core::ShadowModel>,
+)> {
+    Ok(match registry_detector(config, dir, plant)? {
+        Some(r) => {
+            let (live, model) = r.active.unzip();
+            (live, model, r.shadow)
+        }
+        None => (
+            crate::demo::multivariate(config, config_path, plant)?,
+            None,
+            None,
+        ),
+    })
+}
+
+/// The pump's RUL estimate the core runs: the registry's (`[predict] registry_model`),
+/// else a model file allowed unadmitted.
+pub fn core_pump_health(
+    config: &twinguard_config::Config,
+    config_path: Option<&Path>,
+    dir: &DataDir,
+) -> Result<Option<crate::pump_health::PumpHealth>> {
+    match registry_pump_health(config, dir)? {
+        Some(p) => Ok(Some(p)),
+        None => crate::demo::pump_health(config, config_path),
+    }
+}
+
 /// The registry's detector for the twin: the active version watching, the shadow beside.
 pub struct RegistryDetector {
     pub active: Option<(detect::live::Live, crate::core::ModelRef)>,
@@ -613,16 +670,7 @@ pub fn registry_detector(
     let name = name.get_ref();
     let registry = Registry::load(&registry_path(dir))?;
     let load = |e: &RegistryEntry| -> Result<(detect::live::Live, crate::core::ModelRef)> {
-        if e.kind != "detector" {
-            bail!(
-                "detect.registry_model {name}: {} {} is a {} model, not a detector",
-                e.name,
-                e.version,
-                e.kind
-            );
-        }
-        let (path, signed) = load_admitted(dir, e)
-            .with_context(|| format!("detect.registry_model {name}: {} {}", e.name, e.version))?;
+        let (path, signed) = admitted_of_kind(dir, e, "detector", "detect.registry_model")?;
         let model = crate::detect_cmd::load_model(&path)?;
         crate::demo::check_columns(&model, &path, plant)?;
         let live = detect::live::Live::watching(model, crate::demo::live_options(config))
@@ -668,16 +716,7 @@ pub fn registry_pump_health(
             registry_path(dir).display()
         )
     })?;
-    if e.kind != "rul" {
-        bail!(
-            "predict.registry_model {name}: {} {} is a {} model, not a rul model",
-            e.name,
-            e.version,
-            e.kind
-        );
-    }
-    let (path, signed) = load_admitted(dir, e)
-        .with_context(|| format!("predict.registry_model {name}: {} {}", e.name, e.version))?;
+    let (path, signed) = admitted_of_kind(dir, e, "rul", "predict.registry_model")?;
     let model = crate::rul_cmd::load_model(&path)?;
     Ok(Some(
         crate::pump_health::PumpHealth::new(

@@ -159,17 +159,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
     };
     let (progress_tx, _progress_rx) = watch::channel(gateway::Progress::default());
     let (multivariate, multivariate_ref, shadow) =
-        match crate::model_cmd::registry_detector(&config, &dir, &plant)? {
-            Some(r) => {
-                let (live, model) = r.active.unzip();
-                (live, model, r.shadow)
-            }
-            None => (
-                crate::demo::multivariate(&config, Some(&args.config), &plant)?,
-                None,
-                None,
-            ),
-        };
+        crate::model_cmd::core_detector(&config, Some(&args.config), &dir, &plant)?;
     let mut core = Core::new(CoreParts {
         plant: plant.clone(),
         verifier: Verifier::new(plant.clone(), vec![], config.ingest.clone()),
@@ -192,10 +182,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         multivariate,
         multivariate_ref,
         shadow,
-        pump_health: match crate::model_cmd::registry_pump_health(&config, &dir)? {
-            Some(p) => Some(p),
-            None => crate::demo::pump_health(&config, Some(&args.config))?,
-        },
+        pump_health: crate::model_cmd::core_pump_health(&config, Some(&args.config), &dir)?,
         agents: true,
     })?;
     core.publish_snapshot(true);
