@@ -20,6 +20,7 @@
 pub mod checkpoint;
 pub mod export;
 pub mod merkle;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 use ed25519_dalek::VerifyingKey;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use checkpoint::{Checkpoint, NoteError, origin_for};
 pub use merkle::Hash;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{CheckpointPolicy, DEFAULT_QUARANTINE_CAP, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,20 @@ impl LogCheck {
                 }
             }
         }
+        // A checkpoint of the empty tree commits to nothing (any log extends it), as long as
+        // it says so.
+        if let Some((c, from)) = check
+            .checkpoints
+            .iter()
+            .find(|(c, _)| c.size == 0 && c.root != merkle::EMPTY_ROOT)
+        {
+            let what = format!(
+                "a checkpoint of no records ({from}) has a root other than the empty tree's: {}",
+                c.root_hex()
+            );
+            check.fail(1, what);
+        }
+        check.checkpoints.retain(|(c, _)| c.size > 0);
         check.checkpoints.sort_by_key(|(c, _)| c.size);
         let disagreements: Vec<String> = check
             .checkpoints

@@ -442,3 +442,16 @@ fn two_writers_on_one_log_keep_it_whole() {
     assert_eq!((v.records, v.problem), (315, None));
     assert_eq!(a.head(), v.head);
 }
+
+#[test]
+fn an_empty_log_has_nothing_to_checkpoint_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let mut store = SqliteStore::open(&path, key()).unwrap();
+    assert!(store.checkpoint().unwrap().is_none());
+    let v = verify(&path);
+    assert_eq!((v.records, v.problem), (0, None));
+    append_n(&mut store, 0, 3);
+    store.checkpoint().unwrap();
+    assert_eq!(verify(&path).problem, None);
+}
