@@ -2,7 +2,7 @@
 //! record's inclusion or the log's consistency with a checkpoint someone kept, check such
 //! proofs with only the public key, hand out checkpoints, export, and prune.
 
-use std::io::{BufReader, BufWriter, Read};
+use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -86,18 +86,12 @@ pub enum AuditCommand {
     },
 }
 
-/// Reads a small text file (a key, a checkpoint, a proof), refusing one over `max` bytes.
-fn read_text(path: &Path, max: usize, what: &str) -> Result<String> {
-    let f = std::fs::File::open(path)
+/// Reads a small text file (a key, a checkpoint, a proof, a password), refusing one over
+/// `max` bytes.
+pub(crate) fn read_text(path: &Path, max: usize, what: &str) -> Result<String> {
+    let bytes = models::read_bounded(path, max as u64)
         .with_context(|| format!("cannot read {what} {}", path.display()))?;
-    let mut text = String::new();
-    f.take(max as u64 + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("{what} {} is not UTF-8 text", path.display()))?;
-    if text.len() > max {
-        bail!("{what} {} is larger than {max} bytes", path.display());
-    }
-    Ok(text)
+    String::from_utf8(bytes).with_context(|| format!("{what} {} is not UTF-8 text", path.display()))
 }
 
 fn public_key(path: &Path) -> Result<VerifyingKey> {

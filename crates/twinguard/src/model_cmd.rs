@@ -150,8 +150,7 @@ fn authenticate(a: &Approver, dir: &DataDir) -> Result<String> {
             account.role.as_str()
         );
     }
-    let text = std::fs::read_to_string(&a.password_file)
-        .with_context(|| format!("cannot read {}", a.password_file.display()))?;
+    let text = crate::audit_cmd::read_text(&a.password_file, 4096, "password file")?;
     let password = text.lines().next().unwrap_or("");
     let ok = account
         .password_hash
@@ -336,8 +335,7 @@ pub fn run(command: ModelCommand) -> Result<ExitCode> {
             data_dir,
         } => {
             let dir = DataDir::open(&data_dir)?;
-            let public = std::fs::read_to_string(&key)
-                .with_context(|| format!("cannot read {}", key.display()))?;
+            let public = crate::audit_cmd::read_text(&key, 1024, "public key")?;
             // A key file is one hex key and nothing else (its text goes into trust.toml).
             frames::keys::parse_public(&public, &key.display().to_string())?;
             let kinds: Vec<String> = kinds

@@ -188,45 +188,29 @@ fn a_model_is_signed_admitted_shadowed_promoted_and_rolled_back_and_bad_ones_are
         "--data-dir",
         d,
     ]);
-    let (done, out) = tg(&[
-        "model",
-        "promote",
-        "pump-anomaly",
-        "1.0.0",
-        "--approver",
-        "otto",
-        "--password-file",
-        p(&lab.path("pw")),
-        "--data-dir",
-        d,
-    ]);
-    assert!(!done && out.contains("takes an approver"), "{out}");
-    let (done, out) = tg(&[
-        "model",
-        "promote",
-        "pump-anomaly",
-        "1.0.0",
-        "--approver",
-        "ana",
-        "--password-file",
-        p(&lab.path("wrong")),
-        "--data-dir",
-        d,
-    ]);
-    assert!(!done && out.contains("wrong password"), "{out}");
-    let promote = |version: &str| {
-        ok(&[
+    // `promote_as(person, password file, version)`.
+    let promote_as = |who: &str, pw: &str, version: &str| {
+        tg(&[
             "model",
             "promote",
             "pump-anomaly",
             version,
             "--approver",
-            "ana",
+            who,
             "--password-file",
-            p(&lab.path("pw")),
+            p(&lab.path(pw)),
             "--data-dir",
             d,
         ])
+    };
+    let (done, out) = promote_as("otto", "pw", "1.0.0");
+    assert!(!done && out.contains("takes an approver"), "{out}");
+    let (done, out) = promote_as("ana", "wrong", "1.0.0");
+    assert!(!done && out.contains("wrong password"), "{out}");
+    let promote = |version: &str| {
+        let (done, out) = promote_as("ana", "pw", version);
+        assert!(done, "promote {version}: {out}");
+        out
     };
     promote("1.0.0");
     let v2 = lab.detector("v2", "2.0.0", good_thresholds.clone());
