@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::EpisodeClass;
-use crate::multivariate::{Episodes, FitOptions, PcaModel, Score, Stream};
+use crate::multivariate::{Episodes, FitOptions, PcaModel, RowModel, RowStream, Score, Stream};
 
 /// How the live model samples, learns and scores.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,13 +21,21 @@ pub struct LiveOptions {
     pub max_age_ms: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Phase {
     Learning(Vec<Vec<f64>>),
     Watching {
         model: Box<PcaModel>,
         stream: Stream,
         episodes: Episodes,
+    },
+    /// Watching with a model made elsewhere (an admitted ONNX graph).
+    External {
+        model: Box<dyn RowModel>,
+        stream: RowStream,
+        episodes: Episodes,
+        /// The last row the model could not score, and why.
+        last_error: Option<String>,
     },
     Failed(String),
 }
@@ -68,7 +76,7 @@ pub struct Status {
     pub failure: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Live {
     columns: Vec<String>,
     options: LiveOptions,
@@ -108,7 +116,34 @@ impl Live {
         })
     }
 
-    /// The model being watched with, once there is one.
+    /// Watching from the start with a model made elsewhere (its columns are the signals
+    /// it reads).
+    pub fn watching_external(model: Box<dyn RowModel>, options: LiveOptions) -> Live {
+        Live {
+            columns: model.columns().to_vec(),
+            options,
+            phase: Phase::External {
+                model,
+                stream: RowStream::default(),
+                episodes: Episodes::default(),
+                last_error: None,
+            },
+            next_row_ms: None,
+            skipped: 0,
+            scored: 0,
+        }
+    }
+
+    /// The alarm threshold of the model being watched with, once there is one.
+    pub fn threshold(&self) -> Option<f64> {
+        match &self.phase {
+            Phase::Watching { model, .. } => Some(model.threshold),
+            Phase::External { model, .. } => Some(model.threshold()),
+            _ => None,
+        }
+    }
+
+    /// The PCA model being watched with, once there is one (None for an external one).
     pub fn model(&self) -> Option<&PcaModel> {
         match &self.phase {
             Phase::Watching { model, .. } => Some(model),
@@ -124,6 +159,9 @@ impl Live {
         let (phase, learnt, failure) = match &self.phase {
             Phase::Learning(rows) => ("learning", rows.len(), None),
             Phase::Watching { .. } => ("watching", self.options.learn_rows, None),
+            Phase::External { last_error, .. } => {
+                ("watching", self.options.learn_rows, last_error.clone())
+            }
             Phase::Failed(why) => ("failed", self.options.learn_rows, Some(why.clone())),
         };
         let model = self.model();
@@ -133,7 +171,7 @@ impl Live {
             rows_needed: self.options.learn_rows,
             rows_skipped: self.skipped,
             rows_scored: self.scored,
-            threshold: model.map(|m| m.threshold),
+            threshold: self.threshold(),
             components: model.map(|m| m.eigenvalues.len()),
             failure,
         }
@@ -195,6 +233,32 @@ impl Live {
                 };
                 self.scored += 1;
                 let (class, top) = episodes.push(model, &score);
+                let contributors = top
+                    .iter()
+                    .filter_map(|&i| self.columns.get(i).cloned())
+                    .collect();
+                Output::Scored {
+                    score,
+                    class,
+                    contributors,
+                }
+            }
+            Phase::External {
+                model,
+                stream,
+                episodes,
+                last_error,
+            } => {
+                let score = match stream.push(model.as_ref(), &row) {
+                    Ok(score) => score,
+                    Err(why) => {
+                        self.skipped += 1;
+                        *last_error = Some(why);
+                        return Output::Nothing;
+                    }
+                };
+                self.scored += 1;
+                let (class, top) = episodes.push_limits(f64::INFINITY, model.threshold(), &score);
                 let contributors = top
                     .iter()
                     .filter_map(|&i| self.columns.get(i).cloned())
@@ -313,5 +377,75 @@ mod tests {
         );
         assert_eq!(live.status().phase, "failed");
         assert_eq!(live.tick(20_000, |_| Some((20_000, 1.0))), Output::Nothing);
+    }
+    /// A model made elsewhere: the squared gap between `b` and twice `a`, scaled, as its
+    /// score and `b`'s contribution; a non-finite input is an error it reports.
+    #[derive(Debug)]
+    struct Gap {
+        columns: Vec<String>,
+    }
+
+    impl RowModel for Gap {
+        fn columns(&self) -> &[String] {
+            &self.columns
+        }
+        fn threshold(&self) -> f64 {
+            1.0
+        }
+        fn smoothing(&self) -> usize {
+            2
+        }
+        fn score(&self, row: &[f64]) -> Result<(f64, Vec<f64>), String> {
+            if row[0] > 100.0 {
+                return Err("a is out of the model's range".into());
+            }
+            let gap = (row[1] - 2.0 * row[0]) / 0.2;
+            Ok((gap * gap, vec![0.0, gap * gap, 0.0]))
+        }
+    }
+
+    #[test]
+    fn an_external_model_watches_smooths_names_its_contributor_and_skips_rows_it_cannot_score() {
+        let model = Gap {
+            columns: vec!["a".into(), "b".into(), "c".into()],
+        };
+        let mut live = Live::watching_external(Box::new(model), options());
+        assert_eq!(live.threshold(), Some(1.0));
+        assert!(live.model().is_none());
+        let mut flagged_at = None;
+        let mut first_contributors = Vec::new();
+        for i in 0..200 {
+            let bias = if i >= 100 { 1.0 } else { 0.0 };
+            let out = live.tick(i * 1000, |c| value(i, c, bias));
+            if let Output::Scored {
+                score,
+                class,
+                contributors,
+            } = out
+                && score.flag
+                && flagged_at.is_none()
+            {
+                flagged_at = Some(i);
+                first_contributors = contributors;
+                assert_eq!(class, EpisodeClass::SensorFault);
+            }
+        }
+        // Normal rows stay below the threshold; the break is flagged at once, and only
+        // the signal the model blames is named.
+        assert_eq!(flagged_at, Some(100));
+        assert_eq!(first_contributors, vec!["b".to_string()]);
+        assert_eq!(live.status().rows_scored, 200);
+        // A row the model cannot score is skipped and the reason kept.
+        let out = live.tick(200_000, |c| {
+            Some((200_000, if c == "a" { 500.0 } else { 1.0 }))
+        });
+        assert_eq!(out, Output::Nothing);
+        let status = live.status();
+        assert_eq!(status.rows_skipped, 1);
+        assert_eq!(
+            status.failure.as_deref(),
+            Some("a is out of the model's range")
+        );
+        assert_eq!(status.phase, "watching");
     }
 }

@@ -419,6 +419,49 @@ impl Stream {
     }
 }
 
+/// A model made outside this crate (an admitted ONNX graph) that scores one row at a
+/// time: its raw score and each column's contribution to it. Its scores are smoothed and
+/// compared with its threshold by [`RowStream`].
+pub trait RowModel: Send + std::fmt::Debug {
+    /// The input columns, in order.
+    fn columns(&self) -> &[String];
+    /// A smoothed score above this is an alarm.
+    fn threshold(&self) -> f64;
+    /// Scores averaged over this many rows (at least 1).
+    fn smoothing(&self) -> usize;
+    /// One row's raw score and per-column contributions (`columns().len()` of them).
+    fn score(&self, row: &[f64]) -> Result<(f64, Vec<f64>), String>;
+}
+
+/// The smoothing window of a [`RowModel`]'s scores.
+#[derive(Debug, Clone, Default)]
+pub struct RowStream {
+    recent: VecDeque<f64>,
+}
+
+impl RowStream {
+    /// The verdict on `row`. The raw score is reported as the SPE (a model's own
+    /// measure of how far a row is from normal), and T² is zero.
+    pub fn push(&mut self, m: &dyn RowModel, row: &[f64]) -> Result<Score, String> {
+        let (raw, contributions) = m.score(row)?;
+        if !raw.is_finite() {
+            return Err(format!("the model's score is {raw}"));
+        }
+        self.recent.push_back(raw);
+        if self.recent.len() > m.smoothing().max(1) {
+            self.recent.pop_front();
+        }
+        let score = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
+        Ok(Score {
+            t2: 0.0,
+            spe: raw,
+            score,
+            flag: score > m.threshold(),
+            contributions,
+        })
+    }
+}
+
 /// Follows alarm episodes (runs of flagged observations) and classifies each from its
 /// accumulated evidence so far.
 #[derive(Debug, Clone, Default)]
@@ -435,6 +478,17 @@ impl Episodes {
     /// The class of the episode `score` belongs to, and its top contributors (at most
     /// three, largest first, as indices into the model's columns).
     pub fn push(&mut self, model: &PcaModel, score: &Score) -> (EpisodeClass, Vec<usize>) {
+        self.push_limits(model.t2_limit, model.spe_limit, score)
+    }
+
+    /// [`Episodes::push`] for a score whose T² and SPE are measured against these limits
+    /// (a model with no T² gives an infinite limit).
+    pub fn push_limits(
+        &mut self,
+        t2_limit: f64,
+        spe_limit: f64,
+        score: &Score,
+    ) -> (EpisodeClass, Vec<usize>) {
         if !score.flag {
             *self = Episodes::default();
             return (EpisodeClass::Normal, Vec::new());
@@ -445,10 +499,14 @@ impl Episodes {
         for (a, c) in self.contributions.iter_mut().zip(&score.contributions) {
             *a += c;
         }
-        self.t2 += score.t2 / model.t2_limit;
-        self.spe += score.spe / model.spe_limit;
-        let mut order: Vec<usize> = (0..self.contributions.len()).collect();
+        self.t2 += score.t2 / t2_limit;
+        self.spe += score.spe / spe_limit;
         let at = |i: usize| self.contributions.get(i).copied().unwrap_or(0.0);
+        // Only signals that contributed are named (a model that gives no contributions
+        // names none).
+        let mut order: Vec<usize> = (0..self.contributions.len())
+            .filter(|&i| at(i) > 0.0)
+            .collect();
         order.sort_by(|&a, &b| at(b).total_cmp(&at(a)));
         let total: f64 = self.contributions.iter().sum();
         let top_share = order

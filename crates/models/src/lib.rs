@@ -1,7 +1,7 @@
 //! Model admission: what a model is (its signed manifest), who may ship which kind (the
 //! trust policy), what is inside it (the scanner), and which models a plant runs (the
-//! registry). Nothing here runs a model; the binary does that for the admission's golden
-//! run.
+//! registry), and the runtime for ONNX graphs. The binary runs twinguard's own detector
+//! and RUL files itself.
 //!
 //! A model is a directory of files or a single file. Its publisher signs a manifest that
 //! lists every file's SHA-256 with its name, kind, intended use, limitations, training
@@ -12,6 +12,7 @@ pub mod dsse;
 pub mod manifest;
 pub mod onnx;
 pub mod registry;
+pub mod runtime;
 pub mod scan;
 pub mod trust;
 
@@ -19,7 +20,7 @@ use std::io::Read;
 use std::path::Path;
 
 pub use dsse::{Envelope, Signed, Statement};
-pub use manifest::{FileDigest, Manifest};
+pub use manifest::{FileDigest, Manifest, OnnxInterface};
 pub use registry::{Entry as RegistryEntry, Registry, State};
 pub use scan::{Finding, Severity};
 pub use trust::TrustPolicy;

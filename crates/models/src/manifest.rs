@@ -40,6 +40,109 @@ pub struct Manifest {
     /// The golden data set admission runs the model on, and the thresholds it must meet.
     #[serde(default)]
     pub golden: Option<Golden>,
+    /// What an ONNX graph is to the twin (kind `onnx` only): which signals go in, what
+    /// comes out, and when that is an alarm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx: Option<OnnxInterface>,
+}
+
+/// The roles an ONNX graph can have in the twin.
+pub const ONNX_ROLES: [&str; 1] = ["detector"];
+/// What an ONNX detector's output is.
+pub const ONNX_OUTPUTS: [&str; 2] = ["reconstruction", "score"];
+/// Most signals one ONNX graph reads.
+pub const MAX_ONNX_COLUMNS: usize = 4096;
+
+/// An ONNX graph's contract with the twin. The graph takes one float tensor of shape
+/// `[1, columns.len()]`: the signals' newest values, in this order, in their units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxInterface {
+    /// One of [`ONNX_ROLES`].
+    pub role: String,
+    /// The twin signals the graph reads, in input order.
+    pub columns: Vec<String>,
+    /// `reconstruction`: the first output is the input reconstructed (as wide as the
+    /// input); the score is the sum of squared, scaled reconstruction errors, each
+    /// signal's term its contribution. `score`: the first output's first element is the
+    /// score itself.
+    pub output: String,
+    /// Per column, the unit its reconstruction error is measured in (for example its
+    /// standard deviation in training); 1 when left out.
+    #[serde(default)]
+    pub scale: Option<Vec<f64>>,
+    /// A (smoothed) score above this is an alarm.
+    pub threshold: f64,
+    /// Scores averaged over this many rows.
+    #[serde(default = "one_row")]
+    pub smoothing: usize,
+}
+
+fn one_row() -> usize {
+    1
+}
+
+impl OnnxInterface {
+    /// Everything the interface must be, named.
+    pub fn check(&self) -> Result<(), String> {
+        if !ONNX_ROLES.contains(&self.role.as_str()) {
+            return Err(format!(
+                "onnx.role {:?} is not one this build runs ({})",
+                self.role,
+                ONNX_ROLES.join(", ")
+            ));
+        }
+        if !ONNX_OUTPUTS.contains(&self.output.as_str()) {
+            return Err(format!(
+                "onnx.output {:?} is not one of {}",
+                self.output,
+                ONNX_OUTPUTS.join(", ")
+            ));
+        }
+        if self.columns.is_empty() || self.columns.len() > MAX_ONNX_COLUMNS {
+            return Err(format!(
+                "onnx.columns names {} signals: 1 to {MAX_ONNX_COLUMNS} are needed",
+                self.columns.len()
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &self.columns {
+            if c.trim().is_empty() || !seen.insert(c.as_str()) {
+                return Err(format!("onnx.columns: {c:?} is empty or named twice"));
+            }
+        }
+        if let Some(scale) = &self.scale {
+            if scale.len() != self.columns.len() {
+                return Err(format!(
+                    "onnx.scale has {} values for {} columns",
+                    scale.len(),
+                    self.columns.len()
+                ));
+            }
+            if let Some((i, v)) = scale
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !(v.is_finite() && **v > 0.0))
+            {
+                return Err(format!(
+                    "onnx.scale[{i}] is {v}: every scale must be positive and finite"
+                ));
+            }
+        }
+        if !(self.threshold.is_finite() && self.threshold > 0.0) {
+            return Err(format!(
+                "onnx.threshold is {}: it must be positive and finite",
+                self.threshold
+            ));
+        }
+        if !(1..=10_000).contains(&self.smoothing) {
+            return Err(format!(
+                "onnx.smoothing is {}: 1 to 10000 rows",
+                self.smoothing
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +269,19 @@ impl Manifest {
             if !v.is_finite() {
                 return Err(format!("metrics.{k} is {v}"));
             }
+        }
+        match (&self.onnx, self.kind.as_str()) {
+            (Some(i), "onnx") => i.check()?,
+            (None, "onnx") => {
+                return Err(
+                    "an onnx model needs its interface (onnx: role, columns, output, threshold)"
+                        .into(),
+                );
+            }
+            (Some(_), kind) => {
+                return Err(format!("onnx: a {kind} model has no ONNX interface"));
+            }
+            (None, _) => {}
         }
         Ok(())
     }

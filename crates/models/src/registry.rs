@@ -37,6 +37,10 @@ pub struct Entry {
     pub promoted_ms: Option<i64>,
     #[serde(default)]
     pub promoted_by: Option<String>,
+    /// The version that was active when this one was promoted: where a rollback from
+    /// this one goes.
+    #[serde(default)]
+    pub replaced: Option<String>,
     /// The golden run's results, by metric.
     #[serde(default)]
     pub golden: std::collections::BTreeMap<String, f64>,
@@ -140,13 +144,15 @@ impl Registry {
                 e.state = State::Active;
                 e.promoted_ms = Some(now_ms);
                 e.promoted_by = Some(by.to_string());
+                e.replaced.clone_from(&replaced);
             }
         }
         Ok(replaced)
     }
 
-    /// Puts back the model that was active before the current one; the current retires.
-    /// Returns (from, to) versions.
+    /// Puts back the model the current one replaced when it was promoted; the current
+    /// retires. Rolling back again goes one further back, down to the first version
+    /// promoted. Returns (from, to) versions.
     pub fn rollback(
         &mut self,
         name: &str,
@@ -157,16 +163,11 @@ impl Registry {
             .active(name)
             .cloned()
             .ok_or_else(|| format!("no {name} model is active"))?;
-        let previous = self
-            .models
-            .iter()
-            .filter(|e| {
-                e.name == name
-                    && e.state == State::Retired
-                    && e.promoted_ms.is_some()
-                    && e.promoted_ms <= current.promoted_ms
-            })
-            .max_by_key(|e| e.promoted_ms)
+        let previous = current
+            .replaced
+            .as_deref()
+            .and_then(|v| self.find(name, v))
+            .filter(|e| e.state == State::Retired)
             .cloned()
             .ok_or_else(|| {
                 format!(

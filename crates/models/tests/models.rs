@@ -30,7 +30,7 @@ fn trust(kinds: &str) -> TrustPolicy {
 }
 
 fn manifest(kind: &str, entry: &str) -> Manifest {
-    serde_json::from_value(serde_json::json!({
+    let mut m = serde_json::json!({
         "name": "pump-anomaly",
         "version": "1.0.0",
         "kind": kind,
@@ -41,8 +41,14 @@ fn manifest(kind: &str, entry: &str) -> Manifest {
         "training_data": { "description": "SKAB valve1", "sha256": "ab".repeat(32) },
         "metrics": { "f1": 0.8 },
         "endpoints": ["https://docs.acme.example.com/"]
-    }))
-    .unwrap()
+    });
+    if kind == "onnx" {
+        m["onnx"] = serde_json::json!({
+            "role": "detector", "columns": ["pump.flow"], "output": "reconstruction",
+            "threshold": 1.0,
+        });
+    }
+    serde_json::from_value(m).unwrap()
 }
 
 /// A small but complete ONNX model: y = Relu(x), optionally with a metadata entry, a
@@ -363,6 +369,7 @@ fn entry(version: &str, ms: i64) -> RegistryEntry {
         admitted_ms: ms,
         promoted_ms: None,
         promoted_by: None,
+        replaced: None,
         golden: Default::default(),
         intended_use: "x".into(),
         limitations: "y".into(),
@@ -372,7 +379,7 @@ fn entry(version: &str, ms: i64) -> RegistryEntry {
 }
 
 #[test]
-fn models_go_from_shadow_to_active_and_roll_back_in_one_step() {
+fn models_go_from_shadow_to_active_and_roll_back_one_version_at_a_time() {
     let mut r = Registry::default();
     r.admit(entry("1", 1)).unwrap();
     assert!(
@@ -399,6 +406,27 @@ fn models_go_from_shadow_to_active_and_roll_back_in_one_step() {
         ("2".into(), "1".into())
     );
     assert_eq!(r.active("pump-anomaly").unwrap().version, "1");
+    // Rollback walks back through the versions promoted, never forward to the one just
+    // rolled back from.
+    assert!(
+        r.rollback("pump-anomaly", "ben", 41)
+            .unwrap_err()
+            .contains("pump-anomaly 1 has no earlier active version")
+    );
+    r.admit(entry("3", 50)).unwrap();
+    r.promote("pump-anomaly", "3", "ana", 60).unwrap();
+    r.admit(entry("4", 70)).unwrap();
+    r.promote("pump-anomaly", "4", "ana", 80).unwrap();
+    assert_eq!(
+        r.rollback("pump-anomaly", "ben", 90).unwrap(),
+        ("4".into(), "3".into())
+    );
+    assert_eq!(
+        r.rollback("pump-anomaly", "ben", 91).unwrap(),
+        ("3".into(), "1".into())
+    );
+    assert!(r.rollback("pump-anomaly", "ben", 92).is_err());
+    assert_eq!(r.active("pump-anomaly").unwrap().version, "1");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("registry.json");
     r.save(&path).unwrap();
@@ -422,4 +450,64 @@ fn weights_of_random_bytes_raise_nothing() {
     let dir = model_dir(root.path(), "weights", &[("weights.bin", bytes)]);
     let report = models::scan::scan(&dir, &[]).unwrap();
     assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+#[test]
+fn an_onnx_manifest_states_its_interface_and_every_rule_of_it_is_checked() {
+    let path = Path::new("manifest.json");
+    let mut m = serde_json::to_value(manifest("onnx", "model.onnx")).unwrap();
+    assert!(Manifest::parse(m.to_string().as_bytes(), path).is_ok());
+    let refusal = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut bad = m.clone();
+        edit(&mut bad);
+        Manifest::parse(bad.to_string().as_bytes(), path)
+            .unwrap_err()
+            .to_string()
+    };
+    type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
+    let cases: [(Edit, &str); 8] = [
+        (
+            &|v| {
+                v.as_object_mut().unwrap().remove("onnx");
+            },
+            "needs its interface",
+        ),
+        (
+            &|v| v["kind"] = "detector".into(),
+            "a detector model has no ONNX interface",
+        ),
+        (&|v| v["onnx"]["role"] = "rul".into(), "onnx.role \"rul\""),
+        (
+            &|v| v["onnx"]["output"] = "logits".into(),
+            "onnx.output \"logits\"",
+        ),
+        (
+            &|v| v["onnx"]["columns"] = serde_json::json!([]),
+            "onnx.columns names 0",
+        ),
+        (
+            &|v| v["onnx"]["columns"] = serde_json::json!(["a", "a"]),
+            "named twice",
+        ),
+        (
+            &|v| v["onnx"]["scale"] = serde_json::json!([0.0]),
+            "onnx.scale[0] is 0",
+        ),
+        (
+            &|v| v["onnx"]["smoothing"] = 0.into(),
+            "onnx.smoothing is 0",
+        ),
+    ];
+    for (edit, expected) in cases {
+        let err = refusal(edit);
+        assert!(
+            err.contains("manifest.json") && err.contains(expected),
+            "{err}"
+        );
+    }
+    m["onnx"]["threshold"] = (-1.0).into();
+    let err = Manifest::parse(m.to_string().as_bytes(), path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("onnx.threshold is -1"), "{err}");
 }

@@ -431,7 +431,7 @@ impl Core {
             "digest": shadow.model.digest,
             "state": if score.flag { "start" } else { "end" },
             "score": score.score,
-            "threshold": shadow.live.model().map(|m| m.threshold),
+            "threshold": shadow.live.threshold(),
             "class": class.as_str(),
             "contributors": contributors,
             "active_flag": self.multivariate_flag,
@@ -823,7 +823,7 @@ impl Core {
                 class,
                 contributors,
             } => {
-                let threshold = live.model().map_or(1.0, |m| m.threshold);
+                let threshold = live.threshold().unwrap_or(1.0);
                 self.multivariate_flag = Some(score.flag);
                 let sha12 = self
                     .multivariate_sha256

@@ -847,12 +847,11 @@ pub(crate) fn live_options(config: &Config) -> detect::live::LiveOptions {
 
 /// A detector model's columns must be signals of the plant (the twin reads them by name).
 pub(crate) fn check_columns(
-    model: &detect::multivariate::PcaModel,
+    columns: &[String],
     path: &std::path::Path,
     plant: &Plant,
 ) -> Result<()> {
-    let unknown: Vec<&String> = model
-        .columns
+    let unknown: Vec<&String> = columns
         .iter()
         .filter(|c| plant.signal(c).is_none())
         .collect();
@@ -879,7 +878,7 @@ pub(crate) fn multivariate(
             .unwrap_or(std::path::Path::new("."));
         let path = base.join(f.get_ref());
         let model = crate::detect_cmd::load_model(&path)?;
-        check_columns(&model, &path, plant)?;
+        check_columns(&model.columns, &path, plant)?;
         let live = detect::live::Live::watching(model, options)
             .map_err(|e| anyhow::anyhow!("model {}: {e}", path.display()))?;
         return Ok(Some(live));

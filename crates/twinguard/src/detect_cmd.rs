@@ -421,7 +421,64 @@ pub fn print(v: &Value) -> Result<()> {
 /// flags against the labels, over the rows scored.
 pub fn golden(model_path: &Path, data: &Path) -> Result<std::collections::BTreeMap<String, f64>> {
     let model = load_model(model_path)?;
-    let mut columns = model.columns.clone();
+    let mut scorer = model.scorer();
+    golden_rows(&model.columns, data, |row| {
+        Ok(scorer.push(row).map(|s| s.flag))
+    })
+}
+
+/// The golden run of an admitted ONNX detector: the same data set and metrics as a
+/// twinguard detector's.
+pub fn golden_onnx(
+    model_path: &Path,
+    interface: &models::OnnxInterface,
+    data: &Path,
+) -> Result<std::collections::BTreeMap<String, f64>> {
+    let model = OnnxRows::load(model_path, interface)?;
+    let mut stream = detect::multivariate::RowStream::default();
+    golden_rows(&interface.columns, data, |row| {
+        stream
+            .push(&model, row)
+            .map(|s| Some(s.flag))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", model_path.display()))
+    })
+}
+
+/// An admitted ONNX graph as a row model of the live detector.
+#[derive(Debug)]
+pub struct OnnxRows(models::runtime::OnnxDetector);
+
+impl OnnxRows {
+    pub fn load(path: &Path, interface: &models::OnnxInterface) -> Result<OnnxRows> {
+        Ok(OnnxRows(models::runtime::OnnxDetector::load(
+            path, interface,
+        )?))
+    }
+}
+
+impl detect::multivariate::RowModel for OnnxRows {
+    fn columns(&self) -> &[String] {
+        &self.0.interface().columns
+    }
+    fn threshold(&self) -> f64 {
+        self.0.interface().threshold
+    }
+    fn smoothing(&self) -> usize {
+        self.0.interface().smoothing
+    }
+    fn score(&self, row: &[f64]) -> Result<(f64, Vec<f64>), String> {
+        self.0.score(row)
+    }
+}
+
+/// Scores every labelled row of `data` (CSV of `columns` plus a 0/1 `label`) with
+/// `flag` (None while the model warms up) and measures the flags against the labels.
+fn golden_rows(
+    columns: &[String],
+    data: &Path,
+    mut flag: impl FnMut(&[f64]) -> Result<Option<bool>>,
+) -> Result<std::collections::BTreeMap<String, f64>> {
+    let mut columns = columns.to_vec();
     columns.push("label".into());
     let spec = CsvSpec {
         path: data.to_path_buf(),
@@ -430,7 +487,6 @@ pub fn golden(model_path: &Path, data: &Path) -> Result<std::collections::BTreeM
         exclude: vec![],
     };
     let mut table = Table::open(&spec, Some(&columns))?;
-    let mut scorer = model.scorer();
     let (mut tp, mut fp, mut tn, mut fneg) = (0u64, 0u64, 0u64, 0u64);
     for row in table.rows() {
         let (_, time, mut values) = row?;
@@ -441,10 +497,10 @@ pub fn golden(model_path: &Path, data: &Path) -> Result<std::collections::BTreeM
         let Some(label) = label else {
             bail!("{}: row {time} has no label", data.display());
         };
-        let Some(s) = scorer.push(&full) else {
+        let Some(flag) = flag(&full)? else {
             continue;
         };
-        match (s.flag, label > 0.5) {
+        match (flag, label > 0.5) {
             (true, true) => tp += 1,
             (true, false) => fp += 1,
             (false, false) => tn += 1,

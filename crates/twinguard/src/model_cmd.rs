@@ -240,9 +240,16 @@ fn golden_run(model: &Path, m: &Manifest) -> Result<BTreeMap<String, f64>, Strin
                 .ok_or("a rul model's golden data set needs its truth file (golden.truth)")?;
             crate::rul_cmd::golden(&entry, &base.join(&g.data), &base.join(truth))
         }
+        "onnx" => {
+            let interface = m
+                .onnx
+                .as_ref()
+                .ok_or("an onnx model's manifest declares no interface (onnx)")?;
+            crate::detect_cmd::golden_onnx(&entry, interface, &base.join(&g.data))
+        }
         other => {
             return Err(format!(
-                "this build runs no {other} model (no ONNX runtime is built in yet), so its golden run cannot be made"
+                "this build runs no {other} model, so its golden run cannot be made"
             ));
         }
     }
@@ -472,6 +479,7 @@ pub fn run(command: ModelCommand) -> Result<ExitCode> {
                 admitted_ms: wall_clock_ms(),
                 promoted_ms: None,
                 promoted_by: None,
+                replaced: None,
                 golden: golden.clone(),
                 intended_use: m.intended_use.clone(),
                 limitations: m.limitations.clone(),
@@ -668,11 +676,30 @@ pub fn registry_detector(
     let name = name.get_ref();
     let registry = Registry::load(&registry_path(dir))?;
     let load = |e: &RegistryEntry| -> Result<(detect::live::Live, crate::core::ModelRef)> {
-        let (path, signed) = admitted_of_kind(dir, e, "detector", "detect.registry_model")?;
-        let model = crate::detect_cmd::load_model(&path)?;
-        crate::demo::check_columns(&model, &path, plant)?;
-        let live = detect::live::Live::watching(model, crate::demo::live_options(config))
-            .map_err(|e| anyhow::anyhow!("model {}: {e}", path.display()))?;
+        let options = crate::demo::live_options(config);
+        let (live, signed) = if e.kind == "onnx" {
+            // An ONNX graph watches as its signed interface says.
+            let (path, signed) = admitted_of_kind(dir, e, "onnx", "detect.registry_model")?;
+            let interface = signed.manifest.onnx.as_ref().with_context(|| {
+                format!(
+                    "model {}: its manifest declares no onnx interface",
+                    path.display()
+                )
+            })?;
+            crate::demo::check_columns(&interface.columns, &path, plant)?;
+            let rows = crate::detect_cmd::OnnxRows::load(&path, interface)?;
+            (
+                detect::live::Live::watching_external(Box::new(rows), options),
+                signed,
+            )
+        } else {
+            let (path, signed) = admitted_of_kind(dir, e, "detector", "detect.registry_model")?;
+            let model = crate::detect_cmd::load_model(&path)?;
+            crate::demo::check_columns(&model.columns, &path, plant)?;
+            let live = detect::live::Live::watching(model, options)
+                .map_err(|e| anyhow::anyhow!("model {}: {e}", path.display()))?;
+            (live, signed)
+        };
         Ok((
             live,
             crate::core::ModelRef {
