@@ -93,6 +93,7 @@ pub struct Core {
     shadow: Option<ShadowModel>,
     /// The pump's remaining life, estimated live (`[predict]`).
     pump_health: Option<crate::pump_health::PumpHealth>,
+    pump_shadow: Option<PumpShadow>,
     agents_enabled: bool,
 }
 
@@ -132,6 +133,40 @@ impl ShadowModel {
     }
 }
 
+/// A RUL model in shadow beside the active one: it estimates from the same cycles, its
+/// warnings are recorded under its digest and never acted on, and its estimates are
+/// compared with the active model's.
+pub struct PumpShadow {
+    pub health: crate::pump_health::PumpHealth,
+    pub model: ModelRef,
+    cycles_compared: u64,
+    abs_difference_h: f64,
+    agreed_warning: u64,
+}
+
+impl PumpShadow {
+    pub fn new(health: crate::pump_health::PumpHealth, model: ModelRef) -> PumpShadow {
+        PumpShadow {
+            health,
+            model,
+            cycles_compared: 0,
+            abs_difference_h: 0.0,
+            agreed_warning: 0,
+        }
+    }
+
+    fn status(&self) -> Value {
+        let n = self.cycles_compared;
+        json!({
+            "model": self.model,
+            "status": self.health.status(),
+            "cycles_compared": n,
+            "mean_abs_difference_h": (n > 0).then(|| self.abs_difference_h / n as f64),
+            "warning_agreement": (n > 0).then(|| self.agreed_warning as f64 / n as f64),
+        })
+    }
+}
+
 /// What a core is built from; the rest of its state starts empty.
 pub struct CoreParts {
     pub plant: Arc<Plant>,
@@ -163,6 +198,8 @@ pub struct CoreParts {
     pub shadow: Option<ShadowModel>,
     /// The pump's live remaining-life estimate (`[predict]`).
     pub pump_health: Option<crate::pump_health::PumpHealth>,
+    /// The registry's RUL model in shadow, if one is admitted.
+    pub pump_shadow: Option<PumpShadow>,
     /// The built-in agents run (false: the fixed-setpoint baseline).
     pub agents: bool,
 }
@@ -236,6 +273,7 @@ impl Core {
             multivariate_ref,
             shadow,
             pump_health,
+            pump_shadow,
             agents: agents_enabled,
         } = parts;
         let multivariate_sha256 = match &multivariate_ref {
@@ -288,6 +326,7 @@ impl Core {
             multivariate_flag: None,
             shadow,
             pump_health,
+            pump_shadow,
             agents_enabled,
         })
     }
@@ -864,22 +903,54 @@ impl Core {
     /// The pump's remaining life at `t`, once per cycle of data; the start of a warning is
     /// audited with the estimate and the model that made it.
     fn tick_pump_health(&mut self, t: i64) {
-        let Some(ph) = self.pump_health.as_mut() else {
-            return;
-        };
-        if let Some(e) = ph.tick(t, &self.twin) {
-            let sha = ph.sha256.clone();
-            tracing::warn!(
-                rul_h = e.rul_h,
-                p = e.failure_probability,
-                "pump failure warning"
-            );
-            self.audit(vec![Entry::new(
-                t,
-                "failure_warning",
-                json!({ "asset": "pump", "estimate": e, "model_sha256": sha }),
-            )]);
+        let mut entries = Vec::new();
+        let mut active_cycle = None;
+        if let Some(ph) = self.pump_health.as_mut() {
+            let before = ph.last().map(|e| e.t_ms);
+            if let Some(e) = ph.tick(t, &self.twin) {
+                tracing::warn!(
+                    rul_h = e.rul_h,
+                    p = e.failure_probability,
+                    "pump failure warning"
+                );
+                entries.push(Entry::new(
+                    t,
+                    "failure_warning",
+                    json!({ "asset": "pump", "estimate": e, "model_sha256": ph.sha256 }),
+                ));
+            }
+            active_cycle = ph
+                .last()
+                .filter(|e| Some(e.t_ms) != before)
+                .map(|e| (e.clone(), ph.warning()));
         }
+        if let Some(shadow) = self.pump_shadow.as_mut() {
+            let before = shadow.health.last().map(|e| e.t_ms);
+            if let Some(e) = shadow.health.tick(t, &self.twin) {
+                // Recorded under the shadow's digest; nothing acts on it.
+                entries.push(Entry::new(
+                    t,
+                    "shadow_failure_warning",
+                    json!({
+                        "asset": "pump",
+                        "model": shadow.model.name,
+                        "version": shadow.model.version,
+                        "digest": shadow.model.digest,
+                        "estimate": e,
+                        "active_warning": active_cycle.as_ref().map(|(_, w)| *w),
+                    }),
+                ));
+            }
+            if let (Some(s), Some((a, active_warning))) = (
+                shadow.health.last().filter(|e| Some(e.t_ms) != before),
+                &active_cycle,
+            ) {
+                shadow.cycles_compared += 1;
+                shadow.abs_difference_h += (s.rul_h - a.rul_h).abs();
+                shadow.agreed_warning += u64::from(shadow.health.warning() == *active_warning);
+            }
+        }
+        self.audit(entries);
     }
 
     fn record_detections(&mut self, events: Vec<Event>) {
@@ -1051,9 +1122,14 @@ impl Core {
         let maintenance = approved.command().command == PlantCommand::Maintenance;
         match self.sink.send(approved, now) {
             Ok(sent) => {
-                if maintenance && let Some(ph) = self.pump_health.as_mut() {
-                    // A new bearing: its life starts again.
-                    ph.reset();
+                if maintenance {
+                    // A new bearing: its life starts again, for the shadow too.
+                    if let Some(ph) = self.pump_health.as_mut() {
+                        ph.reset();
+                    }
+                    if let Some(s) = self.pump_shadow.as_mut() {
+                        s.health.reset();
+                    }
                 }
                 self.progress.send_modify(|p| p.commands_sent += 1);
                 let v = json!(sent);
@@ -1379,6 +1455,7 @@ impl Core {
             "breakers": { "advisory": self.guard.advisory(), "trips": self.guard.breaker_trips() },
             "alerts": g.alerts,
             "pump_health": self.pump_health.as_ref().map(|p| p.status()),
+            "pump_shadow": self.pump_shadow.as_ref().map(PumpShadow::status),
             "multivariate": self.multivariate.as_ref().map(|m| {
                 json!({ "status": m.status(), "sha256": self.multivariate_sha256, "model": self.multivariate_ref })
             }),

@@ -198,6 +198,8 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     let signals = plant.signals.iter().map(|s| s.id.clone()).collect();
     let (multivariate, multivariate_ref, shadow) =
         crate::model_cmd::core_detector(&config, args.config.as_deref(), &dir, &plant)?;
+    let (pump_health, pump_shadow) =
+        crate::model_cmd::core_pump_health(&config, args.config.as_deref(), &dir)?;
     let mut core = Core::new(CoreParts {
         plant: plant.clone(),
         verifier,
@@ -220,7 +222,8 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         multivariate,
         multivariate_ref,
         shadow,
-        pump_health: crate::model_cmd::core_pump_health(&config, args.config.as_deref(), &dir)?,
+        pump_health,
+        pump_shadow,
         agents: args.agents,
     })?;
     core.publish_snapshot(true);

@@ -643,16 +643,19 @@ pub fn core_detector(
     })
 }
 
-/// The pump's RUL estimate the core runs: the registry's (`[predict] registry_model`),
-/// else a model file allowed unadmitted.
+/// The pump's RUL estimate the core runs, and its shadow: the registry's
+/// (`[predict] registry_model`), else a model file allowed unadmitted (no shadow).
 pub fn core_pump_health(
     config: &twinguard_config::Config,
     config_path: Option<&Path>,
     dir: &DataDir,
-) -> Result<Option<crate::pump_health::PumpHealth>> {
+) -> Result<(
+    Option<crate::pump_health::PumpHealth>,
+    Option<crate::core::PumpShadow>,
+)> {
     match registry_pump_health(config, dir)? {
-        Some(p) => Ok(Some(p)),
-        None => crate::demo::pump_health(config, config_path),
+        Some((active, shadow)) => Ok((active, shadow)),
+        None => Ok((crate::demo::pump_health(config, config_path)?, None)),
     }
 }
 
@@ -724,35 +727,55 @@ pub fn registry_detector(
     Ok(Some(RegistryDetector { active, shadow }))
 }
 
-/// The pump's RUL model of `[predict] registry_model`: the registry's active version,
+/// The pump's RUL models of `[predict] registry_model`: the registry's active version
+/// (to estimate and warn with) and its shadow version (to estimate beside it), each
 /// verified again from its admitted copy. None when the configuration names none.
 pub fn registry_pump_health(
     config: &twinguard_config::Config,
     dir: &DataDir,
-) -> Result<Option<crate::pump_health::PumpHealth>> {
+) -> Result<
+    Option<(
+        Option<crate::pump_health::PumpHealth>,
+        Option<crate::core::PumpShadow>,
+    )>,
+> {
     let Some(name) = &config.predict.registry_model else {
         return Ok(None);
     };
     let name = name.get_ref();
     let registry = Registry::load(&registry_path(dir))?;
-    let e = registry.active(name).with_context(|| {
-        format!(
-            "predict.registry_model {name}: no version of it is active in {} (`twinguard model list`)",
+    let load =
+        |e: &RegistryEntry| -> Result<(crate::pump_health::PumpHealth, crate::core::ModelRef)> {
+            let (path, signed) = admitted_of_kind(dir, e, "rul", "predict.registry_model")?;
+            let model = crate::rul_cmd::load_model(&path)?;
+            let model_ref = crate::core::ModelRef {
+                name: e.name.clone(),
+                version: e.version.clone(),
+                digest: signed.digest.clone(),
+            };
+            let health = crate::pump_health::PumpHealth::new(
+                model,
+                signed.digest,
+                *config.predict.horizon_h.get_ref(),
+            )
+            .admitted(model_ref.clone());
+            Ok((health, model_ref))
+        };
+    let active = registry
+        .active(name)
+        .map(load)
+        .transpose()?
+        .map(|(health, _)| health);
+    let shadow = registry
+        .shadow(name)
+        .map(load)
+        .transpose()?
+        .map(|(health, model)| crate::core::PumpShadow::new(health, model));
+    if active.is_none() && shadow.is_none() {
+        bail!(
+            "predict.registry_model {name}: no version of it is admitted in {} (`twinguard model list`)",
             registry_path(dir).display()
-        )
-    })?;
-    let (path, signed) = admitted_of_kind(dir, e, "rul", "predict.registry_model")?;
-    let model = crate::rul_cmd::load_model(&path)?;
-    Ok(Some(
-        crate::pump_health::PumpHealth::new(
-            model,
-            signed.digest.clone(),
-            *config.predict.horizon_h.get_ref(),
-        )
-        .admitted(crate::core::ModelRef {
-            name: e.name.clone(),
-            version: e.version.clone(),
-            digest: signed.digest,
-        }),
-    ))
+        );
+    }
+    Ok(Some((active, shadow)))
 }

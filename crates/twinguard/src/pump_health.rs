@@ -154,6 +154,16 @@ impl PumpHealth {
         started.then_some(estimate)
     }
 
+    /// The latest estimate.
+    pub fn last(&self) -> Option<&Estimate> {
+        self.last.as_ref()
+    }
+
+    /// Whether a warning is on.
+    pub fn warning(&self) -> bool {
+        self.warning
+    }
+
     /// For the report.
     pub fn status(&self) -> serde_json::Value {
         serde_json::json!({

@@ -160,6 +160,8 @@ pub async fn run(args: RunArgs) -> Result<Value> {
     let (progress_tx, _progress_rx) = watch::channel(gateway::Progress::default());
     let (multivariate, multivariate_ref, shadow) =
         crate::model_cmd::core_detector(&config, Some(&args.config), &dir, &plant)?;
+    let (pump_health, pump_shadow) =
+        crate::model_cmd::core_pump_health(&config, Some(&args.config), &dir)?;
     let mut core = Core::new(CoreParts {
         plant: plant.clone(),
         verifier: Verifier::new(plant.clone(), vec![], config.ingest.clone()),
@@ -182,7 +184,8 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         multivariate,
         multivariate_ref,
         shadow,
-        pump_health: crate::model_cmd::core_pump_health(&config, Some(&args.config), &dir)?,
+        pump_health,
+        pump_shadow,
         agents: true,
     })?;
     core.publish_snapshot(true);

@@ -3663,12 +3663,42 @@ fn the_pump_is_warned_of_before_its_bearing_fails() {
         "--data-dir",
         &dd,
     ]);
+    // Its successor (the same files, signed again as 1.1.0) runs in shadow beside it.
+    let successor = d.join("pump-model-1.1.0");
+    std::fs::create_dir_all(&successor).unwrap();
+    for f in std::fs::read_dir(&model).unwrap() {
+        let f = f.unwrap();
+        if f.file_name() != "model.sig.json" {
+            std::fs::copy(f.path(), successor.join(f.file_name())).unwrap();
+        }
+    }
+    let mut next = manifest.clone();
+    next["version"] = "1.1.0".into();
+    std::fs::write(d.join("manifest-1.1.0.json"), next.to_string()).unwrap();
+    run(&[
+        "model",
+        "sign",
+        &path(&successor),
+        "--manifest",
+        &path(&d.join("manifest-1.1.0.json")),
+        "--key",
+        &key,
+    ]);
+    run(&["model", "admit", &path(&successor), "--data-dir", &dd]);
     let registry: Value =
         serde_json::from_str(&run(&["model", "list", "--json", "--data-dir", &dd])).unwrap();
-    let digest = registry["models"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let digest_of = |version: &str| {
+        registry["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["version"] == version)
+            .unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let digest = digest_of("1.0.0");
     let default_config = String::from_utf8(
         Command::new(BIN)
             .arg("default-config")
@@ -3724,6 +3754,18 @@ fn the_pump_is_warned_of_before_its_bearing_fails() {
     let failed = vibration.iter().find(|d| d["kind"] == "rate").unwrap();
     let lead_h = (failed["raised_ms"].as_i64().unwrap() - warned_ms) as f64 / 3_600_000.0;
     assert!(lead_h >= 4.0, "warned {lead_h:.1} h before the failure");
+    // The shadow estimated from the same cycles (the same model: the same estimates), and
+    // its warning is recorded under its own digest, acted on nowhere.
+    let shadow = &r["pump_shadow"];
+    assert_eq!(shadow["model"]["version"], "1.1.0", "{shadow}");
+    assert!(shadow["cycles_compared"].as_u64().unwrap() > 10, "{shadow}");
+    assert_eq!(shadow["mean_abs_difference_h"], 0.0, "{shadow}");
+    assert_eq!(shadow["warning_agreement"], 1.0, "{shadow}");
+    let shadowed = audit_records(&data, "shadow_failure_warning");
+    assert_eq!(shadowed.len(), warnings.len(), "{shadowed:?}");
+    assert_eq!(shadowed[0]["digest"], digest_of("1.1.0").as_str());
+    assert_eq!(shadowed[0]["active_warning"], true);
+    assert_eq!(shadowed[0]["estimate"], first["estimate"]);
 
     // A model file that was not admitted runs only when allowed, and one that is not a
     // model is refused before anything runs.
