@@ -56,8 +56,31 @@ pub struct SqliteStore {
     /// Bytes of rejected frames kept so far, and the most that will be kept.
     quarantined_bytes: u64,
     quarantine_cap: u64,
-    /// Dropped with the store: the WAL checkpointer thread then ends.
-    _wal: Option<std::sync::mpsc::Sender<()>>,
+    /// Stopped with the store (see `Drop`).
+    wal: Option<WalCheckpointer>,
+}
+
+/// The thread that copies the WAL into the database, and the way to stop it.
+struct WalCheckpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Drop for SqliteStore {
+    /// A store closed cleanly leaves the database file whole: the checkpointer thread is
+    /// stopped and joined (its connection closed), and the WAL is copied in and emptied,
+    /// so the file alone holds every record and checkpoint (for a copy handed to an
+    /// auditor). If a reader holds the WAL, it stays beside the file, which SQLite reads
+    /// together.
+    fn drop(&mut self) {
+        if let Some(w) = self.wal.take() {
+            drop(w.stop);
+            let _ = w.thread.join();
+        }
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
 }
 
 /// Bytes of rejected frames kept in the quarantine by default (a flood of forged frames
@@ -225,7 +248,7 @@ impl SqliteStore {
             policy: CheckpointPolicy::default(),
             quarantined_bytes: quarantined_bytes.max(0) as u64,
             quarantine_cap: DEFAULT_QUARANTINE_CAP,
-            _wal: wal_checkpointer(path),
+            wal: wal_checkpointer(path),
         })
     }
 
@@ -284,6 +307,25 @@ impl SqliteStore {
             })
             .map(|v| v.map(|s| s.max(0) as u64))
             .map_err(|e| self.io(e))
+    }
+
+    /// The newest record in the log at `path` whose kind is one of `kinds`, searched from
+    /// the newest back (read-only: another process may be appending).
+    pub fn newest_record_of(path: &Path, kinds: &[&str]) -> Result<Option<Record>, AuditError> {
+        let conn = open_read_only(path)?;
+        let marks = vec!["?"; kinds.len()].join(",");
+        conn.query_row(
+            &format!(
+                "SELECT seq, ts_ms, kind, body, leaf FROM audit WHERE kind IN ({marks}) ORDER BY seq DESC LIMIT 1"
+            ),
+            rusqlite::params_from_iter(kinds),
+            row_record,
+        )
+        .optional()
+        .map_err(|e| AuditError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// Writes the log to `out` as an export that verifies with only the public key.
@@ -493,10 +535,10 @@ impl SqliteStore {
 /// threshold, a pause of milliseconds in the middle of a guard decision. Ends when the
 /// returned sender is dropped. None if the thread cannot start (SQLite then keeps the WAL
 /// until the last connection closes, and the store still works).
-fn wal_checkpointer(path: &Path) -> Option<std::sync::mpsc::Sender<()>> {
+fn wal_checkpointer(path: &Path) -> Option<WalCheckpointer> {
     let conn = Connection::open(path).ok()?;
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::Builder::new()
+    let (stop, rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
         .name("audit-wal".into())
         .spawn(move || {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
@@ -508,7 +550,7 @@ fn wal_checkpointer(path: &Path) -> Option<std::sync::mpsc::Sender<()>> {
             }
         })
         .ok()?;
-    Some(tx)
+    Some(WalCheckpointer { stop, thread })
 }
 
 /// A log of `size` records needs a checkpoint: some are uncovered, and enough time or

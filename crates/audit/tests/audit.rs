@@ -455,3 +455,21 @@ fn an_empty_log_has_nothing_to_checkpoint_and_verifies() {
     store.checkpoint().unwrap();
     assert_eq!(verify(&path).problem, None);
 }
+
+#[test]
+fn a_store_closed_cleanly_leaves_every_record_in_the_database_file_alone() {
+    let (dir, path) = filled(30);
+    // `filled` dropped its store: the WAL was copied in, so the file alone (as someone
+    // copying it for an auditor would take it) holds all thirty records and the
+    // checkpoint of them.
+    let wal = dir.path().join("audit.db-wal");
+    assert!(
+        !wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0,
+        "the WAL still holds data"
+    );
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&path, &copy).unwrap();
+    let v = verify(&copy);
+    assert_eq!((v.records, v.problem), (30, None));
+    assert_eq!(v.latest.unwrap().size, 30);
+}

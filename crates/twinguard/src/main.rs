@@ -6,6 +6,7 @@ mod audit_cmd;
 mod bench;
 mod bench_audit;
 mod bench_data;
+mod bench_detect;
 mod bench_guard;
 mod bench_pump;
 mod bom;
@@ -525,6 +526,15 @@ enum BenchData {
         #[arg(long)]
         json: bool,
     },
+    /// The multivariate detector's cost as plants grow: fit time, scoring time per sample
+    /// and model memory, PCA and dynamic PCA, on seeded synthetic data.
+    Detect {
+        /// Numbers of signals, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [8usize, 52, 500])]
+        signals: Vec<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The model scanner's speed in MB/s on weights, JSON and ONNX files of `--mb` MB.
     Scan {
         #[arg(long, default_value_t = 200)]
@@ -977,6 +987,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .join(format!("twinguard-bench-audit-{}", std::process::id()));
             let r = bench_audit::run(&dir, records)?;
             bench_data::print(json, &r, bench_audit::table)
+        }
+        Command::Bench {
+            data_set: Some(BenchData::Detect { signals, json }),
+            ..
+        } => {
+            if signals.is_empty() || signals.iter().any(|n| !(2..=2000).contains(n)) {
+                anyhow::bail!("bench detect: --signals takes widths of 2 to 2000");
+            }
+            let r = bench_detect::run(&signals)?;
+            bench_data::print(json, &r, bench_detect::table)
         }
         Command::Bench {
             data_set: Some(BenchData::Scan { mb, json }),

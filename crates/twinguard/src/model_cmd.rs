@@ -126,6 +126,84 @@ fn registry_path(dir: &DataDir) -> PathBuf {
     models_dir(dir).join("registry.json")
 }
 
+/// The records that change the registry; each carries the SHA-256 of the registry file
+/// it left (`registry_sha256`).
+const REGISTRY_CHANGES: [&str; 3] = ["model_admitted", "model_promoted", "model_rolled_back"];
+
+/// Writes the registry and records the change with the file's new digest.
+fn save_registry(dir: &DataDir, registry: &Registry, kind: &str, mut body: Value) -> Result<()> {
+    let path = registry_path(dir);
+    registry.save(&path)?;
+    let sha = models::file_sha256(&path)?;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("registry_sha256".into(), sha.into());
+    }
+    record(dir, kind, body)
+}
+
+/// The registry, refused unless it is the file the audit log's last registry change
+/// left: a registry edited outside twinguard (a shadow version made active without an
+/// approver, a retired one brought back) runs nothing.
+pub fn load_registry(dir: &DataDir) -> Result<Registry> {
+    let path = registry_path(dir);
+    let db = dir.audit_db();
+    let last = if db.exists() {
+        audit::SqliteStore::newest_record_of(&db, &REGISTRY_CHANGES)?
+    } else {
+        None
+    };
+    let Some(last) = last else {
+        if path.exists() {
+            bail!(
+                "{} was not written by twinguard: the audit log records no change to the model registry",
+                path.display()
+            );
+        }
+        return Ok(Registry::default());
+    };
+    if last.computed_leaf() != Some(last.leaf) && last.body.is_some() {
+        bail!(
+            "audit record {} ({}) was altered: its leaf hash does not match it (`twinguard audit verify` locates the change)",
+            last.seq,
+            last.kind
+        );
+    }
+    let Some(body) = &last.body else {
+        tracing::warn!(
+            seq = last.seq,
+            "the last change to the model registry is older than the audit retention: the registry file cannot be checked against it"
+        );
+        return Ok(Registry::load(&path)?);
+    };
+    let expected = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|b| b.get("registry_sha256").and_then(Value::as_str).map(str::to_string))
+        .with_context(|| {
+            format!(
+                "audit record {} ({}) carries no registry digest: it was written by an earlier twinguard; admit the models again into a new data directory",
+                last.seq, last.kind
+            )
+        })?;
+    if !path.exists() {
+        bail!(
+            "{} is missing, but audit record {} ({}) changed it",
+            path.display(),
+            last.seq,
+            last.kind
+        );
+    }
+    let actual = models::file_sha256(&path)?;
+    if actual != expected {
+        bail!(
+            "{} was changed outside twinguard: its SHA-256 is {actual}, and the audit log's last registry change (record {}, {}) left {expected}",
+            path.display(),
+            last.seq,
+            last.kind
+        );
+    }
+    Ok(Registry::load(&path)?)
+}
+
 fn record(dir: &DataDir, kind: &str, body: Value) -> Result<()> {
     let mut store = audit::SqliteStore::open(&dir.audit_db(), dir.key("audit")?)?;
     store.append(&[audit::Entry::new(wall_clock_ms(), kind, body)])?;
@@ -465,7 +543,7 @@ pub fn run(command: ModelCommand) -> Result<ExitCode> {
                 Err(why) => return refuse(&dir, &model, Some(&m), &why),
             };
             println!("  golden     {}", serde_json::to_string(&golden)?);
-            let mut registry = Registry::load(&registry_path(&dir))?;
+            let mut registry = load_registry(&dir)?;
             let rel = format!("models/store/{}/{}", m.name, m.version);
             let entry = RegistryEntry {
                 name: m.name.clone(),
@@ -490,9 +568,9 @@ pub fn run(command: ModelCommand) -> Result<ExitCode> {
                 return refuse(&dir, &model, Some(&m), &why);
             }
             copy_model(&model, &dir.root().join(&rel))?;
-            registry.save(&registry_path(&dir))?;
-            record(
+            save_registry(
                 &dir,
+                &registry,
                 "model_admitted",
                 json!({
                     "name": m.name, "version": m.version, "kind": m.kind,
@@ -508,7 +586,14 @@ pub fn run(command: ModelCommand) -> Result<ExitCode> {
         }
         ModelCommand::List { data_dir, json } => {
             let dir = DataDir::open(&data_dir)?;
-            let registry = Registry::load(&registry_path(&dir))?;
+            // Shown even when it fails its check, which is said first.
+            let registry = match load_registry(&dir) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("WARNING: {e:#}; nothing in it will run");
+                    Registry::load(&registry_path(&dir))?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&registry)?);
             } else {
@@ -537,7 +622,7 @@ pub fn run(command: ModelCommand) -> Result<ExitCode> {
         } => {
             let dir = DataDir::open(&approver.data_dir)?;
             let by = authenticate(&approver, &dir)?;
-            let mut registry = Registry::load(&registry_path(&dir))?;
+            let mut registry = load_registry(&dir)?;
             // The copy that becomes active is checked again first.
             let e = registry
                 .find(&name, &version)
@@ -547,9 +632,9 @@ pub fn run(command: ModelCommand) -> Result<ExitCode> {
             let replaced = registry
                 .promote(&name, &version, &by, wall_clock_ms())
                 .map_err(anyhow::Error::msg)?;
-            registry.save(&registry_path(&dir))?;
-            record(
+            save_registry(
                 &dir,
+                &registry,
                 "model_promoted",
                 json!({ "name": name, "version": version, "digest": e.digest, "by": by, "replaced": replaced }),
             )?;
@@ -562,13 +647,13 @@ pub fn run(command: ModelCommand) -> Result<ExitCode> {
         ModelCommand::Rollback { name, approver } => {
             let dir = DataDir::open(&approver.data_dir)?;
             let by = authenticate(&approver, &dir)?;
-            let mut registry = Registry::load(&registry_path(&dir))?;
+            let mut registry = load_registry(&dir)?;
             let (from, to) = registry
                 .rollback(&name, &by, wall_clock_ms())
                 .map_err(anyhow::Error::msg)?;
-            registry.save(&registry_path(&dir))?;
-            record(
+            save_registry(
                 &dir,
+                &registry,
                 "model_rolled_back",
                 json!({ "name": name, "from": from, "to": to, "by": by }),
             )?;
@@ -677,7 +762,7 @@ pub fn registry_detector(
         return Ok(None);
     };
     let name = name.get_ref();
-    let registry = Registry::load(&registry_path(dir))?;
+    let registry = load_registry(dir)?;
     let load = |e: &RegistryEntry| -> Result<(detect::live::Live, crate::core::ModelRef)> {
         let options = crate::demo::live_options(config);
         let (live, signed) = if e.kind == "onnx" {
@@ -743,7 +828,7 @@ pub fn registry_pump_health(
         return Ok(None);
     };
     let name = name.get_ref();
-    let registry = Registry::load(&registry_path(dir))?;
+    let registry = load_registry(dir)?;
     let load =
         |e: &RegistryEntry| -> Result<(crate::pump_health::PumpHealth, crate::core::ModelRef)> {
             let (path, signed) = admitted_of_kind(dir, e, "rul", "predict.registry_model")?;

@@ -858,4 +858,50 @@ fn a_vendors_onnx_detector_runs_in_shadow_beside_the_incumbent_then_watches_the_
     );
     let (verified, out) = tg(&["audit", "verify", "--data-dir", d]);
     assert!(verified, "{out}");
+
+    // The registry edited by hand (the incumbent made active again without an approver)
+    // runs nothing, and says why; so does one the log never saw written.
+    let path = data.join("models/registry.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text
+        .replace("\"active\"", "\"was_active\"")
+        .replace("\"retired\"", "\"active\"")
+        .replace("\"was_active\"", "\"retired\"");
+    assert_ne!(edited, text);
+    std::fs::write(&path, &edited).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "demo", "--speed", "0", "--port", "0", "--json", "--hours", "1", "--config",
+        ])
+        .arg(&config_path)
+        .args(["--data-dir", d])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("was changed outside twinguard"), "{err}");
+    let (_, listed) = tg(&["model", "list", "--data-dir", d]);
+    assert!(
+        listed.contains("WARNING") && listed.contains("nothing in it will run"),
+        "{listed}"
+    );
+    let (promoted, out) = tg(&[
+        "model",
+        "promote",
+        "plant-anomaly",
+        "1.0.0",
+        "--approver",
+        "ana",
+        "--password-file",
+        p(&lab.path("pw")),
+        "--data-dir",
+        d,
+    ]);
+    assert!(
+        !promoted && out.contains("was changed outside twinguard"),
+        "{out}"
+    );
+    // Put back, it runs again.
+    std::fs::write(&path, &text).unwrap();
+    ok(&["model", "list", "--data-dir", d]);
 }
