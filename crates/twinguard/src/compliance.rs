@@ -102,6 +102,9 @@ struct Facts {
     verification: audit::Verification,
     proof: Option<Value>,
     registry: models::Registry,
+    /// Why the registry file is not the one the audit log's last registry change left
+    /// (None: it is).
+    registry_problem: Option<String>,
     publishers: usize,
     roles: BTreeMap<String, u64>,
     agents: (usize, usize),
@@ -170,6 +173,9 @@ fn gather(dir: &DataDir, config: Option<&Path>, tests: Option<&Path>) -> Result<
         Some(json!({ "holds": false, "error": format!("no proof could be made: {e:#}") }))
     });
     let registry = models::Registry::load(&dir.root().join("models").join("registry.json"))?;
+    let registry_problem = crate::model_cmd::load_registry(dir)
+        .err()
+        .map(|e| format!("{e:#}"));
     let publishers = models::TrustPolicy::load(&dir.root().join("models").join("trust.toml"))?
         .publishers
         .len();
@@ -188,6 +194,7 @@ fn gather(dir: &DataDir, config: Option<&Path>, tests: Option<&Path>) -> Result<
         verification,
         proof,
         registry,
+        registry_problem,
         publishers,
         roles,
         agents: (active_agents, agents.len() - active_agents),
@@ -449,6 +456,14 @@ fn claims(f: &Facts) -> Vec<Claim> {
                 .collect::<Vec<_>>()
         ),
     );
+    let registry_ev =
+        ev(
+            "models",
+            "the registry file against the audit log's last registry change (its SHA-256)",
+            json!(f.registry_problem.as_deref().unwrap_or(
+                "matches: no model state was changed outside admit, promote and rollback"
+            )),
+        );
     let has_models = !f.registry.models.is_empty();
     push(
         Claim {
@@ -456,8 +471,11 @@ fn claims(f: &Facts) -> Vec<Claim> {
             clause: "Article 9",
             requirement: "Run a risk management system through the AI system's life: identify risks, and adopt measures that keep the remaining risk acceptable.",
             control: "Risk tiers per setpoint; safety envelopes, budgets and rate limits; corroboration; breakers that drop agents to advisory mode; golden runs and shadow operation before a model acts.",
-            status: status(f.count(&["decision"]) > 0 && has_models, true),
-            evidence: vec![f.log(&["decision", "breakers", "model_admitted", "model_refused", "shadow_detection"])],
+            status: status(
+                f.count(&["decision"]) > 0 && has_models && f.registry_problem.is_none(),
+                true,
+            ),
+            evidence: vec![f.log(&["decision", "breakers", "model_admitted", "model_refused", "shadow_detection", "shadow_failure_warning"]), registry_ev],
             gaps: vec!["the risk assessment itself (hazards, severity) is the plant's; twinguard enforces its result".into()],
         },
         &["envelope", "breaker", "tier", "golden"],
@@ -598,7 +616,12 @@ fn claims(f: &Facts) -> Vec<Claim> {
                 f.registry.models.iter().any(|m| !m.golden.is_empty()),
                 false,
             ),
-            evidence: vec![f.log(&["model_admitted", "shadow_detection", "detection_raised"])],
+            evidence: vec![f.log(&[
+                "model_admitted",
+                "shadow_detection",
+                "shadow_failure_warning",
+                "detection_raised",
+            ])],
             gaps: vec![],
         },
         &["golden", "shadow", "bench"],
