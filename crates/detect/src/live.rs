@@ -233,15 +233,7 @@ impl Live {
                 };
                 self.scored += 1;
                 let (class, top) = episodes.push(model, &score);
-                let contributors = top
-                    .iter()
-                    .filter_map(|&i| self.columns.get(i).cloned())
-                    .collect();
-                Output::Scored {
-                    score,
-                    class,
-                    contributors,
-                }
+                scored(&self.columns, score, class, &top)
             }
             Phase::External {
                 model,
@@ -259,18 +251,22 @@ impl Live {
                 };
                 self.scored += 1;
                 let (class, top) = episodes.push_limits(f64::INFINITY, model.threshold(), &score);
-                let contributors = top
-                    .iter()
-                    .filter_map(|&i| self.columns.get(i).cloned())
-                    .collect();
-                Output::Scored {
-                    score,
-                    class,
-                    contributors,
-                }
+                scored(&self.columns, score, class, &top)
             }
             Phase::Failed(_) => Output::Nothing,
         }
+    }
+}
+
+/// A scored row, its top contributors named by their columns.
+fn scored(columns: &[String], score: Score, class: EpisodeClass, top: &[usize]) -> Output {
+    Output::Scored {
+        score,
+        class,
+        contributors: top
+            .iter()
+            .filter_map(|&i| columns.get(i).cloned())
+            .collect(),
     }
 }
 

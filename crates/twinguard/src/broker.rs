@@ -73,28 +73,30 @@ pub fn acl(plant: &plant_model::Plant, sparkplug_group: Option<&str>) -> HashMap
     acl
 }
 
-/// Starts the broker on its own threads on internal loopback ports, and the proxy that
-/// checks passwords and topic permissions in front of it on 127.0.0.1:`port` for MQTT
-/// 3.1.1 and 127.0.0.1:`port_v5` for MQTT 5. The broker itself accepts only the proxy's
-/// login, generated here for this run. Returns the list of refusals (account: what), for
-/// the report.
-pub fn start(
-    port: u16,
-    port_v5: u16,
-    users: HashMap<String, String>,
-    acl: HashMap<String, Perms>,
-) -> Result<Refusals> {
-    start_on(port, port_v5, (free_port()?, free_port()?), users, acl)
+/// The embedded broker's public loopback ports, and its refusals so far.
+pub struct Started {
+    pub port: u16,
+    pub port_v5: u16,
+    pub refusals: Refusals,
 }
 
-/// [`start`] with the broker's internal ports given.
+/// Starts the broker on its own threads on internal loopback ports, and the proxy that
+/// checks passwords and topic permissions in front of it on two loopback ports the system
+/// picks (bound here and kept, so no other process can take them meanwhile): one for MQTT
+/// 3.1.1 and one for MQTT 5. The broker itself accepts only the proxy's login, generated
+/// here for this run. The refusals (account: what) are for the report.
+pub fn start(users: HashMap<String, String>, acl: HashMap<String, Perms>) -> Result<Started> {
+    start_on(0, 0, (free_port()?, free_port()?), users, acl)
+}
+
+/// [`start`] on the public ports given (0: any), with the broker's internal ports given.
 fn start_on(
     port: u16,
     port_v5: u16,
     (inner, inner_v5): (u16, u16),
     users: HashMap<String, String>,
     acl: HashMap<String, Perms>,
-) -> Result<Refusals> {
+) -> Result<Started> {
     let refusals = Refusals::default();
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret)
@@ -106,9 +108,11 @@ fn start_on(
         acl,
         upstream_login,
     });
+    let mut bound = Vec::new();
     for (public, private, v5) in [(port, inner, false), (port_v5, inner_v5, true)] {
         let listener = std::net::TcpListener::bind(("127.0.0.1", public))
             .with_context(|| format!("cannot listen on 127.0.0.1:{public}"))?;
+        bound.push(listener.local_addr()?.port());
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tokio::spawn(crate::mqtt_acl::serve(
@@ -120,7 +124,11 @@ fn start_on(
         ));
     }
     start_rumqttd(inner, inner_v5, internal_users)?;
-    Ok(refusals)
+    Ok(Started {
+        port: bound.first().copied().unwrap_or(port),
+        port_v5: bound.get(1).copied().unwrap_or(port_v5),
+        refusals,
+    })
 }
 
 fn start_rumqttd(port: u16, port_v5: u16, users: HashMap<String, String>) -> Result<()> {
@@ -229,10 +237,12 @@ mod tests {
     async fn only_the_proxy_can_log_in_behind_it_and_it_checks_every_password() {
         let plant = plant_model::Plant::reference();
         let users = HashMap::from([("gw-tank".to_string(), "tank-secret-1".to_string())]);
-        let (port, port_v5) = (free_port().unwrap(), free_port().unwrap());
         let (inner, inner_v5) = (free_port().unwrap(), free_port().unwrap());
-        let refusals =
-            start_on(port, port_v5, (inner, inner_v5), users, acl(&plant, None)).unwrap();
+        let Started {
+            port,
+            port_v5,
+            refusals,
+        } = start_on(0, 0, (inner, inner_v5), users, acl(&plant, None)).unwrap();
         for p in [port, port_v5, inner, inner_v5] {
             wait_ready(p).await.unwrap();
         }

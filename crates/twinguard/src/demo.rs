@@ -473,14 +473,12 @@ async fn mqtt_link(
             let mut accounts: Vec<&str> = vec!["twinguard", "edge-gateway", "intruder"];
             accounts.extend(plant.assets.iter().map(|a| a.device.as_str()));
             let secrets = dir.mqtt_secrets(&accounts)?;
-            let port = crate::broker::free_port()?;
-            let port_v5 = crate::broker::free_port()?;
-            broker_refusals = Some(crate::broker::start(
-                port,
-                port_v5,
+            let started = crate::broker::start(
                 secrets.users.clone().into_iter().collect(),
                 crate::broker::acl(plant, source_cfg.sparkplug()),
-            )?);
+            )?;
+            let (port, port_v5) = (started.port, started.port_v5);
+            broker_refusals = Some(started.refusals);
             crate::broker::wait_ready(port).await?;
             crate::broker::wait_ready(port_v5).await?;
             let users = secrets.users;

@@ -439,17 +439,7 @@ fn the_scanner_reports_with_locations_from_the_command_line() {
 fn plant_detector(lab: &Lab, version: &str, seed: &str) -> PathBuf {
     let dir = lab.path(&format!("plant-{version}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let normal = lab.path(&format!("normal-{seed}.csv"));
-    ok(&[
-        "plant",
-        "simulate",
-        "--hours",
-        "12",
-        "--seed",
-        seed,
-        "--out",
-        p(&normal),
-    ]);
+    let normal = normal_data(lab, seed);
     ok(&[
         "detect",
         "fit",
@@ -460,6 +450,22 @@ fn plant_detector(lab: &Lab, version: &str, seed: &str) -> PathBuf {
         "--out",
         p(&dir.join("detector.json")),
     ]);
+    sign_plant_model(
+        lab,
+        &dir,
+        json!({
+            "version": version, "kind": "detector", "entry": "detector.json",
+            "limitations": "the reference plant; fitted on twelve normal hours",
+            "training_data": { "description": format!("plant simulate, seed {seed}, 12 h"), "sha256": "ef".repeat(32) },
+        }),
+    );
+    dir
+}
+
+/// Writes the golden data of a detector of the reference plant (eight hours, a drifting
+/// discharge-pressure sensor from the fourth, labelled) into `dir`, and signs `dir` with
+/// the lab's key under a manifest of `fields` and what every plant detector shares.
+fn sign_plant_model(lab: &Lab, dir: &Path, fields: Value) {
     ok(&[
         "plant",
         "simulate",
@@ -472,26 +478,28 @@ fn plant_detector(lab: &Lab, version: &str, seed: &str) -> PathBuf {
         "--out",
         p(&dir.join("golden.csv")),
     ]);
-    let manifest = json!({
-        "name": "plant-anomaly", "version": version, "kind": "detector",
-        "publisher": "acme-ml", "entry": "detector.json",
+    let mut manifest = json!({
+        "name": "plant-anomaly", "publisher": "acme-ml",
         "intended_use": "flag abnormal behaviour of the bottling line for review",
-        "limitations": "the reference plant; fitted on twelve normal hours",
-        "training_data": { "description": format!("plant simulate, seed {seed}, 12 h"), "sha256": "ef".repeat(32) },
         "golden": { "data": "golden.csv", "thresholds": { "f1": { "min": 0.9 }, "far": { "max": 0.05 } } },
     });
-    let m = lab.path(&format!("plant-{version}.json"));
+    for (k, v) in fields.as_object().unwrap() {
+        manifest[k] = v.clone();
+    }
+    let m = lab.path(&format!(
+        "{}.manifest.json",
+        dir.file_name().unwrap().to_str().unwrap()
+    ));
     std::fs::write(&m, manifest.to_string()).unwrap();
     ok(&[
         "model",
         "sign",
-        p(&dir),
+        p(dir),
         "--manifest",
         p(&m),
         "--key",
         p(&lab.path("acme.key")),
     ]);
-    dir
 }
 
 #[test]
@@ -557,25 +565,7 @@ fn an_admitted_model_watches_the_twin_and_its_successor_runs_in_shadow() {
     );
     let config_path = lab.path("twinguard.toml");
     std::fs::write(&config_path, config).unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "demo", "--speed", "0", "--port", "0", "--json", "--hours", "8", "--config",
-        ])
-        .arg(&config_path)
-        .args([
-            "--fault",
-            "drift:pump.discharge_pressure@14400=0.5",
-            "--data-dir",
-            d,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = demo(&config_path, d, "8");
     // The active model caught the drift, and the record names it by its digest.
     assert_eq!(
         r["detections"],
@@ -672,38 +662,16 @@ fn onnx_plant_detector(lab: &Lab, version: &str, seed: &str, options: &[&str]) -
         String::from_utf8_lossy(&out.stderr)
     );
     let interface: Value = serde_json::from_slice(&out.stdout).unwrap();
-    ok(&[
-        "plant",
-        "simulate",
-        "--hours",
-        "8",
-        "--seed",
-        "9",
-        "--fault",
-        "drift:pump.discharge_pressure@14400=0.5",
-        "--out",
-        p(&dir.join("golden.csv")),
-    ]);
-    let manifest = json!({
-        "name": "plant-anomaly", "version": version, "kind": "onnx",
-        "publisher": "acme-ml", "entry": "detector.onnx",
-        "intended_use": "flag abnormal behaviour of the bottling line for review",
-        "limitations": "the reference plant; a linear reconstruction of twelve normal hours",
-        "training_data": { "description": format!("plant simulate, seed {seed}, 12 h"), "sha256": "cd".repeat(32) },
-        "onnx": interface,
-        "golden": { "data": "golden.csv", "thresholds": { "f1": { "min": 0.9 }, "far": { "max": 0.05 } } },
-    });
-    let m = lab.path(&format!("onnx-{version}.json"));
-    std::fs::write(&m, manifest.to_string()).unwrap();
-    ok(&[
-        "model",
-        "sign",
-        p(&dir),
-        "--manifest",
-        p(&m),
-        "--key",
-        p(&lab.path("acme.key")),
-    ]);
+    sign_plant_model(
+        lab,
+        &dir,
+        json!({
+            "version": version, "kind": "onnx", "entry": "detector.onnx",
+            "limitations": "the reference plant; a linear reconstruction of twelve normal hours",
+            "training_data": { "description": format!("plant simulate, seed {seed}, 12 h"), "sha256": "cd".repeat(32) },
+            "onnx": interface,
+        }),
+    );
     dir
 }
 
