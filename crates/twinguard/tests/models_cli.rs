@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_twinguard");
 
-fn tg(args: &[&str]) -> (bool, String) {
+fn tg<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> (bool, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
     (
         out.status.success(),
@@ -29,7 +29,7 @@ fn tg(args: &[&str]) -> (bool, String) {
     )
 }
 
-fn ok(args: &[&str]) -> String {
+fn ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
     let (ok, out) = tg(args);
     assert!(ok, "twinguard {args:?} failed: {out}");
     out
@@ -73,6 +73,59 @@ struct Lab {
 impl Lab {
     fn path(&self, name: &str) -> PathBuf {
         self.root.path().join(name)
+    }
+
+    /// A lab whose data directory (`data`) trusts acme-ml's key (`acme.key`, made here)
+    /// for `kinds`, and has an approver, ana (password in `pw`).
+    fn trusting(kinds: &str) -> Lab {
+        let lab = Lab {
+            root: tempfile::tempdir().unwrap(),
+        };
+        let data = lab.path("data");
+        ok(&["model", "keygen", "--out", p(&lab.path("acme.key"))]);
+        ok(&[
+            "model",
+            "trust",
+            "--name",
+            "acme-ml",
+            "--key",
+            p(&lab.path("acme.key.pub")),
+            "--kinds",
+            kinds,
+            "--data-dir",
+            p(&data),
+        ]);
+        std::fs::write(lab.path("pw"), "correct horse battery staple\n").unwrap();
+        ok(&[
+            "user",
+            "add",
+            "ana",
+            "--role",
+            "approver",
+            "--password-file",
+            p(&lab.path("pw")),
+            "--data-dir",
+            p(&data),
+        ]);
+        lab
+    }
+
+    /// The arguments of ana promoting `name` `version` in the lab's data directory.
+    fn promote(&self, name: &str, version: &str) -> Vec<String> {
+        [
+            "model",
+            "promote",
+            name,
+            version,
+            "--approver",
+            "ana",
+            "--password-file",
+            p(&self.path("pw")),
+            "--data-dir",
+            p(&self.path("data")),
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     /// A detector model directory: the model fitted on normal data, golden data with a
@@ -504,52 +557,14 @@ fn sign_plant_model(lab: &Lab, dir: &Path, fields: Value) {
 
 #[test]
 fn an_admitted_model_watches_the_twin_and_its_successor_runs_in_shadow() {
-    let lab = Lab {
-        root: tempfile::tempdir().unwrap(),
-    };
+    let lab = Lab::trusting("detector");
     let data = lab.path("data");
     let d = p(&data);
-    ok(&["model", "keygen", "--out", p(&lab.path("acme.key"))]);
-    ok(&[
-        "model",
-        "trust",
-        "--name",
-        "acme-ml",
-        "--key",
-        p(&lab.path("acme.key.pub")),
-        "--kinds",
-        "detector",
-        "--data-dir",
-        d,
-    ]);
     let v1 = plant_detector(&lab, "1.0.0", "1");
     let v2 = plant_detector(&lab, "2.0.0", "3");
     ok(&["model", "admit", p(&v1), "--data-dir", d]);
     ok(&["model", "admit", p(&v2), "--data-dir", d]);
-    std::fs::write(lab.path("pw"), "correct horse battery staple\n").unwrap();
-    ok(&[
-        "user",
-        "add",
-        "ana",
-        "--role",
-        "approver",
-        "--password-file",
-        p(&lab.path("pw")),
-        "--data-dir",
-        d,
-    ]);
-    ok(&[
-        "model",
-        "promote",
-        "plant-anomaly",
-        "1.0.0",
-        "--approver",
-        "ana",
-        "--password-file",
-        p(&lab.path("pw")),
-        "--data-dir",
-        d,
-    ]);
+    ok(&lab.promote("plant-anomaly", "1.0.0"));
     let registry: Value =
         serde_json::from_str(&ok(&["model", "list", "--json", "--data-dir", d])).unwrap();
     let digest = |v: usize| {
@@ -699,24 +714,9 @@ fn demo(config: &Path, data: &str, hours: &str) -> Value {
 
 #[test]
 fn a_vendors_onnx_detector_runs_in_shadow_beside_the_incumbent_then_watches_the_twin() {
-    let lab = Lab {
-        root: tempfile::tempdir().unwrap(),
-    };
+    let lab = Lab::trusting("detector,onnx");
     let data = lab.path("data");
     let d = p(&data);
-    ok(&["model", "keygen", "--out", p(&lab.path("acme.key"))]);
-    ok(&[
-        "model",
-        "trust",
-        "--name",
-        "acme-ml",
-        "--key",
-        p(&lab.path("acme.key.pub")),
-        "--kinds",
-        "detector,onnx",
-        "--data-dir",
-        d,
-    ]);
     // An ONNX graph whose threshold never flags the drift fails its golden run.
     let blind = onnx_plant_detector(&lab, "0.9.0", "1", &["--threshold", "1e9"]);
     let (admitted, out) = tg(&["model", "admit", p(&blind), "--data-dir", d]);
@@ -728,32 +728,7 @@ fn a_vendors_onnx_detector_runs_in_shadow_beside_the_incumbent_then_watches_the_
     ok(&["model", "admit", p(&incumbent), "--data-dir", d]);
     let out = ok(&["model", "admit", p(&vendor), "--data-dir", d]);
     assert!(out.contains("f1"), "{out}");
-    std::fs::write(lab.path("pw"), "correct horse battery staple\n").unwrap();
-    ok(&[
-        "user",
-        "add",
-        "ana",
-        "--role",
-        "approver",
-        "--password-file",
-        p(&lab.path("pw")),
-        "--data-dir",
-        d,
-    ]);
-    let promote = |version: &str| {
-        ok(&[
-            "model",
-            "promote",
-            "plant-anomaly",
-            version,
-            "--approver",
-            "ana",
-            "--password-file",
-            p(&lab.path("pw")),
-            "--data-dir",
-            d,
-        ])
-    };
+    let promote = |version: &str| ok(&lab.promote("plant-anomaly", version));
     promote("1.0.0");
     let registry: Value =
         serde_json::from_str(&ok(&["model", "list", "--json", "--data-dir", d])).unwrap();
@@ -853,18 +828,7 @@ fn a_vendors_onnx_detector_runs_in_shadow_beside_the_incumbent_then_watches_the_
         listed.contains("WARNING") && listed.contains("nothing in it will run"),
         "{listed}"
     );
-    let (promoted, out) = tg(&[
-        "model",
-        "promote",
-        "plant-anomaly",
-        "1.0.0",
-        "--approver",
-        "ana",
-        "--password-file",
-        p(&lab.path("pw")),
-        "--data-dir",
-        d,
-    ]);
+    let (promoted, out) = tg(&lab.promote("plant-anomaly", "1.0.0"));
     assert!(
         !promoted && out.contains("was changed outside twinguard"),
         "{out}"
