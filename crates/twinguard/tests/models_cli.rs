@@ -110,6 +110,18 @@ impl Lab {
         lab
     }
 
+    /// A configuration (`twinguard.toml`) whose twin watches with the registry's
+    /// plant-anomaly detector.
+    fn registry_config(&self) -> PathBuf {
+        let config = ok(&["default-config"]).replace(
+            "multivariate = false",
+            "multivariate = false\nregistry_model = \"plant-anomaly\"",
+        );
+        let path = self.path("twinguard.toml");
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+
     /// The arguments of ana promoting `name` `version` in the lab's data directory.
     fn promote(&self, name: &str, version: &str) -> Vec<String> {
         [
@@ -574,12 +586,7 @@ fn an_admitted_model_watches_the_twin_and_its_successor_runs_in_shadow() {
             .to_string()
     };
 
-    let config = ok(&["default-config"]).replace(
-        "multivariate = false",
-        "multivariate = false\nregistry_model = \"plant-anomaly\"",
-    );
-    let config_path = lab.path("twinguard.toml");
-    std::fs::write(&config_path, config).unwrap();
+    let config_path = lab.registry_config();
     let r = demo(&config_path, d, "8");
     // The active model caught the drift, and the record names it by its digest.
     assert_eq!(
@@ -743,12 +750,7 @@ fn a_vendors_onnx_detector_runs_in_shadow_beside_the_incumbent_then_watches_the_
             .unwrap()
             .to_string()
     };
-    let config = ok(&["default-config"]).replace(
-        "multivariate = false",
-        "multivariate = false\nregistry_model = \"plant-anomaly\"",
-    );
-    let config_path = lab.path("twinguard.toml");
-    std::fs::write(&config_path, config).unwrap();
+    let config_path = lab.registry_config();
 
     // In shadow, the ONNX graph sees the live data and its episodes are recorded under
     // its digest; only the incumbent's detection is acted on.
