@@ -5,13 +5,18 @@
 //!   derate and a maintenance window before failure, and asks for a line stop when
 //!   detections show imminent damage.
 //! - [`Optimiser`] proposes setpoint changes that cut energy per good bottle while keeping
-//!   product temperature and rejects inside their quality limits.
+//!   product temperature and rejects inside their quality limits, choosing them by
+//!   simulating candidates ahead from the twin's state.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use detect::{Detection, DetectionKind};
 use ed25519_dalek::SigningKey;
 use guard::{Action, Proposal, SignedProposal, Token, sign_proposal};
+use plant_model::{Plant, PlantCommand};
+use plant_sim::{Forecast, Observed, Sim, SimError};
+use serde::Serialize;
 use twin::Twin;
 
 /// An agent's identity: its name, its private key and its current token.
@@ -99,15 +104,6 @@ fn mean_recent(twin: &Twin, id: &str, window_ms: i64) -> Option<f64> {
 
 /// What the maintenance agent's trend-based proposals rest on.
 const MAINTENANCE_INPUTS: &[&str] = &["pump.vibration", "pump.speed"];
-/// What the optimiser's pump-speed proposals rest on.
-const SPEED_INPUTS: &[&str] = &[
-    "filler.recirc_flow",
-    "filler.bpm",
-    "pump.speed",
-    "pump.vibration",
-];
-/// What the optimiser's temperature proposals rest on.
-const TEMP_INPUTS: &[&str] = &["past.product_temp", "filler.reject_rate"];
 
 /// Vibration (mm/s) at which ISO 10816 puts a pump of this class in zone D (damage).
 pub const VIBRATION_DANGER: f64 = 7.1;
@@ -272,30 +268,261 @@ impl Agent for Maintenance {
     }
 }
 
+/// What the optimiser's look-ahead starts from: the signals [`plant_sim::Sim::lookahead`]
+/// reads.
+pub const LOOKAHEAD_INPUTS: &[&str] = &[
+    "tank.level",
+    "tank.inlet_valve",
+    "pump.speed",
+    "pump.flow",
+    "pump.vibration",
+    "pump.bearing_temp",
+    "past.product_temp",
+    "past.inlet_temp",
+    "past.steam_valve",
+    "past.heat_duty",
+    "filler.bpm",
+    "filler.recirc_flow",
+    "energy.ambient_temp",
+];
+
+/// Proposes setpoint changes that cut energy per good bottle, chosen by looking ahead:
+/// every ten minutes it starts a model of the plant from the twin's recent values
+/// ([`plant_sim::Sim::lookahead`]), simulates each candidate (pump speed and product
+/// temperature setpoints one step either way, or held) over the horizon, and proposes the
+/// candidate that fills as many good bottles as any, predicts no quality-limit violation
+/// and keeps its margins, and uses the least energy per good bottle, when it saves enough
+/// over holding the current setpoints. If holding is predicted to break a limit, the best
+/// candidate that does not is proposed whatever its energy. Candidates the envelope
+/// would refuse (step, changes per hour, slew, budget, counting its own proposals) are
+/// not simulated.
 pub struct Optimiser {
     id: Identity,
+    plant: Arc<Plant>,
     next_eval_ms: i64,
-    /// Lowest product temperature setpoint it will propose (quality margin above 72.5).
-    pub min_temp_sp: f64,
-    /// Largest reject rate (%) at which it still lowers the temperature.
+    /// Simulated seconds each candidate is run ahead.
+    pub horizon_s: u64,
+    /// Lowest product temperature a candidate may reach on the way, °C: a margin above
+    /// the 72 °C pasteurisation limit for what the model does not know.
+    pub min_product_temp: f64,
+    /// Highest reject rate (%) a candidate may reach on the way.
     pub max_reject: f64,
-    temp_sp: Option<f64>,
+    /// Smallest predicted saving of energy per good bottle (a share) worth a change.
+    pub min_gain: f64,
+    /// The setpoints the plant holds, as far as the optimiser knows.
+    known: HashMap<String, f64>,
+    /// The changes it proposed: (time, setpoint, size), kept for an hour or the longest
+    /// budget window, so that it proposes nothing the envelope's rate, slew or budget
+    /// would refuse.
+    proposed: VecDeque<(i64, &'static str, f64)>,
+    /// The latest look-ahead, for the report.
+    pub last: Option<Lookahead>,
+}
+
+/// One simulated candidate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub pump_speed_sp: f64,
+    pub temp_sp: f64,
+    pub forecast: Forecast,
+    /// Meets the quality limits with the optimiser's margins.
+    pub feasible: bool,
+}
+
+/// What one look-ahead found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lookahead {
+    pub at_ms: i64,
+    pub candidates: Vec<Candidate>,
+    /// Index of the candidate chosen, if any is feasible.
+    pub chosen: Option<usize>,
+    /// Index of the candidate that holds the current setpoints.
+    pub hold: usize,
+}
+
+impl Lookahead {
+    /// The setpoint changes it recommends: (setpoint, value), empty to hold.
+    pub fn changes(&self, min_gain: f64) -> Vec<(&'static str, f64)> {
+        let (Some(best), Some(hold)) = (
+            self.chosen.and_then(|i| self.candidates.get(i)),
+            self.candidates.get(self.hold),
+        ) else {
+            return Vec::new();
+        };
+        let saving = 1.0 - best.forecast.wh_per_good_bottle() / hold.forecast.wh_per_good_bottle();
+        let hold_ok =
+            hold.feasible && hold.forecast.good_bottles >= best.forecast.good_bottles * 0.999;
+        if hold_ok && !(saving >= min_gain) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if best.pump_speed_sp != hold.pump_speed_sp {
+            out.push(("pump.speed_sp", best.pump_speed_sp));
+        }
+        if best.temp_sp != hold.temp_sp {
+            out.push(("past.temp_sp", best.temp_sp));
+        }
+        out
+    }
 }
 
 impl Optimiser {
-    pub fn new(id: Identity) -> Optimiser {
+    pub fn new(id: Identity, plant: Arc<Plant>) -> Optimiser {
+        // The filler's speed is the production plan's, not the optimiser's to know: the
+        // look-ahead reads it from the filler.
+        let known = plant
+            .setpoints
+            .iter()
+            .filter(|s| s.id != "filler.speed_sp")
+            .map(|s| (s.id.clone(), s.initial))
+            .collect();
         Optimiser {
             id,
+            plant,
             next_eval_ms: i64::MIN,
-            min_temp_sp: 73.0,
+            horizon_s: 3600,
+            min_product_temp: 72.6,
             max_reject: 1.0,
-            temp_sp: None,
+            min_gain: 0.005,
+            known,
+            proposed: VecDeque::new(),
+            last: None,
         }
     }
 
-    /// Tells the optimiser the setpoint the plant holds (from executed commands).
-    pub fn set_known_temp_sp(&mut self, v: f64) {
-        self.temp_sp = Some(v);
+    /// Whether changing `setpoint` by `delta` at `now_ms` stays inside what the plant
+    /// file allows beyond its range: the step, changes per hour, slew rate and budget,
+    /// counting the changes it proposed.
+    fn allowed(&self, setpoint: &str, delta: f64, now_ms: i64) -> bool {
+        let Some(sp) = self.plant.setpoint(setpoint) else {
+            return false;
+        };
+        let mine = || self.proposed.iter().filter(|(_, id, _)| *id == setpoint);
+        let within = |minutes: f64| {
+            mine()
+                .filter(move |(t, _, _)| ((now_ms - t) as f64) < minutes * 60_000.0)
+                .map(|(_, _, d)| *d)
+        };
+        let rate_ok = within(60.0).count() < sp.max_changes_per_hour as usize;
+        let slew_ok = match (sp.max_slew_per_min, mine().last()) {
+            (Some(slew), Some((t, _, _))) => delta.abs() <= slew * ((now_ms - t) as f64 / 60_000.0),
+            _ => true,
+        };
+        let budget_ok = sp
+            .budget
+            .as_ref()
+            .is_none_or(|b| within(b.window_min).sum::<f64>() + delta.abs() <= b.max_total);
+        delta.abs() <= sp.max_step && rate_ok && slew_ok && budget_ok
+    }
+
+    /// Tells the optimiser a setpoint the plant now holds (from executed commands).
+    pub fn set_known_setpoint(&mut self, id: &str, value: f64) {
+        if let Some(slot) = self.known.get_mut(id) {
+            *slot = value;
+        }
+    }
+
+    /// Simulates every candidate from `observed` over the horizon and picks the best.
+    pub fn look_ahead(&self, observed: &Observed, now_ms: i64) -> Result<Lookahead, SimError> {
+        let base = Sim::lookahead(&self.plant, observed)?;
+        let held = |id: &str| observed.setpoints.get(id).copied();
+        let (Some(speed), Some(temp)) = (held("pump.speed_sp"), held("past.temp_sp")) else {
+            return Err(SimError::MissingSetpoint(
+                "pump.speed_sp, past.temp_sp".into(),
+            ));
+        };
+        let envelope = |id: &str| {
+            self.plant
+                .setpoint(id)
+                .map_or((f64::NEG_INFINITY, f64::INFINITY), |s| (s.min, s.max))
+        };
+        let (smin, smax) = envelope("pump.speed_sp");
+        let (tmin, tmax) = envelope("past.temp_sp");
+        let vibration_ok = observed
+            .values
+            .get("pump.vibration")
+            .is_some_and(|v| *v < VIBRATION_WATCH);
+        let speeds: Vec<f64> = [-100.0, -50.0, 0.0, 50.0, 100.0]
+            .into_iter()
+            .filter(|d| {
+                let s = speed + d;
+                *d == 0.0
+                    || (s >= smin
+                        && s <= smax
+                        && (*d < 0.0 || vibration_ok)
+                        && self.allowed("pump.speed_sp", *d, now_ms))
+            })
+            .map(|d| speed + d)
+            .collect();
+        let temps: Vec<f64> = [-0.5, 0.0, 0.5]
+            .into_iter()
+            .filter(|d| {
+                let t = temp + d;
+                *d == 0.0 || (t >= tmin && t <= tmax && self.allowed("past.temp_sp", *d, now_ms))
+            })
+            .map(|d| temp + d)
+            .collect();
+        let mut candidates = Vec::with_capacity(speeds.len() * temps.len());
+        let mut hold = 0;
+        for &s in &speeds {
+            for &t in &temps {
+                let mut sim = base.clone();
+                for (id, value) in [("pump.speed_sp", s), ("past.temp_sp", t)] {
+                    sim.apply(&PlantCommand::SetSetpoint {
+                        setpoint: id.into(),
+                        value,
+                    })?;
+                }
+                let forecast = sim.forecast(self.horizon_s);
+                let feasible = forecast.quality_violation_s == 0
+                    && !forecast.pump_failed
+                    && forecast.min_product_temp >= self.min_product_temp
+                    && forecast.max_reject_pct <= self.max_reject;
+                if s == speed && t == temp {
+                    hold = candidates.len();
+                }
+                candidates.push(Candidate {
+                    pump_speed_sp: s,
+                    temp_sp: t,
+                    forecast,
+                    feasible,
+                });
+            }
+        }
+        let most_good = candidates
+            .iter()
+            .filter(|c| c.feasible)
+            .map(|c| c.forecast.good_bottles)
+            .fold(0.0, f64::max);
+        let chosen = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.feasible && c.forecast.good_bottles >= most_good * 0.999)
+            .min_by(|(_, a), (_, b)| {
+                a.forecast
+                    .wh_per_good_bottle()
+                    .total_cmp(&b.forecast.wh_per_good_bottle())
+            })
+            .map(|(i, _)| i);
+        Ok(Lookahead {
+            at_ms: now_ms,
+            candidates,
+            chosen,
+            hold,
+        })
+    }
+
+    /// The twin's five-minute means of every plant signal and the setpoints known.
+    pub fn observe_twin(&self, twin: &Twin) -> Observed {
+        Observed {
+            values: self
+                .plant
+                .signals
+                .iter()
+                .filter_map(|s| Some((s.id.clone(), mean_recent(twin, &s.id, 5 * 60 * 1000)?)))
+                .collect(),
+            setpoints: self.known.clone(),
+        }
     }
 }
 
@@ -309,77 +536,65 @@ impl Agent for Optimiser {
         if now_ms < self.next_eval_ms {
             return out;
         }
-        self.next_eval_ms = now_ms + 15 * 60 * 1000;
+        self.next_eval_ms = now_ms + 10 * 60 * 1000;
         // Never optimise on a plant with open detections: first understand, then tune.
         if !active.is_empty() {
             return out;
         }
-        let window = 5 * 60 * 1000;
-        let (Some(recirc), Some(speed), Some(temp), Some(reject), Some(bpm)) = (
-            mean_recent(twin, "filler.recirc_flow", window),
-            twin.value("pump.speed"),
-            mean_recent(twin, "past.product_temp", window),
-            mean_recent(twin, "filler.reject_rate", window),
-            mean_recent(twin, "filler.bpm", window),
-        ) else {
-            return out;
-        };
-        if speed < 500.0 || bpm < 50.0 {
+        let keep_ms = self
+            .plant
+            .setpoints
+            .iter()
+            .filter_map(|s| s.budget.as_ref().map(|b| b.window_min))
+            .fold(60.0, f64::max)
+            * 60_000.0;
+        while self
+            .proposed
+            .front()
+            .is_some_and(|(t, _, _)| (now_ms - t) as f64 > keep_ms)
+        {
+            self.proposed.pop_front();
+        }
+        let observed = self.observe_twin(twin);
+        let running = |id: &str, least: f64| observed.values.get(id).is_some_and(|v| *v >= least);
+        if !running("pump.speed", 500.0) || !running("filler.bpm", 50.0) {
             return out; // stopped or starting
         }
-        // Pumping product that the filler cannot take only to recirculate it heats it for
-        // nothing: slow the pump until recirculation is small. One 50 rpm step moves the
-        // flow by about 0.8 m3/h, so the dead band (0.05 to 1.0) is wider than a step and
-        // the agent does not hunt.
-        if recirc > 1.0 {
-            let target = ((speed - 50.0) / 10.0).round() * 10.0;
-            out.push(self.id.sign(
-                Action::SetSetpoint {
-                    setpoint: "pump.speed_sp".into(),
-                    value: target,
-                },
-                format!("recirculation {recirc:.2} m3/h heats product for nothing: pump speed to {target} rpm"),
-                vec![],
-                SPEED_INPUTS,
-                now_ms,
-            ));
-        } else if recirc < 0.05
-            && speed < 1700.0
-            && twin
-                .value("pump.vibration")
-                .is_some_and(|v| v < VIBRATION_WATCH)
-        {
-            let target = ((speed + 50.0) / 10.0).round() * 10.0;
-            out.push(self.id.sign(
-                Action::SetSetpoint {
-                    setpoint: "pump.speed_sp".into(),
-                    value: target,
-                },
-                format!(
-                    "filler starved (recirculation {recirc:.2} m3/h): pump speed to {target} rpm"
-                ),
-                vec![],
-                SPEED_INPUTS,
-                now_ms,
-            ));
+        let look = match self.look_ahead(&observed, now_ms) {
+            Ok(look) => look,
+            Err(_) => return out, // the twin lacks a signal the model starts from
+        };
+        let changes = look.changes(self.min_gain);
+        if let (Some(best), Some(hold)) = (
+            look.chosen.and_then(|i| look.candidates.get(i)),
+            look.candidates.get(look.hold),
+        ) {
+            let why = format!(
+                "look-ahead of {} candidates over {} min: {:.3} Wh per good bottle against {:.3} holding, product at least {:.2} degC, rejects at most {:.2} %",
+                look.candidates.len(),
+                self.horizon_s / 60,
+                best.forecast.wh_per_good_bottle(),
+                hold.forecast.wh_per_good_bottle(),
+                best.forecast.min_product_temp,
+                best.forecast.max_reject_pct,
+            );
+            for (setpoint, value) in changes {
+                let from = observed.setpoints.get(setpoint).copied().unwrap_or(value);
+                self.proposed
+                    .push_back((now_ms, setpoint, (value - from).abs()));
+                out.push(self.id.sign(
+                    Action::SetSetpoint {
+                        setpoint: setpoint.into(),
+                        value,
+                    },
+                    format!("{setpoint} to {value}: {why}"),
+                    vec![],
+                    LOOKAHEAD_INPUTS,
+                    now_ms,
+                ));
+            }
         }
-        // Hold temperature with a margin above the pasteurisation limit; each degree less
-        // is steam saved.
-        let sp = self.temp_sp.unwrap_or(temp.round());
-        if reject < self.max_reject && sp - 0.5 >= self.min_temp_sp && temp > self.min_temp_sp + 0.3
-        {
-            let target = sp - 0.5;
-            out.push(self.id.sign(
-                Action::SetSetpoint {
-                    setpoint: "past.temp_sp".into(),
-                    value: target,
-                },
-                format!("rejects {reject:.2} % are low: product temperature setpoint to {target} degC saves steam"),
-                vec![],
-                TEMP_INPUTS,
-                now_ms,
-            ));
-        }
+        self.last = Some(look);
         out
     }
 }

@@ -14,9 +14,7 @@ use std::sync::Arc;
 use agents::{Agent, Identity, Maintenance, Optimiser};
 use detect::{Detection, Detectors};
 use ed25519_dalek::SigningKey;
-use guard::{
-    Action, AgentRegistry, DEFAULT_POLICY, Decision, Guard, Policy, Proposal, SignedProposal,
-};
+use guard::{Action, AgentRegistry, DEFAULT_POLICY, Decision, Guard, Policy};
 use ingest::{Provenance, Sample, Trust};
 use plant_model::Plant;
 use plant_sim::{DEFAULT_START_MS, Fault, Sim};
@@ -32,8 +30,12 @@ struct World {
 
 impl World {
     fn new(seed: u64, faults: &[&str]) -> World {
+        World::with_conditions(seed, faults, plant_sim::Conditions::default())
+    }
+
+    fn with_conditions(seed: u64, faults: &[&str], conditions: plant_sim::Conditions) -> World {
         let plant = Arc::new(Plant::reference());
-        let mut sim = Sim::new(&plant, seed, DEFAULT_START_MS).unwrap();
+        let mut sim = Sim::with_conditions(&plant, seed, DEFAULT_START_MS, conditions).unwrap();
         for f in faults {
             sim.add_fault(Fault::parse(f).unwrap());
         }
@@ -75,10 +77,6 @@ impl World {
         }
         t
     }
-}
-
-fn proposal(sp: &SignedProposal) -> Proposal {
-    serde_json::from_str(&sp.body).unwrap()
 }
 
 fn token(reg: &mut AgentRegistry, id: &mut Identity, now: i64, n: u64) {
@@ -143,67 +141,29 @@ fn maintenance_proposes_maintenance_and_derate_hours_before_failure() {
 
 #[test]
 fn optimiser_cuts_recirculation_and_temperature_within_quality_limits() {
-    let mut w = World::new(1, &[]);
-    let key = SigningKey::from_bytes(&[6u8; 32]);
-    let mut agent = Optimiser::new(Identity::new("optimiser", key.clone()));
-    let plant = w.plant.clone();
-    let mut reg = AgentRegistry::default();
-    reg.register("optimiser", key.verifying_key());
-    let mut guard = Guard::new(
-        plant.clone(),
-        reg,
-        Policy::parse(DEFAULT_POLICY, "default", &plant).unwrap(),
-    );
-    let e0 = w.sim.truth();
-    for minute in 0..(6 * 60) {
-        let now = w.minute();
-        if agent.identity().needs_token(now, 300_000) {
-            let t = guard
-                .agents()
-                .issue_token("optimiser", format!("{minute:064}"), now)
-                .unwrap();
-            agent.identity().set_token(t);
-        }
-        for sp in agent.observe(&w.twin, &[], now) {
-            let p = proposal(&sp);
-            if let Action::SetSetpoint { setpoint, value } = &p.action
-                && setpoint == "past.temp_sp"
-            {
-                assert!(*value >= 73.0, "{value}");
-            }
-            let mut trust = guard::InputTrust::default();
-            for (id, st) in w.twin.signals() {
-                if let Some(p) = &st.last {
-                    trust.values.insert(id.clone(), p.value);
-                }
-            }
-            if let (_, Decision::Execute(a), _) = guard.decide(&sp, &[], &trust, now) {
-                w.sim.apply(&a.command().command).unwrap();
-                if let plant_model::PlantCommand::SetSetpoint { setpoint, value } =
-                    &a.command().command
-                    && setpoint == "past.temp_sp"
-                {
-                    agent.set_known_temp_sp(*value);
-                }
-            }
-        }
-    }
-    let last = w.twin.value("filler.recirc_flow").unwrap();
+    let mut o = Optimised::new(World::new(1, &[]));
+    let e0 = o.w.sim.truth();
+    o.run(6);
+    let twin = &o.w.twin;
+    let last = twin.value("filler.recirc_flow").unwrap();
     assert!(last < 1.2, "recirculation still {last}");
-    assert!(w.twin.value("filler.reject_rate").unwrap() < 2.0);
-    assert!(w.twin.value("past.product_temp").unwrap() > 72.5);
-    assert!(guard.commanded("past.temp_sp").unwrap() < 75.0);
-    let e1 = w.sim.truth();
+    assert!(twin.value("filler.reject_rate").unwrap() < 2.0);
+    assert!(twin.value("past.product_temp").unwrap() > 72.5);
+    let temp_sp = o.guard.commanded("past.temp_sp").unwrap();
+    assert!((73.0..75.0).contains(&temp_sp), "{temp_sp}");
+    let e1 = o.w.sim.truth();
     assert!(e1.good_bottles > e0.good_bottles);
+    assert_eq!(e1.quality_violation_s, 0);
+    assert!(o.denied.is_empty(), "{:?}", o.denied);
 }
 
 #[test]
 fn optimiser_stays_quiet_while_detections_are_open() {
     let mut w = World::new(1, &[]);
-    let mut agent = Optimiser::new(Identity::new(
-        "optimiser",
-        SigningKey::from_bytes(&[6u8; 32]),
-    ));
+    let mut agent = Optimiser::new(
+        Identity::new("optimiser", SigningKey::from_bytes(&[6u8; 32])),
+        w.plant.clone(),
+    );
     let now = (0..30).map(|_| w.minute()).last().unwrap();
     let d = Detection {
         id: 1,
@@ -222,4 +182,105 @@ fn optimiser_stays_quiet_while_detections_are_open() {
     };
     assert!(agent.observe(&w.twin, &[&d], now).is_empty());
     assert!(!agent.observe(&w.twin, &[], now + 16 * 60_000).is_empty());
+}
+
+/// The optimiser on a plant, its proposals through the guard, executed ones applied.
+struct Optimised {
+    w: World,
+    agent: Optimiser,
+    guard: Guard,
+    minutes: u64,
+    /// What the guard refused, and why.
+    denied: Vec<String>,
+}
+
+impl Optimised {
+    fn new(w: World) -> Optimised {
+        let key = SigningKey::from_bytes(&[6u8; 32]);
+        let plant = w.plant.clone();
+        let mut reg = AgentRegistry::default();
+        reg.register("optimiser", key.verifying_key());
+        Optimised {
+            agent: Optimiser::new(Identity::new("optimiser", key), plant.clone()),
+            guard: Guard::new(
+                plant.clone(),
+                reg,
+                Policy::parse(DEFAULT_POLICY, "default", &plant).unwrap(),
+            ),
+            w,
+            minutes: 0,
+            denied: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, hours: u64) {
+        for _ in 0..(hours * 60) {
+            let now = self.w.minute();
+            self.minutes += 1;
+            if self.agent.identity().needs_token(now, 300_000) {
+                let t = self
+                    .guard
+                    .agents()
+                    .issue_token("optimiser", format!("{:064}", self.minutes), now)
+                    .unwrap();
+                self.agent.identity().set_token(t);
+            }
+            for sp in self.agent.observe(&self.w.twin, &[], now) {
+                let mut trust = guard::InputTrust::default();
+                for (id, st) in self.w.twin.signals() {
+                    if let Some(p) = &st.last {
+                        trust.values.insert(id.clone(), p.value);
+                    }
+                }
+                match self.guard.decide(&sp, &[], &trust, now) {
+                    (_, Decision::Execute(a), _) => {
+                        self.w.sim.apply(&a.command().command).unwrap();
+                        if let plant_model::PlantCommand::SetSetpoint { setpoint, value } =
+                            &a.command().command
+                        {
+                            self.agent.set_known_setpoint(setpoint, *value);
+                        }
+                    }
+                    (_, other, _) => self.denied.push(format!("{other:?}")),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_lookahead_follows_the_production_plan_without_starving_the_filler() {
+    // 400 bottles a minute for three hours, then 600: the optimiser first slows the pump
+    // to what 400 need, then must speed it up again, seeing only a starved filler.
+    let conditions = plant_sim::Conditions {
+        plan: vec![
+            plant_sim::PlanStep {
+                at_s: 0,
+                filler_speed: 400.0,
+            },
+            plant_sim::PlanStep {
+                at_s: 3 * 3600,
+                filler_speed: 600.0,
+            },
+        ],
+        ..plant_sim::Conditions::default()
+    };
+    let mut o = Optimised::new(World::with_conditions(2, &[], conditions));
+    o.run(3);
+    let slowed = o.guard.commanded("pump.speed_sp").unwrap();
+    assert!(
+        slowed < 1300.0,
+        "pump still at {slowed} rpm for 400 bottles a minute"
+    );
+    o.run(3);
+    let bpm = o.w.twin.value("filler.bpm").unwrap();
+    assert!(bpm > 590.0, "the filler is starved: {bpm} bottles a minute");
+    assert_eq!(o.w.sim.truth().quality_violation_s, 0);
+    // It knows the envelope's rates, slews and budgets: the guard refused nothing.
+    assert!(o.denied.is_empty(), "{:?}", o.denied);
+    let sped = o.guard.commanded("pump.speed_sp").unwrap();
+    assert!(sped > slowed + 200.0, "{slowed} -> {sped}");
+    let look = o.agent.last.as_ref().unwrap();
+    assert!(look.candidates.len() >= 9, "{}", look.candidates.len());
+    assert!(look.chosen.is_some());
 }

@@ -54,6 +54,118 @@ pub enum SimError {
     UnknownSetpoint(String),
     #[error("setpoint {setpoint}: value {value} is not a finite number")]
     NotFinite { setpoint: String, value: f64 },
+    #[error("the look-ahead needs a recent finite value of signal {0:?}")]
+    NotObserved(String),
+}
+
+/// The operating conditions a plant runs in, beside its controls: the climate, the
+/// temperature of the product arriving, and the production plan that sets the filler's
+/// speed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Conditions {
+    /// Daily mean of the ambient temperature, °C.
+    pub ambient_mean_c: f64,
+    /// Amplitude of its daily cycle, °C.
+    pub ambient_swing_c: f64,
+    /// Added to the inlet product temperature, °C.
+    pub inlet_offset_c: f64,
+    /// Filler speed setpoints the plant's own production plan writes, in time order.
+    pub plan: Vec<PlanStep>,
+}
+
+/// From `at_s` seconds of simulated time on, the production plan runs the filler at
+/// `filler_speed` bottles a minute.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PlanStep {
+    pub at_s: u64,
+    pub filler_speed: f64,
+}
+
+impl Default for Conditions {
+    /// The reference conditions: 20 °C ± 5 °C over the day, no inlet offset, the filler
+    /// at its initial setpoint throughout.
+    fn default() -> Conditions {
+        Conditions {
+            ambient_mean_c: 20.0,
+            ambient_swing_c: 5.0,
+            inlet_offset_c: 0.0,
+            plan: Vec::new(),
+        }
+    }
+}
+
+impl Conditions {
+    /// Conditions drawn from `seed` (a generator of their own, so the plant's noise and
+    /// bearing life for that seed are those of the reference conditions): ambient mean
+    /// 8 to 30 °C with a daily swing of 2 to 8 °C, inlet offset −6 to +6 °C, and a plan
+    /// that sets the filler to 350 to 600 bottles a minute (steps of 25) from the start
+    /// and again every 3 to 8 hours, for `hours` (at most 30 days).
+    pub fn varied(seed: u64, hours: f64) -> Conditions {
+        let mut rng = Rng::new(seed ^ 0x636f_6e64_6974_696f);
+        let ambient_mean_c = rng.uniform(8.0, 30.0);
+        let ambient_swing_c = rng.uniform(2.0, 8.0);
+        let inlet_offset_c = rng.uniform(-6.0, 6.0);
+        let end_s = (hours.clamp(0.0, 720.0) * 3600.0) as u64;
+        let mut plan = Vec::new();
+        let mut at_s = 0;
+        while at_s <= end_s {
+            let steps = (rng.uniform(0.0, 11.0).floor()).min(10.0);
+            plan.push(PlanStep {
+                at_s,
+                filler_speed: 350.0 + 25.0 * steps,
+            });
+            at_s += (rng.uniform(3.0, 8.0) * 3600.0) as u64;
+        }
+        Conditions {
+            ambient_mean_c,
+            ambient_swing_c,
+            inlet_offset_c,
+            plan,
+        }
+    }
+}
+
+/// What the plant observed: recent means of its measured signals and the setpoints it
+/// holds, by id. A look-ahead model starts from it ([`Sim::lookahead`]).
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub values: HashMap<String, f64>,
+    pub setpoints: HashMap<String, f64>,
+}
+
+impl Observed {
+    fn value(&self, id: &str) -> Result<f64, SimError> {
+        self.values
+            .get(id)
+            .copied()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| SimError::NotObserved(id.to_string()))
+    }
+}
+
+/// What a look-ahead run predicts over its horizon.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Forecast {
+    pub energy_kwh: f64,
+    pub good_bottles: f64,
+    pub filled_bottles: f64,
+    pub quality_violation_s: u64,
+    /// Lowest product temperature on the way, °C.
+    pub min_product_temp: f64,
+    /// Highest reject rate while filling, %.
+    pub max_reject_pct: f64,
+    pub pump_failed: bool,
+}
+
+impl Forecast {
+    /// Energy per good bottle, Wh (infinite when nothing good is filled).
+    pub fn wh_per_good_bottle(&self) -> f64 {
+        if self.good_bottles > 0.0 {
+            self.energy_kwh * 1000.0 / self.good_bottles
+        } else {
+            f64::INFINITY
+        }
+    }
 }
 
 /// Ground truth that the twin cannot see, for scoring and tests.
@@ -181,6 +293,11 @@ pub struct Sim {
     /// last measured value per plant-file signal (for stuck faults)
     last_measured: Vec<f64>,
     state: Snapshot,
+    conditions: Conditions,
+    /// Index of the next step of `conditions.plan`.
+    plan_next: usize,
+    /// A look-ahead model holds ambient and inlet temperatures at these values.
+    held_weather: Option<(f64, f64)>,
 }
 
 /// Quantities derived during the last physics step.
@@ -200,8 +317,35 @@ struct Snapshot {
 }
 
 impl Sim {
-    /// A plant at steady state at `start_ms`, seeded by `seed`.
+    /// A plant at steady state at `start_ms`, seeded by `seed`, in the reference
+    /// conditions ([`Conditions::default`]).
     pub fn new(plant: &Plant, seed: u64, start_ms: i64) -> Result<Sim, SimError> {
+        Sim::with_conditions(plant, seed, start_ms, Conditions::default())
+    }
+
+    /// A plant at steady state at `start_ms`, seeded by `seed`, in the given operating
+    /// conditions (climate, inlet temperature, production plan).
+    pub fn with_conditions(
+        plant: &Plant,
+        seed: u64,
+        start_ms: i64,
+        conditions: Conditions,
+    ) -> Result<Sim, SimError> {
+        let mut sim = Sim::build(plant, seed, start_ms)?;
+        sim.conditions = conditions;
+        // Settle the controllers before time zero.
+        for _ in 0..1800 {
+            sim.advance_physics();
+        }
+        sim.good_bottles = 0.0;
+        sim.filled_bottles = 0.0;
+        sim.quality_violation_s = 0;
+        sim.energy_kwh = 0.0;
+        Ok(sim)
+    }
+
+    /// The plant's state at its setpoints, unsettled.
+    fn build(plant: &Plant, seed: u64, start_ms: i64) -> Result<Sim, SimError> {
         let var_of: HashMap<&str, (Var, f64)> = VARS
             .iter()
             .map(|(v, id, sigma)| (*id, (*v, *sigma)))
@@ -233,7 +377,7 @@ impl Sim {
         }
         let mut rng = Rng::new(seed);
         let life_h = rng.uniform(30.0, 60.0);
-        let mut sim = Sim {
+        Ok(Sim {
             wear_rate: wear_rate_for_life(life_h),
             rng,
             t_s: 0,
@@ -264,16 +408,110 @@ impl Sim {
             quality_violation_s: 0,
             energy_kwh: 0.0,
             state: Snapshot::default(),
-        };
-        // Settle the controllers before time zero.
-        for _ in 0..1800 {
-            sim.advance_physics();
+            conditions: Conditions::default(),
+            plan_next: 0,
+            held_weather: None,
+        })
+    }
+
+    /// A look-ahead model of the plant, started from what was observed of it: the
+    /// physics of the reference plant without measurement noise or faults, its state
+    /// taken from recent means of the measured signals, the states no sensor shows
+    /// estimated (bearing wear from vibration at the running speed, heat-exchanger
+    /// fouling from the pasteuriser's heat balance, the controllers' integral terms from
+    /// their valves, so that they start where the plant's are), and ambient and inlet
+    /// temperatures held at their observed values. Setpoints the observation does not
+    /// give keep the plant file's initial values, but for the filler's (see below).
+    pub fn lookahead(plant: &Plant, observed: &Observed) -> Result<Sim, SimError> {
+        let mut sim = Sim::build(plant, 0, DEFAULT_START_MS)?;
+        for (id, value) in &observed.setpoints {
+            if let Some(slot) = sim.setpoints.get_mut(id)
+                && value.is_finite()
+            {
+                *slot = *value;
+            }
         }
-        sim.good_bottles = 0.0;
-        sim.filled_bottles = 0.0;
-        sim.quality_violation_s = 0;
-        sim.energy_kwh = 0.0;
+        let v = |id: &str| observed.value(id);
+        sim.level = v("tank.level")?.clamp(0.0, 3.0);
+        sim.inlet_valve = (v("tank.inlet_valve")? / 100.0).clamp(0.0, 1.0);
+        sim.speed = v("pump.speed")?.max(0.0);
+        let n = sim.speed / N0;
+        sim.wear = if sim.speed > 1.0 {
+            ((v("pump.vibration")? - 1.5 * n * n) / 9.0)
+                .max(0.0)
+                .sqrt()
+                .min(0.99)
+        } else {
+            0.0
+        };
+        sim.wear_rate = wear_rate_for_life(45.0);
+        sim.bearing_temp = v("pump.bearing_temp")?;
+        sim.product_temp = v("past.product_temp")?;
+        sim.steam_valve = (v("past.steam_valve")? / 100.0).clamp(0.0, 1.0);
+        let ambient = v("energy.ambient_temp")?;
+        let inlet_temp = v("past.inlet_temp")?;
+        sim.held_weather = Some((ambient, inlet_temp));
+        // At steady state the heat that reaches the product is what it takes away.
+        let m_dot = v("pump.flow")?.max(0.0) * RHO / 3600.0;
+        let duty = v("past.heat_duty")?;
+        let taken = m_dot * CP * (1.0 - REGEN) * (sim.product_temp - inlet_temp)
+            + 0.2 * (sim.product_temp - ambient);
+        sim.fouling = if duty > 1.0 {
+            (1.0 - taken / duty).clamp(0.0, 0.8)
+        } else {
+            0.0
+        };
+        // While product recirculates the filler runs at its setpoint, which is what it
+        // fills. While it is starved its setpoint is unseen: unless the observation
+        // gives it, the model assumes the most the filler's envelope allows, so that more
+        // product is predicted to fill more bottles.
+        let bpm = v("filler.bpm")?.max(0.0);
+        let given = observed
+            .setpoints
+            .get("filler.speed_sp")
+            .copied()
+            .filter(|v| v.is_finite());
+        let filler_sp = if v("filler.recirc_flow")? > 0.1 {
+            given.unwrap_or(bpm)
+        } else {
+            given
+                .or_else(|| plant.setpoint("filler.speed_sp").map(|s| s.max))
+                .unwrap_or(bpm)
+                .max(bpm)
+        };
+        sim.setpoints
+            .insert("filler.speed_sp".to_string(), filler_sp);
+        sim.filler_speed = filler_sp;
+        let err = sp(&sim.setpoints, "tank.level_sp") - sim.level;
+        sim.level_integral = ((sim.inlet_valve - 0.5 - 2.0 * err) / 0.01).clamp(-200.0, 200.0);
+        let terr = sp(&sim.setpoints, "past.temp_sp") - sim.product_temp;
+        sim.temp_integral = ((sim.steam_valve - 0.35 - 0.05 * terr) / 0.002).clamp(-3000.0, 3000.0);
         Ok(sim)
+    }
+
+    /// Runs the plant `seconds` ahead without measuring it, and says what happened.
+    pub fn forecast(&mut self, seconds: u64) -> Forecast {
+        let before = self.truth();
+        let mut min_product_temp = f64::INFINITY;
+        let mut max_reject_pct: f64 = 0.0;
+        for _ in 0..seconds {
+            self.t_s += 1;
+            self.advance_physics();
+            min_product_temp = min_product_temp.min(self.product_temp);
+            if self.state.bpm > 0.0 {
+                max_reject_pct = max_reject_pct.max(self.state.reject);
+            }
+        }
+        let after = self.truth();
+        Forecast {
+            energy_kwh: after.energy_kwh - before.energy_kwh,
+            good_bottles: after.good_bottles - before.good_bottles,
+            filled_bottles: after.filled_bottles - before.filled_bottles,
+            quality_violation_s: after.quality_violation_s - before.quality_violation_s,
+            min_product_temp,
+            max_reject_pct,
+            pump_failed: after.pump_failed,
+        }
     }
 
     pub fn add_fault(&mut self, fault: Fault) {
@@ -352,8 +590,26 @@ impl Sim {
     fn advance_physics(&mut self) {
         let dt = 1.0;
         let t = self.t_s as f64;
-        let ambient = 20.0 + 5.0 * (2.0 * std::f64::consts::PI * (t / 86_400.0 - 0.25)).sin();
-        let inlet_temp = 18.0 + 0.4 * (ambient - 20.0);
+        let c = &self.conditions;
+        let (ambient, inlet_temp) = match self.held_weather {
+            Some(held) => held,
+            None => {
+                let ambient = c.ambient_mean_c
+                    + c.ambient_swing_c
+                        * (2.0 * std::f64::consts::PI * (t / 86_400.0 - 0.25)).sin();
+                (ambient, 18.0 + c.inlet_offset_c + 0.4 * (ambient - 20.0))
+            }
+        };
+        while let Some(step) = self.conditions.plan.get(self.plan_next)
+            && step.at_s <= self.t_s
+        {
+            let target = match self.held_setpoints.as_mut() {
+                Some(held) => held,
+                None => &mut self.setpoints,
+            };
+            target.insert("filler.speed_sp".to_string(), step.filler_speed);
+            self.plan_next += 1;
+        }
 
         // Maintenance: pump stopped, bearing replaced at the end.
         if let Some(until) = self.maintenance_until

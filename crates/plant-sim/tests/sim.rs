@@ -227,3 +227,135 @@ fn fouling_makes_the_steam_valve_open_further() {
         a.values[vi]
     );
 }
+
+/// Five-minute means of every signal, and the setpoints the plant holds, as a twin
+/// would observe them.
+fn observe(plant: &Plant, s: &mut Sim, setpoints: &[(&str, f64)]) -> plant_sim::Observed {
+    let mut sums = vec![0.0; plant.signals.len()];
+    for _ in 0..300 {
+        let t = s.step();
+        for (sum, v) in sums.iter_mut().zip(&t.values) {
+            *sum += v;
+        }
+    }
+    plant_sim::Observed {
+        values: plant
+            .signals
+            .iter()
+            .zip(&sums)
+            .map(|(sig, sum)| (sig.id.clone(), sum / 300.0))
+            .collect(),
+        setpoints: setpoints
+            .iter()
+            .map(|(id, v)| (id.to_string(), *v))
+            .collect(),
+    }
+}
+
+#[test]
+fn the_lookahead_model_predicts_the_next_hour_of_the_plant() {
+    // A fouled, worn plant in conditions of its own, 6 hours in; then the same setpoint
+    // changes applied to the plant and to a look-ahead model started from observations.
+    let plant = Plant::reference();
+    let conditions = plant_sim::Conditions::varied(7, 24.0);
+    let mut real = Sim::with_conditions(&plant, 7, DEFAULT_START_MS, conditions.clone()).unwrap();
+    real.add_fault(Fault::parse("fouling:past@0=0.02").unwrap());
+    for _ in 0..(6 * 3600 - 300) {
+        real.step();
+    }
+    let filler = conditions
+        .plan
+        .iter()
+        .take_while(|p| p.at_s <= 6 * 3600)
+        .last()
+        .unwrap()
+        .filler_speed;
+    let held = [
+        ("tank.level_sp", 1.6),
+        ("pump.speed_sp", 1600.0),
+        ("past.temp_sp", 75.0),
+        ("filler.speed_sp", filler),
+    ];
+    let obs = observe(&plant, &mut real, &held);
+    let mut model = Sim::lookahead(&plant, &obs).unwrap();
+    let changes = [("pump.speed_sp", 1450.0), ("past.temp_sp", 74.0)];
+    for (id, v) in changes {
+        let cmd = PlantCommand::SetSetpoint {
+            setpoint: id.into(),
+            value: v,
+        };
+        real.apply(&cmd).unwrap();
+        model.apply(&cmd).unwrap();
+    }
+    let before = real.truth();
+    let predicted = model.forecast(3600);
+    let mut min_temp = f64::INFINITY;
+    let ti = real.signal_index("past.product_temp").unwrap();
+    for _ in 0..3600 {
+        min_temp = min_temp.min(real.step().values[ti]);
+    }
+    let after = real.truth();
+    let energy = after.energy_kwh - before.energy_kwh;
+    let good = after.good_bottles - before.good_bottles;
+    let rel = |p: f64, a: f64| (p - a).abs() / a;
+    assert!(
+        rel(predicted.energy_kwh, energy) < 0.02,
+        "energy {} predicted, {energy} real",
+        predicted.energy_kwh
+    );
+    assert!(
+        rel(predicted.good_bottles, good) < 0.01,
+        "good bottles {} predicted, {good} real",
+        predicted.good_bottles
+    );
+    assert!(
+        (predicted.min_product_temp - min_temp).abs() < 0.3,
+        "lowest product temperature {} predicted, {min_temp} measured",
+        predicted.min_product_temp
+    );
+}
+
+#[test]
+fn the_lookahead_needs_the_signals_it_starts_from() {
+    let (plant, mut s) = sim(1);
+    let mut obs = observe(&plant, &mut s, &[]);
+    obs.values.remove("past.heat_duty");
+    let e = Sim::lookahead(&plant, &obs).unwrap_err();
+    assert!(e.to_string().contains("past.heat_duty"), "{e}");
+    obs.values.insert("past.heat_duty".into(), f64::NAN);
+    assert!(Sim::lookahead(&plant, &obs).is_err());
+}
+
+#[test]
+fn varied_conditions_change_the_climate_and_the_plan_but_not_the_noise() {
+    let plant = Plant::reference();
+    let a = plant_sim::Conditions::varied(3, 48.0);
+    assert_eq!(a, plant_sim::Conditions::varied(3, 48.0));
+    assert_ne!(a, plant_sim::Conditions::varied(4, 48.0));
+    assert!(a.plan.len() >= 7 && a.plan[0].at_s == 0, "{a:?}");
+    assert!(
+        a.plan
+            .iter()
+            .all(|p| (350.0..=600.0).contains(&p.filler_speed))
+    );
+    let mut s = Sim::with_conditions(&plant, 3, DEFAULT_START_MS, a.clone()).unwrap();
+    let bpm = s.signal_index("filler.bpm").unwrap();
+    let amb = s.signal_index("energy.ambient_temp").unwrap();
+    let mut ambient = Vec::new();
+    let step2 = a.plan[1];
+    for t in 1..=(step2.at_s + 600) {
+        let tick = s.step();
+        if t % 600 == 0 {
+            ambient.push(tick.values[amb]);
+        }
+        if t == step2.at_s + 600 {
+            assert!((tick.values[bpm] - step2.filler_speed.min(640.0)).abs() < 40.0);
+        }
+    }
+    let mean = ambient.iter().sum::<f64>() / ambient.len() as f64;
+    assert!(
+        (mean - a.ambient_mean_c).abs() < a.ambient_swing_c + 1.0,
+        "{mean} vs {}",
+        a.ambient_mean_c
+    );
+}

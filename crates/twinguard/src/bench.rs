@@ -494,6 +494,7 @@ async fn timed_loop(
         api_port: 0,
         quiet: true,
         agents: true,
+        vary_conditions: false,
     })
     .await?;
     let secs = t.elapsed().as_secs_f64();

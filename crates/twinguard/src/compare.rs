@@ -27,7 +27,12 @@ pub fn kpis(report: &Value, hours: f64) -> Value {
 }
 
 /// `bench optimiser`: the agents against fixed setpoints on seeds 1 to `seeds`.
-pub async fn bench_optimiser(seeds: u64, hours: f64, data_dir: &std::path::Path) -> Result<Value> {
+pub async fn bench_optimiser(
+    seeds: u64,
+    hours: f64,
+    data_dir: &std::path::Path,
+    vary_conditions: bool,
+) -> Result<Value> {
     let mut runs = Vec::new();
     for seed in 1..=seeds {
         let mut pair_kpis = Vec::new();
@@ -48,12 +53,23 @@ pub async fn bench_optimiser(seeds: u64, hours: f64, data_dir: &std::path::Path)
                 api_port: 0,
                 quiet: true,
                 agents,
+                vary_conditions,
             })
             .await?;
             pair_kpis.push(kpis(&report, hours));
         }
         eprintln!();
-        runs.push(pair(seed, hours, pair_kpis)?);
+        let mut run = pair(seed, hours, pair_kpis)?;
+        if vary_conditions {
+            let c = plant_sim::Conditions::varied(seed, hours);
+            run["conditions"] = json!({
+                "ambient_mean_c": c.ambient_mean_c,
+                "ambient_swing_c": c.ambient_swing_c,
+                "inlet_offset_c": c.inlet_offset_c,
+                "filler_speeds": c.plan.iter().filter(|p| (p.at_s as f64) < hours * 3600.0).map(|p| p.filler_speed).collect::<Vec<_>>(),
+            });
+        }
+        runs.push(run);
     }
     let stats = |f: &dyn Fn(&Value) -> Option<f64>| -> Value {
         let v: Vec<f64> = runs.iter().filter_map(f).collect();
@@ -67,6 +83,7 @@ pub async fn bench_optimiser(seeds: u64, hours: f64, data_dir: &std::path::Path)
     Ok(json!({
         "seeds": seeds,
         "hours": hours,
+        "conditions": if vary_conditions { "varied" } else { "reference" },
         "energy_per_good_bottle_change_pct": stats(&|r| r["change_pct"]["energy_per_good_bottle_wh"].as_f64()),
         "good_bottles_per_h_change_pct": stats(&|r| r["change_pct"]["good_bottles_per_h"].as_f64()),
         "reject_pct_with_agents": stats(&|r| r["with_agents"]["reject_pct"].as_f64()),
@@ -88,8 +105,10 @@ pub fn optimiser_table(r: &Value) -> String {
         )
     };
     let mut s = format!(
-        "The agents against fixed setpoints, seeds 1 to {}, {} simulated hours each\n\n",
-        r["seeds"], r["hours"]
+        "The agents against fixed setpoints, seeds 1 to {}, {} simulated hours each, {} conditions\n\n",
+        r["seeds"],
+        r["hours"],
+        r["conditions"].as_str().unwrap_or("reference")
     );
     s.push_str(&format!(
         "energy per good bottle, % change   {}\n",
@@ -108,8 +127,26 @@ pub fn optimiser_table(r: &Value) -> String {
         f("reject_pct_with_agents").replace('+', "")
     ));
     for run in r["runs"].as_array().into_iter().flatten() {
+        let c = &run["conditions"];
+        let conditions = if c.is_object() {
+            format!(
+                "  ambient {:.1} ± {:.1} degC, inlet {:+.1} degC, filler {}",
+                c["ambient_mean_c"].as_f64().unwrap_or(f64::NAN),
+                c["ambient_swing_c"].as_f64().unwrap_or(f64::NAN),
+                c["inlet_offset_c"].as_f64().unwrap_or(f64::NAN),
+                c["filler_speeds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            )
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "seed {:>3}: {:.3} vs {:.3} Wh per good bottle ({:+.1} %)\n",
+            "seed {:>3}: {:.3} vs {:.3} Wh per good bottle ({:+.1} %){conditions}\n",
             run["seed"],
             run["with_agents"]["energy_per_good_bottle_wh"]
                 .as_f64()

@@ -292,7 +292,10 @@ impl Core {
             ),
             detectors: Detectors::new(plant.clone()),
             maintenance: Maintenance::new(agents::Identity::new("maintenance", maintenance_key)),
-            optimiser: Optimiser::new(agents::Identity::new("optimiser", optimiser_key)),
+            optimiser: Optimiser::new(
+                agents::Identity::new("optimiser", optimiser_key),
+                plant.clone(),
+            ),
             plant,
             verifier,
             sources,
@@ -1114,10 +1117,8 @@ impl Core {
             tracing::error!("{msg}");
             return json!({ "executed": false, "error": msg });
         }
-        if let PlantCommand::SetSetpoint { setpoint, value } = &approved.command().command
-            && setpoint == "past.temp_sp"
-        {
-            self.optimiser.set_known_temp_sp(*value);
+        if let PlantCommand::SetSetpoint { setpoint, value } = &approved.command().command {
+            self.optimiser.set_known_setpoint(setpoint, *value);
         }
         let maintenance = approved.command().command == PlantCommand::Maintenance;
         match self.sink.send(approved, now) {
@@ -1456,6 +1457,13 @@ impl Core {
             "alerts": g.alerts,
             "pump_health": self.pump_health.as_ref().map(|p| p.status()),
             "pump_shadow": self.pump_shadow.as_ref().map(PumpShadow::status),
+            "optimiser": self.optimiser.last.as_ref().map(|l| json!({
+                "at_ms": l.at_ms,
+                "horizon_s": self.optimiser.horizon_s,
+                "candidates": l.candidates,
+                "chosen": l.chosen,
+                "hold": l.hold,
+            })),
             "multivariate": self.multivariate.as_ref().map(|m| {
                 json!({ "status": m.status(), "sha256": self.multivariate_sha256, "model": self.multivariate_ref })
             }),

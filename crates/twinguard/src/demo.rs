@@ -48,6 +48,9 @@ pub struct DemoArgs {
     pub quiet: bool,
     /// The agents run (false: the fixed-setpoint baseline, nothing proposed).
     pub agents: bool,
+    /// Operating conditions drawn from the seed (climate, inlet temperature, production
+    /// plan) instead of the reference conditions.
+    pub vary_conditions: bool,
 }
 
 /// The broker endpoint (with that account's credentials) for an account name.
@@ -109,6 +112,11 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         .map(|f| Fault::parse(f))
         .collect::<Result<Vec<_>, _>>()?;
     let plant = Arc::new(crate::policy_cmd::load_plant(args.plant_file.as_deref())?);
+    let conditions = if args.vary_conditions {
+        plant_sim::Conditions::varied(args.seed, args.hours)
+    } else {
+        plant_sim::Conditions::default()
+    };
     let dir = DataDir::open(&args.data_dir)?;
     // Simulated time starts now (to the second), so that records are dated today and key
     // validity windows in the registry mean the same to the plant and to twinguard.
@@ -142,7 +150,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     store.append(&[Entry::new(
         start_ms,
         "run_started",
-        json!({ "seed": args.seed, "hours": args.hours, "attack": args.attack, "faults": args.faults, "plant": plant.plant.id, "broker": broker_desc }),
+        json!({ "seed": args.seed, "hours": args.hours, "attack": args.attack, "faults": args.faults, "conditions": conditions, "plant": plant.plant.id, "broker": broker_desc }),
     )])?;
 
     // The retired-key attack: the tank's key was rotated out just now, and somebody kept it.
@@ -294,6 +302,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         batch: 5,
         lead_ms: 10_000,
         faults,
+        conditions: conditions.clone(),
         level_ramp: (args.attack == Some(Attack::FdiLevel)).then_some(LevelRamp {
             start_s: 3600,
             metres_per_hour: 0.3,

@@ -82,6 +82,7 @@ pub struct GatewayConfig {
     pub batch: u32,
     pub lead_ms: i64,
     pub faults: Vec<Fault>,
+    pub conditions: plant_sim::Conditions,
     pub level_ramp: Option<LevelRamp>,
     pub delay: Option<Delay>,
     /// Devices that publish unsigned frames (legacy devices without keys).
@@ -405,8 +406,8 @@ pub async fn run(
 
 /// The simulated plant with its faults, and the shared clock set to its start.
 fn start_sim(cfg: &GatewayConfig, clock: &SimClock) -> Result<Sim> {
-    let mut sim =
-        Sim::new(&cfg.plant, cfg.seed, cfg.start_ms).context("cannot build the reference plant")?;
+    let mut sim = Sim::with_conditions(&cfg.plant, cfg.seed, cfg.start_ms, cfg.conditions.clone())
+        .context("cannot build the reference plant")?;
     for f in &cfg.faults {
         sim.add_fault(f.clone());
     }

@@ -8,6 +8,7 @@ mod bench_audit;
 mod bench_data;
 mod bench_detect;
 mod bench_guard;
+mod bench_lookahead;
 mod bench_pump;
 mod bom;
 mod broker;
@@ -100,6 +101,11 @@ enum Command {
         /// report the key figures side by side.
         #[arg(long, conflicts_with = "no_agents")]
         compare_baseline: bool,
+        /// Operating conditions drawn from the seed (ambient and inlet temperatures, a
+        /// production plan that changes the filler's speed every few hours) instead of
+        /// the reference conditions.
+        #[arg(long)]
+        vary_conditions: bool,
     },
     /// Anomaly detection on your own data: learn from a CSV of plant history, score another.
     Detect {
@@ -535,6 +541,15 @@ enum BenchData {
         #[arg(long)]
         json: bool,
     },
+    /// The optimiser's look-ahead: one candidate simulated an hour ahead, and a whole
+    /// proposal (every candidate), in ms.
+    Lookahead {
+        /// Timed runs per plant (the median is reported).
+        #[arg(long, default_value_t = 21)]
+        reps: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The model scanner's speed in MB/s on weights, JSON and ONNX files of `--mb` MB.
     Scan {
         #[arg(long, default_value_t = 200)]
@@ -577,6 +592,9 @@ enum BenchData {
         /// Where the runs' data directories go.
         #[arg(long, default_value = "twinguard-bench-optimiser")]
         data_dir: PathBuf,
+        /// Every seed in the reference conditions, instead of conditions drawn from it.
+        #[arg(long)]
+        reference_conditions: bool,
         #[arg(long)]
         json: bool,
     },
@@ -893,6 +911,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quiet,
             no_agents,
             compare_baseline,
+            vary_conditions,
         } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let args = |agents: bool, data_dir: PathBuf| demo::DemoArgs {
@@ -910,6 +929,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 api_port: port,
                 quiet: quiet || json,
                 agents,
+                vary_conditions,
             };
             if compare_baseline {
                 let mut kpis = Vec::new();
@@ -999,6 +1019,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench_data::print(json, &r, bench_detect::table)
         }
         Command::Bench {
+            data_set: Some(BenchData::Lookahead { reps, json }),
+            ..
+        } => {
+            if !(1..=10_000).contains(&reps) {
+                anyhow::bail!("bench lookahead: --reps 1 to 10000");
+            }
+            let r = bench_lookahead::run(reps)?;
+            bench_data::print(json, &r, bench_lookahead::table)
+        }
+        Command::Bench {
             data_set: Some(BenchData::Scan { mb, json }),
             ..
         } => {
@@ -1043,6 +1073,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     seeds,
                     hours,
                     data_dir,
+                    reference_conditions,
                     json,
                 }),
             ..
@@ -1053,7 +1084,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let r = rt.block_on(compare::bench_optimiser(seeds, hours, &data_dir))?;
+            let r = rt.block_on(compare::bench_optimiser(
+                seeds,
+                hours,
+                &data_dir,
+                !reference_conditions,
+            ))?;
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
             bench_data::print(json, &r, compare::optimiser_table)
         }
