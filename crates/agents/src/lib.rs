@@ -317,6 +317,9 @@ pub struct Optimiser {
     proposed: VecDeque<(i64, &'static str, f64)>,
     /// The latest look-ahead, for the report.
     pub last: Option<Lookahead>,
+    /// Every look-ahead's predicted energy per good bottle, holding the setpoints and with
+    /// the candidate chosen: (time, hold Wh, chosen Wh), the last 24 hours' worth.
+    pub history: VecDeque<(i64, f64, f64)>,
 }
 
 /// One simulated candidate.
@@ -352,7 +355,7 @@ impl Lookahead {
         let saving = 1.0 - best.forecast.wh_per_good_bottle() / hold.forecast.wh_per_good_bottle();
         let hold_ok =
             hold.feasible && hold.forecast.good_bottles >= best.forecast.good_bottles * 0.999;
-        if hold_ok && !(saving >= min_gain) {
+        if hold_ok && (saving.is_nan() || saving < min_gain) {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -387,6 +390,7 @@ impl Optimiser {
             known,
             proposed: VecDeque::new(),
             last: None,
+            history: VecDeque::new(),
         }
     }
 
@@ -404,7 +408,7 @@ impl Optimiser {
                 .map(|(_, _, d)| *d)
         };
         let rate_ok = within(60.0).count() < sp.max_changes_per_hour as usize;
-        let slew_ok = match (sp.max_slew_per_min, mine().last()) {
+        let slew_ok = match (sp.max_slew_per_min, mine().next_back()) {
             (Some(slew), Some((t, _, _))) => delta.abs() <= slew * ((now_ms - t) as f64 / 60_000.0),
             _ => true,
         };
@@ -593,6 +597,19 @@ impl Agent for Optimiser {
                     now_ms,
                 ));
             }
+        }
+        if let (Some(best), Some(hold)) = (
+            look.chosen.and_then(|i| look.candidates.get(i)),
+            look.candidates.get(look.hold),
+        ) {
+            if self.history.len() >= 144 {
+                self.history.pop_front();
+            }
+            self.history.push_back((
+                now_ms,
+                hold.forecast.wh_per_good_bottle(),
+                best.forecast.wh_per_good_bottle(),
+            ));
         }
         self.last = Some(look);
         out

@@ -258,13 +258,7 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
     };
     let model = fit(&normal.rows)?;
     let mut scorer = model.scorer();
-    for r in normal
-        .rows
-        .iter()
-        .rev()
-        .take(options.lags + options.smoothing)
-        .rev()
-    {
+    for r in normal.rows.iter().rev().take(model.warm_up()).rev() {
         scorer.push(r);
     }
     let flags: Vec<bool> = test
@@ -293,7 +287,12 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
     );
     Ok(BatadalResult {
         detector: format!(
-            "twinguard PCA (components for {} of the variance, {} lags, score averaged over {} h, threshold {})",
+            "twinguard {}PCA (components for {} of the variance, {} lags, score averaged over {} h, threshold {})",
+            if options.ridge > 0.0 {
+                format!("one-step predictor (ridge {}) and ", options.ridge)
+            } else {
+                String::new()
+            },
             options.explained_variance,
             options.lags,
             options.smoothing,

@@ -285,6 +285,8 @@ mod tests {
                 lags: 0,
                 smoothing: 3,
                 folds: 0,
+                ridge: 0.0,
+                fold_block_rows: 0,
             },
             max_age_ms: 3000,
         }

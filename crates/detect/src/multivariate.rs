@@ -37,6 +37,19 @@ pub struct FitOptions {
     /// the false-alarm rate honest when many variables (or lags) meet few observations,
     /// where the theoretical limits are too tight.
     pub folds: usize,
+    /// Ridge penalty of a learned one-step predictor (0: none). With a penalty, the model
+    /// first learns to predict each column's next value from the previous row (ridge
+    /// regression on standardised columns), and PCA monitors the prediction errors (the
+    /// innovations) instead of the values: what the process's own dynamics explain is
+    /// taken out before monitoring, and a break in them (a replayed or frozen signal that
+    /// no longer follows the others) stands out.
+    pub ridge: f64,
+    /// How the cross-validation folds are cut: 0, each fold one contiguous stretch of the
+    /// training rows (the honest estimate when the future may differ from every part of
+    /// the past); n, blocks of n rows dealt to the folds in turn, so that each held-out
+    /// block has training rows from the same period around it (for learning from a plant
+    /// that moved between operating points it keeps visiting).
+    pub fold_block_rows: usize,
 }
 
 impl Default for FitOptions {
@@ -47,6 +60,8 @@ impl Default for FitOptions {
             lags: 0,
             smoothing: 1,
             folds: 0,
+            ridge: 0.0,
+            fold_block_rows: 0,
         }
     }
 }
@@ -107,6 +122,137 @@ pub struct PcaModel {
     /// Where the training data came from (filled in by whoever read it).
     #[serde(default)]
     pub training: TrainingInfo,
+    /// The learned one-step predictor whose errors the PCA monitors (`options.ridge`
+    /// above 0), absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predictor: Option<Predictor>,
+}
+
+/// A one-step predictor learned by ridge regression: each used column's next value,
+/// standardised, from the previous row's standardised used columns and an intercept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Predictor {
+    /// Index into the model's `columns` of each column it predicts from and predicts.
+    pub used: Vec<usize>,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    /// Per used column: its coefficients on the previous row's used columns, then the
+    /// intercept.
+    pub weights: Vec<Vec<f64>>,
+}
+
+impl Predictor {
+    /// Fits on consecutive `rows` (already checked: `width` finite values each).
+    fn fit(rows: &[Vec<f64>], width: usize, ridge: f64) -> Result<Predictor, FitError> {
+        let used = varying_columns(rows, width);
+        let u = used.len();
+        let n = rows.len().saturating_sub(1);
+        if u == 0 {
+            return Err(FitError::AllConstant);
+        }
+        if n < u + 2 || n < 10 {
+            return Err(FitError::TooFewRows {
+                rows: n,
+                vars: u,
+                needed: (u + 2).max(10),
+            });
+        }
+        let value = |r: usize, c: usize| rows.get(r).and_then(|row| row.get(c)).copied();
+        let mut mean = vec![0.0; u];
+        let mut std = vec![0.0; u];
+        for (j, &c) in used.iter().enumerate() {
+            let vals: Vec<f64> = (0..rows.len()).filter_map(|r| value(r, c)).collect();
+            let mu = vals.iter().sum::<f64>() / vals.len().max(1) as f64;
+            let var =
+                vals.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / (vals.len().max(2) - 1) as f64;
+            if let (Some(m), Some(s)) = (mean.get_mut(j), std.get_mut(j)) {
+                *m = mu;
+                *s = var.sqrt().max(1e-12);
+            }
+        }
+        let z = |r: usize, j: usize| {
+            let c = used.get(j).copied().unwrap_or(0);
+            (value(r, c).unwrap_or(0.0) - mean.get(j).copied().unwrap_or(0.0))
+                / std.get(j).copied().unwrap_or(1.0)
+        };
+        // Normal equations with the penalty on the slopes, not the intercept.
+        let x = DMatrix::from_fn(n, u + 1, |i, j| if j < u { z(i, j) } else { 1.0 });
+        let y = DMatrix::from_fn(n, u, |i, j| z(i + 1, j));
+        let mut a = x.transpose() * &x;
+        for d in 0..u {
+            if let Some(v) = a.get_mut((d, d)) {
+                *v += ridge;
+            }
+        }
+        let b = x.transpose() * y;
+        let w = a.cholesky().map(|c| c.solve(&b)).ok_or_else(|| {
+            FitError::Option(format!(
+                "ridge {ridge}: the predictor's equations are singular"
+            ))
+        })?;
+        Ok(Predictor {
+            weights: (0..u)
+                .map(|j| w.column(j).iter().copied().collect())
+                .collect(),
+            used,
+            mean,
+            std,
+        })
+    }
+
+    /// The prediction errors of `row` given `previous`, standardised, in the model's
+    /// column layout (zero for the columns it does not use).
+    pub fn innovation(&self, previous: &[f64], row: &[f64]) -> Vec<f64> {
+        let standard = |r: &[f64], j: usize, c: usize| {
+            (r.get(c).copied().unwrap_or(0.0) - self.mean.get(j).copied().unwrap_or(0.0))
+                / self.std.get(j).copied().unwrap_or(1.0)
+        };
+        let before: Vec<f64> = self
+            .used
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| standard(previous, j, c))
+            .chain(std::iter::once(1.0))
+            .collect();
+        let mut out = vec![0.0; row.len()];
+        for ((j, &c), w) in self.used.iter().enumerate().zip(&self.weights) {
+            let predicted: f64 = w.iter().zip(&before).map(|(a, b)| a * b).sum();
+            if let Some(slot) = out.get_mut(c) {
+                *slot = standard(row, j, c) - predicted;
+            }
+        }
+        out
+    }
+
+    fn consistent(&self, columns: usize) -> bool {
+        let u = self.used.len();
+        u > 0
+            && self.mean.len() == u
+            && self.std.len() == u
+            && self.weights.len() == u
+            && self.weights.iter().all(|w| w.len() == u + 1)
+            && self.used.iter().all(|c| *c < columns)
+            && self.std.iter().all(|s| *s > 0.0)
+            && self
+                .weights
+                .iter()
+                .flatten()
+                .chain(&self.mean)
+                .all(|v| v.is_finite())
+    }
+}
+
+/// The columns that vary in `rows` (constant ones carry no information about normal
+/// variation).
+fn varying_columns(rows: &[Vec<f64>], width: usize) -> Vec<usize> {
+    (0..width)
+        .filter(|&c| {
+            let first = rows.first().and_then(|r| r.get(c)).copied().unwrap_or(0.0);
+            rows.iter()
+                .any(|r| r.get(c).is_some_and(|v| (v - first).abs() > 1e-12))
+        })
+        .collect()
 }
 
 /// The training data's provenance, recorded in the model file.
@@ -157,6 +303,12 @@ impl PcaModel {
                 options.confidence
             )));
         }
+        if !(options.ridge >= 0.0 && options.ridge.is_finite()) {
+            return Err(FitError::Option(format!(
+                "ridge must be 0 (no predictor) or a positive number, got {}",
+                options.ridge
+            )));
+        }
         if options.smoothing == 0 || options.lags > 64 || options.folds == 1 || options.folds > 20 {
             return Err(FitError::Option(format!(
                 "smoothing must be at least 1, lags at most 64 and folds 0 or 2 to 20, got {}, {} and {}",
@@ -180,14 +332,36 @@ impl PcaModel {
                 });
             }
         }
+        if options.ridge > 0.0 {
+            let predictor = Predictor::fit(rows, width, options.ridge)?;
+            let innovations: Vec<Vec<f64>> = rows
+                .iter()
+                .zip(rows.iter().skip(1))
+                .map(|(a, b)| predictor.innovation(a, b))
+                .collect();
+            let mut model = PcaModel::fit(
+                columns,
+                &innovations,
+                FitOptions {
+                    ridge: 0.0,
+                    folds: 0,
+                    ..options
+                },
+            )?;
+            model.options = options;
+            model.trained_rows = rows.len();
+            model.constant_columns = (0..width)
+                .filter(|c| !predictor.used.contains(c))
+                .filter_map(|c| columns.get(c).cloned())
+                .collect();
+            model.predictor = Some(predictor);
+            if options.folds >= 2 {
+                model.threshold = cross_validated_threshold(columns, rows, options)?;
+            }
+            return Ok(model);
+        }
         // Constant columns carry no information about normal variation.
-        let used: Vec<usize> = (0..width)
-            .filter(|&c| {
-                let first = rows.first().and_then(|r| r.get(c)).copied().unwrap_or(0.0);
-                rows.iter()
-                    .any(|r| r.get(c).is_some_and(|v| (v - first).abs() > 1e-12))
-            })
-            .collect();
+        let used = varying_columns(rows, width);
         if used.is_empty() {
             return Err(FitError::AllConstant);
         }
@@ -282,6 +456,7 @@ impl PcaModel {
             spe_limit,
             threshold,
             training: TrainingInfo::default(),
+            predictor: None,
         })
     }
 
@@ -306,12 +481,22 @@ impl PcaModel {
             && self.t2_limit > 0.0
             && self.spe_limit > 0.0
             && self.threshold > 0.0
-            && self.options.smoothing >= 1;
+            && self.options.smoothing >= 1
+            && match &self.predictor {
+                Some(p) => self.options.ridge > 0.0 && p.consistent(self.columns.len()),
+                None => self.options.ridge == 0.0,
+            };
         if consistent {
             Ok(())
         } else {
             Err("the model's arrays do not fit together".to_string())
         }
+    }
+
+    /// Rows a scorer needs before its scores are fully formed: the lags, the predictor's
+    /// previous row and the smoothing window.
+    pub fn warm_up(&self) -> usize {
+        self.options.lags + usize::from(self.predictor.is_some()) + self.options.smoothing
     }
 
     /// A streaming scorer for this model.
@@ -332,7 +517,8 @@ pub struct Scorer<'a> {
 
 impl Scorer<'_> {
     /// The score of `row` (one value per model column). None until `lags` earlier rows
-    /// have been seen. Non-finite values must be handled by the caller.
+    /// (one more with a predictor) have been seen. Non-finite values must be handled by
+    /// the caller.
     pub fn push(&mut self, row: &[f64]) -> Option<Score> {
         self.stream.push(self.model, row)
     }
@@ -344,12 +530,21 @@ impl Scorer<'_> {
 pub struct Stream {
     history: VecDeque<Vec<f64>>,
     recent: VecDeque<f64>,
+    /// The previous row, for a model with a predictor.
+    previous: Option<Vec<f64>>,
 }
 
 impl Stream {
     /// See [`Scorer::push`].
     pub fn push(&mut self, m: &PcaModel, row: &[f64]) -> Option<Score> {
-        self.history.push_front(row.to_vec());
+        let row = match &m.predictor {
+            Some(p) => {
+                let previous = self.previous.replace(row.to_vec())?;
+                p.innovation(&previous, row)
+            }
+            None => row.to_vec(),
+        };
+        self.history.push_front(row);
         self.history.truncate(m.options.lags + 1);
         if self.history.len() <= m.options.lags {
             return None;
@@ -532,14 +727,24 @@ fn cross_validated_threshold(
 ) -> Result<f64, FitError> {
     let n = rows.len();
     let folds = options.folds;
-    let warm = options.lags + options.smoothing;
+    let warm = options.lags + options.smoothing + usize::from(options.ridge > 0.0);
     let mut scores = Vec::with_capacity(n);
+    // Each fold's held-out segments: one contiguous stretch, or every `folds`-th block.
+    let segments = |f: usize| -> Vec<(usize, usize)> {
+        match options.fold_block_rows {
+            0 => vec![(n * f / folds, n * (f + 1) / folds)],
+            block => (0..n.div_ceil(block))
+                .filter(|b| b % folds == f)
+                .map(|b| (b * block, ((b + 1) * block).min(n)))
+                .collect(),
+        }
+    };
     for f in 0..folds {
-        let (a, b) = (n * f / folds, n * (f + 1) / folds);
+        let held = segments(f);
         let train: Vec<Vec<f64>> = rows
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i < a || *i >= b)
+            .filter(|(i, _)| !held.iter().any(|(a, b)| i >= a && i < b))
             .map(|(_, r)| r.clone())
             .collect();
         let model = PcaModel::fit(
@@ -550,14 +755,16 @@ fn cross_validated_threshold(
                 ..options
             },
         )?;
-        let mut scorer = model.scorer();
-        // Lags and smoothing start from the observations just before the fold.
-        for r in rows.get(a.saturating_sub(warm)..a).unwrap_or_default() {
-            scorer.push(r);
-        }
-        for r in rows.get(a..b).unwrap_or_default() {
-            if let Some(s) = scorer.push(r) {
-                scores.push(s.score);
+        for (a, b) in held {
+            let mut scorer = model.scorer();
+            // Lags and smoothing start from the observations just before the segment.
+            for r in rows.get(a.saturating_sub(warm)..a).unwrap_or_default() {
+                scorer.push(r);
+            }
+            for r in rows.get(a..b).unwrap_or_default() {
+                if let Some(s) = scorer.push(r) {
+                    scores.push(s.score);
+                }
             }
         }
     }
@@ -639,6 +846,174 @@ mod tests {
                 ]
             })
             .collect()
+    }
+
+    /// A dynamic process: `x` is autoregressive, `y` follows `x` one step late, `w`
+    /// follows `x` at once; plus a constant.
+    fn dynamic(seed: u64, n: usize) -> Vec<Vec<f64>> {
+        let e = normals(seed, n * 3);
+        let mut x = 0.0;
+        let mut rows = Vec::with_capacity(n);
+        for i in 0..n {
+            let before = x;
+            x = 0.95 * x + 0.3 * e[3 * i];
+            rows.push(vec![
+                x,
+                2.0 + before + 0.05 * e[3 * i + 1],
+                -1.0 + 0.5 * x + 0.05 * e[3 * i + 2],
+                4.0,
+            ]);
+        }
+        rows
+    }
+
+    fn dynamic_cols() -> Vec<String> {
+        ["x", "y", "w", "constant"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn a_learned_predictor_catches_a_replayed_signal() {
+        let options = FitOptions {
+            ridge: 1.0,
+            smoothing: 5,
+            ..FitOptions::default()
+        };
+        let model = PcaModel::fit(&dynamic_cols(), &dynamic(3, 3000), options).unwrap();
+        model.check().unwrap();
+        let p = model.predictor.as_ref().unwrap();
+        assert_eq!(p.used, vec![0, 1, 2]);
+        assert_eq!(model.constant_columns, vec!["constant".to_string()]);
+        // y is x one step late: its prediction leans on the previous x, not on itself.
+        assert!(p.weights[1][0] > 0.8, "{:?}", p.weights[1]);
+        let mut test = dynamic(4, 6000);
+        // Rows 4000..4500: y replays its own recording from rows 1000..1500, normal in
+        // range and variance, no longer following x.
+        for i in 4000..4500 {
+            test[i][1] = test[i - 3000][1];
+        }
+        let mut scorer = model.scorer();
+        assert!(
+            scorer.push(&test[0]).is_none(),
+            "the first row has no predecessor"
+        );
+        let flags: Vec<bool> = test[1..]
+            .iter()
+            .map(|r| scorer.push(r).unwrap().flag)
+            .collect();
+        let rate = |a: usize, b: usize| {
+            flags[a - 1..b - 1].iter().filter(|f| **f).count() as f64 / (b - a) as f64
+        };
+        assert!(
+            rate(4010, 4500) > 0.95,
+            "replay caught at {}",
+            rate(4010, 4500)
+        );
+        assert!(rate(100, 4000) < 0.05, "false alarms {}", rate(100, 4000));
+        // The signal named is the replayed one.
+        let mut s = model.scorer();
+        let mut top = vec![0.0; 4];
+        for r in &test[..4200] {
+            if let Some(score) = s.push(r)
+                && score.flag
+            {
+                for (t, c) in top.iter_mut().zip(&score.contributions) {
+                    *t += c;
+                }
+            }
+        }
+        assert!(top[1] > top[0] && top[1] > top[2], "{top:?}");
+    }
+
+    #[test]
+    fn a_predictor_model_is_versioned_data_and_checked() {
+        let options = FitOptions {
+            ridge: 10.0,
+            folds: 3,
+            ..FitOptions::default()
+        };
+        let model = PcaModel::fit(&dynamic_cols(), &dynamic(5, 1000), options).unwrap();
+        assert!(model.threshold > 0.0);
+        let text = serde_json::to_string(&model).unwrap();
+        let back: PcaModel = serde_json::from_str(&text).unwrap();
+        back.check().unwrap();
+        assert_eq!(back.predictor.as_ref().unwrap().used, vec![0, 1, 2]);
+        let (mut a, mut b) = (model.scorer(), back.scorer());
+        for r in &dynamic(6, 200) {
+            match (a.push(r), b.push(r)) {
+                (Some(x), Some(y)) => assert!((x.score - y.score).abs() < 1e-9),
+                (x, y) => assert_eq!(x.is_none(), y.is_none()),
+            }
+        }
+        let mut broken = model.clone();
+        broken.predictor.as_mut().unwrap().weights[0].pop();
+        assert!(broken.check().is_err());
+        let mut missing = model.clone();
+        missing.predictor = None;
+        assert!(missing.check().is_err(), "ridge set but no predictor");
+        // A model without a predictor writes no predictor field (older readers load it).
+        let plain =
+            PcaModel::fit(&dynamic_cols(), &dynamic(5, 1000), FitOptions::default()).unwrap();
+        assert!(!serde_json::to_string(&plain).unwrap().contains("predictor"));
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let e = PcaModel::fit(
+                &dynamic_cols(),
+                &dynamic(5, 1000),
+                FitOptions {
+                    ridge: bad,
+                    ..FitOptions::default()
+                },
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("ridge"), "{e}");
+        }
+    }
+
+    #[test]
+    fn blocked_folds_keep_the_threshold_sane_when_the_plant_moved_while_learning() {
+        // The plant ran at one operating point for the first fifth of the learning
+        // window, then at another (factor a four higher), where it stays.
+        let shift = |r: &mut Vec<f64>| {
+            r[0] += 4.0;
+            r[1] += 4.0;
+            r[2] += 8.0;
+        };
+        let mut rows = process(11, 2000);
+        rows.iter_mut().skip(400).for_each(shift);
+        let options = |fold_block_rows| FitOptions {
+            folds: 5,
+            smoothing: 5,
+            fold_block_rows,
+            ..FitOptions::default()
+        };
+        let contiguous = PcaModel::fit(&cols(), &rows, options(0)).unwrap();
+        let blocked = PcaModel::fit(&cols(), &rows, options(50)).unwrap();
+        assert!(
+            contiguous.threshold > 2.0 * blocked.threshold,
+            "{} vs {}",
+            contiguous.threshold,
+            blocked.threshold
+        );
+        // At the operating point it stays at, the blocked model is quiet and sees a fault.
+        let mut fresh = process(12, 3000);
+        for (i, r) in fresh.iter_mut().enumerate() {
+            shift(r);
+            if i >= 2000 {
+                r[1] += 0.5;
+            }
+        }
+        let mut s = blocked.scorer();
+        let flags: Vec<bool> = fresh.iter().map(|r| s.push(r).unwrap().flag).collect();
+        let rate =
+            |a: usize, b: usize| flags[a..b].iter().filter(|f| **f).count() as f64 / (b - a) as f64;
+        assert!(rate(0, 2000) < 0.05, "false alarms {}", rate(0, 2000));
+        assert!(
+            rate(2010, 3000) > 0.9,
+            "fault seen at {} (threshold {} vs {}, {} components)",
+            rate(2010, 3000),
+            blocked.threshold,
+            contiguous.threshold,
+            blocked.eigenvalues.len()
+        );
     }
 
     fn cols() -> Vec<String> {

@@ -76,6 +76,8 @@ pub fn run(widths: &[usize]) -> Result<DetectBench> {
             let options = FitOptions {
                 lags,
                 folds: 0,
+                ridge: 0.0,
+                fold_block_rows: 0,
                 ..FitOptions::default()
             };
             let t = Instant::now();

@@ -1463,6 +1463,7 @@ impl Core {
                 "candidates": l.candidates,
                 "chosen": l.chosen,
                 "hold": l.hold,
+                "history": self.optimiser.history,
             })),
             "multivariate": self.multivariate.as_ref().map(|m| {
                 json!({ "status": m.status(), "sha256": self.multivariate_sha256, "model": self.multivariate_ref })

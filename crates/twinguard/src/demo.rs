@@ -849,6 +849,10 @@ pub(crate) fn live_options(config: &Config) -> detect::live::LiveOptions {
             lags: 0,
             smoothing: *d.smoothing.get_ref() as usize,
             folds: 5,
+            ridge: 0.0,
+            // Ten-minute blocks: the plant the twin learns from moves between operating
+            // points (the agents act meanwhile) that it keeps visiting.
+            fold_block_rows: (600_000 / period_ms.max(1)).max(1) as usize,
         },
         // A value a few rows old is missing (its device stopped sending).
         max_age_ms: 3 * period_ms + 10_000,

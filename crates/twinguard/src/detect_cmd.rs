@@ -22,6 +22,8 @@ pub const DEFAULTS: FitOptions = FitOptions {
     lags: 0,
     smoothing: 1,
     folds: 5,
+    ridge: 0.0,
+    fold_block_rows: 0,
 };
 
 /// Rows `fit` holds in memory at most.

@@ -663,6 +663,13 @@ struct DetectorArgs {
     /// Cross-validation folds for the alarm threshold (0: theoretical limits).
     #[arg(long)]
     folds: Option<usize>,
+    /// Ridge penalty of a learned one-step predictor whose errors PCA monitors (0: none).
+    #[arg(long)]
+    ridge: Option<f64>,
+    /// Cross-validation folds cut into blocks of this many rows dealt in turn (0: each
+    /// fold one contiguous stretch).
+    #[arg(long)]
+    fold_block_rows: Option<usize>,
 }
 
 impl DetectorArgs {
@@ -673,6 +680,8 @@ impl DetectorArgs {
             lags: self.lags.unwrap_or(base.lags),
             smoothing: self.smoothing.unwrap_or(base.smoothing),
             folds: self.folds.unwrap_or(base.folds),
+            ridge: self.ridge.unwrap_or(base.ridge),
+            fold_block_rows: self.fold_block_rows.unwrap_or(base.fold_block_rows),
         }
     }
 }

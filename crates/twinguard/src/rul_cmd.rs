@@ -112,6 +112,15 @@ pub const PUBLISHED_FD001: [(&str, f64, Option<f64>); 8] = [
 ];
 
 #[derive(Debug, Serialize)]
+pub struct SetCost {
+    pub set: String,
+    pub fit_peak_rss_kib: Option<u64>,
+    pub model_bytes: usize,
+    pub test_units: usize,
+    pub predict_us_per_unit: f64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct CmapssResult {
     pub options: FitOptions,
     /// FD001's official test set, truth capped at the model's cap (the common protocol),
@@ -123,6 +132,11 @@ pub struct CmapssResult {
     /// window, capped truth): the check available where the test truth is withheld.
     pub held_out_rmse: Vec<(String, f64)>,
     pub fit_seconds: Vec<(String, f64)>,
+    /// Per set: the process's peak resident memory while reading the training set and
+    /// fitting (KiB; None if the peak could not be reset or read), the model file's size
+    /// (bytes) and the prediction cost per test engine (µs, median of five passes over
+    /// the test set).
+    pub costs: Vec<SetCost>,
     /// Test predictions written for the sets whose truth is withheld.
     pub written: Vec<String>,
 }
@@ -156,22 +170,41 @@ pub fn bench(data: &Path, out: &Path, sets: &[&str], options: FitOptions) -> Res
         fd001_validation_rmse: Vec::new(),
         held_out_rmse: Vec::new(),
         fit_seconds: Vec::new(),
+        costs: Vec::new(),
         written: Vec::new(),
     };
     for set in sets {
         eprintln!("rul: {set}");
+        let peak_reset = crate::bench_data::reset_peak_rss();
         let started = std::time::Instant::now();
         let model = fit_file(&file(&format!("train_{set}"))?, options.clone())?;
         result
             .fit_seconds
             .push((set.to_string(), started.elapsed().as_secs_f64()));
+        let fit_peak_rss_kib = crate::bench_data::peak_rss_kib().filter(|_| peak_reset);
         let v = &model.training.validation_rmse;
         result.held_out_rmse.push((
             set.to_string(),
             v.iter().sum::<f64>() / v.len().max(1) as f64,
         ));
         let test = cmapss::read(&file(&format!("test_{set}"))?)?;
-        let predictions = model.predict(&test);
+        let mut passes = Vec::new();
+        let mut predictions = Vec::new();
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            predictions = model.predict(&test);
+            passes.push(started.elapsed().as_secs_f64());
+        }
+        passes.sort_by(f64::total_cmp);
+        let units = predictions.len();
+        result.costs.push(SetCost {
+            set: set.to_string(),
+            fit_peak_rss_kib,
+            model_bytes: serde_json::to_vec(&model).map_or(0, |v| v.len()),
+            test_units: units,
+            predict_us_per_unit: passes.get(2).copied().unwrap_or(f64::NAN) * 1e6
+                / units.max(1) as f64,
+        });
         let path = out.join(format!("pred_{set}.csv"));
         write_predictions(&predictions, &path)?;
         result.written.push(path.display().to_string());
@@ -242,6 +275,21 @@ pub fn tables(r: &CmapssResult) -> String {
         let _ = writeln!(
             out,
             "{set}: fitted in {s:.1} s; held-out training engines RMSE {v:.2}"
+        );
+    }
+    for c in &r.costs {
+        let _ = writeln!(
+            out,
+            "{}: peak memory while fitting {}; model file {:.0} KiB; prediction {:.1} µs per engine ({} engines)",
+            c.set,
+            c.fit_peak_rss_kib
+                .map_or("unknown".to_string(), |k| format!(
+                    "{:.1} MiB",
+                    k as f64 / 1024.0
+                )),
+            c.model_bytes as f64 / 1024.0,
+            c.predict_us_per_unit,
+            c.test_units
         );
     }
     for w in &r.written {

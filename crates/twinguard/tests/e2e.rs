@@ -3789,9 +3789,9 @@ fn the_pump_is_warned_of_before_its_bearing_fails() {
     );
 }
 
-/// `demo --compare-baseline` runs the same seeded plant with the agents and with fixed
-/// setpoints: the agents' changes cut the energy per good bottle without leaving the
-/// quality limits, and the baseline executes nothing.
+/// `demo --compare-baseline` runs the same seeded plant (here in conditions drawn from
+/// the seed) with the agents and with fixed setpoints: the agents' changes cut the energy
+/// per good bottle without leaving the quality limits, and the baseline executes nothing.
 #[test]
 fn the_agents_are_compared_with_fixed_setpoints_on_the_same_plant() {
     let dir = tempfile::tempdir().unwrap();
@@ -3804,6 +3804,7 @@ fn the_agents_are_compared_with_fixed_setpoints_on_the_same_plant() {
             "0",
             "--hours",
             "2",
+            "--vary-conditions",
             "--compare-baseline",
             "--json",
             "--data-dir",
