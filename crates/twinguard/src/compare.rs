@@ -225,3 +225,61 @@ pub fn change(agents: &Value, baseline: &Value) -> Value {
     }
     Value::Object(out)
 }
+
+/// An SVG of the comparisons in `runs` (each as [`pair`] makes it, with its `seed`):
+/// energy per good bottle with the agents (green) and with fixed setpoints (grey), side by
+/// side per seed, the change written above, and the seconds outside the quality limits
+/// under each pair.
+pub fn svg(runs: &[Value]) -> String {
+    let wh = |r: &Value, side: &str| {
+        r[side]["energy_per_good_bottle_wh"]
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .unwrap_or(0.0)
+    };
+    let (pad, group, h) = (50.0, 90.0, 320.0);
+    let w = 2.0 * pad + group * runs.len().max(1) as f64;
+    let top = runs
+        .iter()
+        .flat_map(|r| [wh(r, "with_agents"), wh(r, "fixed_setpoints")])
+        .fold(1e-9, f64::max)
+        * 1.15;
+    let base = h - pad;
+    let y = |v: f64| base - (h - 2.0 * pad) * v / top;
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n<text x=\"{pad}\" y=\"20\">energy per good bottle, Wh: with the agents (green) and fixed setpoints (grey)</text>\n<line x1=\"{pad}\" x2=\"{:.1}\" y1=\"{base}\" y2=\"{base}\" stroke=\"black\"/>\n",
+        w - pad
+    );
+    for (i, r) in runs.iter().enumerate() {
+        let x0 = pad + group * i as f64 + 10.0;
+        for (k, (side, colour)) in [("with_agents", "#2e7d32"), ("fixed_setpoints", "#9e9e9e")]
+            .iter()
+            .enumerate()
+        {
+            let v = wh(r, side);
+            out += &format!(
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"30\" height=\"{:.1}\" fill=\"{colour}\"><title>{v:.3} Wh</title></rect>\n",
+                x0 + 32.0 * k as f64,
+                y(v),
+                base - y(v)
+            );
+        }
+        let change = r["change_pct"]["energy_per_good_bottle_wh"]
+            .as_f64()
+            .map_or(String::new(), |c| format!("{c:+.1} %"));
+        out += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\">{change}</text>\n<text x=\"{:.1}\" y=\"{:.1}\">seed {}</text>\n<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\">{} s / {} s out</text>\n",
+            x0,
+            y(wh(r, "with_agents").max(wh(r, "fixed_setpoints"))) - 6.0,
+            x0 + 8.0,
+            base + 16.0,
+            r["seed"],
+            x0,
+            base + 30.0,
+            r["with_agents"]["quality_violation_s"],
+            r["fixed_setpoints"]["quality_violation_s"],
+        );
+    }
+    out += "</svg>\n";
+    out
+}

@@ -106,6 +106,9 @@ enum Command {
         /// the reference conditions.
         #[arg(long)]
         vary_conditions: bool,
+        /// With --compare-baseline: also write an SVG of the comparison to this file.
+        #[arg(long, requires = "compare_baseline")]
+        plot: Option<PathBuf>,
     },
     /// Anomaly detection on your own data: learn from a CSV of plant history, score another.
     Detect {
@@ -595,6 +598,9 @@ enum BenchData {
         /// Every seed in the reference conditions, instead of conditions drawn from it.
         #[arg(long)]
         reference_conditions: bool,
+        /// Also write an SVG of the comparisons to this file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -921,6 +927,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_agents,
             compare_baseline,
             vary_conditions,
+            plot,
         } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let args = |agents: bool, data_dir: PathBuf| demo::DemoArgs {
@@ -951,6 +958,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 rt.shutdown_timeout(std::time::Duration::from_millis(100));
                 let r = compare::pair(seed, hours, kpis)?;
+                if let Some(p) = &plot {
+                    std::fs::write(p, compare::svg(std::slice::from_ref(&r)))
+                        .with_context(|| format!("cannot write {}", p.display()))?;
+                }
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r)?);
                 } else {
@@ -1083,6 +1094,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     hours,
                     data_dir,
                     reference_conditions,
+                    plot,
                     json,
                 }),
             ..
@@ -1100,6 +1112,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 !reference_conditions,
             ))?;
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            if let Some(p) = &plot {
+                let runs = r
+                    .get("runs")
+                    .and_then(|v| v.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                std::fs::write(p, compare::svg(&runs))
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+            }
             bench_data::print(json, &r, compare::optimiser_table)
         }
         Command::Rul {

@@ -3806,6 +3806,8 @@ fn the_agents_are_compared_with_fixed_setpoints_on_the_same_plant() {
             "2",
             "--vary-conditions",
             "--compare-baseline",
+            "--plot",
+            dir.path().join("comparison.svg").to_str().unwrap(),
             "--json",
             "--data-dir",
         ])
@@ -3835,6 +3837,8 @@ fn the_agents_are_compared_with_fixed_setpoints_on_the_same_plant() {
             < 1.0,
         "{r}"
     );
+    let svg = std::fs::read_to_string(dir.path().join("comparison.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("seed 1"), "{svg}");
     // Each run has its own verified data directory.
     for sub in ["with-agents", "fixed-setpoints"] {
         let out = Command::new(BIN)
