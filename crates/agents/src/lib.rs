@@ -320,6 +320,29 @@ pub struct Optimiser {
     /// Every look-ahead's predicted energy per good bottle, holding the setpoints and with
     /// the candidate chosen: (time, hold Wh, chosen Wh), the last 24 hours' worth.
     pub history: VecDeque<(i64, f64, f64)>,
+    /// The plant's energy per good bottle over each ten minutes, measured, beside what
+    /// the model estimates the plant would use at the plant file's initial setpoints
+    /// (the fixed-setpoint baseline) in the same conditions, the last 24 hours' worth.
+    pub kpis: VecDeque<Kpi>,
+}
+
+/// Energy per good bottle (Wh) over the ten minutes before `at_ms`: measured (the energy
+/// meter and the good-bottle counter), and estimated at fixed setpoints by the model
+/// started from the same observation, settled for half an hour at the initial setpoints.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Kpi {
+    pub at_ms: i64,
+    pub measured_wh: Option<f64>,
+    pub fixed_setpoints_wh: Option<f64>,
+}
+
+/// Change of a counter signal over the last `window_ms` of its history, and the span
+/// it covers (ms).
+fn counter_change(twin: &Twin, id: &str, window_ms: i64) -> Option<(f64, i64)> {
+    let h = &twin.signal(id)?.history;
+    let last = h.back()?;
+    let first = h.iter().find(|p| last.t_ms - p.t_ms <= window_ms)?;
+    Some((last.value - first.value, last.t_ms - first.t_ms))
 }
 
 /// One simulated candidate.
@@ -391,6 +414,7 @@ impl Optimiser {
             proposed: VecDeque::new(),
             last: None,
             history: VecDeque::new(),
+            kpis: VecDeque::new(),
         }
     }
 
@@ -516,6 +540,22 @@ impl Optimiser {
         })
     }
 
+    /// Energy per good bottle the model estimates at the plant file's initial setpoints,
+    /// from `observed`: settled for half an hour, then measured over ten minutes.
+    pub fn fixed_setpoints_wh(&self, observed: &Observed) -> Result<f64, SimError> {
+        let mut sim = Sim::lookahead(&self.plant, observed)?;
+        for id in self.known.keys() {
+            if let Some(sp) = self.plant.setpoint(id) {
+                sim.apply(&PlantCommand::SetSetpoint {
+                    setpoint: id.clone(),
+                    value: sp.initial,
+                })?;
+            }
+        }
+        sim.forecast(1800);
+        Ok(sim.forecast(600).wh_per_good_bottle())
+    }
+
     /// The twin's five-minute means of every plant signal and the setpoints known.
     pub fn observe_twin(&self, twin: &Twin) -> Observed {
         Observed {
@@ -564,6 +604,26 @@ impl Agent for Optimiser {
         if !running("pump.speed", 500.0) || !running("filler.bpm", 50.0) {
             return out; // stopped or starting
         }
+        let measured_wh = match (
+            counter_change(twin, "energy.total", 10 * 60 * 1000),
+            counter_change(twin, "filler.good_bottles", 10 * 60 * 1000),
+        ) {
+            (Some((kwh, span)), Some((good, _))) if span >= 5 * 60 * 1000 && good > 0.0 => {
+                Some(kwh * 1000.0 / good)
+            }
+            _ => None,
+        };
+        if self.kpis.len() >= 144 {
+            self.kpis.pop_front();
+        }
+        self.kpis.push_back(Kpi {
+            at_ms: now_ms,
+            measured_wh,
+            fixed_setpoints_wh: self
+                .fixed_setpoints_wh(&observed)
+                .ok()
+                .filter(|v| v.is_finite()),
+        });
         let look = match self.look_ahead(&observed, now_ms) {
             Ok(look) => look,
             Err(_) => return out, // the twin lacks a signal the model starts from

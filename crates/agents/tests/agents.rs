@@ -284,3 +284,32 @@ fn the_lookahead_follows_the_production_plan_without_starving_the_filler() {
     assert!(look.candidates.len() >= 9, "{}", look.candidates.len());
     assert!(look.chosen.is_some());
 }
+
+#[test]
+fn the_optimiser_estimates_the_fixed_setpoint_baseline_it_is_measured_against() {
+    // The optimiser's plant, and the same seed left at its initial setpoints.
+    let mut o = Optimised::new(World::new(3, &[]));
+    let mut fixed = World::new(3, &[]);
+    let mut truth = Vec::new();
+    for _ in 0..(6 * 60) {
+        fixed.minute();
+        truth.push(fixed.sim.truth());
+    }
+    o.run(6);
+    assert!(o.denied.is_empty(), "{:?}", o.denied);
+    let kpi = *o.agent.kpis.back().unwrap();
+    // What the fixed plant used over the same last ten minutes.
+    let (a, b) = (truth[truth.len() - 11], truth[truth.len() - 1]);
+    let real_fixed = (b.energy_kwh - a.energy_kwh) * 1000.0 / (b.good_bottles - a.good_bottles);
+    let estimated = kpi.fixed_setpoints_wh.unwrap();
+    assert!(
+        (estimated - real_fixed).abs() / real_fixed < 0.03,
+        "fixed setpoints: estimated {estimated} Wh per good bottle, the plant used {real_fixed}"
+    );
+    let measured = kpi.measured_wh.unwrap();
+    assert!(
+        measured < 0.9 * real_fixed,
+        "the optimised plant uses {measured} Wh per good bottle, fixed {real_fixed}"
+    );
+    assert!(o.agent.kpis.len() >= 30, "{}", o.agent.kpis.len());
+}

@@ -1464,6 +1464,7 @@ impl Core {
                 "chosen": l.chosen,
                 "hold": l.hold,
                 "history": self.optimiser.history,
+                "kpis": self.optimiser.kpis,
             })),
             "multivariate": self.multivariate.as_ref().map(|m| {
                 json!({ "status": m.status(), "sha256": self.multivariate_sha256, "model": self.multivariate_ref })
