@@ -728,6 +728,12 @@ fn cross_validated_threshold(
     let n = rows.len();
     let folds = options.folds;
     let warm = options.lags + options.smoothing + usize::from(options.ridge > 0.0);
+    if options.fold_block_rows > 0 && n.div_ceil(options.fold_block_rows) < folds {
+        return Err(FitError::Option(format!(
+            "fold_block_rows {} cuts {n} rows into fewer blocks than the {folds} folds",
+            options.fold_block_rows
+        )));
+    }
     let mut scores = Vec::with_capacity(n);
     // Each fold's held-out segments: one contiguous stretch, or every `folds`-th block.
     let segments = |f: usize| -> Vec<(usize, usize)> {
@@ -985,6 +991,11 @@ mod tests {
             fold_block_rows,
             ..FitOptions::default()
         };
+        let e = PcaModel::fit(&cols(), &rows, options(500)).unwrap_err();
+        assert!(
+            e.to_string().contains("fewer blocks than the 5 folds"),
+            "{e}"
+        );
         let contiguous = PcaModel::fit(&cols(), &rows, options(0)).unwrap();
         let blocked = PcaModel::fit(&cols(), &rows, options(50)).unwrap();
         assert!(

@@ -840,9 +840,10 @@ pub(crate) fn load_policy(
 pub(crate) fn live_options(config: &Config) -> detect::live::LiveOptions {
     let d = &config.detect;
     let period_ms = i64::from(*d.period_s.get_ref()) * 1000;
+    let learn_rows = (d.learn_hours.get_ref() * 3_600_000.0 / period_ms as f64).round() as usize;
     detect::live::LiveOptions {
         period_ms,
-        learn_rows: (d.learn_hours.get_ref() * 3_600_000.0 / period_ms as f64).round() as usize,
+        learn_rows,
         fit: detect::multivariate::FitOptions {
             explained_variance: 0.9,
             confidence: *d.confidence.get_ref(),
@@ -850,9 +851,11 @@ pub(crate) fn live_options(config: &Config) -> detect::live::LiveOptions {
             smoothing: *d.smoothing.get_ref() as usize,
             folds: 5,
             ridge: 0.0,
-            // Ten-minute blocks: the plant the twin learns from moves between operating
-            // points (the agents act meanwhile) that it keeps visiting.
-            fold_block_rows: (600_000 / period_ms.max(1)).max(1) as usize,
+            // Ten-minute blocks (at least two per fold): the plant the twin learns from
+            // moves between operating points (the agents act meanwhile) that it keeps
+            // visiting.
+            fold_block_rows: ((600_000 / period_ms.max(1)).max(1) as usize)
+                .min((learn_rows / 10).max(1)),
         },
         // A value a few rows old is missing (its device stopped sending).
         max_age_ms: 3 * period_ms + 10_000,
