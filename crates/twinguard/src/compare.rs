@@ -26,6 +26,19 @@ pub fn kpis(report: &Value, hours: f64) -> Value {
     })
 }
 
+/// The operating conditions `--vary-conditions` draws for `seed`, as a comparison
+/// reports them: climate, inlet offset, and the filler speeds the plan sets within
+/// `hours`.
+pub fn conditions(seed: u64, hours: f64) -> Value {
+    let c = plant_sim::Conditions::varied(seed, hours);
+    json!({
+        "ambient_mean_c": c.ambient_mean_c,
+        "ambient_swing_c": c.ambient_swing_c,
+        "inlet_offset_c": c.inlet_offset_c,
+        "filler_speeds": c.plan.iter().filter(|p| (p.at_s as f64) < hours * 3600.0).map(|p| p.filler_speed).collect::<Vec<_>>(),
+    })
+}
+
 /// `bench optimiser`: the agents against fixed setpoints on seeds 1 to `seeds`.
 pub async fn bench_optimiser(
     seeds: u64,
@@ -61,13 +74,7 @@ pub async fn bench_optimiser(
         eprintln!();
         let mut run = pair(seed, hours, pair_kpis)?;
         if vary_conditions {
-            let c = plant_sim::Conditions::varied(seed, hours);
-            run["conditions"] = json!({
-                "ambient_mean_c": c.ambient_mean_c,
-                "ambient_swing_c": c.ambient_swing_c,
-                "inlet_offset_c": c.inlet_offset_c,
-                "filler_speeds": c.plan.iter().filter(|p| (p.at_s as f64) < hours * 3600.0).map(|p| p.filler_speed).collect::<Vec<_>>(),
-            });
+            run["conditions"] = conditions(seed, hours);
         }
         runs.push(run);
     }

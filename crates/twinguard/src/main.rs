@@ -957,7 +957,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     kpis.push(compare::kpis(&report, hours));
                 }
                 rt.shutdown_timeout(std::time::Duration::from_millis(100));
-                let r = compare::pair(seed, hours, kpis)?;
+                let mut r = compare::pair(seed, hours, kpis)?;
+                if vary_conditions && let Some(o) = r.as_object_mut() {
+                    o.insert("conditions".into(), compare::conditions(seed, hours));
+                }
                 if let Some(p) = &plot {
                     std::fs::write(p, compare::svg(std::slice::from_ref(&r)))
                         .with_context(|| format!("cannot write {}", p.display()))?;

@@ -3837,6 +3837,13 @@ fn the_agents_are_compared_with_fixed_setpoints_on_the_same_plant() {
             < 1.0,
         "{r}"
     );
+    assert!(
+        !r["conditions"]["filler_speeds"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{r}"
+    );
     let svg = std::fs::read_to_string(dir.path().join("comparison.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("seed 1"), "{svg}");
     // Each run has its own verified data directory.
