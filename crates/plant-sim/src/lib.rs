@@ -134,6 +134,27 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// The means of `ticks` by signal id, as a twin's recent means would give them (the
+    /// plant's own measurements, noise and faults included); no setpoints.
+    pub fn means(plant: &Plant, ticks: &[Tick]) -> Observed {
+        let mut sums = vec![0.0; plant.signals.len()];
+        for tick in ticks {
+            for (sum, v) in sums.iter_mut().zip(&tick.values) {
+                *sum += v;
+            }
+        }
+        let n = ticks.len().max(1) as f64;
+        Observed {
+            values: plant
+                .signals
+                .iter()
+                .zip(&sums)
+                .map(|(s, sum)| (s.id.clone(), sum / n))
+                .collect(),
+            setpoints: HashMap::new(),
+        }
+    }
+
     fn value(&self, id: &str) -> Result<f64, SimError> {
         self.values
             .get(id)

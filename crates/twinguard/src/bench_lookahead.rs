@@ -37,25 +37,13 @@ fn observe(plant: &Plant, sim: &mut Sim, hours: f64) -> Observed {
     for _ in 0..((hours * 3600.0) as u64).saturating_sub(300) {
         sim.step();
     }
-    let mut sums = vec![0.0; plant.signals.len()];
-    for _ in 0..300 {
-        let tick = sim.step();
-        for (s, v) in sums.iter_mut().zip(&tick.values) {
-            *s += v;
-        }
-    }
-    Observed {
-        values: plant
-            .signals
-            .iter()
-            .zip(&sums)
-            .map(|(s, sum)| (s.id.clone(), sum / 300.0))
-            .collect(),
-        setpoints: ["tank.level_sp", "pump.speed_sp", "past.temp_sp"]
-            .iter()
-            .filter_map(|id| Some((id.to_string(), sim.setpoint(id)?)))
-            .collect(),
-    }
+    let ticks: Vec<plant_sim::Tick> = (0..300).map(|_| sim.step()).collect();
+    let mut observed = Observed::means(plant, &ticks);
+    observed.setpoints = ["tank.level_sp", "pump.speed_sp", "past.temp_sp"]
+        .iter()
+        .filter_map(|id| Some((id.to_string(), sim.setpoint(id)?)))
+        .collect();
+    observed
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
