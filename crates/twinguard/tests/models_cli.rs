@@ -75,6 +75,22 @@ impl Lab {
         self.root.path().join(name)
     }
 
+    /// Adds ana, an approver whose password is in `pw`, to the data directory `data`.
+    fn add_approver(&self) {
+        std::fs::write(self.path("pw"), "correct horse battery staple\n").unwrap();
+        ok(&[
+            "user",
+            "add",
+            "ana",
+            "--role",
+            "approver",
+            "--password-file",
+            p(&self.path("pw")),
+            "--data-dir",
+            p(&self.path("data")),
+        ]);
+    }
+
     /// A lab whose data directory (`data`) trusts acme-ml's key (`acme.key`, made here)
     /// for `kinds`, and has an approver, ana (password in `pw`).
     fn trusting(kinds: &str) -> Lab {
@@ -95,18 +111,7 @@ impl Lab {
             "--data-dir",
             p(&data),
         ]);
-        std::fs::write(lab.path("pw"), "correct horse battery staple\n").unwrap();
-        ok(&[
-            "user",
-            "add",
-            "ana",
-            "--role",
-            "approver",
-            "--password-file",
-            p(&lab.path("pw")),
-            "--data-dir",
-            p(&data),
-        ]);
+        lab.add_approver();
         lab
     }
 
@@ -229,19 +234,8 @@ fn a_model_is_signed_admitted_shadowed_promoted_and_rolled_back_and_bad_ones_are
     assert!(out.contains("1.0.0") && out.contains("shadow"), "{out}");
 
     // Promotion takes an approver with their password.
-    std::fs::write(lab.path("pw"), "correct horse battery staple\n").unwrap();
+    lab.add_approver();
     std::fs::write(lab.path("wrong"), "not the password at all\n").unwrap();
-    ok(&[
-        "user",
-        "add",
-        "ana",
-        "--role",
-        "approver",
-        "--password-file",
-        p(&lab.path("pw")),
-        "--data-dir",
-        d,
-    ]);
     ok(&[
         "user",
         "add",
