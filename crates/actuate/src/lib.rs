@@ -202,6 +202,14 @@ fn plan(
                 }
             })
             .collect(),
+        PlantCommand::TakeOrder { order, .. } => {
+            return Err((
+                "take_order".into(),
+                format!(
+                    "order {order}: orders move between lines through the site's order book, not over OPC UA"
+                ),
+            ));
+        }
         other => {
             let name = command_name(other);
             targets
@@ -242,6 +250,7 @@ fn command_name(c: &PlantCommand) -> &'static str {
         PlantCommand::StopLine => "stop_line",
         PlantCommand::StartLine => "start_line",
         PlantCommand::Maintenance => "maintenance",
+        PlantCommand::TakeOrder { .. } => "take_order",
     }
 }
 

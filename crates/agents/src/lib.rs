@@ -7,6 +7,8 @@
 //! - [`Optimiser`] proposes setpoint changes that cut energy per good bottle while keeping
 //!   product temperature and rejects inside their quality limits, choosing them by
 //!   simulating candidates ahead from the twin's state.
+//! - [`Scheduler`] reroutes orders between the lines of a site when a line's failure
+//!   risk rises or a line stops, and proposes maintenance windows.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -18,6 +20,9 @@ use plant_model::{Plant, PlantCommand};
 use plant_sim::{Forecast, Observed, Sim, SimError};
 use serde::Serialize;
 use twin::Twin;
+
+pub mod scheduler;
+pub use scheduler::{LineOutlook, LineStatus, QueuedJob, SCHEDULER, Scheduler};
 
 /// An agent's identity: its name, its private key and its current token.
 pub struct Identity {
@@ -110,43 +115,38 @@ pub const VIBRATION_DANGER: f64 = 7.1;
 /// Vibration (mm/s) above which the pump is not sped up (ISO 10816 zone C: restricted).
 pub const VIBRATION_WATCH: f64 = 4.5;
 
-pub struct Maintenance {
-    id: Identity,
-    /// Ten-minute means of vibration: (t_ms, mm/s), up to 12 hours.
-    trend: VecDeque<(i64, f64)>,
-    next_eval_ms: i64,
-    maintenance_proposed_ms: Option<i64>,
-    last_derate_ms: Option<i64>,
-    stop_cited: HashSet<u64>,
-    /// Hours to the danger level under which maintenance is proposed.
-    pub maintenance_horizon_h: f64,
-    /// Hours to the danger level under which the pump is derated.
-    pub derate_horizon_h: f64,
-    /// Latest estimate of hours until vibration reaches the danger level.
-    pub hours_to_danger: Option<f64>,
+/// The pump bearing's vibration trend: ten-minute means over the last 12 hours, and the
+/// hours until it reaches the danger level.
+#[derive(Debug, Clone, Default)]
+pub struct VibrationTrend {
+    /// (t_ms, mm/s), oldest first.
+    points: VecDeque<(i64, f64)>,
 }
 
-impl Maintenance {
-    pub fn new(id: Identity) -> Maintenance {
-        Maintenance {
-            id,
-            trend: VecDeque::new(),
-            next_eval_ms: i64::MIN,
-            maintenance_proposed_ms: None,
-            last_derate_ms: None,
-            stop_cited: HashSet::new(),
-            maintenance_horizon_h: 12.0,
-            derate_horizon_h: 8.0,
-            hours_to_danger: None,
+impl VibrationTrend {
+    /// Adds a ten-minute mean at `t_ms`, forgetting what is more than 12 hours older.
+    pub fn push(&mut self, t_ms: i64, mm_s: f64) {
+        self.points.push_back((t_ms, mm_s));
+        while self
+            .points
+            .front()
+            .is_some_and(|(t, _)| t_ms - t > 12 * 3_600_000)
+        {
+            self.points.pop_front();
         }
+    }
+
+    /// A new bearing: the trend starts again.
+    pub fn clear(&mut self) {
+        self.points.clear();
     }
 
     /// Hours until the vibration trend reaches the danger level (least squares over the
     /// last three hours of ten-minute means), None without a rising trend.
-    fn estimate(&self) -> Option<f64> {
-        let last = self.trend.back()?;
+    pub fn hours_to_danger(&self) -> Option<f64> {
+        let last = self.points.back()?;
         let pts: Vec<&(i64, f64)> = self
-            .trend
+            .points
             .iter()
             .filter(|(t, _)| last.0 - t <= 3 * 3_600_000)
             .collect();
@@ -167,6 +167,37 @@ impl Maintenance {
             return None;
         }
         Some(((VIBRATION_DANGER - last.1) / slope).max(0.0))
+    }
+}
+
+pub struct Maintenance {
+    id: Identity,
+    trend: VibrationTrend,
+    next_eval_ms: i64,
+    maintenance_proposed_ms: Option<i64>,
+    last_derate_ms: Option<i64>,
+    stop_cited: HashSet<u64>,
+    /// Hours to the danger level under which maintenance is proposed.
+    pub maintenance_horizon_h: f64,
+    /// Hours to the danger level under which the pump is derated.
+    pub derate_horizon_h: f64,
+    /// Latest estimate of hours until vibration reaches the danger level.
+    pub hours_to_danger: Option<f64>,
+}
+
+impl Maintenance {
+    pub fn new(id: Identity) -> Maintenance {
+        Maintenance {
+            id,
+            trend: VibrationTrend::default(),
+            next_eval_ms: i64::MIN,
+            maintenance_proposed_ms: None,
+            last_derate_ms: None,
+            stop_cited: HashSet::new(),
+            maintenance_horizon_h: 12.0,
+            derate_horizon_h: 8.0,
+            hours_to_danger: None,
+        }
     }
 }
 
@@ -216,15 +247,8 @@ impl Agent for Maintenance {
         let Some(v) = mean_recent(twin, "pump.vibration", 10 * 60 * 1000) else {
             return out;
         };
-        self.trend.push_back((now_ms, v));
-        while self
-            .trend
-            .front()
-            .is_some_and(|(t, _)| now_ms - t > 12 * 3_600_000)
-        {
-            self.trend.pop_front();
-        }
-        self.hours_to_danger = self.estimate();
+        self.trend.push(now_ms, v);
+        self.hours_to_danger = self.trend.hours_to_danger();
         let Some(h) = self.hours_to_danger else {
             return out;
         };

@@ -50,9 +50,20 @@ pub const APPROVAL_TTL_MS: i64 = 60 * 60 * 1000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
-    SetSetpoint { setpoint: String, value: f64 },
+    SetSetpoint {
+        setpoint: String,
+        value: f64,
+    },
     StopLine,
-    Maintenance { asset: String },
+    Maintenance {
+        asset: String,
+    },
+    /// This line takes what remains of an order queued on (or running on) another line of
+    /// the site: the scheduler's rerouting. Decided by the guard of the line that takes it.
+    TakeOrder {
+        order: String,
+        from_line: String,
+    },
 }
 
 impl Action {
@@ -61,6 +72,7 @@ impl Action {
             Action::SetSetpoint { .. } => "set_setpoint",
             Action::StopLine => "stop_line",
             Action::Maintenance { .. } => "maintenance",
+            Action::TakeOrder { .. } => "take_order",
         }
     }
 }
@@ -631,6 +643,7 @@ impl Guard {
                 .map_or(RiskTier::Approve, |s| s.risk),
             Action::Maintenance { .. } => RiskTier::Approve,
             Action::StopLine => RiskTier::Approve,
+            Action::TakeOrder { .. } => RiskTier::Auto,
         };
         let tier_words = match (&p.action, tier) {
             (Action::StopLine, _) => {
@@ -868,6 +881,8 @@ impl Guard {
                     .map_or(RiskTier::Approve, |s| s.risk)
             }
             Action::Maintenance { .. } => RiskTier::Approve,
+            // Work moves between lines; no setpoint or equipment state changes.
+            Action::TakeOrder { .. } => RiskTier::Auto,
             Action::StopLine => {
                 let cited: Vec<&Detection> = active
                     .iter()
@@ -950,6 +965,7 @@ impl Guard {
                     ),
                     (Action::StopLine, None) => "a line stop without two independent detections on trusted data needs a human".to_string(),
                     (Action::Maintenance { .. }, None) => format!("maintenance needs {who}"),
+                    (Action::TakeOrder { order, .. }, None) => format!("taking order {order} needs {who}"),
                     (Action::SetSetpoint { setpoint, .. }, None) => format!("changes to {setpoint} need {who}"),
                 };
                 self.pending.insert(
@@ -993,6 +1009,29 @@ impl Guard {
                     )
                 }),
             Action::StopLine => Ok("line".to_string()),
+            Action::TakeOrder { order, from_line } => {
+                let ok = |s: &str| {
+                    !s.is_empty()
+                        && s.len() <= 64
+                        && s.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                };
+                if !ok(order) || !ok(from_line) {
+                    return Err(Denial::new(
+                        DenyReason::UnknownTarget,
+                        format!(
+                            "order {order:?} from line {from_line:?}: an order and a line are named by 1 to 64 letters, digits, '-', '_' or '.'"
+                        ),
+                    ));
+                }
+                if *from_line == self.plant.plant.id {
+                    return Err(Denial::new(
+                        DenyReason::UnknownTarget,
+                        format!("order {order} is already on line {from_line}"),
+                    ));
+                }
+                Ok("line".to_string())
+            }
         }
     }
 
@@ -1164,6 +1203,7 @@ impl Guard {
                 PlantCommand::StopLine
             }
             Action::Maintenance { .. } => PlantCommand::Maintenance,
+            Action::TakeOrder { order, from_line } => PlantCommand::TakeOrder { order, from_line },
         };
         let id = format!("cmd-{}", self.next_command);
         self.next_command += 1;

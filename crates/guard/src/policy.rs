@@ -20,7 +20,7 @@ pub const DEFAULT_POLICY: &str = include_str!("../policy/default.cedar");
 pub const SCHEMA: &str = include_str!("../policy/schema.cedarschema");
 
 /// The action kinds an agent can propose.
-pub const KINDS: [&str; 3] = ["set_setpoint", "stop_line", "maintenance"];
+pub const KINDS: [&str; 4] = ["set_setpoint", "stop_line", "maintenance", "take_order"];
 
 /// A loaded, validated policy set with the entities it is evaluated against.
 ///

@@ -185,6 +185,12 @@ pub enum PlantCommand {
     StartLine,
     /// Stop the pump, replace the bearing, restart (takes two hours).
     Maintenance,
+    /// Take over what remains of an order from another line of the site (rerouting).
+    /// Applied by the site's order book, not by the line's control loops.
+    TakeOrder {
+        order: String,
+        from_line: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

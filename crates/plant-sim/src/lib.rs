@@ -14,6 +14,7 @@
 
 pub mod fault;
 pub mod rng;
+pub mod site;
 
 use std::collections::HashMap;
 
@@ -56,6 +57,12 @@ pub enum SimError {
     NotFinite { setpoint: String, value: f64 },
     #[error("the look-ahead needs a recent finite value of signal {0:?}")]
     NotObserved(String),
+    #[error(
+        "a single line has no order book: order {0:?} is rerouted by a site (`plant_sim::site`)"
+    )]
+    NoOrderBook(String),
+    #[error("order {order:?}: {why}")]
+    Order { order: String, why: String },
 }
 
 /// The operating conditions a plant runs in, beside its controls: the climate, the
@@ -595,7 +602,13 @@ impl Sim {
                 }
             }
             PlantCommand::Maintenance => {
-                self.maintenance_until = Some(self.t_s + MAINTENANCE_S);
+                // A request during maintenance does not extend it.
+                if self.maintenance_until.is_none() {
+                    self.maintenance_until = Some(self.t_s + MAINTENANCE_S);
+                }
+            }
+            PlantCommand::TakeOrder { order, .. } => {
+                return Err(SimError::NoOrderBook(order.clone()));
             }
         }
         Ok(())

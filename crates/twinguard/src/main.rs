@@ -10,6 +10,7 @@ mod bench_detect;
 mod bench_guard;
 mod bench_lookahead;
 mod bench_pump;
+mod bench_reroute;
 mod bom;
 mod broker;
 mod compare;
@@ -604,6 +605,21 @@ enum BenchData {
         #[arg(long)]
         json: bool,
     },
+    /// The scheduler on a site of two filling lines sharing orders with due dates, against
+    /// no rerouting on the same seeds: orders late, hours late, pump failures, downtime.
+    Reroute {
+        /// Seeds 1 to N.
+        #[arg(long, default_value_t = 10)]
+        seeds: u64,
+        /// Simulated hours per run.
+        #[arg(long, default_value_t = 48.0)]
+        hours: f64,
+        /// Also write an SVG of the comparison to this file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Tennessee Eastman: detection rate per fault and false alarms, PCA T² and Q beside
     /// our detector.
     Tep {
@@ -1125,6 +1141,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("cannot write {}", p.display()))?;
             }
             bench_data::print(json, &r, compare::optimiser_table)
+        }
+        Command::Bench {
+            data_set:
+                Some(BenchData::Reroute {
+                    seeds,
+                    hours,
+                    plot,
+                    json,
+                }),
+            ..
+        } => {
+            if seeds == 0 || seeds > 100 || !(hours >= 1.0 && hours <= 24.0 * 30.0) {
+                anyhow::bail!("bench reroute: --seeds 1 to 100, --hours 1 to 720");
+            }
+            let r = bench_reroute::bench(seeds, hours)?;
+            if let Some(p) = &plot {
+                std::fs::write(p, bench_reroute::svg(&r))
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+            }
+            bench_data::print(json, &r, bench_reroute::table)
         }
         Command::Rul {
             command: RulCommand::Predict { model, test, out },
