@@ -122,6 +122,7 @@ fn maintenance_proposes_maintenance_and_derate_hours_before_failure() {
                         .unwrap();
                 }
                 Action::StopLine => {}
+                Action::TakeOrder { .. } => panic!("the maintenance agent moved an order"),
             }
         }
         if w.sim.truth().pump_failed {

@@ -235,7 +235,7 @@ impl Site {
             });
         }
         let mut unreleased = orders;
-        unreleased.sort_by(|a, b| b.release_s.cmp(&a.release_s));
+        unreleased.sort_by_key(|o| std::cmp::Reverse(o.release_s));
         Ok(Site {
             lines,
             unreleased,
@@ -322,15 +322,15 @@ impl Site {
                 job.remaining -= used;
                 line.order_bottles += used;
                 good -= used;
-                if job.remaining <= 1e-9 {
-                    if let Some(done) = line.queue.pop_front() {
-                        self.completed.push(Completed {
-                            order: done.order,
-                            line: line.id.clone(),
-                            done_s: t,
-                            due_s: done.due_s,
-                        });
-                    }
+                if job.remaining <= 1e-9
+                    && let Some(done) = line.queue.pop_front()
+                {
+                    self.completed.push(Completed {
+                        order: done.order,
+                        line: line.id.clone(),
+                        done_s: t,
+                        due_s: done.due_s,
+                    });
                 }
             }
         }

@@ -116,11 +116,14 @@ fn a_failed_pump_stops_its_line_for_the_repair_delay_and_the_bearing_change() {
         if failed_at.is_none() && l.failures == 1 {
             failed_at = Some(site.elapsed_s());
         }
-        if failed_at.is_some() && back_at.is_none() && !l.sim().truth().in_maintenance {
-            let t = l.sim().truth();
-            if !t.pump_failed && site.elapsed_s() > failed_at.unwrap() + 60 {
-                back_at = Some(site.elapsed_s());
-            }
+        let t = l.sim().truth();
+        if let Some(f) = failed_at
+            && back_at.is_none()
+            && !t.in_maintenance
+            && !t.pump_failed
+            && site.elapsed_s() > f + 60
+        {
+            back_at = Some(site.elapsed_s());
         }
     }
     let (failed_at, back_at) = (failed_at.expect("line1 fails"), back_at.expect("repaired"));

@@ -428,6 +428,9 @@ pub fn table(r: &RerouteResult) -> String {
     out
 }
 
+/// A panel's title, the value its bars show and the label above each bar.
+type Panel = (&'static str, fn(&SiteKpis) -> f64, fn(&SiteKpis) -> String);
+
 /// Two panels of bars per seed, with the scheduler (green), with its maintenance windows
 /// but no rerouting (blue), with its rerouting but no maintenance windows (orange) and
 /// with no agent (grey):
@@ -439,7 +442,7 @@ pub fn svg(r: &RerouteResult) -> String {
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n"
     );
-    let panels: [(&str, fn(&SiteKpis) -> f64, fn(&SiteKpis) -> String); 2] = [
+    let panels: [Panel; 2] = [
         (
             "hours late, summed over orders (labels: orders late)",
             |k| k.lateness_h,

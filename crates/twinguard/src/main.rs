@@ -1152,7 +1152,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }),
             ..
         } => {
-            if seeds == 0 || seeds > 100 || !(hours >= 1.0 && hours <= 24.0 * 30.0) {
+            if seeds == 0 || seeds > 100 || !(1.0..=24.0 * 30.0).contains(&hours) {
                 anyhow::bail!("bench reroute: --seeds 1 to 100, --hours 1 to 720");
             }
             let r = bench_reroute::bench(seeds, hours)?;
