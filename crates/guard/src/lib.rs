@@ -28,7 +28,7 @@ pub use identity::{
 };
 pub use policy::{
     DEFAULT_POLICY, HUMAN_ACTIONS, Human, KINDS, Policy, PolicyError, Principal, ProcessContext,
-    Review, SCHEMA, Verdict,
+    Review, SCHEMA, SITE_POLICY, Verdict,
 };
 
 /// Whether every value `p` rests on has the trust actuation requires.

@@ -16,6 +16,8 @@ use serde_json::json;
 
 /// The policy shipped with twinguard for the reference plant.
 pub const DEFAULT_POLICY: &str = include_str!("../policy/default.cedar");
+/// What a site of several lines adds to [`DEFAULT_POLICY`]: the scheduler's rights.
+pub const SITE_POLICY: &str = include_str!("../policy/site.cedar");
 /// The schema every policy is validated against.
 pub const SCHEMA: &str = include_str!("../policy/schema.cedarschema");
 

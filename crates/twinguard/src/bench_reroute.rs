@@ -5,7 +5,8 @@
 //!
 //! The scheduler reads each line's measurements (ten-minute means of pump vibration,
 //! pump speed and filler rate) and the order book, and proposes; each line has its own
-//! guard (its own policy, limits and records), which decides every proposal. Moves of
+//! guard (its own policy, limits and records: the default policy and the site's,
+//! `guard::SITE_POLICY`), which decides every proposal. Moves of
 //! orders are automatic under the default policy; maintenance needs one approval, which a
 //! simulated approver gives a fixed delay after the proposal (`APPROVAL_DELAY_S`).
 
@@ -16,7 +17,9 @@ use std::sync::Arc;
 use agents::{LineStatus, QueuedJob, SCHEDULER, Scheduler};
 use anyhow::{Context, Result};
 use ed25519_dalek::SigningKey;
-use guard::{AgentRegistry, DEFAULT_POLICY, Decision, Guard, Human, InputTrust, Policy};
+use guard::{
+    AgentRegistry, DEFAULT_POLICY, Decision, Guard, Human, InputTrust, Policy, SITE_POLICY,
+};
 use plant_model::Plant;
 use plant_sim::DEFAULT_START_MS;
 use plant_sim::site::{self, Site, SiteKpis, SiteOptions};
@@ -162,7 +165,11 @@ pub fn run_site(seed: u64, hours: f64, mode: Mode) -> Result<SiteRun> {
         p.plant.id = id.clone();
         p.plant.name = format!("Bottling {id}");
         let p = Arc::new(p);
-        let policy = Policy::parse(DEFAULT_POLICY, "default", &p)?;
+        let policy = Policy::parse(
+            &format!("{DEFAULT_POLICY}\n{SITE_POLICY}"),
+            "default + site",
+            &p,
+        )?;
         let mut reg = AgentRegistry::default();
         reg.register(SCHEDULER, key.verifying_key());
         guards.insert(id.clone(), Guard::new(p, reg, policy));

@@ -379,7 +379,7 @@ enum AgentCommand {
         /// (mode 0600), for the agent's owner to move to the agent.
         #[arg(long)]
         generate_key: Option<PathBuf>,
-        /// Action kinds, comma-separated: set_setpoint, stop_line, maintenance.
+        /// Action kinds, comma-separated: set_setpoint, stop_line, maintenance, take_order.
         #[arg(long, value_delimiter = ',', required = true)]
         kinds: Vec<String>,
         /// Assets, comma-separated ("line" for a line stop).
