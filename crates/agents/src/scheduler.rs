@@ -107,7 +107,7 @@ impl Scheduler {
                 .map(|l| (l.to_string(), Track::default()))
                 .collect(),
             next_eval_ms: i64::MIN,
-            risk_horizon_h: 10.0,
+            risk_horizon_h: 6.0,
             expected_repair_h: 6.0,
             maintenance_h: 2.0,
             min_gain_h: 0.25,

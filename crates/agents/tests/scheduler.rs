@@ -118,6 +118,7 @@ fn a_stopped_line_sends_its_orders_where_they_fill_sooner_and_started_ones_too()
 #[test]
 fn a_rising_vibration_trend_brings_one_maintenance_window_and_moves_orders_off_the_line() {
     let mut s = Scheduler::new(&key(), &["line1", "line2"]);
+    s.risk_horizon_h = 10.0;
     // Due late enough that neither line is late: only the risk moves anything.
     let mut jobs = vec![
         job("line1", "a", 25_000.0, 8.0, true),
@@ -163,6 +164,7 @@ fn a_rising_vibration_trend_brings_one_maintenance_window_and_moves_orders_off_t
     // With maintenance windows off, no maintenance; with rerouting off, no moves.
     for (maintain, reroute) in [(false, true), (true, false)] {
         let mut s = Scheduler::new(&key(), &["line1", "line2"]);
+        s.risk_horizon_h = 10.0;
         s.maintain = maintain;
         s.reroute = reroute;
         let mut kinds = Vec::new();

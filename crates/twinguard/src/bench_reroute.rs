@@ -9,14 +9,19 @@
 //! `guard::SITE_POLICY`), which decides every proposal. Moves of
 //! orders are automatic under the default policy; maintenance needs one approval, which a
 //! simulated approver gives a fixed delay after the proposal (`APPROVAL_DELAY_S`).
+//! Every proposal, decision, approval and executed command goes to the run's audit log
+//! before the site acts on it (a data directory per run with an agent: `twinguard audit
+//! verify --data-dir DIR/seed-N/MODE` checks it).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 
 use agents::{LineStatus, QueuedJob, SCHEDULER, Scheduler};
 use anyhow::{Context, Result};
-use ed25519_dalek::SigningKey;
+use audit::SqliteStore;
+use audit::{AuditStore, Entry};
 use guard::{
     AgentRegistry, DEFAULT_POLICY, Decision, Guard, Human, InputTrust, Policy, SITE_POLICY,
 };
@@ -24,6 +29,9 @@ use plant_model::Plant;
 use plant_sim::DEFAULT_START_MS;
 use plant_sim::site::{self, Site, SiteKpis, SiteOptions};
 use serde::Serialize;
+use serde_json::json;
+
+use crate::datadir::DataDir;
 
 /// Seconds from a maintenance proposal until the simulated approver approves it.
 pub const APPROVAL_DELAY_S: u64 = 15 * 60;
@@ -41,6 +49,8 @@ pub struct SiteRun {
     pub denied: usize,
     /// Every decision, in words: time (h), line, outcome, the proposal's reason.
     pub log: Vec<String>,
+    /// Records in the run's audit log (none without an agent).
+    pub audit_records: u64,
 }
 
 /// What runs the site.
@@ -76,6 +86,9 @@ pub struct RerouteResult {
     pub hours: f64,
     pub load: f64,
     pub repair_delay_h: f64,
+    /// The scheduler's horizon: a line whose pump is predicted to reach the danger level
+    /// within it is due for maintenance.
+    pub risk_horizon_h: f64,
     pub runs: Vec<SeedPair>,
     /// Summed over the seeds.
     pub with_scheduler: Totals,
@@ -136,8 +149,27 @@ struct Means {
     rate_bph: f64,
 }
 
-/// Runs `seed`'s site for `hours` in `mode`.
-pub fn run_site(seed: u64, hours: f64, mode: Mode) -> Result<SiteRun> {
+impl Mode {
+    /// The run's directory name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Scheduler => "scheduler",
+            Mode::MaintenanceOnly => "maintenance-only",
+            Mode::RerouteOnly => "reroute-only",
+            Mode::NoAgent => "no-agent",
+        }
+    }
+}
+
+/// Runs `seed`'s site for `hours` in `mode`; a run with an agent keeps its keys and audit
+/// log in the data directory `dir`.
+pub fn run_site(
+    seed: u64,
+    hours: f64,
+    mode: Mode,
+    risk_horizon_h: f64,
+    dir: &Path,
+) -> Result<SiteRun> {
     let with_scheduler = mode != Mode::NoAgent;
     let plant = Plant::reference();
     let options = SiteOptions::two_lines(seed);
@@ -158,7 +190,24 @@ pub fn run_site(seed: u64, hours: f64, mode: Mode) -> Result<SiteRun> {
         speed: idx("pump.speed")?,
         filler: idx("filler.bpm")?,
     };
-    let key = SigningKey::from_bytes(&random_bytes()?);
+    let (key, mut store) = if with_scheduler {
+        let data = DataDir::open(dir)?;
+        let db = data.audit_db();
+        if db.exists() {
+            std::fs::remove_file(&db)
+                .with_context(|| format!("cannot replace the earlier run's {}", db.display()))?;
+        }
+        let store = SqliteStore::open(&db, data.key("audit")?)?;
+        (data.key("agent-scheduler")?, Some(store))
+    } else {
+        (ed25519_dalek::SigningKey::from_bytes(&[0u8; 32]), None)
+    };
+    let mut audit = |entries: Vec<Entry>| -> Result<u64> {
+        match store.as_mut() {
+            Some(s) => Ok(s.append(&entries)?.seq),
+            None => Ok(0),
+        }
+    };
     let mut guards: HashMap<String, Guard> = HashMap::new();
     for id in &line_ids {
         let mut p = plant.clone();
@@ -176,6 +225,7 @@ pub fn run_site(seed: u64, hours: f64, mode: Mode) -> Result<SiteRun> {
     }
     let refs: Vec<&str> = line_ids.iter().map(String::as_str).collect();
     let mut scheduler = Scheduler::new(&key, &refs);
+    scheduler.risk_horizon_h = risk_horizon_h;
     scheduler.reroute = matches!(mode, Mode::Scheduler | Mode::RerouteOnly);
     scheduler.maintain = matches!(mode, Mode::Scheduler | Mode::MaintenanceOnly);
     let approver = Human::new("approver", &["viewer", "operator", "approver"]);
@@ -188,6 +238,7 @@ pub fn run_site(seed: u64, hours: f64, mode: Mode) -> Result<SiteRun> {
         approved: 0,
         denied: 0,
         log: Vec::new(),
+        audit_records: 0,
     };
     let trust = InputTrust::default();
     let total_s = (hours * 3600.0) as u64;
@@ -238,9 +289,23 @@ pub fn run_site(seed: u64, hours: f64, mode: Mode) -> Result<SiteRun> {
                 trust: &trust,
                 active: &[],
             };
-            match g.approve(id, &approver, &situation, now_ms) {
+            let result = g.approve(id, &approver, &situation, now_ms);
+            if let Ok(d) = &result {
+                let rec = d.record(id, SCHEDULER, None, None);
+                run.audit_records = audit(vec![Entry::new(
+                    now_ms,
+                    "approval",
+                    json!({ "line": line, "proposal_id": id, "by": approver.name, "verb": "approve", "decision": rec }),
+                )])?;
+            }
+            match result {
                 Ok(Decision::Execute(a)) => {
                     run.approved += 1;
+                    run.audit_records = audit(vec![Entry::new(
+                        now_ms,
+                        "actuation",
+                        json!({ "line": line, "command": a.command() }),
+                    )])?;
                     site.apply(&line, &a.command().command)
                         .with_context(|| format!("{line}: applying {}", a.command().id))?;
                     run.log
@@ -298,10 +363,25 @@ pub fn run_site(seed: u64, hours: f64, mode: Mode) -> Result<SiteRun> {
             let reason = serde_json::from_str::<guard::Proposal>(&sp.body)
                 .map(|p| p.reason)
                 .unwrap_or_default();
-            let (_, decision, _) = g.decide(&sp, &[], &trust, now_ms);
+            let (id, decision, rec) = g.decide(&sp, &[], &trust, now_ms);
+            let proposal: serde_json::Value =
+                serde_json::from_str(&sp.body).unwrap_or(serde_json::Value::Null);
+            run.audit_records = audit(vec![
+                Entry::new(
+                    now_ms,
+                    "proposal",
+                    json!({ "line": line, "proposal_id": id, "proposal": proposal }),
+                ),
+                Entry::new(now_ms, "decision", json!({ "line": line, "decision": rec })),
+            ])?;
             match decision {
                 Decision::Execute(a) => {
                     run.executed += 1;
+                    run.audit_records = audit(vec![Entry::new(
+                        now_ms,
+                        "actuation",
+                        json!({ "line": line, "command": a.command() }),
+                    )])?;
                     site.apply(&line, &a.command().command)
                         .with_context(|| format!("{line}: applying {}", a.command().id))?;
                     run.log
@@ -323,28 +403,62 @@ pub fn run_site(seed: u64, hours: f64, mode: Mode) -> Result<SiteRun> {
             }
         }
     }
+    if let Some(s) = store.as_mut() {
+        s.checkpoint()?;
+    }
     run.kpis = site.kpis();
     Ok(run)
 }
 
-fn random_bytes() -> Result<[u8; 32]> {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness for a key: {e}"))?;
-    Ok(b)
-}
-
 /// Seeds 1 to `seeds`, each with and without the scheduler.
-pub fn bench(seeds: u64, hours: f64) -> Result<RerouteResult> {
+pub fn bench(
+    seeds: u64,
+    hours: f64,
+    risk_horizon_h: f64,
+    data_dir: &Path,
+) -> Result<RerouteResult> {
     let mut runs = Vec::new();
     for seed in 1..=seeds {
         eprint!("\rreroute: seed {seed}/{seeds} with the scheduler    ");
-        let with_scheduler = run_site(seed, hours, Mode::Scheduler)?;
+        let with_scheduler = run_site(
+            seed,
+            hours,
+            Mode::Scheduler,
+            risk_horizon_h,
+            &data_dir
+                .join(format!("seed-{seed}"))
+                .join(Mode::Scheduler.name()),
+        )?;
         eprint!("\rreroute: seed {seed}/{seeds} maintenance windows only");
-        let maintenance_only = run_site(seed, hours, Mode::MaintenanceOnly)?;
+        let maintenance_only = run_site(
+            seed,
+            hours,
+            Mode::MaintenanceOnly,
+            risk_horizon_h,
+            &data_dir
+                .join(format!("seed-{seed}"))
+                .join(Mode::MaintenanceOnly.name()),
+        )?;
         eprint!("\rreroute: seed {seed}/{seeds} rerouting only          ");
-        let reroute_only = run_site(seed, hours, Mode::RerouteOnly)?;
+        let reroute_only = run_site(
+            seed,
+            hours,
+            Mode::RerouteOnly,
+            risk_horizon_h,
+            &data_dir
+                .join(format!("seed-{seed}"))
+                .join(Mode::RerouteOnly.name()),
+        )?;
         eprint!("\rreroute: seed {seed}/{seeds} no agent               ");
-        let no_rerouting = run_site(seed, hours, Mode::NoAgent)?;
+        let no_rerouting = run_site(
+            seed,
+            hours,
+            Mode::NoAgent,
+            risk_horizon_h,
+            &data_dir
+                .join(format!("seed-{seed}"))
+                .join(Mode::NoAgent.name()),
+        )?;
         let options = SiteOptions::two_lines(seed);
         runs.push(SeedPair {
             seed,
@@ -362,6 +476,7 @@ pub fn bench(seeds: u64, hours: f64) -> Result<RerouteResult> {
         hours,
         load: LOAD,
         repair_delay_h: SiteOptions::two_lines(1).repair_delay_s as f64 / 3600.0,
+        risk_horizon_h,
         with_scheduler: Totals::of(runs.iter().map(|r| &r.with_scheduler)),
         maintenance_only: Totals::of(runs.iter().map(|r| &r.maintenance_only)),
         reroute_only: Totals::of(runs.iter().map(|r| &r.reroute_only)),
@@ -374,11 +489,12 @@ pub fn table(r: &RerouteResult) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "rerouting: {} seeds x {} h, two lines, load {:.0} %, {:.0} h from a failure to its repair",
+        "rerouting: {} seeds x {} h, two lines, load {:.0} %, {:.0} h from a failure to its repair, risk horizon {} h",
         r.seeds,
         r.hours,
         r.load * 100.0,
-        r.repair_delay_h
+        r.repair_delay_h,
+        r.risk_horizon_h
     );
     let _ = writeln!(
         out,

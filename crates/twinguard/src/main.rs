@@ -609,11 +609,18 @@ enum BenchData {
     /// no rerouting on the same seeds: orders late, hours late, pump failures, downtime.
     Reroute {
         /// Seeds 1 to N.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 20)]
         seeds: u64,
         /// Simulated hours per run.
         #[arg(long, default_value_t = 48.0)]
         hours: f64,
+        /// Hours to the pump's danger level under which the scheduler plans maintenance
+        /// and moves orders off the line.
+        #[arg(long, default_value_t = 6.0)]
+        risk_horizon_h: f64,
+        /// Where the runs with an agent keep their keys and audit logs.
+        #[arg(long, default_value = "twinguard-bench-reroute")]
+        data_dir: PathBuf,
         /// Also write an SVG of the comparison to this file.
         #[arg(long)]
         plot: Option<PathBuf>,
@@ -1147,6 +1154,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(BenchData::Reroute {
                     seeds,
                     hours,
+                    risk_horizon_h,
+                    data_dir,
                     plot,
                     json,
                 }),
@@ -1155,7 +1164,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if seeds == 0 || seeds > 100 || !(1.0..=24.0 * 30.0).contains(&hours) {
                 anyhow::bail!("bench reroute: --seeds 1 to 100, --hours 1 to 720");
             }
-            let r = bench_reroute::bench(seeds, hours)?;
+            if !(0.5..=48.0).contains(&risk_horizon_h) {
+                anyhow::bail!("bench reroute: --risk-horizon-h 0.5 to 48");
+            }
+            let r = bench_reroute::bench(seeds, hours, risk_horizon_h, &data_dir)?;
             if let Some(p) = &plot {
                 std::fs::write(p, bench_reroute::svg(&r))
                     .with_context(|| format!("cannot write {}", p.display()))?;

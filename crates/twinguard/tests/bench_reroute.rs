@@ -16,6 +16,8 @@ fn the_scheduler_cuts_late_orders_and_failures_against_no_agent_on_the_same_seed
             "bench", "reroute", "--seeds", "4", "--hours", "36", "--json", "--plot",
         ])
         .arg(&plot)
+        .arg("--data-dir")
+        .arg(dir.path().join("runs"))
         .output()
         .unwrap();
     assert!(
@@ -65,12 +67,32 @@ fn the_scheduler_cuts_late_orders_and_failures_against_no_agent_on_the_same_seed
         assert_eq!(n("denied"), 0, "{s}");
         assert_eq!(n("proposals"), n("executed") + waits, "{s}");
         assert!(n("approved") >= 1 && n("approved") <= waits, "{s}");
+        // Proposal and decision for each, an approval and a command for each approved,
+        // a command for each executed at once.
+        assert_eq!(
+            n("audit_records"),
+            2 * n("proposals") + 2 * n("approved") + n("executed"),
+            "{s}"
+        );
+        assert_eq!(run["no_rerouting"]["audit_records"], 0);
         assert_eq!(run["no_rerouting"]["proposals"], 0);
         assert_eq!(
             run["orders"],
             run["no_rerouting"]["kpis"]["orders_released"]
         );
     }
+    // The runs' audit logs verify against their own keys.
+    let verify = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir.path().join("runs/seed-3/scheduler"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && said.contains("verified"),
+        "{said}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("seed 4") && svg.contains("hours late"));
 
