@@ -600,6 +600,19 @@ pub fn svg(r: &RerouteResult) -> String {
             top0 + 22.0,
             w - pad
         );
+        // The y axis: zero and the largest bar.
+        let max = top / 1.2;
+        let _ = write!(
+            out,
+            "<line x1=\"{pad}\" x2=\"{pad}\" y1=\"{:.1}\" y2=\"{base:.1}\" stroke=\"black\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" font-size=\"10\">{max:.1}</text>\n<text x=\"{:.1}\" y=\"{base:.1}\" text-anchor=\"end\" font-size=\"10\">0</text>\n<line x1=\"{:.1}\" x2=\"{pad}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>\n",
+            y(max),
+            pad - 4.0,
+            y(max) + 4.0,
+            pad - 4.0,
+            pad - 3.0,
+            y(max),
+            y(max)
+        );
         for (i, s) in r.runs.iter().enumerate() {
             let x0 = pad + group * i as f64 + 8.0;
             for (k, (kpis, colour)) in [
