@@ -63,6 +63,8 @@ pub enum SimError {
     NoOrderBook(String),
     #[error("order {order:?}: {why}")]
     Order { order: String, why: String },
+    #[error("the site has no line {0:?}")]
+    UnknownLine(String),
 }
 
 /// The operating conditions a plant runs in, beside its controls: the climate, the

@@ -340,10 +340,7 @@ impl Site {
     /// Applies an approved command to line `line`.
     pub fn apply(&mut self, line: &str, cmd: &PlantCommand) -> Result<(), SimError> {
         let Some(to) = self.lines.iter().position(|l| l.id == line) else {
-            return Err(SimError::Order {
-                order: String::new(),
-                why: format!("the site has no line {line:?}"),
-            });
+            return Err(SimError::UnknownLine(line.to_string()));
         };
         match cmd {
             PlantCommand::TakeOrder { order, from_line } => {
@@ -382,10 +379,10 @@ impl Site {
                 Ok(())
             }
             PlantCommand::Maintenance => {
-                let l = self.lines.get_mut(to).ok_or_else(|| SimError::Order {
-                    order: String::new(),
-                    why: format!("the site has no line {line:?}"),
-                })?;
+                let l = self
+                    .lines
+                    .get_mut(to)
+                    .ok_or_else(|| SimError::UnknownLine(line.to_string()))?;
                 let truth = l.sim.truth();
                 if !truth.pump_failed && !truth.in_maintenance {
                     l.planned = true;

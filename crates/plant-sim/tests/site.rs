@@ -194,7 +194,8 @@ fn an_order_moves_with_what_remains_of_it_and_unknown_moves_are_refused() {
         .unwrap_err();
     assert!(same.to_string().contains("already on line2"), "{same}");
     let nowhere = site.apply("line9", &take).unwrap_err();
-    assert!(nowhere.to_string().contains("line9"), "{nowhere}");
+    assert_eq!(nowhere, SimError::UnknownLine("line9".into()));
+    assert_eq!(nowhere.to_string(), "the site has no line \"line9\"");
     // A single line has no order book.
     let mut sim = Sim::new(&plant, 1, DEFAULT_START_MS).unwrap();
     assert_eq!(sim.apply(&take), Err(SimError::NoOrderBook("a".into())));

@@ -301,15 +301,10 @@ pub fn run_site(
             match result {
                 Ok(Decision::Execute(a)) => {
                     run.approved += 1;
-                    run.audit_records = audit(vec![Entry::new(
-                        now_ms,
-                        "actuation",
-                        json!({ "line": line, "command": a.command() }),
-                    )])?;
-                    site.apply(&line, &a.command().command)
-                        .with_context(|| format!("{line}: applying {}", a.command().id))?;
+                    let done = apply(&mut site, &line, &a, &mut audit, now_ms)?;
+                    run.audit_records = done.0;
                     run.log
-                        .push(format!("{t_h:6.2} h {line}: approved and executed {id}"));
+                        .push(format!("{t_h:6.2} h {line}: approved {id}; {}", done.1));
                 }
                 Ok(other) => run.log.push(format!("{t_h:6.2} h {line}: {id}: {other:?}")),
                 Err(e) => run.log.push(format!("{t_h:6.2} h {line}: {id}: {e}")),
@@ -377,15 +372,10 @@ pub fn run_site(
             match decision {
                 Decision::Execute(a) => {
                     run.executed += 1;
-                    run.audit_records = audit(vec![Entry::new(
-                        now_ms,
-                        "actuation",
-                        json!({ "line": line, "command": a.command() }),
-                    )])?;
-                    site.apply(&line, &a.command().command)
-                        .with_context(|| format!("{line}: applying {}", a.command().id))?;
+                    let done = apply(&mut site, &line, &a, &mut audit, now_ms)?;
+                    run.audit_records = done.0;
                     run.log
-                        .push(format!("{t_h:6.2} h {line}: executed: {reason}"));
+                        .push(format!("{t_h:6.2} h {line}: {}: {reason}", done.1));
                 }
                 Decision::Pending { id, why } => {
                     waiting.push((id, line.clone(), s + APPROVAL_DELAY_S));
@@ -408,6 +398,34 @@ pub fn run_site(
     }
     run.kpis = site.kpis();
     Ok(run)
+}
+
+/// Applies an approved command to the site and audits what happened: `actuation`, or
+/// `actuation_failed` with the site's reason (an order filled since it was proposed, say).
+/// Returns the audit log's size and words for the run's log.
+fn apply(
+    site: &mut Site,
+    line: &str,
+    approved: &guard::Approved,
+    audit: &mut impl FnMut(Vec<Entry>) -> Result<u64>,
+    now_ms: i64,
+) -> Result<(u64, String)> {
+    let c = approved.command();
+    let (entry, words) = match site.apply(line, &c.command) {
+        Ok(()) => (
+            Entry::new(now_ms, "actuation", json!({ "line": line, "command": c })),
+            format!("executed {}", c.id),
+        ),
+        Err(e) => (
+            Entry::new(
+                now_ms,
+                "actuation_failed",
+                json!({ "line": line, "command": c, "error": e.to_string() }),
+            ),
+            format!("{} not executed: {e}", c.id),
+        ),
+    };
+    Ok((audit(vec![entry])?, words))
 }
 
 /// Seeds 1 to `seeds`, each with and without the scheduler.
