@@ -41,6 +41,14 @@ fn job(line: &str, order: &str, remaining: f64, due_h: f64, started: bool) -> Qu
     }
 }
 
+/// The line deciding takes `order` from line `from`.
+fn take(order: &str, from: &str) -> Action {
+    Action::TakeOrder {
+        order: order.into(),
+        from_line: from.into(),
+    }
+}
+
 fn body(sp: &SignedProposal) -> Proposal {
     serde_json::from_str(&sp.body).unwrap()
 }
@@ -244,41 +252,17 @@ fn each_lines_guard_executes_moves_onto_its_line_and_refuses_what_the_policy_doe
         let sp = guard::sign_proposal(&p, &token.value, &key());
         g1.decide(&sp, &[], &trust, T0).1
     };
-    let own = propose(
-        &mut g1,
-        SCHEDULER,
-        Action::TakeOrder {
-            order: "b".into(),
-            from_line: "line1".into(),
-        },
-        1,
-    );
+    let own = propose(&mut g1, SCHEDULER, take("b", "line1"), 1);
     assert!(
         matches!(&own, Decision::Denied { reason: DenyReason::UnknownTarget, detail } if detail.contains("already on line line1")),
         "{own:?}"
     );
-    let malformed = propose(
-        &mut g1,
-        SCHEDULER,
-        Action::TakeOrder {
-            order: "b; drop".into(),
-            from_line: "line2".into(),
-        },
-        2,
-    );
+    let malformed = propose(&mut g1, SCHEDULER, take("b; drop", "line2"), 2);
     assert!(
         matches!(&malformed, Decision::Denied { reason: DenyReason::UnknownTarget, detail } if detail.contains("1 to 64 letters")),
         "{malformed:?}"
     );
-    let optimiser = propose(
-        &mut g1,
-        "optimiser",
-        Action::TakeOrder {
-            order: "b".into(),
-            from_line: "line2".into(),
-        },
-        3,
-    );
+    let optimiser = propose(&mut g1, "optimiser", take("b", "line2"), 3);
     assert!(
         matches!(
             optimiser,
@@ -301,15 +285,7 @@ fn each_lines_guard_executes_moves_onto_its_line_and_refuses_what_the_policy_doe
     assert!(matches!(m, Decision::Pending { .. }), "{m:?}");
     // The default policy alone grants the scheduler nothing.
     g1.set_policy(Policy::parse(DEFAULT_POLICY, "default", &Plant::reference()).unwrap());
-    let default_only = propose(
-        &mut g1,
-        SCHEDULER,
-        Action::TakeOrder {
-            order: "b".into(),
-            from_line: "line2".into(),
-        },
-        6,
-    );
+    let default_only = propose(&mut g1, SCHEDULER, take("b", "line2"), 6);
     assert!(
         matches!(&default_only, Decision::Denied { reason: DenyReason::Policy, detail } if detail.contains("no policy permits")),
         "{default_only:?}"
@@ -320,15 +296,7 @@ fn each_lines_guard_executes_moves_onto_its_line_and_refuses_what_the_policy_doe
     );
     // A stopped line takes no orders.
     g1.human_stop("ana", T0);
-    let stopped = propose(
-        &mut g1,
-        SCHEDULER,
-        Action::TakeOrder {
-            order: "b".into(),
-            from_line: "line2".into(),
-        },
-        5,
-    );
+    let stopped = propose(&mut g1, SCHEDULER, take("b", "line2"), 5);
     assert!(
         matches!(
             stopped,
