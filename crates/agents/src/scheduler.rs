@@ -208,7 +208,11 @@ impl Scheduler {
         out
     }
 
-    /// Hours from now until `l` fills again.
+    /// Hours from now until `l` fills again: a line that is down, the repair or
+    /// maintenance expected left (at least a quarter of an hour); a running line whose
+    /// pump is due within the risk horizon, the bearing change's hours from now (with
+    /// maintenance windows off too: its failure is then near, and orders that can fill
+    /// elsewhere should not wait for it).
     fn unavailable_h(&self, l: &LineStatus, now_ms: i64) -> f64 {
         let Some(track) = self.tracks.get(&l.id) else {
             return 0.0;

@@ -200,7 +200,8 @@ pub fn run_site(
         let store = SqliteStore::open(&db, data.key("audit")?)?;
         (data.key("agent-scheduler")?, Some(store))
     } else {
-        (ed25519_dalek::SigningKey::from_bytes(&[0u8; 32]), None)
+        // No agent proposes: a throwaway key for guards that decide nothing.
+        (frames::keys::generate()?, None)
     };
     let mut audit = |entries: Vec<Entry>| -> Result<u64> {
         match store.as_mut() {
@@ -315,7 +316,7 @@ pub fn run_site(
             .zip(&means)
             .map(|(id, m)| LineStatus {
                 id: id.clone(),
-                running: m.running || s < 60,
+                running: m.running,
                 vibration: m.vibration,
                 rate_bph: if m.rate_bph > 0.0 {
                     m.rate_bph
