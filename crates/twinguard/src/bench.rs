@@ -495,6 +495,7 @@ async fn timed_loop(
         quiet: true,
         agents: true,
         vary_conditions: false,
+        baseline: None,
     })
     .await?;
     let secs = t.elapsed().as_secs_f64();

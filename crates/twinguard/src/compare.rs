@@ -67,6 +67,7 @@ pub async fn bench_optimiser(
                 quiet: true,
                 agents,
                 vary_conditions,
+                baseline: None,
             })
             .await?;
             pair_kpis.push(kpis(&report, hours));

@@ -95,6 +95,11 @@ pub struct Core {
     pump_health: Option<crate::pump_health::PumpHealth>,
     pump_shadow: Option<PumpShadow>,
     agents_enabled: bool,
+    /// Every ten minutes of data: [t_ms, energy meter kWh, good-bottle counter], the
+    /// plant's own measured KPIs.
+    kpi_series: VecDeque<[f64; 3]>,
+    next_kpi_ms: Option<i64>,
+    baseline: Option<Value>,
 }
 
 /// An admitted model, as every record of what it did names it.
@@ -202,6 +207,9 @@ pub struct CoreParts {
     pub pump_shadow: Option<PumpShadow>,
     /// The built-in agents run (false: the fixed-setpoint baseline).
     pub agents: bool,
+    /// The same seeded plant's fixed-setpoint run's `kpi_series`, for the page's
+    /// comparison (`demo --compare-baseline`).
+    pub baseline: Option<Value>,
 }
 
 /// A source the core reads, and its connection history.
@@ -275,6 +283,7 @@ impl Core {
             pump_health,
             pump_shadow,
             agents: agents_enabled,
+            baseline,
         } = parts;
         let multivariate_sha256 = match &multivariate_ref {
             Some(r) => Some(r.digest.clone()),
@@ -331,6 +340,9 @@ impl Core {
             pump_health,
             pump_shadow,
             agents_enabled,
+            kpi_series: VecDeque::new(),
+            next_kpi_ms: None,
+            baseline,
         })
     }
 
@@ -784,6 +796,7 @@ impl Core {
         if let Some(t) = self.twin.complete_until() {
             self.tick_multivariate(t);
             self.tick_pump_health(t);
+            self.tick_kpis(t);
             let due = *self.next_agent_ms.get_or_insert(t + AGENT_PERIOD_MS);
             if t >= due {
                 self.next_agent_ms = Some(t + AGENT_PERIOD_MS);
@@ -991,6 +1004,29 @@ impl Core {
             })
             .collect();
         self.audit(entries);
+    }
+
+    /// Every ten minutes of data, the energy meter and the good-bottle counter as they
+    /// read (for the page's comparison with a fixed-setpoint run of the same plant).
+    fn tick_kpis(&mut self, t: i64) {
+        const PERIOD_MS: i64 = 10 * 60 * 1000;
+        /// Thirty days of ten-minute points.
+        const KEEP: usize = 30 * 144;
+        let due = *self.next_kpi_ms.get_or_insert(t);
+        if t < due {
+            return;
+        }
+        self.next_kpi_ms = Some(due + ((t - due) / PERIOD_MS + 1) * PERIOD_MS);
+        let (Some(kwh), Some(good)) = (
+            self.twin.value("energy.total"),
+            self.twin.value("filler.good_bottles"),
+        ) else {
+            return;
+        };
+        self.kpi_series.push_back([t as f64, kwh, good]);
+        while self.kpi_series.len() > KEEP {
+            self.kpi_series.pop_front();
+        }
     }
 
     fn run_agents(&mut self, now: i64) {
@@ -1466,6 +1502,8 @@ impl Core {
                 "history": self.optimiser.history,
                 "kpis": self.optimiser.kpis,
             })),
+            "kpi_series": self.kpi_series,
+            "baseline_series": self.baseline,
             "multivariate": self.multivariate.as_ref().map(|m| {
                 json!({ "status": m.status(), "sha256": self.multivariate_sha256, "model": self.multivariate_ref })
             }),

@@ -51,6 +51,9 @@ pub struct DemoArgs {
     /// Operating conditions drawn from the seed (climate, inlet temperature, production
     /// plan) instead of the reference conditions.
     pub vary_conditions: bool,
+    /// The same seed's fixed-setpoint run's `kpi_series`, shown beside this run's on the
+    /// page.
+    pub baseline: Option<serde_json::Value>,
 }
 
 /// The broker endpoint (with that account's credentials) for an account name.
@@ -233,6 +236,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         pump_health,
         pump_shadow,
         agents: args.agents,
+        baseline: args.baseline.clone(),
     })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();

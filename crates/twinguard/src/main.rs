@@ -953,34 +953,59 @@ fn run(cli: Cli) -> Result<ExitCode> {
             plot,
         } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let args = |agents: bool, data_dir: PathBuf| demo::DemoArgs {
-                transport,
-                config: config.clone(),
-                legacy_devices: legacy_devices.clone(),
-                hours,
-                speed,
-                attack,
-                seed,
-                data_dir,
-                plant_file: plant.clone(),
-                faults: faults.clone(),
-                broker: broker.clone(),
-                api_port: port,
-                quiet: quiet || json,
-                agents,
-                vary_conditions,
+            let args = |agents: bool, data_dir: PathBuf, baseline: Option<serde_json::Value>| {
+                demo::DemoArgs {
+                    transport,
+                    config: config.clone(),
+                    legacy_devices: legacy_devices.clone(),
+                    hours,
+                    speed,
+                    attack,
+                    seed,
+                    data_dir,
+                    plant_file: plant.clone(),
+                    faults: faults.clone(),
+                    broker: broker.clone(),
+                    api_port: port,
+                    quiet: quiet || json,
+                    agents,
+                    vary_conditions,
+                    baseline,
+                }
             };
             if compare_baseline {
-                let mut kpis = Vec::new();
-                for (agents, sub) in [(true, "with-agents"), (false, "fixed-setpoints")] {
-                    if !(quiet || json) {
-                        eprintln!("== {sub}");
-                    }
-                    let report = rt.block_on(demo::run(args(agents, data_dir.join(sub))))?;
-                    kpis.push(compare::kpis(&report, hours));
+                // The fixed setpoints first: the run with the agents then shows its own
+                // measured KPIs beside theirs on the page as it goes.
+                if !(quiet || json) {
+                    eprintln!("== fixed-setpoints");
                 }
+                let fixed = rt.block_on(demo::run(args(
+                    false,
+                    data_dir.join("fixed-setpoints"),
+                    None,
+                )))?;
+                let fixed_series = fixed.get("kpi_series").cloned();
+                if !(quiet || json) {
+                    eprintln!("== with-agents");
+                }
+                let with = rt.block_on(demo::run(args(
+                    true,
+                    data_dir.join("with-agents"),
+                    fixed_series.clone(),
+                )))?;
                 rt.shutdown_timeout(std::time::Duration::from_millis(100));
+                let kpis = vec![compare::kpis(&with, hours), compare::kpis(&fixed, hours)];
                 let mut r = compare::pair(seed, hours, kpis)?;
+                if let Some(o) = r.as_object_mut() {
+                    o.insert(
+                        "series".into(),
+                        serde_json::json!({
+                            "with_agents": with.get("kpi_series"),
+                            "fixed_setpoints": fixed_series,
+                            "baseline_on_page": with.get("baseline_series"),
+                        }),
+                    );
+                }
                 if vary_conditions && let Some(o) = r.as_object_mut() {
                     o.insert("conditions".into(), compare::conditions(seed, hours));
                 }
@@ -995,7 +1020,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let report = rt.block_on(demo::run(args(!no_agents, data_dir)))?;
+            let report = rt.block_on(demo::run(args(!no_agents, data_dir, None)))?;
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

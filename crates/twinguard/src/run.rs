@@ -187,6 +187,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         pump_health,
         pump_shadow,
         agents: true,
+        baseline: None,
     })?;
     core.publish_snapshot(true);
     let (stop_tx, stop_rx) = oneshot::channel();

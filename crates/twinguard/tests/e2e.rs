@@ -3846,6 +3846,35 @@ fn the_agents_are_compared_with_fixed_setpoints_on_the_same_plant() {
     );
     let svg = std::fs::read_to_string(dir.path().join("comparison.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("seed 1"), "{svg}");
+    // The run with the agents carried the fixed-setpoint run's measured KPIs (every ten
+    // minutes: time, energy meter, good bottles) for its page, and measured its own.
+    let series = &r["series"];
+    assert_eq!(series["baseline_on_page"], series["fixed_setpoints"], "{r}");
+    for run in ["with_agents", "fixed_setpoints"] {
+        let points = series[run].as_array().unwrap();
+        assert!(points.len() >= 11, "{run}: {r}");
+        let (first, last) = (&points[0], &points[points.len() - 1]);
+        let hours = (last[0].as_f64().unwrap() - first[0].as_f64().unwrap()) / 3.6e6;
+        assert!((1.6..=2.0).contains(&hours), "{run}: {hours}");
+        // Energy and bottles only grow.
+        for k in [1, 2] {
+            assert!(
+                last[k].as_f64().unwrap() > first[k].as_f64().unwrap(),
+                "{run}"
+            );
+        }
+    }
+    // The measured energy per good bottle tells the same story as the plant's truth.
+    let per_bottle = |run: &str| {
+        let p = series[run].as_array().unwrap();
+        let (a, b) = (&p[0], &p[p.len() - 1]);
+        (b[1].as_f64().unwrap() - a[1].as_f64().unwrap())
+            / (b[2].as_f64().unwrap() - a[2].as_f64().unwrap())
+    };
+    assert!(
+        per_bottle("with_agents") < 0.95 * per_bottle("fixed_setpoints"),
+        "{r}"
+    );
     // Each run has its own verified data directory.
     for sub in ["with-agents", "fixed-setpoints"] {
         let out = Command::new(BIN)
