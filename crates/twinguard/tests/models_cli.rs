@@ -782,11 +782,20 @@ fn a_vendors_onnx_detector_runs_in_shadow_beside_the_incumbent_then_watches_the_
     promote("2.0.0");
     let r = demo(&config_path, d, "8");
     assert_eq!(r["multivariate"]["model"]["version"], "2.0.0", "{r}");
-    assert_eq!(r["detections"], json!({ "multivariate": 1 }), "{r}");
+    // The model's one detection. (Under a loaded CI machine the tank's mass balance has
+    // once raised a physics detection as well, in a run whose optimiser stepped the pump:
+    // the commands reach the simulated plant at a second that depends on load. It is not
+    // what this test is about, so only the model's detections are counted.)
+    assert_eq!(r["detections"]["multivariate"], 1, "{r}");
     let records = audit_kinds(&data);
     let raised: Vec<&Value> = records
         .iter()
-        .filter(|(k, _)| k == "detection_raised")
+        .filter(|(k, b)| {
+            k == "detection_raised"
+                && b["evidence"]["relation"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("model "))
+        })
         .map(|(_, b)| b)
         .collect();
     let last = raised.last().unwrap();
