@@ -247,12 +247,15 @@ impl Scheduler {
     ) -> Vec<(String, SignedProposal)> {
         let mut plan: Vec<Plan> = lines
             .iter()
-            .map(|l| Plan {
-                id: l.id.clone(),
-                unavailable_h: self.unavailable_h(l, now_ms),
-                rate_bph: l.rate_bph.max(1.0),
-                troubled: !l.running || self.unavailable_h(l, now_ms) > 0.0,
-                jobs: jobs.iter().filter(|j| j.line == l.id).cloned().collect(),
+            .map(|l| {
+                let unavailable_h = self.unavailable_h(l, now_ms);
+                Plan {
+                    id: l.id.clone(),
+                    unavailable_h,
+                    rate_bph: l.rate_bph.max(1.0),
+                    troubled: !l.running || unavailable_h > 0.0,
+                    jobs: jobs.iter().filter(|j| j.line == l.id).cloned().collect(),
+                }
             })
             .collect();
         let mut moves = Vec::new();
@@ -274,7 +277,9 @@ impl Scheduler {
             if job.started && !src_down {
                 continue;
             }
-            let mut best: Option<(usize, f64, f64)> = None;
+            // The best destination: its index, the lateness cut, how much sooner the order
+            // fills, the lateness before, and both lines' plans after the move.
+            let mut best: Option<(usize, f64, f64, f64, Plan, Plan)> = None;
             for dst in 0..plan.len() {
                 let (Some(s), Some(d)) = (plan.get(src), plan.get(dst)) else {
                     continue;
@@ -292,18 +297,16 @@ impl Scheduler {
                     finish_before.unwrap_or(f64::INFINITY) - finish_after.unwrap_or(f64::INFINITY);
                 let worth = gain > self.min_gain_h
                     || (s.troubled && gain >= -1e-9 && sooner > self.min_gain_h);
-                if worth && best.is_none_or(|(_, g, _)| gain > g) {
-                    best = Some((dst, gain, sooner));
+                if worth && best.as_ref().is_none_or(|b| gain > b.1) {
+                    best = Some((dst, gain, sooner, before, s2, d2));
                 }
             }
-            let Some((dst, gain, sooner)) = best else {
+            let Some((dst, gain, sooner, before, s2, d2)) = best else {
                 continue;
             };
             let (Some(s), Some(d)) = (plan.get(src), plan.get(dst)) else {
                 continue;
             };
-            let before = s.lateness_h(now_ms) + d.lateness_h(now_ms);
-            let (s2, d2) = moved(s, d, &job);
             let mut why = String::new();
             let _ = write!(
                 why,

@@ -36,6 +36,9 @@ pub struct OrderSpec {
 /// about 1 % rejects).
 pub const NOMINAL_BOTTLES_PER_H: f64 = 29_700.0;
 
+/// Seconds from a failure to the start of its repair in [`SiteOptions::two_lines`].
+pub const REPAIR_DELAY_S: u64 = 4 * 3600;
+
 /// A stream of orders for `lines` lines over `hours`, drawn from `seed` (a generator of
 /// its own): 15,000 to 75,000 bottles each, arriving at random (exponential gaps) so that
 /// they ask for `load` of the lines' nominal capacity; each due its filling time on one
@@ -89,7 +92,7 @@ impl SiteOptions {
             vec![1.0, fast]
         };
         SiteOptions {
-            repair_delay_s: 4 * 3600,
+            repair_delay_s: REPAIR_DELAY_S,
             wear,
         }
     }
@@ -393,7 +396,9 @@ impl Site {
             other => self
                 .lines
                 .get_mut(to)
-                .map_or(Ok(()), |l| l.sim.apply(other)),
+                .ok_or_else(|| SimError::UnknownLine(line.to_string()))?
+                .sim
+                .apply(other),
         }
     }
 

@@ -494,7 +494,7 @@ pub fn bench(
         seeds,
         hours,
         load: LOAD,
-        repair_delay_h: SiteOptions::two_lines(1).repair_delay_s as f64 / 3600.0,
+        repair_delay_h: site::REPAIR_DELAY_S as f64 / 3600.0,
         risk_horizon_h,
         with_scheduler: Totals::of(runs.iter().map(|r| &r.with_scheduler)),
         maintenance_only: Totals::of(runs.iter().map(|r| &r.maintenance_only)),
