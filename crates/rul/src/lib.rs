@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::cmapss::{SENSORS, SETTINGS, Unit};
 use crate::mlp::{Mlp, Rng, TrainOptions};
 
-/// The model file's format name and version.
+/// The model file's format name and version. Version 2 added the options `age` and
+/// `baseline`; a version 1 file is read as a model with neither.
 pub const FORMAT: &str = "twinguard-rul";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulError {
@@ -59,6 +60,12 @@ pub struct FitOptions {
     /// Weight of the newest cycle in each sensor's exponential moving average (1: the raw
     /// values); the noise of single cycles says nothing about wear.
     pub smoothing: f64,
+    /// Also give the networks the engine's age: cycles run so far, divided by the cap.
+    pub age: bool,
+    /// Also give the networks each sensor's mean over the engine's first this many
+    /// cycles (fewer while it has run fewer; 0: not at all): engines start from different
+    /// points, and wear is the distance from where this one started.
+    pub baseline: usize,
     pub seed: u64,
 }
 
@@ -67,8 +74,8 @@ impl Default for FitOptions {
         FitOptions {
             window: 30,
             cap: 125.0,
-            hidden: vec![64, 32],
-            ensemble: 5,
+            hidden: vec![32, 16],
+            ensemble: 15,
             epochs: 80,
             batch: 256,
             learning_rate: 1e-3,
@@ -76,6 +83,8 @@ impl Default for FitOptions {
             min_correlation: 0.1,
             coverage: 0.9,
             smoothing: 0.3,
+            age: true,
+            baseline: 40,
             seed: 1,
         }
     }
@@ -243,7 +252,7 @@ impl RulModel {
             .iter()
             .map(|u| {
                 let rows = self.normalise(u);
-                window(&rows, rows.len().saturating_sub(1), self.options.window)
+                self.input(&rows, rows.len().saturating_sub(1))
             })
             .collect();
         let x = to_matrix(&cols, self.input_width());
@@ -261,17 +270,51 @@ impl RulModel {
     }
 
     fn input_width(&self) -> usize {
-        self.options.window * self.sensors.len()
+        let n = self.sensors.len();
+        self.options.window * n
+            + usize::from(self.options.age)
+            + if self.options.baseline > 0 { n } else { 0 }
     }
 
-    /// Whether a model read from a file is whole and of this version.
+    /// The networks' input after cycle `end` (0-based) of normalised `rows`.
+    fn input(&self, rows: &[Vec<f32>], end: usize) -> Vec<f32> {
+        let mut x = window(rows, end, self.options.window);
+        if self.options.age {
+            x.push(((end + 1) as f64 / self.options.cap) as f32);
+        }
+        if self.options.baseline > 0 {
+            let first = rows
+                .get(..(end + 1).min(self.options.baseline))
+                .unwrap_or_default();
+            let width = self.sensors.len();
+            let n = first.len().max(1) as f32;
+            x.extend((0..width).map(|k| first.iter().filter_map(|r| r.get(k)).sum::<f32>() / n));
+        }
+        x
+    }
+
+    /// A model read from a file of an earlier version, as this version reads it: version
+    /// 1 had no `age` or `baseline` (whatever defaults filled them in are undone).
+    pub fn upgraded(mut self) -> RulModel {
+        if self.format == FORMAT && self.version == 1 {
+            self.options.age = false;
+            self.options.baseline = 0;
+            self.version = VERSION;
+        }
+        self
+    }
+
+    /// Whether a model read from a file (and `upgraded`) is whole and of this version.
     pub fn check(&self) -> Result<(), RulError> {
         let bad = |m: String| Err(RulError::Model(m));
         if self.format != FORMAT || self.version != VERSION {
             return bad(format!(
-                "format {:?} version {} is not {FORMAT:?} version {VERSION}",
+                "format {:?} version {} is not {FORMAT:?} version {VERSION} (or 1)",
                 self.format, self.version
             ));
+        }
+        if self.options.baseline > MAX_BASELINE {
+            return bad(format!("baseline must be at most {MAX_BASELINE} cycles"));
         }
         if self.sensors.is_empty() || self.sensors.iter().any(|&s| s >= SENSORS) {
             return bad("sensors must be indices among the 21".into());
@@ -358,10 +401,16 @@ pub fn fit(
     mut progress: impl FnMut(&Progress),
 ) -> Result<RulModel, RulError> {
     let o = &options;
-    if o.window == 0 || o.window > 500 || !positive(o.cap) || o.ensemble == 0 || o.ensemble > 20 {
-        return Err(RulError::Fit(
-            "window must be 1 to 500, cap positive, ensemble 1 to 20".into(),
-        ));
+    if o.window == 0
+        || o.window > 500
+        || !positive(o.cap)
+        || o.ensemble == 0
+        || o.ensemble > 20
+        || o.baseline > MAX_BASELINE
+    {
+        return Err(RulError::Fit(format!(
+            "window must be 1 to 500, cap positive, ensemble 1 to 20, baseline 0 to {MAX_BASELINE}"
+        )));
     }
     if !(positive(o.coverage) && o.coverage < 1.0)
         || o.hidden.is_empty()
@@ -495,7 +544,7 @@ pub fn fit(
         .flat_map(|(ui, u)| {
             let rows = model.normalise(u);
             (0..rows.len())
-                .map(|i| (ui, window(&rows, i, o.window), (target(u, i) / cap) as f32))
+                .map(|i| (ui, model.input(&rows, i), (target(u, i) / cap) as f32))
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -560,6 +609,9 @@ pub fn fit(
     model.interval.high = q(1.0 - tail);
     Ok(model)
 }
+
+/// Longest baseline, cycles.
+pub const MAX_BASELINE: usize = 1000;
 
 /// Greater than zero (false for NaN).
 fn positive(x: f64) -> bool {
@@ -627,9 +679,16 @@ mod tests {
     /// Engines whose two informative sensors degrade, in two operating conditions, with
     /// noise and a sensor that says nothing.
     pub fn synthetic(n: usize, seed: u64) -> Vec<Unit> {
+        synthetic_spread(n, seed, 0.0)
+    }
+
+    /// As `synthetic`, each engine's informative sensors starting `spread` (standard
+    /// deviation) away from the fleet's.
+    fn synthetic_spread(n: usize, seed: u64, spread: f64) -> Vec<Unit> {
         let mut rng = Rng::new(seed);
         (0..n)
             .map(|u| {
+                let start = spread * rng.normal();
                 let life = 120 + (rng.unit() * 150.0) as usize;
                 let rows = (0..life)
                     .map(|t| {
@@ -639,8 +698,8 @@ mod tests {
                         let mut row = vec![s1, 0.25 * cond as f64, 100.0];
                         for s in 0..SENSORS {
                             let v = match s {
-                                1 => offset + 10.0 * wear + rng.normal(),
-                                6 => 2.0 * offset - 8.0 * wear + rng.normal(),
+                                1 => offset + start + 10.0 * wear + rng.normal(),
+                                6 => 2.0 * offset - start - 8.0 * wear + rng.normal(),
                                 9 => 7.0,
                                 _ => offset + rng.normal(),
                             };
@@ -700,6 +759,70 @@ mod tests {
         }
     }
 
+    /// Test engines cut short at random, and their true (capped) remaining life.
+    fn cut(mut test: Vec<Unit>, seed: u64) -> (Vec<Unit>, Vec<f64>) {
+        let mut truth = Vec::new();
+        let mut rng = Rng::new(seed);
+        for u in &mut test {
+            let keep = 20 + (rng.unit() * (u.rows.len() - 20) as f64) as usize;
+            truth.push(((u.rows.len() - keep) as f64).min(125.0));
+            u.rows.truncate(keep);
+        }
+        (test, truth)
+    }
+
+    #[test]
+    fn where_an_engine_started_tells_its_wear_from_its_making() {
+        // Engines differ from the start by as much as wear moves them in a lifetime.
+        let train = synthetic_spread(60, 1, 4.0);
+        let (test, truth) = cut(synthetic_spread(40, 2, 4.0), 3);
+        let rmse = |age: bool, baseline: usize| {
+            let options = FitOptions {
+                age,
+                baseline,
+                ..quick()
+            };
+            let model = fit(&train, options, |_| {}).unwrap();
+            model.check().unwrap();
+            score(&model.predict(&test), &truth).rmse
+        };
+        let without = rmse(false, 0);
+        let with = rmse(true, 20);
+        assert!(with < 0.8 * without, "with {with:.2}, without {without:.2}");
+    }
+
+    #[test]
+    fn a_version_1_file_is_read_as_a_model_without_age_or_baseline() {
+        let train = synthetic(12, 1);
+        let options = FitOptions {
+            epochs: 3,
+            age: false,
+            baseline: 0,
+            ..quick()
+        };
+        let model = fit(&train, options, |_| {}).unwrap();
+        // Version 1 as written then: no `age`, no `baseline`.
+        let mut v1 = serde_json::to_value(&model).unwrap();
+        v1["version"] = 1.into();
+        let o = v1["options"].as_object_mut().unwrap();
+        o.remove("age").unwrap();
+        o.remove("baseline").unwrap();
+        let read: RulModel = serde_json::from_value(v1).unwrap();
+        assert!(
+            read.check().is_err(),
+            "read as is, the defaults fill in age"
+        );
+        let read = read.upgraded();
+        read.check().unwrap();
+        assert_eq!(read, model);
+        // A version this build does not know is refused by name.
+        let mut v9 = serde_json::to_value(&model).unwrap();
+        v9["version"] = 9.into();
+        let read: RulModel = serde_json::from_value(v9).unwrap();
+        let e = read.upgraded().check().unwrap_err().to_string();
+        assert!(e.contains("version 9"), "{e}");
+    }
+
     #[test]
     fn bad_options_and_broken_models_are_refused() {
         let train = synthetic(10, 1);
@@ -715,6 +838,16 @@ mod tests {
         assert!(e.to_string().contains("window"), "{e}");
         let e = fit(&train[..3], quick(), |_| {}).unwrap_err();
         assert!(e.to_string().contains("engines"), "{e}");
+        let e = fit(
+            &train,
+            FitOptions {
+                baseline: MAX_BASELINE + 1,
+                ..quick()
+            },
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("baseline"), "{e}");
         let mut model = fit(
             &synthetic(12, 1),
             FitOptions {

@@ -651,7 +651,7 @@ enum RulCommand {
         /// The file's format (only NASA's C-MAPSS layout so far; `.gz` is read as is).
         #[arg(long, default_value = "cmapss")]
         format: String,
-        /// The model file to write (JSON, format "twinguard-rul" version 1).
+        /// The model file to write (JSON, format "twinguard-rul" version 2).
         #[arg(long)]
         out: PathBuf,
         /// Networks in the ensemble.

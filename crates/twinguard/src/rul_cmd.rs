@@ -53,6 +53,7 @@ pub fn fit(train: &Path, options: FitOptions, out: &Path) -> Result<Value> {
 /// Reads and checks a model file.
 pub fn load_model(path: &Path) -> Result<RulModel> {
     let model: RulModel = read_model(path, MAX_MODEL_BYTES, "twinguard RUL model")?;
+    let model = model.upgraded();
     model
         .check()
         .with_context(|| format!("model {}", path.display()))?;
