@@ -227,6 +227,16 @@ pub fn score(hours: &[i64], flags: &[bool], attacks: &[Attack]) -> Score {
     }
 }
 
+/// One relation the detector learnt (see `detect::gated`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RelationSummary {
+    pub value: String,
+    pub while_on: String,
+    pub from: Vec<String>,
+    pub held_out_error: f64,
+    pub alarm_beyond: f64,
+}
+
 /// The result on training data set 2, and the model fitted on both training sets (for
 /// scoring the official test set with `twinguard detect score`).
 #[derive(Debug, Clone, Serialize)]
@@ -234,6 +244,10 @@ pub struct BatadalResult {
     pub detector: String,
     pub score: Score,
     pub per_attack_ttd_hours: Vec<Option<i64>>,
+    /// The relations the model (fitted on set 1) learnt that hold while a switch is on:
+    /// which value, while which switch is on, how well it held out of sample and where
+    /// the alarm starts (in the value's unit).
+    pub relations: Vec<RelationSummary>,
     #[serde(skip)]
     pub model_for_test: PcaModel,
 }
@@ -257,6 +271,18 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
         })
     };
     let model = fit(&normal.rows)?;
+    let name = |c: usize| normal.columns.get(c).cloned().unwrap_or_default();
+    let relations = model
+        .relations
+        .iter()
+        .map(|r| RelationSummary {
+            value: name(r.target),
+            while_on: name(r.gate),
+            from: r.regressors.iter().map(|&c| name(c)).collect(),
+            held_out_error: r.held_out_error,
+            alarm_beyond: options.relation_tolerance * r.on_mean,
+        })
+        .collect();
     let mut scorer = model.scorer();
     for r in normal.rows.iter().rev().take(model.warm_up()).rev() {
         scorer.push(r);
@@ -287,7 +313,7 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
     );
     Ok(BatadalResult {
         detector: format!(
-            "twinguard {}PCA (components for {} of the variance, {} lags, score averaged over {} h, threshold {})",
+            "twinguard {}PCA (components for {} of the variance, {} lags, score averaged over {} h, threshold {}){}",
             if options.ridge > 0.0 {
                 format!("one-step predictor (ridge {}) and ", options.ridge)
             } else {
@@ -303,10 +329,19 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
                 )
             } else {
                 format!("the {} limits", options.confidence)
+            },
+            if options.relation_tolerance > 0.0 {
+                format!(
+                    ", and relations while a switch is on (alarm beyond {} % of the value)",
+                    options.relation_tolerance * 100.0
+                )
+            } else {
+                String::new()
             }
         ),
         score,
         per_attack_ttd_hours,
+        relations,
         model_for_test: fit(&both)?,
     })
 }

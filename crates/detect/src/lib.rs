@@ -5,6 +5,7 @@
 //!
 //! No I/O and no clock: time comes from the samples.
 
+pub mod gated;
 pub mod live;
 pub mod multivariate;
 

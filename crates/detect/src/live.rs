@@ -287,6 +287,7 @@ mod tests {
                 folds: 0,
                 ridge: 0.0,
                 fold_block_rows: 0,
+                relation_tolerance: 0.0,
             },
             max_age_ms: 3000,
         }

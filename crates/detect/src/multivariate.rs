@@ -13,6 +13,8 @@ use nalgebra::{DMatrix, SymmetricEigen};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, FisherSnedecor, Normal};
 
+use crate::gated::{self, GatedRelation};
+
 pub use crate::EpisodeClass;
 
 /// The artifact's format name and version, checked when a model is loaded.
@@ -50,6 +52,11 @@ pub struct FitOptions {
     /// block has training rows from the same period around it (for learning from a plant
     /// that moved between operating points it keeps visiting).
     pub fold_block_rows: usize,
+    /// Relations that hold while a switch is on (`gated`: a pump's flow while it runs,
+    /// from the pressures around it) are learnt when this is above 0, and a row whose
+    /// gated value strays from its relation by more than this share of the value's mean
+    /// while on is an alarm at once (0.05: five per cent). 0: none.
+    pub relation_tolerance: f64,
 }
 
 impl Default for FitOptions {
@@ -62,6 +69,7 @@ impl Default for FitOptions {
             folds: 0,
             ridge: 0.0,
             fold_block_rows: 0,
+            relation_tolerance: 0.0,
         }
     }
 }
@@ -126,6 +134,10 @@ pub struct PcaModel {
     /// above 0), absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predictor: Option<Predictor>,
+    /// The relations that hold while a switch is on (`options.relation_tolerance` above
+    /// 0; there may be none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relations: Vec<GatedRelation>,
 }
 
 /// A one-step predictor learned by ridge regression: each used column's next value,
@@ -291,6 +303,33 @@ impl PcaModel {
         rows: &[Vec<f64>],
         options: FitOptions,
     ) -> Result<PcaModel, FitError> {
+        let tolerance = options.relation_tolerance;
+        if !(0.0..1.0).contains(&tolerance) {
+            return Err(FitError::Option(format!(
+                "relation_tolerance must be 0 (none) or between 0 and 1, got {tolerance}"
+            )));
+        }
+        let mut model = PcaModel::fit_pca(
+            columns,
+            rows,
+            FitOptions {
+                relation_tolerance: 0.0,
+                ..options
+            },
+        )?;
+        model.options.relation_tolerance = tolerance;
+        if tolerance > 0.0 {
+            model.relations = gated::discover(rows, columns.len(), tolerance);
+        }
+        Ok(model)
+    }
+
+    /// [`PcaModel::fit`] without the gated relations.
+    fn fit_pca(
+        columns: &[String],
+        rows: &[Vec<f64>],
+        options: FitOptions,
+    ) -> Result<PcaModel, FitError> {
         if !(options.explained_variance > 0.0 && options.explained_variance < 1.0) {
             return Err(FitError::Option(format!(
                 "explained_variance must be between 0 and 1, got {}",
@@ -339,7 +378,7 @@ impl PcaModel {
                 .zip(rows.iter().skip(1))
                 .map(|(a, b)| predictor.innovation(a, b))
                 .collect();
-            let mut model = PcaModel::fit(
+            let mut model = PcaModel::fit_pca(
                 columns,
                 &innovations,
                 FitOptions {
@@ -457,6 +496,7 @@ impl PcaModel {
             threshold,
             training: TrainingInfo::default(),
             predictor: None,
+            relations: Vec::new(),
         })
     }
 
@@ -485,7 +525,13 @@ impl PcaModel {
             && match &self.predictor {
                 Some(p) => self.options.ridge > 0.0 && p.consistent(self.columns.len()),
                 None => self.options.ridge == 0.0,
-            };
+            }
+            && (self.options.relation_tolerance > 0.0 && self.options.relation_tolerance < 1.0
+                || self.options.relation_tolerance == 0.0 && self.relations.is_empty())
+            && self
+                .relations
+                .iter()
+                .all(|r| r.consistent(self.columns.len()));
         if consistent {
             Ok(())
         } else {
@@ -537,6 +583,16 @@ pub struct Stream {
 impl Stream {
     /// See [`Scorer::push`].
     pub fn push(&mut self, m: &PcaModel, row: &[f64]) -> Option<Score> {
+        // The gated relations judge the row as it came (before any predictor).
+        let broken: Vec<(usize, f64)> = m
+            .relations
+            .iter()
+            .filter_map(|r| {
+                r.excess(row, m.options.relation_tolerance)
+                    .filter(|e| *e > 1.0)
+                    .map(|e| (r.target, e))
+            })
+            .collect();
         let row = match &m.predictor {
             Some(p) => {
                 let previous = self.previous.replace(row.to_vec())?;
@@ -603,7 +659,14 @@ impl Stream {
         if self.recent.len() > m.options.smoothing {
             self.recent.pop_front();
         }
-        let score = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
+        let mut score = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
+        // A broken relation is an alarm at once, blamed on the value that strayed.
+        for (target, excess) in broken {
+            score = score.max(m.threshold * excess);
+            if let Some(slot) = contributions.get_mut(target) {
+                *slot += excess;
+            }
+        }
         Some(Score {
             t2,
             spe,
@@ -753,11 +816,12 @@ fn cross_validated_threshold(
             .filter(|(i, _)| !held.iter().any(|(a, b)| i >= a && i < b))
             .map(|(_, r)| r.clone())
             .collect();
-        let model = PcaModel::fit(
+        let model = PcaModel::fit_pca(
             columns,
             &train,
             FitOptions {
                 folds: 0,
+                relation_tolerance: 0.0,
                 ..options
             },
         )?;

@@ -24,6 +24,7 @@ pub const DEFAULTS: FitOptions = FitOptions {
     folds: 5,
     ridge: 0.0,
     fold_block_rows: 0,
+    relation_tolerance: 0.05,
 };
 
 /// Rows `fit` holds in memory at most.
@@ -213,7 +214,31 @@ pub fn fit(spec: &CsvSpec, options: FitOptions, out: &Path) -> Result<Value> {
         "t2_limit": model.t2_limit,
         "spe_limit": model.spe_limit,
         "threshold": model.threshold,
+        "relations": relations(&model),
     }))
+}
+
+/// The gated relations a model learnt, in words: "flow from p_in, p_out while pump is
+/// on (alarm beyond 2.5)".
+pub fn relations(model: &PcaModel) -> Vec<String> {
+    let name = |c: usize| model.columns.get(c).cloned().unwrap_or_default();
+    model
+        .relations
+        .iter()
+        .map(|r| {
+            format!(
+                "{} from {} while {} is on (alarm beyond {:.3})",
+                name(r.target),
+                r.regressors
+                    .iter()
+                    .map(|&c| name(c))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                name(r.gate),
+                model.options.relation_tolerance * r.on_mean
+            )
+        })
+        .collect()
 }
 
 /// A model file's JSON, read only up to `max` bytes; `what` names the kind of model in

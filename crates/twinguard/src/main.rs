@@ -699,6 +699,11 @@ struct DetectorArgs {
     /// fold one contiguous stretch).
     #[arg(long)]
     fold_block_rows: Option<usize>,
+    /// Learn the relations that hold while a switch is on (a pump's flow while it runs)
+    /// and alarm when a value strays from its relation by more than this share of its
+    /// mean while on (0: none).
+    #[arg(long)]
+    relation_tolerance: Option<f64>,
 }
 
 impl DetectorArgs {
@@ -711,6 +716,7 @@ impl DetectorArgs {
             folds: self.folds.unwrap_or(base.folds),
             ridge: self.ridge.unwrap_or(base.ridge),
             fold_block_rows: self.fold_block_rows.unwrap_or(base.fold_block_rows),
+            relation_tolerance: self.relation_tolerance.unwrap_or(base.relation_tolerance),
         }
     }
 }

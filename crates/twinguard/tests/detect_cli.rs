@@ -224,3 +224,105 @@ fn bad_input_is_refused_with_its_place() {
     ]));
     assert!(e.contains("is not a twinguard detector file"), "{e}");
 }
+
+/// Hours of a pumping station: suction and discharge pressure, the pump's status (on and
+/// off in spells) and flow (on its curve while on, 0 while off). From `slowed_from` on,
+/// the pump runs at 90 % speed.
+fn station(seed: u64, rows: usize, slowed_from: usize) -> String {
+    let mut x = seed;
+    let mut u = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut s = String::from("time,p_in,p_out,pump,flow\n");
+    let mut on = 1.0;
+    for i in 0..rows {
+        if u() < 0.15 {
+            on = if u() < 0.7 { 1.0 } else { 0.0 };
+        }
+        let (p_in, p_out) = (2.0 + u(), 30.0 + 10.0 * u());
+        let k = if i >= slowed_from { 0.9 } else { 1.0 };
+        let head = p_out - p_in;
+        let flow = on * (k * 80.0 - 0.02 * head * head / k) + 0.05 * (u() - 0.5);
+        let _ = writeln!(
+            s,
+            "2026-{:02}-{:02}T{:02}:00:00,{p_in:.3},{p_out:.3},{on},{flow:.3}",
+            i / 24 / 28 % 12 + 1,
+            i / 24 % 28 + 1,
+            i % 24
+        );
+    }
+    s
+}
+
+#[test]
+fn a_pump_running_off_its_curve_is_flagged_from_its_first_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train.csv"), dir.path().join("test.csv"));
+    let (model, scores) = (dir.path().join("model.json"), dir.path().join("scores.csv"));
+    std::fs::write(&train, station(1, 3000, usize::MAX)).unwrap();
+    std::fs::write(&test, station(2, 300, 200)).unwrap();
+    // The defaults learn the relation (and none for a column that is not gated).
+    let fitted = ok(run(&[
+        "detect",
+        "fit",
+        "--csv",
+        p(&train),
+        "--out",
+        p(&model),
+    ]));
+    let relations = fitted["relations"].as_array().unwrap();
+    assert_eq!(relations.len(), 1, "{fitted}");
+    let described = relations[0].as_str().unwrap();
+    assert!(
+        described.starts_with("flow from ") && described.contains("while pump is on"),
+        "{described}"
+    );
+    ok(run(&[
+        "detect",
+        "score",
+        "--model",
+        p(&model),
+        "--csv",
+        p(&test),
+        "--out",
+        p(&scores),
+    ]));
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let test_rows: Vec<Vec<String>> = station(2, 300, 200)
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    // Every hour the slowed pump runs is flagged, blamed on the flow first.
+    let running_slow: Vec<usize> = (200..300).filter(|&i| test_rows[i][3] == "1").collect();
+    assert!(running_slow.len() > 20);
+    for &i in &running_slow {
+        assert_eq!(rows[i][2], "1", "hour {i}: {:?}", rows[i]);
+        assert!(rows[i][3].starts_with("flow"), "hour {i}: {:?}", rows[i]);
+    }
+    // Before the pump slowed, nothing is flagged by the relation (at most the usual
+    // statistical false alarms, with someone else to blame).
+    let before = rows[..200].iter().filter(|r| r[2] == "1").count();
+    assert!(before <= 6, "{before} false alarms of 200");
+    // Switched off, the relation is gone from the model.
+    let plain = dir.path().join("plain.json");
+    let fitted = ok(run(&[
+        "detect",
+        "fit",
+        "--csv",
+        p(&train),
+        "--relation-tolerance",
+        "0",
+        "--out",
+        p(&plain),
+    ]));
+    assert_eq!(fitted["relations"], serde_json::json!([]));
+}
