@@ -939,6 +939,8 @@ pub(crate) fn pump_health(
         .unwrap_or(std::path::Path::new("."));
     let path = base.join(f.get_ref());
     let model = crate::rul_cmd::load_model(&path)?;
+    crate::pump_health::check_model(&model)
+        .map_err(|e| anyhow::anyhow!("predict.pump_model {}: {e}", path.display()))?;
     let sha = crate::detect_cmd::sha256_file(&path)?;
     Ok(Some(crate::pump_health::PumpHealth::new(
         model,

@@ -833,6 +833,13 @@ pub fn registry_pump_health(
         |e: &RegistryEntry| -> Result<(crate::pump_health::PumpHealth, crate::core::ModelRef)> {
             let (path, signed) = admitted_of_kind(dir, e, "rul", "predict.registry_model")?;
             let model = crate::rul_cmd::load_model(&path)?;
+            crate::pump_health::check_model(&model).map_err(|msg| {
+                anyhow::anyhow!(
+                    "predict.registry_model {:?} version {}: {msg}",
+                    e.name,
+                    e.version
+                )
+            })?;
             let model_ref = crate::core::ModelRef {
                 name: e.name.clone(),
                 version: e.version.clone(),

@@ -64,6 +64,19 @@ pub struct Estimate {
 /// Cycles kept (the smoothing forgets much faster).
 const KEEP_CYCLES: usize = 500;
 
+/// Whether `model` can estimate live: the twin may first see a pump well into its
+/// bearing's life and keeps a bounded history, so a model that reads the unit's age or
+/// its first cycles (`age`, `baseline`) would be told wrong ones.
+pub fn check_model(model: &rul::RulModel) -> Result<(), String> {
+    if model.options.age || model.options.baseline > 0 {
+        return Err(format!(
+            "this RUL model reads the unit's age (age = {}) or its first {} cycles (baseline), which the twin does not know for a pump it may first see mid-life; fit the pump's model with \"age\": false and \"baseline\": 0 (as `twinguard bench pump --model-out` does)",
+            model.options.age, model.options.baseline
+        ));
+    }
+    Ok(())
+}
+
 impl PumpHealth {
     pub fn new(model: rul::RulModel, sha256: String, horizon_h: f64) -> PumpHealth {
         PumpHealth {
@@ -195,6 +208,33 @@ fn normal_cdf(z: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_that_reads_age_or_first_cycles_is_refused_for_the_live_pump() {
+        let model = |age: bool, baseline: usize| rul::RulModel {
+            format: rul::FORMAT.into(),
+            version: rul::VERSION,
+            options: rul::FitOptions {
+                age,
+                baseline,
+                ..rul::FitOptions::default()
+            },
+            sensors: vec![0],
+            conditions: Vec::new(),
+            nets: Vec::new(),
+            interval: rul::Interval {
+                coverage: 0.9,
+                low: 0.0,
+                high: 0.0,
+            },
+            training: rul::TrainingInfo::default(),
+        };
+        assert!(check_model(&model(false, 0)).is_ok());
+        for (age, baseline) in [(true, 0), (false, 40), (true, 40)] {
+            let e = check_model(&model(age, baseline)).unwrap_err();
+            assert!(e.contains("\"age\": false"), "{e}");
+        }
+    }
 
     #[test]
     fn the_normal_distribution_function_matches_its_table() {
