@@ -662,6 +662,15 @@ enum RulCommand {
         window: Option<usize>,
         #[arg(long)]
         seed: Option<u64>,
+        /// Do not give the networks the unit's age (cycles so far), nor (with
+        /// `--baseline 0`) its first cycles: for units whose history may start mid-life,
+        /// such as a pump the twin watches live.
+        #[arg(long)]
+        no_age: bool,
+        /// Cycles at the start of each unit's history whose mean the networks also see
+        /// (0: none; default 40).
+        #[arg(long)]
+        baseline: Option<usize>,
     },
     /// Estimate each unit's remaining life at its last cycle: writes unit,rul,rul_low,rul_high.
     Predict {
@@ -1057,6 +1066,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ensemble,
                     window,
                     seed,
+                    no_age,
+                    baseline,
                 },
         } => {
             if format != "cmapss" {
@@ -1067,6 +1078,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ensemble: ensemble.unwrap_or(d.ensemble),
                 window: window.unwrap_or(d.window),
                 seed: seed.unwrap_or(d.seed),
+                age: !no_age,
+                baseline: baseline.unwrap_or(d.baseline),
                 ..d
             };
             detect_cmd::print(&rul_cmd::fit(&train, options, &out)?)?;

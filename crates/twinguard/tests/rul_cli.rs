@@ -130,6 +130,63 @@ fn rul_fit_then_predict_estimates_each_engine_with_an_interval() {
     }
     let rmse = (se / 20.0).sqrt();
     assert!(rmse < 30.0, "RMSE {rmse}");
+    assert_eq!(
+        (
+            &model["version"],
+            &model["options"]["age"],
+            &model["options"]["baseline"]
+        ),
+        (&Value::from(2), &Value::from(true), &Value::from(40))
+    );
+
+    // Without age or first cycles (a pump watched from mid-life); written the way
+    // version 1 wrote it, the same model is still read and predicts the same.
+    let predict = |model: &str, out: &str| {
+        let o = run(
+            &[
+                "rul", "predict", "--model", model, "--test", "test.txt", "--out", out,
+            ],
+            d,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(d.join(out)).unwrap()
+    };
+    let out = run(
+        &[
+            "rul",
+            "fit",
+            "--train",
+            "train.txt",
+            "--out",
+            "plain.json",
+            "--ensemble",
+            "3",
+            "--window",
+            "10",
+            "--no-age",
+            "--baseline",
+            "0",
+        ],
+        d,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut plain: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("plain.json")).unwrap()).unwrap();
+    assert_eq!(
+        (&plain["options"]["age"], &plain["options"]["baseline"]),
+        (&Value::from(false), &Value::from(0))
+    );
+    let now = predict("plain.json", "plain.csv");
+    plain["version"] = 1.into();
+    let options = plain["options"].as_object_mut().unwrap();
+    options.remove("age");
+    options.remove("baseline");
+    std::fs::write(d.join("v1.json"), plain.to_string()).unwrap();
+    assert_eq!(predict("v1.json", "v1.csv"), now);
 
     // Bad input: a short line, a model that is not one, an unknown format.
     std::fs::write(d.join("bad.txt"), "1 1 0 0 100\n").unwrap();
