@@ -33,6 +33,8 @@ const HELD_OUT_SHARE: f64 = 0.25;
 const RIDGE: f64 = 1.0;
 /// Regressors of one relation, at most.
 const MAX_REGRESSORS: usize = 4;
+/// Candidates tried for each relation, at most (those most correlated with its target).
+const MAX_CANDIDATES: usize = 12;
 /// A regressor is added only if it lowers the held-out error by at least this share.
 const MIN_GAIN: f64 = 0.2;
 
@@ -191,6 +193,21 @@ fn select(
     if on.len() < (3 * (2 * MAX_REGRESSORS + 1)).max(50) {
         return None;
     }
+    // The search is bounded on wide data: only the candidates that move most with the
+    // target (correlation with it, or with their square) are tried.
+    let value = |r: &Vec<f64>, c: usize| r.get(c).copied().unwrap_or(0.0);
+    let y: Vec<f64> = on.iter().map(|r| value(r, target)).collect();
+    let mut ranked: Vec<(f64, usize)> = candidates
+        .iter()
+        .map(|&c| {
+            let x: Vec<f64> = on.iter().map(|r| value(r, c)).collect();
+            let m = x.iter().sum::<f64>() / x.len().max(1) as f64;
+            let sq: Vec<f64> = x.iter().map(|v| (v - m).powi(2)).collect();
+            (correlation(&x, &y).abs().max(correlation(&sq, &y).abs()), c)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let candidates: Vec<usize> = ranked.iter().take(MAX_CANDIDATES).map(|r| r.1).collect();
     let mut chosen: Vec<usize> = Vec::new();
     let mut best = held_out_error(on, target, &chosen)?;
     while chosen.len() < MAX_REGRESSORS {
@@ -224,6 +241,23 @@ fn select(
         / on.len() as f64;
     relation.held_out_error = best;
     Some(relation)
+}
+
+/// Pearson correlation (0 when either side is constant).
+fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len()).max(1) as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        sab += (x - ma) * (y - mb);
+        saa += (x - ma).powi(2);
+        sbb += (y - mb).powi(2);
+    }
+    if saa > 0.0 && sbb > 0.0 {
+        sab / (saa * sbb).sqrt()
+    } else {
+        0.0
+    }
 }
 
 /// The `HELD_OUT_QUANTILE` quantile of the errors on each contiguous fifth of `on`
@@ -351,8 +385,9 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         let r = &found[0];
         assert_eq!((r.gate, r.target), (3, 4));
-        // The pressures and the level, not the gates or the gated columns.
-        assert_eq!(r.regressors, vec![0, 1, 2]);
+        // The two pressures (discharge first: it moves the flow most), not the level,
+        // which has nothing to do with it, nor the gates or gated columns.
+        assert_eq!(r.regressors, vec![1, 0]);
         assert!(r.held_out_error < 0.25 * 0.05 * r.on_mean, "{r:?}");
         assert!(r.consistent(7));
         assert!(!r.consistent(4));
