@@ -10,16 +10,22 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_twinguard");
 
-/// Rows of a pump: flow follows speed, power follows both; `label` is a column to leave
-/// out. From `fault_from` on, the flow sensor reads 20 % high.
-fn history(seed: u64, rows: usize, fault_from: usize, sep: char) -> String {
-    let mut x = seed;
-    let mut noise = move || {
+/// Deterministic noise, uniform in [0, 1) (xorshift).
+fn uniform(seed: u64) -> impl FnMut() -> f64 {
+    let mut x = seed.max(1);
+    move || {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    };
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Rows of a pump: flow follows speed, power follows both; `label` is a column to leave
+/// out. From `fault_from` on, the flow sensor reads 20 % high.
+fn history(seed: u64, rows: usize, fault_from: usize, sep: char) -> String {
+    let mut u = uniform(seed);
+    let mut noise = move || u() - 0.5;
     let mut s = format!("time{sep}speed{sep}flow{sep}power{sep}label\n");
     for i in 0..rows {
         let speed = 1500.0 + 200.0 * (i as f64 / 40.0).sin() + 10.0 * noise();
@@ -229,13 +235,7 @@ fn bad_input_is_refused_with_its_place() {
 /// off in spells) and flow (on its curve while on, 0 while off). From `slowed_from` on,
 /// the pump runs at 90 % speed.
 fn station(seed: u64, rows: usize, slowed_from: usize) -> String {
-    let mut x = seed;
-    let mut u = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut u = uniform(seed);
     let mut s = String::from("time,p_in,p_out,pump,flow\n");
     let mut on = 1.0;
     for i in 0..rows {

@@ -69,27 +69,26 @@ fn rul_fit_then_predict_estimates_each_engine_with_an_interval() {
     std::fs::write(d.join("train.txt"), train).unwrap();
     let (test, truth) = engines(20, 2, true);
     std::fs::write(d.join("test.txt"), test).unwrap();
-    let out = run(
-        &[
+    // A small ensemble on short windows of train.txt, written to `out`; the summary.
+    let fit = |out: &str, extra: &[&str]| -> Value {
+        let mut args = vec![
             "rul",
             "fit",
             "--train",
             "train.txt",
             "--out",
-            "model.json",
+            out,
             "--ensemble",
             "3",
             "--window",
             "10",
-        ],
-        d,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        ];
+        args.extend(extra);
+        let o = run(&args, d);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let summary = fit("model.json", &[]);
     assert_eq!(summary["units"], 40);
     assert_eq!(summary["sensors"], serde_json::json!(["s3", "s8", "s12"]));
     let model: Value =
@@ -151,29 +150,7 @@ fn rul_fit_then_predict_estimates_each_engine_with_an_interval() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         std::fs::read_to_string(d.join(out)).unwrap()
     };
-    let out = run(
-        &[
-            "rul",
-            "fit",
-            "--train",
-            "train.txt",
-            "--out",
-            "plain.json",
-            "--ensemble",
-            "3",
-            "--window",
-            "10",
-            "--no-age",
-            "--baseline",
-            "0",
-        ],
-        d,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fit("plain.json", &["--no-age", "--baseline", "0"]);
     let mut plain: Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("plain.json")).unwrap()).unwrap();
     assert_eq!(
