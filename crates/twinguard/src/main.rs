@@ -521,6 +521,9 @@ enum BenchData {
         /// Fit options other than the defaults (JSON, the `options` of a model file).
         #[arg(long)]
         options: Option<PathBuf>,
+        /// Also write FD001's estimates against the truth as an SVG (`--out`/fd001.svg).
+        #[arg(long)]
+        plot: bool,
         #[arg(long)]
         json: bool,
     },
@@ -1231,6 +1234,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     out,
                     sets,
                     options,
+                    plot,
                     json,
                 }),
             ..
@@ -1245,7 +1249,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(f) => rul_cmd::read_options(&f)?,
                 None => rul_cmd::bench_options(),
             };
+            if plot && !sets.contains(&"FD001") {
+                anyhow::bail!("--plot draws FD001's test engines: add FD001 to --sets");
+            }
             let r = rul_cmd::bench(&data, &out, &sets, options)?;
+            if plot {
+                let path = out.join("fd001.svg");
+                std::fs::write(&path, rul_cmd::svg(&r))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
             bench_data::print(json, &r, rul_cmd::tables)
         }
         Command::Detect {

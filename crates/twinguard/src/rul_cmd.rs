@@ -140,6 +140,8 @@ pub struct CmapssResult {
     pub costs: Vec<SetCost>,
     /// Test predictions written for the sets whose truth is withheld.
     pub written: Vec<String>,
+    /// FD001's test engines: unit, capped truth, estimate, interval low and high.
+    pub fd001_engines: Vec<(u32, f64, f64, f64, f64)>,
 }
 
 /// `bench cmapss`: fits on each training set, scores FD001's test set, writes FD002–FD004
@@ -173,6 +175,7 @@ pub fn bench(data: &Path, out: &Path, sets: &[&str], options: FitOptions) -> Res
         fit_seconds: Vec::new(),
         costs: Vec::new(),
         written: Vec::new(),
+        fd001_engines: Vec::new(),
     };
     for set in sets {
         eprintln!("rul: {set}");
@@ -224,9 +227,99 @@ pub fn bench(data: &Path, out: &Path, sets: &[&str], options: FitOptions) -> Res
             result.fd001 = rul::score(&predictions, &capped);
             result.fd001_uncapped_rmse = rul::score(&predictions, &truth).rmse;
             result.fd001_validation_rmse = model.training.validation_rmse.clone();
+            result.fd001_engines = predictions
+                .iter()
+                .zip(&capped)
+                .map(|(p, t)| (p.unit, *t, p.rul, p.rul_low, p.rul_high))
+                .collect();
         }
     }
     Ok(result)
+}
+
+/// FD001's test engines, ordered by their true remaining life: the truth as a line, each
+/// estimate as a dot with its interval.
+pub fn svg(r: &CmapssResult) -> String {
+    let (w, h, left, right, top, bottom) = (1000.0, 480.0, 60.0, 20.0, 50.0, 50.0);
+    let mut engines = r.fd001_engines.clone();
+    engines.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    let n = engines.len().max(2) as f64;
+    let top_value = engines
+        .iter()
+        .map(|e| e.4.max(e.1))
+        .fold(r.options.cap, f64::max)
+        .ceil();
+    let x = |i: usize| left + (w - left - right) * i as f64 / (n - 1.0);
+    let y = |v: f64| top + (h - top - bottom) * (1.0 - v / top_value);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n"
+    );
+    let _ = writeln!(
+        out,
+        "<text x=\"{left}\" y=\"22\" font-size=\"15\">C-MAPSS FD001 test engines by true remaining life: RMSE {:.2}, score {:.1}, {:.0} % inside the {:.0} % intervals</text>",
+        r.fd001.rmse,
+        r.fd001.phm08,
+        r.fd001.coverage * 100.0,
+        r.options.coverage * 100.0
+    );
+    for v in (0..=top_value as usize).step_by(25) {
+        let yv = y(v as f64);
+        let _ = writeln!(
+            out,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{yv:.1}\" y2=\"{yv:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v}</text>",
+            w - right,
+            left - 6.0,
+            yv + 4.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">remaining cycles</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">test engine (by true remaining life)</text>",
+        h / 2.0,
+        h / 2.0,
+        (left + w - right) / 2.0,
+        h - 14.0
+    );
+    for (i, e) in engines.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"#9ecae1\" stroke-width=\"3\"/>",
+            x(i),
+            y(e.3),
+            y(e.4)
+        );
+    }
+    let truth: Vec<String> = engines
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{:.1},{:.1}", x(i), y(e.1)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"black\" stroke-width=\"2\"/>",
+        truth.join(" ")
+    );
+    for (i, e) in engines.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#d62728\"><title>engine {}: true {:.0}, estimate {:.1} ({:.1} to {:.1})</title></circle>",
+            x(i),
+            y(e.2),
+            e.0,
+            e.1,
+            e.2,
+            e.3,
+            e.4
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<g transform=\"translate({:.1},{top})\"><line x1=\"0\" x2=\"24\" y1=\"6\" y2=\"6\" stroke=\"black\" stroke-width=\"2\"/><text x=\"30\" y=\"10\">true (capped at {})</text><circle cx=\"12\" cy=\"26\" r=\"3.5\" fill=\"#d62728\"/><text x=\"30\" y=\"30\">estimate</text><line x1=\"12\" x2=\"12\" y1=\"38\" y2=\"54\" stroke=\"#9ecae1\" stroke-width=\"3\"/><text x=\"30\" y=\"50\">interval</text></g>",
+        left + 20.0,
+        r.options.cap
+    );
+    out += "</svg>\n";
+    out
 }
 
 /// Our FD001 row among the published ones, sorted by RMSE.

@@ -234,6 +234,7 @@ fn bench_cmapss_scores_fd001_and_writes_the_other_predictions() {
             "preds",
             "--options",
             "options.json",
+            "--plot",
             "--json",
         ],
         d,
@@ -247,6 +248,16 @@ fn bench_cmapss_scores_fd001_and_writes_the_other_predictions() {
     assert!(r["fd001"]["rmse"].as_f64().unwrap() < 35.0, "{r}");
     assert!(r["fd001"]["phm08"].as_f64().unwrap() > 0.0, "{r}");
     assert_eq!(r["written"].as_array().unwrap().len(), 2);
+    // The plot: the truth as one line, an estimate and an interval per test engine.
+    assert_eq!(r["fd001_engines"].as_array().unwrap().len(), 15);
+    let svg = std::fs::read_to_string(d.join("preds/fd001.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 1);
+    assert_eq!(
+        svg.matches("<circle").count(),
+        15 + 1,
+        "one per engine and the key's"
+    );
     let fd002 = std::fs::read_to_string(d.join("preds/pred_FD002.csv")).unwrap();
     assert_eq!(fd002.lines().count(), 16);
     // The table puts our row among the published ones.
@@ -270,6 +281,25 @@ fn bench_cmapss_scores_fd001_and_writes_the_other_predictions() {
         table.contains("twinguard (this run)") && table.contains("DCNN (Li et al. 2018)"),
         "{table}"
     );
+    // A plot of FD001 needs FD001.
+    let out = run(
+        &[
+            "bench",
+            "cmapss",
+            "--data",
+            ".",
+            "--sets",
+            "FD002",
+            "--out",
+            "preds",
+            "--options",
+            "options.json",
+            "--plot",
+        ],
+        d,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add FD001 to --sets"));
     let out = run(
         &["bench", "cmapss", "--data", "nowhere", "--sets", "FD001"],
         d,
