@@ -108,11 +108,47 @@ fn start_on(
         acl,
         upstream_login,
     });
+    let mut listeners = Vec::new();
     let mut bound = Vec::new();
-    for (public, private, v5) in [(port, inner, false), (port_v5, inner_v5, true)] {
+    for public in [port, port_v5] {
         let listener = std::net::TcpListener::bind(("127.0.0.1", public))
             .with_context(|| format!("cannot listen on 127.0.0.1:{public}"))?;
         bound.push(listener.local_addr()?.port());
+        listeners.push(listener);
+    }
+    // The broker's own ports were free when picked, but another process may take one
+    // before the broker binds it (and then the proxy would talk to that process's
+    // broker): the broker is only used once our login is accepted on both, else it is
+    // started again on other ports.
+    let (mut inner, mut inner_v5) = (inner, inner_v5);
+    let mut attempt = 1;
+    loop {
+        start_rumqttd(inner, inner_v5, internal_users.clone())?;
+        let (user, password) = (&accounts.upstream_login.0, &accounts.upstream_login.1);
+        let accepted = [(inner, false), (inner_v5, true)]
+            .iter()
+            .all(|&(p, v5)| login_accepted(p, v5, user, password));
+        if accepted {
+            break;
+        }
+        if attempt >= 5 {
+            anyhow::bail!(
+                "the embedded MQTT broker did not accept its own login on loopback ports {inner} and {inner_v5} after {attempt} attempts (another process on them?)"
+            );
+        }
+        tracing::warn!(
+            inner,
+            inner_v5,
+            "the embedded MQTT broker's ports were taken meanwhile; starting it on others"
+        );
+        attempt += 1;
+        (inner, inner_v5) = (free_port()?, free_port()?);
+    }
+    for ((listener, private), v5) in listeners
+        .into_iter()
+        .zip([inner, inner_v5])
+        .zip([false, true])
+    {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tokio::spawn(crate::mqtt_acl::serve(
@@ -123,7 +159,6 @@ fn start_on(
             refusals.clone(),
         ));
     }
-    start_rumqttd(inner, inner_v5, internal_users)?;
     Ok(Started {
         port: bound.first().copied().unwrap_or(port),
         port_v5: bound.get(1).copied().unwrap_or(port_v5),
@@ -181,6 +216,53 @@ fn start_rumqttd(port: u16, port_v5: u16, users: HashMap<String, String>) -> Res
         })
         .context("cannot start the embedded MQTT broker thread")?;
     Ok(())
+}
+
+/// Whether the MQTT broker on loopback `port` accepts `user`'s login (MQTT 5 if `v5`,
+/// else 3.1.1), waiting up to 10 s for it to start listening. Blocking: for start-up.
+fn login_accepted(port: u16, v5: bool, user: &str, password: &str) -> bool {
+    use std::io::{Read, Write};
+    let string = |out: &mut Vec<u8>, s: &[u8]| {
+        out.extend((s.len() as u16).to_be_bytes());
+        out.extend(s);
+    };
+    let mut body = Vec::new();
+    string(&mut body, b"MQTT");
+    body.push(if v5 { 5 } else { 4 });
+    body.push(0xC2); // user name, password, clean session
+    body.extend(10u16.to_be_bytes()); // keep-alive, s
+    if v5 {
+        body.push(0); // no properties
+    }
+    string(&mut body, format!("twinguard-probe-{port}").as_bytes());
+    string(&mut body, user.as_bytes());
+    string(&mut body, password.as_bytes());
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend(body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            continue;
+        };
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let mut ack = [0u8; 4];
+        // CONNACK: type, remaining length, flags, return (3.1.1) or reason (5) code.
+        return stream.write_all(&packet).is_ok()
+            && stream.read_exact(&mut ack).is_ok()
+            && ack[0] == 0x20
+            && ack[3] == 0;
+    }
+    false
 }
 
 /// Waits until something accepts TCP connections on the port.
@@ -271,6 +353,37 @@ mod tests {
             r.contains(&"gw-tank: wrong or missing password".to_string())
                 && r.contains(&"nobody: wrong or missing password".to_string()),
             "{r:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broker_whose_ports_were_taken_meanwhile_starts_on_others() {
+        let plant = plant_model::Plant::reference();
+        let users = HashMap::from([("gw-tank".to_string(), "tank-secret-1".to_string())]);
+        let (inner, inner_v5) = (free_port().unwrap(), free_port().unwrap());
+        // Another twinguard's broker holds the ports this one picked.
+        let first = start_on(0, 0, (inner, inner_v5), users.clone(), acl(&plant, None)).unwrap();
+        wait_ready(first.port).await.unwrap();
+        assert!(!login_accepted(inner, false, "twinguard-proxy", "not-ours"));
+        assert!(!login_accepted(
+            inner_v5,
+            true,
+            "twinguard-proxy",
+            "not-ours"
+        ));
+        let second = start_on(0, 0, (inner, inner_v5), users, acl(&plant, None)).unwrap();
+        // Its proxy talks to its own broker, which knows its login.
+        assert_eq!(
+            connect_v4(second.port, "gw-tank", "tank-secret-1").await,
+            "Success"
+        );
+        assert_eq!(
+            connect_v5(second.port_v5, "gw-tank", "tank-secret-1").await,
+            "Success"
+        );
+        assert_eq!(
+            connect_v4(first.port, "gw-tank", "tank-secret-1").await,
+            "Success"
         );
     }
 }
