@@ -115,11 +115,14 @@ fn features(z: &[f64]) -> Vec<f64> {
 /// The relations that hold in `rows` (normal operation, checked finite and
 /// `width` wide) to within a quarter of `tolerance` out of sample.
 pub fn discover(rows: &[Vec<f64>], width: usize, tolerance: f64) -> Vec<GatedRelation> {
-    let col = |c: usize| -> Vec<f64> {
-        rows.iter()
-            .map(|r| r.get(c).copied().unwrap_or(0.0))
-            .collect()
-    };
+    let cols: Vec<Vec<f64>> = (0..width)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).copied().unwrap_or(0.0))
+                .collect()
+        })
+        .collect();
+    let col = |c: usize| -> &[f64] { cols.get(c).map_or(&[], Vec::as_slice) };
     let n = rows.len() as f64;
     let gates: Vec<usize> = (0..width)
         .filter(|&c| {
@@ -140,7 +143,7 @@ pub fn discover(rows: &[Vec<f64>], width: usize, tolerance: f64) -> Vec<GatedRel
         }
         let gate = gates.iter().copied().find(|&g| {
             let (mut off, mut off_zero, mut on, mut on_sum) = (0usize, 0usize, 0usize, 0.0);
-            for (r, y) in rows.iter().zip(&v) {
+            for (r, y) in rows.iter().zip(v) {
                 if r.get(g).copied().unwrap_or(0.0) < 0.5 {
                     off += 1;
                     if y.abs() <= OFF_NEAR_ZERO * largest {
@@ -435,7 +438,7 @@ mod tests {
             .max_by(|&a, &b| s.contributions[a].total_cmp(&s.contributions[b]))
             .unwrap();
         assert_eq!(top, 4);
-        // The same model without relations waits for the statistics.
+        // Without a tolerance, no relation is learnt.
         let plain = PcaModel::fit(
             &columns(),
             &station(3000, 1, usize::MAX, 1.0),

@@ -219,35 +219,55 @@ fn start_rumqttd(port: u16, port_v5: u16, users: HashMap<String, String>) -> Res
 }
 
 /// Whether the MQTT broker on loopback `port` accepts `user`'s login (MQTT 5 if `v5`,
-/// else 3.1.1), waiting up to 10 s for it to start listening. Blocking: for start-up.
+/// else 3.1.1), waiting up to 10 s for it to start listening. The packets are written
+/// and read by the MQTT client library's codec, as the proxy's are. Blocking: for
+/// start-up.
 fn login_accepted(port: u16, v5: bool, user: &str, password: &str) -> bool {
     use std::io::{Read, Write};
-    let string = |out: &mut Vec<u8>, s: &[u8]| {
-        out.extend((s.len() as u16).to_be_bytes());
-        out.extend(s);
+    const MAX: usize = 1024;
+    let id = format!("twinguard-probe-{port}");
+    let mut connect = bytes::BytesMut::new();
+    let written = if v5 {
+        use rumqttc::v5::mqttbytes::v5::{Connect, Login, Packet};
+        let c = Connect {
+            keep_alive: 10,
+            client_id: id,
+            clean_start: true,
+            properties: None,
+        };
+        let login = Login {
+            username: user.into(),
+            password: password.into(),
+        };
+        Packet::Connect(c, None, Some(login))
+            .write(&mut connect, None)
+            .is_ok()
+    } else {
+        use rumqttc::mqttbytes::v4::{Connect, Login};
+        let mut c = Connect::new(id);
+        c.login = Some(Login::new(user, password));
+        c.write(&mut connect).is_ok()
     };
-    let mut body = Vec::new();
-    string(&mut body, b"MQTT");
-    body.push(if v5 { 5 } else { 4 });
-    body.push(0xC2); // user name, password, clean session
-    body.extend(10u16.to_be_bytes()); // keep-alive, s
-    if v5 {
-        body.push(0); // no properties
-    }
-    string(&mut body, format!("twinguard-probe-{port}").as_bytes());
-    string(&mut body, user.as_bytes());
-    string(&mut body, password.as_bytes());
-    let mut packet = vec![0x10];
-    let mut len = body.len();
-    loop {
-        let byte = (len % 128) as u8;
-        len /= 128;
-        packet.push(if len > 0 { byte | 0x80 } else { byte });
-        if len == 0 {
-            break;
+    // The CONNACK's verdict; None while more bytes are needed.
+    let verdict = |b: &[u8]| -> Option<bool> {
+        let mut buf = bytes::BytesMut::from(b);
+        if v5 {
+            use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
+            match Packet::read(&mut buf, Some(MAX as u32)).ok()? {
+                Packet::ConnAck(a) => Some(a.code == ConnectReturnCode::Success),
+                _ => Some(false),
+            }
+        } else {
+            use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet};
+            match Packet::read(&mut buf, MAX).ok()? {
+                Packet::ConnAck(a) => Some(a.code == ConnectReturnCode::Success),
+                _ => Some(false),
+            }
         }
+    };
+    if !written {
+        return false;
     }
-    packet.extend(body);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
         let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -255,12 +275,20 @@ fn login_accepted(port: u16, v5: bool, user: &str, password: &str) -> bool {
             continue;
         };
         let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-        let mut ack = [0u8; 4];
-        // CONNACK: type, remaining length, flags, return (3.1.1) or reason (5) code.
-        return stream.write_all(&packet).is_ok()
-            && stream.read_exact(&mut ack).is_ok()
-            && ack[0] == 0x20
-            && ack[3] == 0;
+        if stream.write_all(&connect).is_err() {
+            return false;
+        }
+        let (mut got, mut chunk) = (Vec::new(), [0u8; 256]);
+        while got.len() < MAX {
+            match stream.read(&mut chunk) {
+                Ok(n) if n > 0 => got.extend(chunk.iter().take(n)),
+                _ => return false,
+            }
+            if let Some(accepted) = verdict(&got) {
+                return accepted;
+            }
+        }
+        return false;
     }
     false
 }
