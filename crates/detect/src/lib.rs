@@ -115,7 +115,18 @@ pub struct Detection {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     Raised(Detection),
-    Cleared { id: u64, t_ms: i64 },
+    Cleared {
+        id: u64,
+        t_ms: i64,
+    },
+    /// An active episode's class changed as evidence arrived (another signal jumped at
+    /// the same moment, a device's frames failed integrity, the model's reading moved).
+    Reclassified {
+        id: u64,
+        t_ms: i64,
+        class: EpisodeClass,
+        was: EpisodeClass,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -140,8 +151,9 @@ pub struct Detectors {
     first_data_ms: Option<i64>,
     /// Device -> time of its latest frame refused for integrity.
     integrity_failures: HashMap<String, i64>,
-    /// Signal -> time of its latest own sensor signature (stuck, rate).
-    signatures: HashMap<String, i64>,
+    /// Signal -> time of its latest own sensor signature (stuck, rate) and whether it was
+    /// a jump (rate), which is the sensor's own only if no other signal jumped with it.
+    signatures: HashMap<String, (i64, bool)>,
     /// What the multivariate model's own evidence says of its current episode (SPE carried
     /// by one signal: a sensor; T²: the process).
     multivariate_hint: EpisodeClass,
@@ -153,6 +165,11 @@ pub struct Detectors {
 /// long a signal's own sensor signature (stuck, spike) explains a broken relation.
 const INTEGRITY_MEMORY_MS: i64 = 15 * 60 * 1000;
 const SIGNATURE_MEMORY_MS: i64 = 15 * 60 * 1000;
+/// Implausibly fast changes of different signals this close together (within the time a
+/// rate episode stays raised) are one event of the process (a pump stopping moves its
+/// flow, the filler and the vibration within seconds), not each sensor's own fault: a
+/// faulty sensor jumps alone.
+const COINCIDENT_MS: i64 = HOLD_MS;
 
 impl Detectors {
     pub fn new(plant: Arc<Plant>) -> Detectors {
@@ -172,18 +189,38 @@ impl Detectors {
     }
 
     /// A frame from `device` was refused for integrity at `t_ms` (forged, replayed,
-    /// altered): episodes resting on its data are suspected attacks for a while.
-    pub fn note_integrity_failure(&mut self, device: &str, t_ms: i64) {
+    /// altered): episodes resting on its data are suspected attacks for a while. Returns
+    /// the episodes whose class this changed.
+    pub fn note_integrity_failure(&mut self, device: &str, t_ms: i64) -> Vec<Event> {
         let latest = self
             .integrity_failures
             .entry(device.to_string())
             .or_insert(t_ms);
         *latest = (*latest).max(t_ms);
-        self.reclassify(t_ms);
+        let mut events = Vec::new();
+        self.reclassify(&mut events, t_ms);
+        events
     }
 
-    /// The class of an episode of `kind` with `evidence`, given what else is active.
-    fn classify(&self, kind: DetectionKind, evidence: &Evidence, t_ms: i64) -> EpisodeClass {
+    /// Whether another signal than `signal` changed implausibly fast within
+    /// [`COINCIDENT_MS`] of `t_ms`.
+    fn coincident_jump(&self, signal: &str, t_ms: i64) -> bool {
+        self.memory.iter().any(|(other, m)| {
+            other != signal
+                && m.last_rate_violation
+                    .is_some_and(|t| (t - t_ms).abs() <= COINCIDENT_MS)
+        })
+    }
+
+    /// The class of an episode of `kind` with `evidence`, raised at `raised_ms`, given
+    /// what else is active at `t_ms`.
+    fn classify(
+        &self,
+        kind: DetectionKind,
+        evidence: &Evidence,
+        raised_ms: i64,
+        t_ms: i64,
+    ) -> EpisodeClass {
         let doubted = evidence.devices.iter().any(|d| {
             self.integrity_failures
                 .get(d)
@@ -192,13 +229,18 @@ impl Detectors {
         if doubted {
             return EpisodeClass::SuspectedAttack;
         }
+        // A signal's own signature: stuck, or a jump no other signal made with it.
         let own_signature = |signal: &str| {
-            self.active.iter().any(|((k, s), _)| {
-                matches!(k, DetectionKind::Stuck | DetectionKind::Rate) && s == signal
-            }) || self
-                .signatures
-                .get(signal)
-                .is_some_and(|&t| t_ms - t <= SIGNATURE_MEMORY_MS)
+            self.active.iter().any(|((k, s), d)| {
+                s == signal
+                    && match k {
+                        DetectionKind::Stuck => true,
+                        DetectionKind::Rate => !self.coincident_jump(s, d.raised_ms),
+                        _ => false,
+                    }
+            }) || self.signatures.get(signal).is_some_and(|&(t, jump)| {
+                t_ms - t <= SIGNATURE_MEMORY_MS && !(jump && self.coincident_jump(signal, t))
+            })
         };
         let in_broken_relation = |signal: &str| {
             self.active.values().any(|d| {
@@ -206,7 +248,15 @@ impl Detectors {
             })
         };
         match kind {
-            DetectionKind::Stuck | DetectionKind::Rate => EpisodeClass::SensorFault,
+            DetectionKind::Stuck => EpisodeClass::SensorFault,
+            DetectionKind::Rate => {
+                let signal = evidence.signals.first().map(String::as_str).unwrap_or("");
+                if self.coincident_jump(signal, raised_ms) {
+                    EpisodeClass::ProcessUpset
+                } else {
+                    EpisodeClass::SensorFault
+                }
+            }
             DetectionKind::Physics => {
                 let faulty = evidence.signals.iter().filter(|s| own_signature(s)).count();
                 if faulty == 1 {
@@ -236,16 +286,30 @@ impl Detectors {
         }
     }
 
-    /// Revises the class of every active episode (evidence changed).
-    fn reclassify(&mut self, t_ms: i64) {
+    /// Revises the class of every active episode (evidence changed); each change is an
+    /// event.
+    fn reclassify(&mut self, events: &mut Vec<Event>, t_ms: i64) {
         let classes: Vec<(Key, EpisodeClass)> = self
             .active
             .iter()
-            .map(|(k, d)| (k.clone(), self.classify(d.kind, &d.evidence, t_ms)))
+            .map(|(k, d)| {
+                (
+                    k.clone(),
+                    self.classify(d.kind, &d.evidence, d.raised_ms, t_ms),
+                )
+            })
             .collect();
-        for (k, c) in classes {
-            if let Some(d) = self.active.get_mut(&k) {
-                d.class = c;
+        for (k, class) in classes {
+            if let Some(d) = self.active.get_mut(&k)
+                && d.class != class
+            {
+                events.push(Event::Reclassified {
+                    id: d.id,
+                    t_ms,
+                    class,
+                    was: d.class,
+                });
+                d.class = class;
             }
         }
     }
@@ -471,7 +535,7 @@ impl Detectors {
             self.multivariate_last_alarm = Some(t_ms);
             if self.multivariate_hint != class {
                 self.multivariate_hint = class;
-                self.reclassify(t_ms);
+                self.reclassify(&mut events, t_ms);
             }
             self.raise(
                 &mut events,
@@ -606,9 +670,10 @@ impl Detectors {
             return;
         }
         if matches!(key.0, DetectionKind::Stuck | DetectionKind::Rate) {
-            self.signatures.insert(key.1.clone(), t_ms);
+            self.signatures
+                .insert(key.1.clone(), (t_ms, key.0 == DetectionKind::Rate));
         }
-        let class = self.classify(key.0, &evidence, t_ms);
+        let class = self.classify(key.0, &evidence, t_ms, t_ms);
         let d = Detection {
             id: self.next_id,
             kind: key.0,
@@ -623,13 +688,13 @@ impl Detectors {
         *self.counts.entry(key.0).or_default() += 1;
         events.push(Event::Raised(d.clone()));
         self.active.insert(key, d);
-        self.reclassify(t_ms);
+        self.reclassify(events, t_ms);
     }
 
     fn clear(&mut self, events: &mut Vec<Event>, key: &Key, t_ms: i64) {
         if let Some(d) = self.active.remove(key) {
             events.push(Event::Cleared { id: d.id, t_ms });
-            self.reclassify(t_ms);
+            self.reclassify(events, t_ms);
         }
     }
 }

@@ -294,6 +294,21 @@ pub struct Score {
     pub flag: bool,
     /// Per input column, its share of the (limit-normalised) T² and SPE.
     pub contributions: Vec<f64>,
+    /// For a flagged PCA score: the one column that, reconstructed from the others,
+    /// removes the most SPE, and the SPE left after it. A single faulty sensor leaves
+    /// the rest within the SPE limit; a process that moved leaves more.
+    pub isolated: Option<Isolated>,
+}
+
+/// Reconstruction-based isolation of a score's SPE (Dunia and Qin, 1998): replace one
+/// column's values (every lag of it) by what the model's other variables say they should
+/// be, and see how much SPE remains.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Isolated {
+    /// Index into the model's columns.
+    pub column: usize,
+    /// The SPE once that column is reconstructed.
+    pub spe_left: f64,
 }
 
 impl PcaModel {
@@ -667,14 +682,116 @@ impl Stream {
                 *slot += excess;
             }
         }
+        let flag = score > m.threshold;
         Some(Score {
             t2,
             spe,
             score,
-            flag: score > m.threshold,
+            flag,
             contributions,
+            isolated: if flag {
+                isolate(m, &residual, spe)
+            } else {
+                None
+            },
         })
     }
+}
+
+/// Largest system [`isolate`] solves: one column's lags.
+const MAX_ISOLATION_DIM: usize = 8;
+
+/// The column whose reconstruction removes the most of `spe` (whose residual vector is
+/// `residual`), and the SPE left. For the variables S of a column (its lags), the SPE
+/// removed is r_S' (I - P P')_SS⁻¹ r_S, with r the residual and P the loadings.
+fn isolate(m: &PcaModel, residual: &[f64], spe: f64) -> Option<Isolated> {
+    let mut best: Option<(usize, f64)> = None;
+    for c in 0..m.columns.len() {
+        let vars: Vec<usize> = m
+            .variables
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.0 == c)
+            .map(|(j, _)| j)
+            .collect();
+        if vars.is_empty() || vars.len() > MAX_ISOLATION_DIM {
+            continue;
+        }
+        let n = vars.len();
+        // The residual projector restricted to S, augmented with r_S.
+        let mut a: Vec<Vec<f64>> = vars
+            .iter()
+            .enumerate()
+            .map(|(i, &ja)| {
+                let mut row: Vec<f64> = vars
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &jb)| {
+                        let pp: f64 = m
+                            .loadings
+                            .iter()
+                            .map(|p| {
+                                p.get(ja).copied().unwrap_or(0.0)
+                                    * p.get(jb).copied().unwrap_or(0.0)
+                            })
+                            .sum();
+                        f64::from(u8::from(i == k)) - pp
+                    })
+                    .collect();
+                row.push(residual.get(ja).copied().unwrap_or(0.0));
+                row
+            })
+            .collect();
+        let Some(x) = solve(&mut a, n) else {
+            continue;
+        };
+        let removed: f64 = vars
+            .iter()
+            .zip(&x)
+            .map(|(&j, xi)| residual.get(j).copied().unwrap_or(0.0) * xi)
+            .sum();
+        if removed.is_finite() && best.is_none_or(|(_, b)| removed > b) {
+            best = Some((c, removed));
+        }
+    }
+    best.map(|(column, removed)| Isolated {
+        column,
+        spe_left: (spe - removed).max(0.0),
+    })
+}
+
+/// Solves the n×n system in `a` (each row augmented with its right-hand side) by
+/// Gaussian elimination with partial pivoting; None when it is (nearly) singular, as for
+/// a column the retained components already reproduce exactly.
+fn solve(a: &mut [Vec<f64>], n: usize) -> Option<Vec<f64>> {
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&x, &y| {
+            let ax = a.get(x).and_then(|r| r.get(col)).map_or(0.0, |v| v.abs());
+            let ay = a.get(y).and_then(|r| r.get(col)).map_or(0.0, |v| v.abs());
+            ax.total_cmp(&ay)
+        })?;
+        a.swap(col, pivot);
+        let p = a.get(col).and_then(|r| r.get(col)).copied()?;
+        if p.abs() < 1e-9 {
+            return None;
+        }
+        let pivot_row = a.get(col)?.clone();
+        for (r, row) in a.iter_mut().enumerate().take(n) {
+            if r == col {
+                continue;
+            }
+            let f = row.get(col).copied().unwrap_or(0.0) / p;
+            for (v, pv) in row.iter_mut().zip(&pivot_row) {
+                *v -= f * pv;
+            }
+        }
+    }
+    (0..n)
+        .map(|i| {
+            let row = a.get(i)?;
+            Some(row.get(n)? / row.get(i)?)
+        })
+        .collect()
 }
 
 /// A model made outside this crate (an admitted ONNX graph) that scores one row at a
@@ -716,6 +833,7 @@ impl RowStream {
             score,
             flag: score > m.threshold(),
             contributions,
+            isolated: None,
         })
     }
 }
@@ -727,6 +845,12 @@ pub struct Episodes {
     contributions: Vec<f64>,
     t2: f64,
     spe: f64,
+    /// Per column, the rows of the episode in which reconstructing it removed the most
+    /// SPE.
+    isolated_votes: Vec<u32>,
+    /// Sum over those rows of the SPE left (over its limit).
+    spe_left: f64,
+    isolated_rows: u32,
 }
 
 /// Share of the contributions one signal must carry for a sensor fault.
@@ -736,7 +860,12 @@ impl Episodes {
     /// The class of the episode `score` belongs to, and its top contributors (at most
     /// three, largest first, as indices into the model's columns).
     pub fn push(&mut self, model: &PcaModel, score: &Score) -> (EpisodeClass, Vec<usize>) {
-        self.push_limits(model.t2_limit, model.spe_limit, score)
+        self.push_with(
+            model.t2_limit,
+            model.spe_limit,
+            model.threshold.max(1.0),
+            score,
+        )
     }
 
     /// [`Episodes::push`] for a score whose T² and SPE are measured against these limits
@@ -745,6 +874,18 @@ impl Episodes {
         &mut self,
         t2_limit: f64,
         spe_limit: f64,
+        score: &Score,
+    ) -> (EpisodeClass, Vec<usize>) {
+        self.push_with(t2_limit, spe_limit, 1.0, score)
+    }
+
+    /// `normal_left`: the SPE (over its limit) that normal rows reach, which the rest of
+    /// a single faulty sensor's episode stays within once it is reconstructed.
+    fn push_with(
+        &mut self,
+        t2_limit: f64,
+        spe_limit: f64,
+        normal_left: f64,
         score: &Score,
     ) -> (EpisodeClass, Vec<usize>) {
         if !score.flag {
@@ -759,6 +900,16 @@ impl Episodes {
         }
         self.t2 += score.t2 / t2_limit;
         self.spe += score.spe / spe_limit;
+        if let Some(iso) = score.isolated {
+            if self.isolated_votes.len() != score.contributions.len() {
+                self.isolated_votes = vec![0; score.contributions.len()];
+            }
+            if let Some(v) = self.isolated_votes.get_mut(iso.column) {
+                *v += 1;
+            }
+            self.spe_left += iso.spe_left / spe_limit;
+            self.isolated_rows += 1;
+        }
         let at = |i: usize| self.contributions.get(i).copied().unwrap_or(0.0);
         // Only signals that contributed are named (a model that gives no contributions
         // names none).
@@ -770,7 +921,27 @@ impl Episodes {
         let top_share = order
             .first()
             .map_or(0.0, |&i| at(i) / total.max(f64::MIN_POSITIVE));
-        let class = if self.spe >= self.t2 && top_share >= SENSOR_SHARE {
+        // The sensor reading: one column carries the SPE. With reconstruction (a PCA
+        // model), the column most often isolated must take the SPE back to what normal
+        // rows reach (the alarm threshold), on average over the episode: a sensor that
+        // strayed alone. Without it (a model
+        // from outside), its share of the contributions must be large.
+        let single_sensor = if self.isolated_rows > 0 {
+            let column = (0..self.isolated_votes.len())
+                .max_by_key(|&i| self.isolated_votes.get(i).copied().unwrap_or(0));
+            match column {
+                Some(c) if self.spe_left / f64::from(self.isolated_rows) <= normal_left => {
+                    // Name the isolated column first.
+                    order.retain(|&i| i != c);
+                    order.insert(0, c);
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            top_share >= SENSOR_SHARE
+        };
+        let class = if self.spe >= self.t2 && single_sensor {
             EpisodeClass::SensorFault
         } else if self.t2 > self.spe {
             EpisodeClass::ProcessUpset
@@ -1199,6 +1370,47 @@ mod tests {
             EpisodeClass::Normal,
             "{score:?}"
         );
+    }
+
+    /// b1 and b2 measure the same thing: a bias on one leaves equal residuals on both,
+    /// so neither carries most of the contributions (smearing); reconstructing either one
+    /// from the others takes the SPE back to normal, which says one sensor. Two sensors
+    /// of different factors off at once do not reconstruct away.
+    #[test]
+    fn reconstruction_finds_a_single_sensor_that_contribution_shares_smear() {
+        let model = PcaModel::fit(&cols(), &process(14, 2000), FitOptions::default()).unwrap();
+        let mut s = model.scorer();
+        let mut episodes = Episodes::default();
+        let (mut class, mut top, mut score) = (EpisodeClass::Normal, vec![], None);
+        for mut row in process(15, 20) {
+            row[3] += 0.6;
+            let sc = s.push(&row).unwrap();
+            (class, top) = episodes.push(&model, &sc);
+            score = Some(sc);
+        }
+        let score = score.unwrap();
+        let total: f64 = score.contributions.iter().sum();
+        assert!(
+            score.contributions[3] / total < SENSOR_SHARE,
+            "smeared: {:?}",
+            score.contributions
+        );
+        let iso = score.isolated.unwrap();
+        assert!(iso.column == 3 || iso.column == 4, "{iso:?}");
+        assert!(iso.spe_left < score.spe * 0.05, "{iso:?} of {}", score.spe);
+        assert_eq!(class, EpisodeClass::SensorFault);
+        assert!(top[0] == 3 || top[0] == 4, "{top:?}");
+
+        let mut episodes = Episodes::default();
+        for mut row in process(16, 20) {
+            row[3] += 0.6;
+            row[0] += 0.6;
+            let sc = s.push(&row).unwrap();
+            (class, _) = episodes.push(&model, &sc);
+            let iso = sc.isolated.unwrap();
+            assert!(iso.spe_left > model.spe_limit * model.threshold, "{iso:?}");
+        }
+        assert_eq!(class, EpisodeClass::Unknown);
     }
 
     #[test]

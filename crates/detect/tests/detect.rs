@@ -20,6 +20,8 @@ use twin::{CusumConfig, DEFAULT_HISTORY, Twin};
 struct Run {
     /// (second, kind, signals, class when raised)
     raised: Vec<(u64, DetectionKind, String, EpisodeClass)>,
+    /// Each episode's latest class, by id, as `Event::Reclassified` revised it.
+    latest: std::collections::BTreeMap<u64, (DetectionKind, String, EpisodeClass)>,
     /// The detectors at the end, with their active episodes.
     det: Detectors,
 }
@@ -70,10 +72,26 @@ fn run_with(
     });
     let level_idx = sim.signal_index("tank.level").unwrap();
     let mut raised = Vec::new();
+    let mut latest = std::collections::BTreeMap::new();
+    let mut note = |t_s: u64, e: Event| match e {
+        Event::Raised(d) => {
+            let signals = d.evidence.signals.join(",");
+            raised.push((t_s, d.kind, signals.clone(), d.class));
+            latest.insert(d.id, (d.kind, signals, d.class));
+        }
+        Event::Reclassified { id, class, .. } => {
+            if let Some(l) = latest.get_mut(&id) {
+                l.2 = class;
+            }
+        }
+        Event::Cleared { .. } => {}
+    };
     for t_s in 1..=(hours * 3600) {
         let mut tick = sim.step();
         if forged_from.is_some_and(|f| t_s >= f && t_s % 60 == 0) {
-            det.note_integrity_failure("gw", tick.t_ms);
+            for e in det.note_integrity_failure("gw", tick.t_ms) {
+                note(t_s, e);
+            }
         }
         tick.values[level_idx] += level_offset(t_s);
         for (i, sig) in plant.signals.iter().enumerate() {
@@ -85,20 +103,20 @@ fn run_with(
             };
             twin.update(&s);
             for e in det.observe(&s) {
-                if let Event::Raised(d) = e {
-                    raised.push((t_s, d.kind, d.evidence.signals.join(","), d.class));
-                }
+                note(t_s, e);
             }
         }
         for r in twin.evaluate_relations() {
             for e in det.observe_residual(&r, vec!["gw".into()]) {
-                if let Event::Raised(d) = e {
-                    raised.push((t_s, d.kind, d.evidence.signals.join(","), d.class));
-                }
+                note(t_s, e);
             }
         }
     }
-    Run { raised, det }
+    Run {
+        raised,
+        latest,
+        det,
+    }
 }
 
 #[test]
@@ -270,5 +288,44 @@ fn episodes_are_classified_by_their_evidence() {
     assert_eq!(
         attacked.raised_class(DetectionKind::Physics),
         Some(EpisodeClass::SuspectedAttack)
+    );
+}
+
+/// A pump whose bearing fails moves its flow, the filler and the vibration within
+/// seconds of each other: each jump is implausibly fast for its signal, but together they
+/// are the process, not several sensors failing at once. A spiking sensor jumps alone and
+/// stays a sensor fault.
+#[test]
+fn signals_jumping_together_are_the_process_and_one_jumping_alone_is_its_sensor() {
+    let failed = run(8, 4, &["wear:pump@0=40"], |_| 0.0);
+    let jumps: Vec<_> = failed
+        .latest
+        .values()
+        .filter(|l| l.0 == DetectionKind::Rate)
+        .collect();
+    assert!(jumps.len() >= 2, "{:?}", failed.raised);
+    assert!(
+        jumps.iter().all(|l| l.2 == EpisodeClass::ProcessUpset),
+        "{jumps:?}"
+    );
+    // The first to jump was raised as its sensor's fault, and revised when the next came.
+    assert!(
+        failed
+            .raised
+            .iter()
+            .any(|d| d.1 == DetectionKind::Rate && d.3 == EpisodeClass::SensorFault),
+        "{:?}",
+        failed.raised
+    );
+
+    let spiking = run(6, 1, &["spike:pump.discharge_pressure@600=4"], |_| 0.0);
+    assert!(!spiking.latest.is_empty());
+    assert!(
+        spiking
+            .latest
+            .values()
+            .all(|l| l.0 == DetectionKind::Rate && l.2 == EpisodeClass::SensorFault),
+        "{:?}",
+        spiking.latest
     );
 }

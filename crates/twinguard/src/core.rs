@@ -34,6 +34,22 @@ const UA_BATCH: usize = 1024;
 const AGENT_PERIOD_MS: i64 = 60_000;
 /// Points per signal in the page's plots.
 const PLOT_POINTS: usize = 120;
+/// Episodes the report lists (the latest).
+const EPISODES_KEPT: usize = 1_000;
+
+/// One alarm episode as the report lists it: its class when raised and now (or when it
+/// cleared).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct EpisodeSummary {
+    pub id: u64,
+    pub kind: &'static str,
+    pub raised_ms: i64,
+    pub cleared_ms: Option<i64>,
+    pub first_class: &'static str,
+    pub class: &'static str,
+    /// The evidence's signals, at most three.
+    pub signals: Vec<String>,
+}
 
 pub struct Core {
     pub plant: Arc<Plant>,
@@ -66,6 +82,8 @@ pub struct Core {
     last_prune: Option<Instant>,
     pub(crate) last_snapshot: Option<Instant>,
     pub(crate) detections_by_kind: BTreeMap<String, u64>,
+    /// The latest episodes (at most [`EPISODES_KEPT`]), oldest first, for the report.
+    pub(crate) episodes: VecDeque<EpisodeSummary>,
     /// Rejected frames recorded without their bytes because the quarantine was full.
     pub(crate) quarantine_full: u64,
     /// The source carries Sparkplug B payloads: the host's view of its edge nodes, and
@@ -325,6 +343,7 @@ impl Core {
             last_prune: None,
             last_snapshot: None,
             detections_by_kind: BTreeMap::new(),
+            episodes: VecDeque::new(),
             quarantine_full: 0,
             sparkplug,
             agents_file,
@@ -730,8 +749,12 @@ impl Core {
             })
             .collect();
         // Episodes on the data of a device whose frames fail integrity are suspect.
+        let mut reclassified = Vec::new();
         for device in failures.iter().filter_map(|r| r.device.as_deref()) {
-            self.detectors.note_integrity_failure(device, now);
+            reclassified.extend(self.detectors.note_integrity_failure(device, now));
+        }
+        if !reclassified.is_empty() {
+            self.record_detections(reclassified);
         }
         let integrity = failures.len() as u64;
         if integrity > 0 {
@@ -980,10 +1003,40 @@ impl Core {
                         .or_default() += 1;
                     self.guard
                         .note_alarm(d.raised_ms, d.kind == detect::DetectionKind::Physics);
+                    if self.episodes.len() >= EPISODES_KEPT {
+                        self.episodes.pop_front();
+                    }
+                    self.episodes.push_back(EpisodeSummary {
+                        id: d.id,
+                        kind: d.kind.as_str(),
+                        raised_ms: d.raised_ms,
+                        cleared_ms: None,
+                        first_class: d.class.as_str(),
+                        class: d.class.as_str(),
+                        signals: d.evidence.signals.iter().take(3).cloned().collect(),
+                    });
                     Entry::new(d.raised_ms, "detection_raised", json!(d))
                 }
                 Event::Cleared { id, t_ms } => {
+                    if let Some(e) = self.episodes.iter_mut().rev().find(|e| e.id == *id) {
+                        e.cleared_ms = Some(*t_ms);
+                    }
                     Entry::new(*t_ms, "detection_cleared", json!({ "id": id }))
+                }
+                Event::Reclassified {
+                    id,
+                    t_ms,
+                    class,
+                    was,
+                } => {
+                    if let Some(e) = self.episodes.iter_mut().rev().find(|e| e.id == *id) {
+                        e.class = class.as_str();
+                    }
+                    Entry::new(
+                        *t_ms,
+                        "detection_reclassified",
+                        json!({ "id": id, "class": class, "was": was }),
+                    )
                 }
             })
             .collect();
@@ -1486,6 +1539,7 @@ impl Core {
                 "sparkplug_rebirths": if i == 0 { self.sparkplug.as_ref().map(|s| s.rebirths) } else { None },
             })).collect::<Vec<_>>(),
             "detections": self.detections_by_kind,
+            "episodes": self.episodes,
             "proposals": { "executed": g.executed, "pending": g.pending, "denied": g.denied },
             "actions_executed_by_agent": g.executed_by_agent,
             "line_stops": g.line_stops,
