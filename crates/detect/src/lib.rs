@@ -277,10 +277,19 @@ impl Detectors {
             }
             DetectionKind::Gap => EpisodeClass::Unknown,
             DetectionKind::Multivariate => {
-                if evidence.trusted {
-                    self.multivariate_hint
-                } else {
+                let wear_indicator = evidence
+                    .signals
+                    .first()
+                    .and_then(|s| self.plant.signal(s))
+                    .is_some_and(|s| s.wear_indicator);
+                if !evidence.trusted
+                    || (wear_indicator && self.multivariate_hint == EpisodeClass::SensorFault)
+                {
+                    // One wear indicator alone: the equipment wearing or its sensor
+                    // drifting look the same in the data.
                     EpisodeClass::Unknown
+                } else {
+                    self.multivariate_hint
                 }
             }
         }

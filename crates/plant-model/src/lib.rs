@@ -72,6 +72,11 @@ pub struct Signal {
     /// A sample older than this is refused as stale (default: ingest's `max_age_ms`).
     #[serde(default)]
     pub max_age_s: Option<u32>,
+    /// A condition-monitoring signal (vibration, bearing temperature) that rises as the
+    /// equipment wears: when it alone leaves the learnt behaviour, the data cannot tell
+    /// wear from a drifting sensor, and the episode goes to a human as `unknown`.
+    #[serde(default)]
+    pub wear_indicator: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

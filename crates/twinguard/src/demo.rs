@@ -414,6 +414,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
     });
     report["data_dir"] = json!(args.data_dir.display().to_string());
     report["seed"] = json!(args.seed);
+    report["start_ms"] = json!(start_ms);
     report["hours"] = json!(args.hours);
     report["attack"] = json!(args.attack);
     report["attack_report"] = json!(*lock(&attack_report));
