@@ -151,6 +151,8 @@ pub struct Detectors {
     first_data_ms: Option<i64>,
     /// Device -> time of its latest frame refused for integrity.
     integrity_failures: HashMap<String, i64>,
+    /// Control loops whose latest window missed with the actuator at the end of its range.
+    saturated_loops: HashSet<String>,
     /// Signal -> time of its latest own sensor signature (stuck, rate) and whether it was
     /// a jump (rate), which is the sensor's own only if no other signal jumped with it.
     signatures: HashMap<String, (i64, bool)>,
@@ -182,6 +184,7 @@ impl Detectors {
             counts: BTreeMap::new(),
             first_data_ms: None,
             integrity_failures: HashMap::new(),
+            saturated_loops: HashSet::new(),
             signatures: HashMap::new(),
             multivariate_hint: EpisodeClass::Unknown,
             multivariate_last_alarm: None,
@@ -200,6 +203,24 @@ impl Detectors {
         let mut events = Vec::new();
         self.reclassify(&mut events, t_ms);
         events
+    }
+
+    /// The control loop `relation` is, if it is one: its measured signal, setpoint and
+    /// tolerance.
+    fn tracking(&self, relation: &str) -> Option<(&str, &str, f64)> {
+        self.plant
+            .relations
+            .iter()
+            .find(|r| r.id == relation)
+            .and_then(|r| match &r.kind {
+                plant_model::RelationKind::Tracking {
+                    measured,
+                    setpoint,
+                    tolerance,
+                    ..
+                } => Some((measured.as_str(), setpoint.as_str(), *tolerance)),
+                plant_model::RelationKind::MassBalance { .. } => None,
+            })
     }
 
     /// Whether another signal than `signal` changed implausibly fast within
@@ -229,15 +250,19 @@ impl Detectors {
         if doubted {
             return EpisodeClass::SuspectedAttack;
         }
-        // A signal's own signature: stuck, or a jump no other signal made with it.
+        // A signal's own signature: stuck, a jump no other signal made with it, or the
+        // learnt model isolating it alone (the other signals say the process did not move
+        // with it; not for a wear indicator, whose rise may be the equipment).
         let own_signature = |signal: &str| {
-            self.active.iter().any(|((k, s), d)| {
-                s == signal
-                    && match k {
-                        DetectionKind::Stuck => true,
-                        DetectionKind::Rate => !self.coincident_jump(s, d.raised_ms),
-                        _ => false,
-                    }
+            self.active.iter().any(|((k, s), d)| match k {
+                DetectionKind::Stuck => s == signal,
+                DetectionKind::Rate => s == signal && !self.coincident_jump(s, d.raised_ms),
+                DetectionKind::Multivariate => {
+                    self.multivariate_hint == EpisodeClass::SensorFault
+                        && d.evidence.signals.first().is_some_and(|f| f == signal)
+                        && !self.plant.signal(signal).is_some_and(|s| s.wear_indicator)
+                }
+                _ => false,
             }) || self.signatures.get(signal).is_some_and(|&(t, jump)| {
                 t_ms - t <= SIGNATURE_MEMORY_MS && !(jump && self.coincident_jump(signal, t))
             })
@@ -259,8 +284,28 @@ impl Detectors {
             }
             DetectionKind::Physics => {
                 let faulty = evidence.signals.iter().filter(|s| own_signature(s)).count();
+                let relation = evidence.relation.as_deref().unwrap_or("");
+                // Another relation broken over the same signals contradicts the data.
+                let contradicted = self.active.values().any(|d| {
+                    d.kind == DetectionKind::Physics
+                        && d.evidence.relation.as_deref() != Some(relation)
+                        && d.evidence
+                            .signals
+                            .iter()
+                            .any(|s| evidence.signals.contains(s))
+                });
                 if faulty == 1 {
                     EpisodeClass::SensorFault
+                } else if self.tracking(relation).is_some()
+                    && self.saturated_loops.contains(relation)
+                    && !contradicted
+                {
+                    // A loop missing its setpoint with its actuator at the end of its
+                    // range, its sensor showing no fault of its own and the other physics
+                    // agreeing: the process has moved beyond the loop's reach. Without the
+                    // actuator at its end, a stuck actuator and a measurement that differs
+                    // from what the loop sees look alike: a human judges.
+                    EpisodeClass::ProcessUpset
                 } else {
                     EpisodeClass::Unknown
                 }
@@ -486,6 +531,14 @@ impl Detectors {
     pub fn observe_residual(&mut self, r: &Residual, devices: Vec<String>) -> Vec<Event> {
         let mut events = Vec::new();
         let key = (DetectionKind::Physics, r.relation.clone());
+        let was_saturated = if r.actuator_saturated {
+            !self.saturated_loops.insert(r.relation.clone())
+        } else {
+            self.saturated_loops.remove(&r.relation)
+        };
+        if was_saturated != r.actuator_saturated && self.active.contains_key(&key) {
+            self.reclassify(&mut events, r.t_ms);
+        }
         if r.alarm {
             self.relation_last_alarm.insert(r.relation.clone(), r.t_ms);
             let stat = r.cusum_pos.max(r.cusum_neg);
@@ -495,10 +548,16 @@ impl Detectors {
                 r.t_ms,
                 r.residual,
                 stat,
-                format!(
-                    "{} does not hold: residual {:+.4} ({:+.1} sigma), CUSUM alarm",
-                    r.relation, r.residual, r.z
-                ),
+                match self.tracking(&r.relation) {
+                    Some((measured, setpoint, tolerance)) => format!(
+                        "{}: {measured} is {:+.3} off {setpoint} on average over the window, beyond the loop's tolerance of {tolerance}",
+                        r.relation, r.residual
+                    ),
+                    None => format!(
+                        "{} does not hold: residual {:+.4} ({:+.1} sigma), CUSUM alarm",
+                        r.relation, r.residual, r.z
+                    ),
+                },
                 Evidence {
                     signals: r.signals.clone(),
                     relation: Some(r.relation.clone()),

@@ -329,3 +329,34 @@ fn signals_jumping_together_are_the_process_and_one_jumping_alone_is_its_sensor(
         spiking.latest
     );
 }
+
+/// A control loop that cannot hold its setpoint: with its steam valve wide open (the heat
+/// exchanger fouled beyond its reach) the process has moved, a process upset; with the
+/// valve where it always is and the reading drifting away (the loop sees another value),
+/// the data alone cannot say which, and a human judges.
+#[test]
+fn a_loop_missing_its_setpoint_is_the_process_only_with_its_actuator_at_the_end() {
+    let fouled = run(9, 5, &["fouling:past@3600=0.2"], |_| 0.0);
+    let lp: Vec<_> = fouled
+        .latest
+        .values()
+        .filter(|l| l.0 == DetectionKind::Physics && l.1.starts_with("past.product_temp"))
+        .collect();
+    assert!(!lp.is_empty(), "{:?}", fouled.raised);
+    assert!(
+        lp.iter().all(|l| l.2 == EpisodeClass::ProcessUpset),
+        "{lp:?}"
+    );
+    let drifting = run(9, 3, &["drift:past.product_temp@3600=1"], |_| 0.0);
+    let lp: Vec<_> = drifting
+        .raised
+        .iter()
+        .filter(|d| d.1 == DetectionKind::Physics)
+        .collect();
+    assert!(!lp.is_empty(), "{:?}", drifting.raised);
+    assert!(
+        lp.iter()
+            .all(|d| d.2.starts_with("past.product_temp") && d.3 == EpisodeClass::Unknown),
+        "{lp:?}"
+    );
+}

@@ -150,6 +150,32 @@ pub enum RelationKind {
         area_m2: f64,
         window_s: u32,
     },
+    /// A control loop holds `measured` at `setpoint`: once `settle_s` have passed since
+    /// the setpoint last changed, the mean of `measured` over each `window_s` stays within
+    /// `tolerance` of it. A sensor fault inside the loop does not break this (the
+    /// controller holds the reading it is given); a stuck actuator or a process beyond
+    /// the loop's reach does.
+    Tracking {
+        measured: String,
+        setpoint: String,
+        /// The loop's actuator (a valve position in %): at the end of its range while the
+        /// loop misses, the loop is doing all it can, and the process is beyond its reach.
+        #[serde(default)]
+        actuator: Option<String>,
+        tolerance: f64,
+        settle_s: u32,
+        window_s: u32,
+    },
+}
+
+impl RelationKind {
+    /// The length of the relation's evaluation windows, seconds.
+    pub fn window_s(&self) -> u32 {
+        match self {
+            RelationKind::MassBalance { window_s, .. }
+            | RelationKind::Tracking { window_s, .. } => *window_s,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +197,11 @@ impl Relation {
             } => std::iter::once(level.as_str())
                 .chain(inflows.iter().map(String::as_str))
                 .chain(outflows.iter().map(String::as_str))
+                .collect(),
+            RelationKind::Tracking {
+                measured, actuator, ..
+            } => std::iter::once(measured.as_str())
+                .chain(actuator.as_deref())
                 .collect(),
         }
     }
@@ -380,14 +411,36 @@ impl Plant {
                     ));
                 }
             }
-            let RelationKind::MassBalance {
-                area_m2, window_s, ..
-            } = &r.kind;
-            if !(area_m2.is_finite() && *area_m2 > 0.0) || *window_s == 0 {
-                return Err(bad(
-                    format!("relations[{i}] ({})", r.id),
-                    "area_m2 and window_s must be positive".into(),
-                ));
+            match &r.kind {
+                RelationKind::MassBalance {
+                    area_m2, window_s, ..
+                } => {
+                    if !(area_m2.is_finite() && *area_m2 > 0.0) || *window_s == 0 {
+                        return Err(bad(
+                            format!("relations[{i}] ({})", r.id),
+                            "area_m2 and window_s must be positive".into(),
+                        ));
+                    }
+                }
+                RelationKind::Tracking {
+                    setpoint,
+                    tolerance,
+                    window_s,
+                    ..
+                } => {
+                    if self.setpoint(setpoint).is_none() {
+                        return Err(bad(
+                            format!("relations[{i}] ({})", r.id),
+                            format!("unknown setpoint {setpoint:?}"),
+                        ));
+                    }
+                    if !(tolerance.is_finite() && *tolerance > 0.0) || *window_s == 0 {
+                        return Err(bad(
+                            format!("relations[{i}] ({})", r.id),
+                            "tolerance and window_s must be positive".into(),
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -438,7 +491,7 @@ mod tests {
         let p = Plant::parse(REFERENCE_PLANT, "ref").unwrap();
         assert!(p.signals.len() >= 20, "{} signals", p.signals.len());
         assert!(p.setpoints.len() >= 4);
-        assert_eq!(p.relations.len(), 1);
+        assert_eq!(p.relations.len(), 3, "a mass balance and two control loops");
         assert_eq!(p.asset_of_device("gw-pump").unwrap().id, "pump");
     }
 
@@ -479,5 +532,25 @@ mod tests {
             REFERENCE_PLANT.replace("outflows = [\"pump.flow\"]", "outflows = [\"pump.flo\"]");
         let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("pump.flo"), "{e}");
+    }
+
+    #[test]
+    fn a_control_loop_needs_a_known_setpoint_and_a_positive_tolerance() {
+        let text =
+            REFERENCE_PLANT.replace("setpoint = \"past.temp_sp\"", "setpoint = \"past.tmp_sp\"");
+        let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("past.temperature_loop") && e.contains("unknown setpoint \"past.tmp_sp\""),
+            "{e}"
+        );
+        let text = REFERENCE_PLANT.replace("tolerance = 0.3", "tolerance = 0.0");
+        let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("tolerance and window_s must be positive"), "{e}");
+        let text = REFERENCE_PLANT.replace(
+            "actuator = \"past.steam_valve\"",
+            "actuator = \"past.steam\"",
+        );
+        let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("unknown signal \"past.steam\""), "{e}");
     }
 }

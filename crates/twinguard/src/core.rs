@@ -1210,8 +1210,11 @@ impl Core {
             self.optimiser.set_known_setpoint(setpoint, *value);
         }
         let maintenance = approved.command().command == PlantCommand::Maintenance;
+        let command = approved.command().command.clone();
         match self.sink.send(approved, now) {
             Ok(sent) => {
+                // The twin's control loops settle from here.
+                self.twin.note_command(&command, now);
                 if maintenance {
                     // A new bearing: its life starts again, for the shadow too.
                     if let Some(ph) = self.pump_health.as_mut() {
