@@ -250,19 +250,17 @@ impl Detectors {
         if doubted {
             return EpisodeClass::SuspectedAttack;
         }
-        // A signal's own signature: stuck, a jump no other signal made with it, or the
-        // learnt model isolating it alone (the other signals say the process did not move
-        // with it; not for a wear indicator, whose rise may be the equipment).
+        // A signal's own signature: stuck, or a jump no other signal made with it. (The
+        // learnt model isolating a slow drift of one signal is not one: a compromised
+        // gateway's validly signed false values drift just so.)
         let own_signature = |signal: &str| {
-            self.active.iter().any(|((k, s), d)| match k {
-                DetectionKind::Stuck => s == signal,
-                DetectionKind::Rate => s == signal && !self.coincident_jump(s, d.raised_ms),
-                DetectionKind::Multivariate => {
-                    self.multivariate_hint == EpisodeClass::SensorFault
-                        && d.evidence.signals.first().is_some_and(|f| f == signal)
-                        && !self.plant.signal(signal).is_some_and(|s| s.wear_indicator)
-                }
-                _ => false,
+            self.active.iter().any(|((k, s), d)| {
+                s == signal
+                    && match k {
+                        DetectionKind::Stuck => true,
+                        DetectionKind::Rate => !self.coincident_jump(s, d.raised_ms),
+                        _ => false,
+                    }
             }) || self.signatures.get(signal).is_some_and(|&(t, jump)| {
                 t_ms - t <= SIGNATURE_MEMORY_MS && !(jump && self.coincident_jump(signal, t))
             })

@@ -535,7 +535,7 @@ pub fn svg(r: &EpisodesResult) -> String {
     }
     let _ = writeln!(
         out,
-        "<text x=\"10\" y=\"{:.1}\">green: the injected class; amber: sent to a human unclassified; red: wrong or missed</text>\n</svg>",
+        "<text x=\"10\" y=\"{:.1}\">green: right (the injected class; an attack refused or sent to a human); amber: a fault sent to a human unclassified; red: wrong or missed</text>\n</svg>",
         h - 20.0
     );
     out
