@@ -845,10 +845,8 @@ pub struct Episodes {
     contributions: Vec<f64>,
     t2: f64,
     spe: f64,
-    /// Per column, the rows of the episode in which reconstructing it removed the most
-    /// SPE.
-    isolated_votes: Vec<u32>,
-    /// Sum over those rows of the SPE left (over its limit).
+    /// Sum over the episode's rows of the SPE left (over its limit) once the row's
+    /// isolated column is reconstructed.
     spe_left: f64,
     isolated_rows: u32,
 }
@@ -901,12 +899,6 @@ impl Episodes {
         self.t2 += score.t2 / t2_limit;
         self.spe += score.spe / spe_limit;
         if let Some(iso) = score.isolated {
-            if self.isolated_votes.len() != score.contributions.len() {
-                self.isolated_votes = vec![0; score.contributions.len()];
-            }
-            if let Some(v) = self.isolated_votes.get_mut(iso.column) {
-                *v += 1;
-            }
             self.spe_left += iso.spe_left / spe_limit;
             self.isolated_rows += 1;
         }
@@ -922,22 +914,14 @@ impl Episodes {
             .first()
             .map_or(0.0, |&i| at(i) / total.max(f64::MIN_POSITIVE));
         // The sensor reading: one column carries the SPE. With reconstruction (a PCA
-        // model), the column most often isolated must take the SPE back to what normal
+        // model), reconstructing one column per row must take the SPE back to what normal
         // rows reach (the alarm threshold), on average over the episode: a sensor that
-        // strayed alone. Without it (a model
-        // from outside), its share of the contributions must be large.
+        // strayed alone. Without it (a model from outside), its share of the contributions
+        // must be large. The contributors keep their order by contribution (a relation
+        // broken while a switch is on blames its own value, which reconstruction does not
+        // see).
         let single_sensor = if self.isolated_rows > 0 {
-            let column = (0..self.isolated_votes.len())
-                .max_by_key(|&i| self.isolated_votes.get(i).copied().unwrap_or(0));
-            match column {
-                Some(c) if self.spe_left / f64::from(self.isolated_rows) <= normal_left => {
-                    // Name the isolated column first.
-                    order.retain(|&i| i != c);
-                    order.insert(0, c);
-                    true
-                }
-                _ => false,
-            }
+            self.spe_left / f64::from(self.isolated_rows) <= normal_left
         } else {
             top_share >= SENSOR_SHARE
         };

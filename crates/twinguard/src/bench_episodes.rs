@@ -228,6 +228,16 @@ fn judge(s: &Scenario, seed: u64, report: &Value) -> Result<RunResult> {
     let episodes = report["episodes"]
         .as_array()
         .context("the demo report has no episodes")?;
+    let total: u64 = report["detections"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    if total > episodes.len() as u64 {
+        anyhow::bail!(
+            "scenario {} seed {seed}: {total} episodes, more than the report lists ({}): the first ones are gone",
+            s.name,
+            episodes.len()
+        );
+    }
     let raised = |e: &Value| e["raised_ms"].as_i64().unwrap_or(i64::MIN);
     let before: Vec<String> = episodes
         .iter()
