@@ -705,15 +705,15 @@ const MAX_ISOLATION_DIM: usize = 8;
 /// `residual`), and the SPE left. For the variables S of a column (its lags), the SPE
 /// removed is r_S' (I - P P')_SS⁻¹ r_S, with r the residual and P the loadings.
 fn isolate(m: &PcaModel, residual: &[f64], spe: f64) -> Option<Isolated> {
+    // Each column's variables (its lags), in one pass.
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); m.columns.len()];
+    for (j, &(c, _)) in m.variables.iter().enumerate() {
+        if let Some(g) = groups.get_mut(c) {
+            g.push(j);
+        }
+    }
     let mut best: Option<(usize, f64)> = None;
-    for c in 0..m.columns.len() {
-        let vars: Vec<usize> = m
-            .variables
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.0 == c)
-            .map(|(j, _)| j)
-            .collect();
+    for (c, vars) in groups.iter().enumerate() {
         if vars.is_empty() || vars.len() > MAX_ISOLATION_DIM {
             continue;
         }

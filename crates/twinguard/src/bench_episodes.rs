@@ -141,11 +141,6 @@ fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-/// The names `--only` accepts.
-pub fn scenario_names() -> Vec<&'static str> {
-    scenarios().iter().map(|s| s.name).collect()
-}
-
 /// The first episode raised after the onset.
 #[derive(Debug, Clone, Serialize)]
 pub struct FirstEpisode {
@@ -288,19 +283,18 @@ pub async fn bench(
     only: &[String],
     data_dir: &Path,
 ) -> Result<EpisodesResult> {
-    let chosen: Vec<Scenario> = scenarios()
+    let all = scenarios();
+    let names: Vec<&str> = all.iter().map(|s| s.name).collect();
+    if let Some(unknown) = only.iter().find(|o| !names.contains(&o.as_str())) {
+        anyhow::bail!(
+            "bench episodes: no scenario {unknown:?} (scenarios: {})",
+            names.join(", ")
+        );
+    }
+    let chosen: Vec<Scenario> = all
         .into_iter()
         .filter(|s| only.is_empty() || only.iter().any(|o| o == s.name))
         .collect();
-    if let Some(unknown) = only
-        .iter()
-        .find(|o| !scenario_names().contains(&o.as_str()))
-    {
-        anyhow::bail!(
-            "bench episodes: no scenario {unknown:?} (scenarios: {})",
-            scenario_names().join(", ")
-        );
-    }
     if let Some(late) = chosen.iter().find(|s| s.onset_s as f64 >= hours * 3600.0) {
         anyhow::bail!(
             "bench episodes: scenario {} starts at {} h, after the run's {hours} h",
