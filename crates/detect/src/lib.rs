@@ -219,8 +219,59 @@ impl Detectors {
                     tolerance,
                     ..
                 } => Some((measured.as_str(), setpoint.as_str(), *tolerance)),
-                plant_model::RelationKind::MassBalance { .. } => None,
+                plant_model::RelationKind::MassBalance { .. }
+                | plant_model::RelationKind::HeatBalance { .. } => None,
             })
+    }
+
+    /// The outlet temperature of the heat balance `relation`, if it is one.
+    fn heat_balance_outlet(&self, relation: &str) -> Option<&str> {
+        self.plant
+            .relations
+            .iter()
+            .find(|r| r.id == relation)
+            .and_then(|r| match &r.kind {
+                plant_model::RelationKind::HeatBalance { temp_out, .. } => Some(temp_out.as_str()),
+                _ => None,
+            })
+    }
+
+    /// What a heat balance's alarm says: the effectiveness, its trend, what that may mean
+    /// and, falling, when the actuator will reach its end.
+    fn heat_balance_message(&self, r: &Residual, effectiveness: f64) -> String {
+        let (limit, actuator) = self
+            .plant
+            .relations
+            .iter()
+            .find(|p| p.id == r.relation)
+            .and_then(|p| match &p.kind {
+                plant_model::RelationKind::HeatBalance {
+                    max_change_per_h,
+                    actuator,
+                    ..
+                } => Some((*max_change_per_h, actuator.as_deref())),
+                _ => None,
+            })
+            .unwrap_or((0.0, None));
+        let per_h = 100.0 * r.residual.abs();
+        let limit = 100.0 * limit;
+        if r.residual < 0.0 {
+            let forecast = match (actuator, r.actuator_end_in_h) {
+                (Some(a), Some(h)) => {
+                    format!("; at this rate {a} reaches the end of its range in about {h:.1} h")
+                }
+                _ => String::new(),
+            };
+            format!(
+                "{}: the exchanger's effectiveness is {effectiveness:.3} and falling {per_h:.1} % an hour (more than {limit:.1} %): fouling far faster than normal, or a measurement in the balance drifting{forecast}",
+                r.relation
+            )
+        } else {
+            format!(
+                "{}: the exchanger's effectiveness is {effectiveness:.3} and rising {per_h:.1} % an hour (more than {limit:.1} %): no exchanger cleans itself in service, a measurement in the balance is drifting",
+                r.relation
+            )
+        }
     }
 
     /// Whether another signal than `signal` changed implausibly fast within
@@ -239,6 +290,7 @@ impl Detectors {
         &self,
         kind: DetectionKind,
         evidence: &Evidence,
+        value: f64,
         raised_ms: i64,
         t_ms: i64,
     ) -> EpisodeClass {
@@ -283,17 +335,40 @@ impl Detectors {
             DetectionKind::Physics => {
                 let faulty = evidence.signals.iter().filter(|s| own_signature(s)).count();
                 let relation = evidence.relation.as_deref().unwrap_or("");
-                // Another relation broken over the same signals contradicts the data.
+                // Another relation broken over the same signals contradicts the data,
+                // except an exchanger losing effectiveness: that is what puts a loop
+                // beyond its reach.
                 let contradicted = self.active.values().any(|d| {
                     d.kind == DetectionKind::Physics
                         && d.evidence.relation.as_deref() != Some(relation)
+                        && !(d.value < 0.0
+                            && self
+                                .heat_balance_outlet(d.evidence.relation.as_deref().unwrap_or(""))
+                                .is_some())
                         && d.evidence
                             .signals
                             .iter()
                             .any(|s| evidence.signals.contains(s))
                 });
+                // A loop over `measured` misses its setpoint with its actuator at its end.
+                let loop_beyond_reach = |measured: &str| {
+                    self.active.values().any(|d| {
+                        let r = d.evidence.relation.as_deref().unwrap_or("");
+                        d.kind == DetectionKind::Physics
+                            && self.saturated_loops.contains(r)
+                            && self.tracking(r).is_some_and(|(m, _, _)| m == measured)
+                    })
+                };
                 if faulty == 1 {
                     EpisodeClass::SensorFault
+                } else if self
+                    .heat_balance_outlet(relation)
+                    .is_some_and(|outlet| value < 0.0 && loop_beyond_reach(outlet))
+                {
+                    // An exchanger losing effectiveness while the loop on its outlet,
+                    // actuator at its end, can no longer hold the temperature: the
+                    // exchanger is fouling beyond the loop's reach.
+                    EpisodeClass::ProcessUpset
                 } else if self.tracking(relation).is_some()
                     && self.saturated_loops.contains(relation)
                     && !contradicted
@@ -347,7 +422,7 @@ impl Detectors {
             .map(|(k, d)| {
                 (
                     k.clone(),
-                    self.classify(d.kind, &d.evidence, d.raised_ms, t_ms),
+                    self.classify(d.kind, &d.evidence, d.value, d.raised_ms, t_ms),
                 )
             })
             .collect();
@@ -546,12 +621,13 @@ impl Detectors {
                 r.t_ms,
                 r.residual,
                 stat,
-                match self.tracking(&r.relation) {
-                    Some((measured, setpoint, tolerance)) => format!(
+                match (self.tracking(&r.relation), r.estimate) {
+                    (Some((measured, setpoint, tolerance)), _) => format!(
                         "{}: {measured} is {:+.3} off {setpoint} on average over the window, beyond the loop's tolerance of {tolerance}",
                         r.relation, r.residual
                     ),
-                    None => format!(
+                    (None, Some(effectiveness)) => self.heat_balance_message(r, effectiveness),
+                    (None, None) => format!(
                         "{} does not hold: residual {:+.4} ({:+.1} sigma), CUSUM alarm",
                         r.relation, r.residual, r.z
                     ),
@@ -739,7 +815,7 @@ impl Detectors {
             self.signatures
                 .insert(key.1.clone(), (t_ms, key.0 == DetectionKind::Rate));
         }
-        let class = self.classify(key.0, &evidence, t_ms, t_ms);
+        let class = self.classify(key.0, &evidence, value, t_ms, t_ms);
         let d = Detection {
             id: self.next_id,
             kind: key.0,

@@ -166,6 +166,38 @@ pub enum RelationKind {
         settle_s: u32,
         window_s: u32,
     },
+    /// A heat exchanger's energy balance: the heat the product takes up (`flow` in m3/h
+    /// times `heat_capacity_kj_per_m3k` times the rise from `temp_in` to `temp_out`),
+    /// plus what leaks to `ambient` (`loss_kw_per_k` per kelvin above it) and what warms
+    /// the holdup (`holdup_kj_per_k` times `temp_out`'s change), over the heat supplied
+    /// (`duty`, kW), is the exchanger's effectiveness: steady at its reference in
+    /// service, falling slowly as it fouls. Estimated over each `window_s`, its trend over
+    /// `trend_s` is judged: changing faster than `max_change_per_h` (a share per hour) in
+    /// either direction is an alarm, falling being fouling beyond the normal or a
+    /// measurement drifting, rising a measurement drifting (no exchanger cleans itself in
+    /// service).
+    HeatBalance {
+        duty: String,
+        flow: String,
+        temp_in: String,
+        temp_out: String,
+        /// Volumetric heat capacity of the product times the share of its heating that
+        /// `duty` supplies (the rest recovered regeneratively), kJ/(m3 K).
+        heat_capacity_kj_per_m3k: f64,
+        #[serde(default)]
+        ambient: Option<String>,
+        #[serde(default)]
+        loss_kw_per_k: f64,
+        #[serde(default)]
+        holdup_kj_per_k: f64,
+        /// The valve (in %) that sets `duty`: with the trend, when it will reach the end
+        /// of its range, after which the temperature can no longer be held.
+        #[serde(default)]
+        actuator: Option<String>,
+        max_change_per_h: f64,
+        trend_s: u32,
+        window_s: u32,
+    },
 }
 
 impl RelationKind {
@@ -173,7 +205,8 @@ impl RelationKind {
     pub fn window_s(&self) -> u32 {
         match self {
             RelationKind::MassBalance { window_s, .. }
-            | RelationKind::Tracking { window_s, .. } => *window_s,
+            | RelationKind::Tracking { window_s, .. }
+            | RelationKind::HeatBalance { window_s, .. } => *window_s,
         }
     }
 }
@@ -201,6 +234,20 @@ impl Relation {
             RelationKind::Tracking {
                 measured, actuator, ..
             } => std::iter::once(measured.as_str())
+                .chain(actuator.as_deref())
+                .collect(),
+            RelationKind::HeatBalance {
+                duty,
+                flow,
+                temp_in,
+                temp_out,
+                ambient,
+                actuator,
+                ..
+            } => [duty, flow, temp_in, temp_out]
+                .into_iter()
+                .map(String::as_str)
+                .chain(ambient.as_deref())
                 .chain(actuator.as_deref())
                 .collect(),
         }
@@ -441,6 +488,40 @@ impl Plant {
                         ));
                     }
                 }
+                RelationKind::HeatBalance {
+                    heat_capacity_kj_per_m3k,
+                    loss_kw_per_k,
+                    holdup_kj_per_k,
+                    max_change_per_h,
+                    trend_s,
+                    window_s,
+                    ..
+                } => {
+                    let at = format!("relations[{i}] ({})", r.id);
+                    let positive = |v: f64| v.is_finite() && v > 0.0;
+                    let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+                    if !positive(*heat_capacity_kj_per_m3k) || !positive(*max_change_per_h) {
+                        return Err(bad(
+                            at,
+                            "heat_capacity_kj_per_m3k and max_change_per_h must be positive".into(),
+                        ));
+                    }
+                    if !non_negative(*loss_kw_per_k) || !non_negative(*holdup_kj_per_k) {
+                        return Err(bad(
+                            at,
+                            "loss_kw_per_k and holdup_kj_per_k must not be negative".into(),
+                        ));
+                    }
+                    // The trend is a fit over windows: at least four of them.
+                    if *window_s == 0 || *trend_s < 4 * *window_s {
+                        return Err(bad(
+                            at,
+                            format!(
+                                "window_s must be positive and trend_s at least four windows (trend_s = {trend_s}, window_s = {window_s})"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -491,7 +572,11 @@ mod tests {
         let p = Plant::parse(REFERENCE_PLANT, "ref").unwrap();
         assert!(p.signals.len() >= 20, "{} signals", p.signals.len());
         assert!(p.setpoints.len() >= 4);
-        assert_eq!(p.relations.len(), 3, "a mass balance and two control loops");
+        assert_eq!(
+            p.relations.len(),
+            4,
+            "a mass balance, two control loops and a heat balance"
+        );
         assert_eq!(p.asset_of_device("gw-pump").unwrap().id, "pump");
     }
 
@@ -552,5 +637,27 @@ mod tests {
         );
         let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("unknown signal \"past.steam\""), "{e}");
+    }
+
+    #[test]
+    fn a_heat_balance_needs_known_signals_and_a_trend_of_several_windows() {
+        let text = REFERENCE_PLANT.replace("duty = \"past.heat_duty\"", "duty = \"past.duty\"");
+        let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("past.heat_balance") && e.contains("unknown signal \"past.duty\""),
+            "{e}"
+        );
+        let text = REFERENCE_PLANT.replace("trend_s = 3600", "trend_s = 600");
+        let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("past.heat_balance") && e.contains("trend_s at least four windows"),
+            "{e}"
+        );
+        let text = REFERENCE_PLANT.replace("loss_kw_per_k = 0.2", "loss_kw_per_k = -0.2");
+        let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("must not be negative"), "{e}");
+        let text = REFERENCE_PLANT.replace("max_change_per_h = 0.01", "max_change_per_h = 0");
+        let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("max_change_per_h must be positive"), "{e}");
     }
 }

@@ -118,6 +118,9 @@ pub struct Core {
     kpi_series: VecDeque<[f64; 3]>,
     next_kpi_ms: Option<i64>,
     baseline: Option<Value>,
+    /// Each physics relation's latest evaluation (a heat balance's effectiveness and
+    /// forecast among them), for the report and the page.
+    relations_latest: BTreeMap<String, twin::Residual>,
 }
 
 /// An admitted model, as every record of what it did names it.
@@ -362,6 +365,7 @@ impl Core {
             kpi_series: VecDeque::new(),
             next_kpi_ms: None,
             baseline,
+            relations_latest: BTreeMap::new(),
         })
     }
 
@@ -814,6 +818,7 @@ impl Core {
                 })
                 .collect();
             events.extend(self.detectors.observe_residual(&r, devices));
+            self.relations_latest.insert(r.relation.clone(), r);
         }
         self.record_detections(events);
         if let Some(t) = self.twin.complete_until() {
@@ -1549,6 +1554,15 @@ impl Core {
             "breakers": { "advisory": self.guard.advisory(), "trips": self.guard.breaker_trips() },
             "alerts": g.alerts,
             "pump_health": self.pump_health.as_ref().map(|p| p.status()),
+            "relations": self.relations_latest.values().map(|r| json!({
+                "id": r.relation,
+                "t_ms": r.t_ms,
+                "residual": r.residual,
+                "z": r.z,
+                "alarm": r.alarm,
+                "estimate": r.estimate,
+                "actuator_end_in_h": r.actuator_end_in_h,
+            })).collect::<Vec<_>>(),
             "pump_shadow": self.pump_shadow.as_ref().map(PumpShadow::status),
             "optimiser": self.optimiser.last.as_ref().map(|l| json!({
                 "at_ms": l.at_ms,

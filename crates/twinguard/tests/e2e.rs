@@ -3885,3 +3885,51 @@ fn the_agents_are_compared_with_fixed_setpoints_on_the_same_plant() {
         assert!(out.status.success(), "{sub}");
     }
 }
+
+/// A pasteuriser fouling 5 % an hour (twenty times the normal) is seen by the twin's
+/// heat balance within 40 minutes, long before its steam valve runs out of travel: the
+/// alarm names the trend and forecasts the valve's end, goes to a human as `unknown`
+/// (fouling and a drifting measurement look alike in the balance), and the report shows
+/// the exchanger's effectiveness live. Nothing is raised before the fouling starts.
+#[test]
+fn a_fouling_heat_exchanger_is_seen_by_its_energy_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = demo(dir.path(), 5.0, &["--fault", "fouling:past@7200=0.05"]);
+    let raised = audit_records(dir.path(), "detection_raised");
+    let first = raised.first().expect("a detection");
+    let onset_ms = r["start_ms"].as_i64().unwrap() + 7_200_000;
+    let at = first["raised_ms"].as_i64().unwrap();
+    assert!(
+        at > onset_ms && at <= onset_ms + 40 * 60_000,
+        "raised {} min after the onset: {first}",
+        (at - onset_ms) / 60_000
+    );
+    assert_eq!(
+        first["evidence"]["relation"], "past.heat_balance",
+        "{first}"
+    );
+    assert_eq!(first["class"], "unknown", "{first}");
+    let message = first["message"].as_str().unwrap();
+    assert!(
+        message.contains("falling") && message.contains("past.steam_valve reaches the end"),
+        "{message}"
+    );
+    let balance = r["relations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "past.heat_balance")
+        .unwrap_or_else(|| panic!("{}", r["relations"]));
+    // Three hours at 5 % an hour: about 0.85 of its reference, the trend near -5 %/h.
+    let e = balance["estimate"].as_f64().unwrap();
+    assert!((0.8..0.9).contains(&e), "{balance}");
+    let slope = balance["residual"].as_f64().unwrap();
+    assert!((-0.06..-0.04).contains(&slope), "{balance}");
+    assert!(balance["alarm"].as_bool().unwrap(), "{balance}");
+    assert!(
+        balance["actuator_end_in_h"].as_f64().unwrap() > 1.0,
+        "{balance}"
+    );
+    assert_eq!(r["line_stops"], 0);
+    assert_safe_and_audited(&r);
+}
