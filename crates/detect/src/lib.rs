@@ -136,6 +136,10 @@ struct SignalMemory {
     outside: u32,
     inside: u32,
     last_rate_violation: Option<i64>,
+    /// When the signal's current stretch outside its operating limits began, and when the
+    /// latest stretch that raised a limit episode began.
+    outside_since: Option<i64>,
+    limit_crossed_ms: Option<i64>,
 }
 
 /// Key of an episode: the detector and what it watches.
@@ -172,6 +176,10 @@ const SIGNATURE_MEMORY_MS: i64 = 15 * 60 * 1000;
 /// flow, the filler and the vibration within seconds), not each sensor's own fault: a
 /// faulty sensor jumps alone.
 const COINCIDENT_MS: i64 = HOLD_MS;
+/// A jump this close to another signal crossing its operating limit is the plant
+/// reacting to the crossing (an interlock: product under its pasteurisation temperature
+/// diverted, a trip), not the jumping sensor's own fault.
+const INTERLOCK_MS: i64 = 15_000;
 
 impl Detectors {
     pub fn new(plant: Arc<Plant>) -> Detectors {
@@ -275,12 +283,16 @@ impl Detectors {
     }
 
     /// Whether another signal than `signal` changed implausibly fast within
-    /// [`COINCIDENT_MS`] of `t_ms`.
+    /// [`COINCIDENT_MS`] of `t_ms`, or crossed its operating limit within
+    /// [`INTERLOCK_MS`] of it.
     fn coincident_jump(&self, signal: &str, t_ms: i64) -> bool {
         self.memory.iter().any(|(other, m)| {
             other != signal
-                && m.last_rate_violation
+                && (m
+                    .last_rate_violation
                     .is_some_and(|t| (t - t_ms).abs() <= COINCIDENT_MS)
+                    || m.limit_crossed_ms
+                        .is_some_and(|t| (t - t_ms).abs() <= INTERLOCK_MS))
         })
     }
 
@@ -484,6 +496,9 @@ impl Detectors {
         let (lo, hi) = (sig.alarm[0], sig.alarm[1]);
         let outside = s.value > hi || s.value < lo;
         if outside {
+            if m.outside == 0 {
+                m.outside_since = Some(s.t_ms);
+            }
             m.outside += 1;
             m.inside = 0;
         } else {
@@ -496,6 +511,9 @@ impl Detectors {
             (DetectionKind::LimitLow, lo)
         };
         let raise_limit = outside && m.outside >= LIMIT_DEBOUNCE;
+        if raise_limit && m.outside == LIMIT_DEBOUNCE {
+            m.limit_crossed_ms = m.outside_since;
+        }
         let clear_limit = m.inside >= LIMIT_CLEAR;
 
         // Rate of change.

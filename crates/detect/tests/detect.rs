@@ -357,6 +357,24 @@ fn a_loop_missing_its_setpoint_is_the_process_only_with_its_actuator_at_the_end(
         !balance.is_empty() && balance.iter().all(|l| l.2 == EpisodeClass::ProcessUpset),
         "{balance:?}"
     );
+    // Below 72 degC the product is diverted: the reject rate's jump follows the
+    // temperature crossing its limit, the plant reacting, not the reject sensor's fault.
+    assert!(
+        fouled
+            .latest
+            .values()
+            .any(|l| l.0 == DetectionKind::Rate && l.1 == "filler.reject_rate"),
+        "{:?}",
+        fouled.latest
+    );
+    assert!(
+        fouled
+            .latest
+            .values()
+            .all(|l| l.2 != EpisodeClass::SensorFault),
+        "{:?}",
+        fouled.latest
+    );
     let first = fouled
         .raised
         .iter()

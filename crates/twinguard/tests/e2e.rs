@@ -3933,3 +3933,47 @@ fn a_fouling_heat_exchanger_is_seen_by_its_energy_balance() {
     assert_eq!(r["line_stops"], 0);
     assert_safe_and_audited(&r);
 }
+
+/// Fouling four times faster still (20 % an hour) outruns the temperature loop: the heat
+/// balance's episode, raised as `unknown`, is revised to a process upset once the loop
+/// misses its setpoint with the steam valve wide open, and the audit log records the
+/// revision (`detection_reclassified`, with the class it had). When the product then
+/// falls below its pasteurisation temperature and is diverted, the reject rate's jump is
+/// the plant reacting, not its sensor's fault: no episode of the run blames a sensor.
+#[test]
+fn a_class_revision_is_audited_when_fouling_outruns_its_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = demo(dir.path(), 5.0, &["--fault", "fouling:past@3600=0.2"]);
+    let raised = audit_records(dir.path(), "detection_raised");
+    let balance = raised
+        .iter()
+        .find(|d| d["evidence"]["relation"] == "past.heat_balance")
+        .unwrap_or_else(|| panic!("{raised:?}"));
+    assert_eq!(balance["class"], "unknown", "{balance}");
+    let revised = audit_records(dir.path(), "detection_reclassified");
+    assert!(
+        revised.iter().any(|x| x["id"] == balance["id"]
+            && x["was"] == "unknown"
+            && x["class"] == "process_upset"),
+        "{revised:?}"
+    );
+    let episodes = r["episodes"].as_array().unwrap();
+    let e = episodes
+        .iter()
+        .find(|e| e["id"] == balance["id"])
+        .unwrap_or_else(|| panic!("{episodes:?}"));
+    assert_eq!(e["first_class"], "unknown", "{e}");
+    assert_eq!(e["class"], "process_upset", "{e}");
+    assert!(
+        episodes
+            .iter()
+            .any(|e| e["kind"] == "rate" && e["signals"][0] == "filler.reject_rate"),
+        "{episodes:?}"
+    );
+    assert!(
+        episodes.iter().all(|e| e["class"] != "sensor_fault"),
+        "{episodes:?}"
+    );
+    assert_eq!(r["line_stops"], 0);
+    assert_safe_and_audited(&r);
+}
