@@ -139,6 +139,9 @@ pub struct Setpoint {
     pub preconditions: Vec<Precondition>,
 }
 
+/// Windows a heat balance's trend may span, at most (its fit compares every two).
+pub const MAX_TREND_WINDOWS: u32 = 240;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RelationKind {
@@ -512,12 +515,16 @@ impl Plant {
                             "loss_kw_per_k and holdup_kj_per_k must not be negative".into(),
                         ));
                     }
-                    // The trend is a fit over windows: at least four of them.
-                    if *window_s == 0 || *trend_s < 4 * *window_s {
+                    // The trend is a fit over windows: at least four of them, and few enough
+                    // that fitting every pair of them stays cheap.
+                    if *window_s == 0
+                        || *trend_s < 4 * *window_s
+                        || *trend_s / *window_s > MAX_TREND_WINDOWS
+                    {
                         return Err(bad(
                             at,
                             format!(
-                                "window_s must be positive and trend_s at least four windows (trend_s = {trend_s}, window_s = {window_s})"
+                                "window_s must be positive and trend_s from four to {MAX_TREND_WINDOWS} windows (trend_s = {trend_s}, window_s = {window_s})"
                             ),
                         ));
                     }
@@ -647,12 +654,14 @@ mod tests {
             e.contains("past.heat_balance") && e.contains("unknown signal \"past.duty\""),
             "{e}"
         );
-        let text = REFERENCE_PLANT.replace("trend_s = 3600", "trend_s = 600");
-        let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
-        assert!(
-            e.contains("past.heat_balance") && e.contains("trend_s at least four windows"),
-            "{e}"
-        );
+        for trend in ["600", "86400"] {
+            let text = REFERENCE_PLANT.replace("trend_s = 3600", &format!("trend_s = {trend}"));
+            let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
+            assert!(
+                e.contains("past.heat_balance") && e.contains("trend_s from four to 240 windows"),
+                "{e}"
+            );
+        }
         let text = REFERENCE_PLANT.replace("loss_kw_per_k = 0.2", "loss_kw_per_k = -0.2");
         let e = Plant::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("must not be negative"), "{e}");
