@@ -449,9 +449,15 @@ impl Twin {
         if r.trend.len() < 4 || span * 4 < trend_ms * 3 {
             return None;
         }
-        let slope = theil_sen_per_h(&r.trend);
+        let points = r.trend.make_contiguous();
+        let slope = theil_sen_per_h(points);
+        // The forecast takes the faster of the whole trend's fall and its last quarter's
+        // (at least four windows): when the fall has just begun, the whole trend still
+        // holds the level stretch before it and would put the end far too late.
+        let recent = points.len().saturating_sub((points.len() / 4).max(4));
+        let fall = slope.min(points.get(recent..).map_or(slope, theil_sen_per_h));
         let actuator_end_in_h = match actuator_now {
-            Some(v) if slope < 0.0 => Some(effectiveness * (1.0 - v) / -slope),
+            Some(v) if slope < 0.0 && fall < 0.0 => Some(effectiveness * (1.0 - v) / -fall),
             _ => None,
         };
         Some(Residual {
@@ -553,7 +559,7 @@ impl Twin {
 
 /// The median of the slopes between every two points `(t_ms, value)`, per hour (Theil
 /// and Sen): up to 29 % of the points may be outliers without moving it far.
-fn theil_sen_per_h(points: &VecDeque<(i64, f64)>) -> f64 {
+fn theil_sen_per_h(points: &[(i64, f64)]) -> f64 {
     let mut slopes = Vec::with_capacity(points.len() * points.len() / 2);
     for (k, a) in points.iter().enumerate() {
         for b in points.iter().skip(k + 1) {
@@ -730,6 +736,15 @@ mod tests {
         let r = feed_exchanger(&mut twin, 9000, 13_200, 19.0, fouling);
         let first = r.iter().find(|x| x.alarm).expect("an alarm");
         assert!(first.t_ms <= 9_000_000 + 2_400_000, "{first:?}");
+        // Its forecast already reads the fall at its rate, not the hour's average of a
+        // level stretch and the fall.
+        let end_at = |x: &Residual| {
+            let e = x.estimate.unwrap();
+            let valve = (19.0 / 3600.0 * 800.0 * 57.0 + 11.0) / e / 600.0;
+            e * (1.0 - valve) / 0.05
+        };
+        let h = first.actuator_end_in_h.unwrap();
+        assert!((h / end_at(first) - 1.0).abs() < 0.25, "{h} {first:?}");
         let last = r.last().unwrap();
         assert!(
             last.alarm && last.residual < -0.04 && last.residual > -0.06,
