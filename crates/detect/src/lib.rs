@@ -266,12 +266,14 @@ impl Detectors {
         if r.residual < 0.0 {
             let forecast = match (actuator, r.actuator_end_in_h) {
                 (Some(a), Some(h)) => {
-                    format!("; at this rate {a} reaches the end of its range in about {h:.1} h")
+                    format!(
+                        "; at its latest rate {a} reaches the end of its range in about {h:.1} h"
+                    )
                 }
                 _ => String::new(),
             };
             format!(
-                "{}: the exchanger's effectiveness is {effectiveness:.3} and falling {per_h:.1} % an hour (more than {limit:.1} %): fouling far faster than normal, or a measurement in the balance drifting{forecast}",
+                "{}: the exchanger's effectiveness is {effectiveness:.3} and falling {per_h:.1} % an hour over the trend (more than {limit:.1} %): fouling far faster than normal, or a measurement in the balance drifting{forecast}",
                 r.relation
             )
         } else {

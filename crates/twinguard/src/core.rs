@@ -121,7 +121,13 @@ pub struct Core {
     /// Each physics relation's latest evaluation (a heat balance's effectiveness and
     /// forecast among them), for the report and the page.
     relations_latest: BTreeMap<String, twin::Residual>,
+    /// What each relation that estimates something (a heat balance's effectiveness) has
+    /// estimated, the latest [`RELATION_HISTORY`] windows: `[t_ms, estimate]`.
+    relations_history: BTreeMap<String, VecDeque<[f64; 2]>>,
 }
+
+/// Estimates kept per relation for the page's plot (a day of five-minute windows).
+const RELATION_HISTORY: usize = 288;
 
 /// An admitted model, as every record of what it did names it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -366,6 +372,7 @@ impl Core {
             next_kpi_ms: None,
             baseline,
             relations_latest: BTreeMap::new(),
+            relations_history: BTreeMap::new(),
         })
     }
 
@@ -818,6 +825,16 @@ impl Core {
                 })
                 .collect();
             events.extend(self.detectors.observe_residual(&r, devices));
+            if let Some(e) = r.estimate {
+                let h = self
+                    .relations_history
+                    .entry(r.relation.clone())
+                    .or_default();
+                if h.len() == RELATION_HISTORY {
+                    h.pop_front();
+                }
+                h.push_back([r.t_ms as f64, e]);
+            }
             self.relations_latest.insert(r.relation.clone(), r);
         }
         self.record_detections(events);
@@ -1562,6 +1579,7 @@ impl Core {
                 "alarm": r.alarm,
                 "estimate": r.estimate,
                 "actuator_end_in_h": r.actuator_end_in_h,
+                "history": self.relations_history.get(&r.relation),
             })).collect::<Vec<_>>(),
             "pump_shadow": self.pump_shadow.as_ref().map(PumpShadow::status),
             "optimiser": self.optimiser.last.as_ref().map(|l| json!({

@@ -3930,6 +3930,16 @@ fn a_fouling_heat_exchanger_is_seen_by_its_energy_balance() {
         balance["actuator_end_in_h"].as_f64().unwrap() > 1.0,
         "{balance}"
     );
+    // The page plots the effectiveness: every window's estimate, oldest first, the
+    // latest the one above.
+    let history = balance["history"].as_array().unwrap();
+    assert!(history.len() > 30, "{balance}");
+    let last = history.last().unwrap();
+    assert_eq!(last[1].as_f64(), Some(e), "{balance}");
+    assert!(
+        history.first().unwrap()[1].as_f64().unwrap() > 0.98,
+        "{balance}"
+    );
     assert_eq!(r["line_stops"], 0);
     assert_safe_and_audited(&r);
 }
