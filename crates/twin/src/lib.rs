@@ -404,12 +404,9 @@ impl Twin {
                 .signal(id)
                 .is_some_and(|s| v > s.range[0] + 0.02 * (s.range[1] - s.range[0]))
         };
-        let (q, fl, t_in, t_out) = (mean(duty)?, mean(flow)?, mean(temp_in)?, mean(temp_out)?);
+        let means = (mean(duty), mean(flow), mean(temp_in), mean(temp_out));
+        let ambient_t = ambient.as_deref().map(mean);
         let suspended = self.loops_suspended_until.is_some_and(|u| t1 <= u);
-        let ambient_t = match ambient {
-            Some(a) => Some(mean(a)?),
-            None => None,
-        };
         let actuator_now = actuator.as_deref().and_then(|a| {
             let s = self.plant.signal(a)?;
             Some(((mean(a)? - s.range[0]) / (s.range[1] - s.range[0])).clamp(0.0, 1.0))
@@ -421,6 +418,17 @@ impl Twin {
             *max_change_per_h,
         );
         let trend_ms = i64::from(*trend_s) * 1000;
+        let (Some(q), Some(fl), Some(t_in), Some(t_out), None | Some(Some(_))) =
+            (means.0, means.1, means.2, means.3, ambient_t)
+        else {
+            // A window without data: the next one has no outlet temperature to start
+            // its holdup's change from.
+            if let Some(r) = self.relations.get_mut(i) {
+                r.prev_out = None;
+            }
+            return None;
+        };
+        let ambient_t = ambient_t.flatten();
         let idle = suspended || !running(duty, q) || !running(flow, fl);
         let r = self.relations.get_mut(i)?;
         if idle {
