@@ -216,51 +216,37 @@ impl Detectors {
     /// The control loop `relation` is, if it is one: its measured signal, setpoint and
     /// tolerance.
     fn tracking(&self, relation: &str) -> Option<(&str, &str, f64)> {
-        self.plant
-            .relations
-            .iter()
-            .find(|r| r.id == relation)
-            .and_then(|r| match &r.kind {
-                plant_model::RelationKind::Tracking {
-                    measured,
-                    setpoint,
-                    tolerance,
-                    ..
-                } => Some((measured.as_str(), setpoint.as_str(), *tolerance)),
-                plant_model::RelationKind::MassBalance { .. }
-                | plant_model::RelationKind::HeatBalance { .. } => None,
-            })
+        match &self.plant.relation(relation)?.kind {
+            plant_model::RelationKind::Tracking {
+                measured,
+                setpoint,
+                tolerance,
+                ..
+            } => Some((measured.as_str(), setpoint.as_str(), *tolerance)),
+            plant_model::RelationKind::MassBalance { .. }
+            | plant_model::RelationKind::HeatBalance { .. } => None,
+        }
     }
 
     /// The outlet temperature of the heat balance `relation`, if it is one.
     fn heat_balance_outlet(&self, relation: &str) -> Option<&str> {
-        self.plant
-            .relations
-            .iter()
-            .find(|r| r.id == relation)
-            .and_then(|r| match &r.kind {
-                plant_model::RelationKind::HeatBalance { temp_out, .. } => Some(temp_out.as_str()),
-                _ => None,
-            })
+        match &self.plant.relation(relation)?.kind {
+            plant_model::RelationKind::HeatBalance { temp_out, .. } => Some(temp_out.as_str()),
+            _ => None,
+        }
     }
 
     /// What a heat balance's alarm says: the effectiveness, its trend, what that may mean
     /// and, falling, when the actuator will reach its end.
     fn heat_balance_message(&self, r: &Residual, effectiveness: f64) -> String {
-        let (limit, actuator) = self
-            .plant
-            .relations
-            .iter()
-            .find(|p| p.id == r.relation)
-            .and_then(|p| match &p.kind {
-                plant_model::RelationKind::HeatBalance {
-                    max_change_per_h,
-                    actuator,
-                    ..
-                } => Some((*max_change_per_h, actuator.as_deref())),
-                _ => None,
-            })
-            .unwrap_or((0.0, None));
+        let (limit, actuator) = match self.plant.relation(&r.relation).map(|p| &p.kind) {
+            Some(plant_model::RelationKind::HeatBalance {
+                max_change_per_h,
+                actuator,
+                ..
+            }) => (*max_change_per_h, actuator.as_deref()),
+            _ => (0.0, None),
+        };
         let per_h = 100.0 * r.residual.abs();
         let limit = 100.0 * limit;
         if r.residual < 0.0 {

@@ -538,6 +538,10 @@ impl Plant {
         self.signals.iter().find(|s| s.id == id)
     }
 
+    pub fn relation(&self, id: &str) -> Option<&Relation> {
+        self.relations.iter().find(|r| r.id == id)
+    }
+
     pub fn setpoint(&self, id: &str) -> Option<&Setpoint> {
         self.setpoints.iter().find(|s| s.id == id)
     }
