@@ -238,17 +238,31 @@ pub struct Frontier {
 
 impl Frontier {
     pub fn push(&mut self, leaf: Hash) {
+        self.push_completing(leaf, 0);
+    }
+
+    /// Adds a leaf, and returns the root of the aligned perfect subtree of `2^height`
+    /// leaves the leaf completes, if it completes one: the hash [`root`] would compute
+    /// from those leaves, found on the way for no extra hashing.
+    pub fn push_completing(&mut self, leaf: Hash, height: u32) -> Option<Hash> {
         let mut h = leaf;
         let mut n = self.size;
+        let mut completed = (height == 0).then_some(leaf);
+        let mut level = 0;
         // Every trailing one bit of the old size is a subtree the new leaf completes.
         while n & 1 == 1 {
             if let Some(left) = self.stack.pop() {
                 h = node_hash(&left, &h);
             }
             n >>= 1;
+            level += 1;
+            if level == height {
+                completed = Some(h);
+            }
         }
         self.stack.push(h);
         self.size += 1;
+        completed
     }
 
     /// A frontier from the roots of the perfect subtrees a tree of `size` leaves ends in,
@@ -279,6 +293,29 @@ impl Frontier {
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_push_returns_the_root_of_the_subtree_it_completes() {
+        let leaves: Vec<Hash> = (0u32..1100).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for height in [0, 1, 3, 8] {
+            let span = 1usize << height;
+            let mut f = Frontier::default();
+            for (i, l) in leaves.iter().enumerate() {
+                let done = f.push_completing(*l, height);
+                if (i + 1) % span == 0 {
+                    let lo = i + 1 - span;
+                    assert_eq!(
+                        done,
+                        Some(root(&leaves[lo..=i])),
+                        "height {height}, leaf {i}"
+                    );
+                } else {
+                    assert_eq!(done, None, "height {height}, leaf {i}");
+                }
+                assert_eq!(f.root(), root(&leaves[..=i]));
+            }
+        }
+    }
 
     fn h(s: &str) -> Hash {
         hex::decode(s).unwrap().try_into().unwrap()

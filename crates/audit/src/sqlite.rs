@@ -794,10 +794,10 @@ impl AuditStore for SqliteStore {
             }
             self.reload()?;
         };
-        // Work on a copy of the tree's growing edge: a failed transaction leaves the
-        // tree in memory as the database is.
+        // Work on a copy of the tree's growing edge (one hash per set bit of its size): a
+        // failed transaction leaves the tree in memory as the database is.
         let mut frontier = self.tree.frontier.clone();
-        let mut tail = self.tree.tail.clone();
+        let mut new_leaves: Vec<Hash> = Vec::with_capacity(entries.len());
         let mut new_tiles: Vec<Hash> = Vec::new();
         let due = checkpoint_due(
             &self.policy,
@@ -825,11 +825,10 @@ impl AuditStore for SqliteStore {
                 insert
                     .execute(params![seq as i64, e.ts_ms, e.kind, body, &leaf[..]])
                     .map_err(io)?;
-                frontier.push(leaf);
-                tail.push(leaf);
-                if tail.len() as u64 == TILE {
-                    let h = merkle::root(&tail);
-                    tail.clear();
+                new_leaves.push(leaf);
+                // A tile's root falls out of the frontier's merges when its last leaf
+                // arrives: no append hashes a whole tile over again.
+                if let Some(h) = frontier.push_completing(leaf, TILE_BITS) {
                     tile_insert
                         .execute(params![tiles as i64, &h[..]])
                         .map_err(io)?;
@@ -846,7 +845,12 @@ impl AuditStore for SqliteStore {
         };
         tx.commit().map_err(io)?;
         self.tree.frontier = frontier;
-        self.tree.tail = tail;
+        for leaf in new_leaves {
+            self.tree.tail.push(leaf);
+            if self.tree.tail.len() as u64 == TILE {
+                self.tree.tail.clear();
+            }
+        }
         for t in new_tiles {
             self.tree.add_tile(t);
         }
