@@ -27,7 +27,10 @@ const TILE_BITS: u32 = 8;
 const TILE: u64 = 1 << TILE_BITS;
 
 /// When checkpoints are signed: after `every` of wall-clock time or `records` new records,
-/// whichever comes first (and on [`AuditStore::checkpoint`]).
+/// whichever comes first (and on [`AuditStore::checkpoint`]). An append signs one itself
+/// only as the first of an opening of the store and at `records`; the time is kept by whoever calls
+/// [`AuditStore::checkpoint_if_due`] (the core does, every second), so that an append,
+/// which a guard decision waits for, never waits for a signature besides.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CheckpointPolicy {
     pub every: Duration,
@@ -566,6 +569,19 @@ fn checkpoint_due(
         && (size - covered >= policy.records || last.is_none_or(|t| t.elapsed() >= policy.every))
 }
 
+/// A log of `size` records needs a checkpoint from an append: none covers it yet, this
+/// opening of the store has signed none (a command that appends one record and exits
+/// leaves it covered), or `records` are uncovered.
+fn checkpoint_due_by_count(
+    policy: &CheckpointPolicy,
+    latest: Option<&Checkpoint>,
+    last: Option<Instant>,
+    size: u64,
+) -> bool {
+    let covered = latest.map_or(0, |c| c.size);
+    size > covered && (latest.is_none() || last.is_none() || size - covered >= policy.records)
+}
+
 fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
     let name = path.display().to_string();
     let open_err = |message: String| AuditError::Open {
@@ -799,7 +815,7 @@ impl AuditStore for SqliteStore {
         let mut frontier = self.tree.frontier.clone();
         let mut new_leaves: Vec<Hash> = Vec::with_capacity(entries.len());
         let mut new_tiles: Vec<Hash> = Vec::new();
-        let due = checkpoint_due(
+        let due = checkpoint_due_by_count(
             &self.policy,
             self.latest.as_ref(),
             self.last_checkpoint,

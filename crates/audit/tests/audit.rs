@@ -67,6 +67,36 @@ fn intact_log_verifies_and_survives_reopen() {
     assert_eq!(v.head.unwrap().seq, 21);
 }
 
+/// An append (a guard decision waits for it) signs a checkpoint only as the first of an
+/// opening and at the record count; the interval is kept by `checkpoint_if_due`, which the core
+/// calls every second.
+#[test]
+fn appends_leave_the_interval_to_checkpoint_if_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let mut store = SqliteStore::open(&path, key())
+        .unwrap()
+        .with_checkpoints(CheckpointPolicy {
+            every: std::time::Duration::ZERO,
+            records: 1000,
+        });
+    append_n(&mut store, 0, 5);
+    assert_eq!(store.latest_checkpoint().unwrap().size, 5);
+    append_n(&mut store, 5, 20);
+    assert_eq!(store.latest_checkpoint().unwrap().size, 5);
+    assert_eq!(store.checkpoint_if_due().unwrap().unwrap().size, 25);
+    assert!(store.checkpoint_if_due().unwrap().is_none());
+    let v = verify(&path);
+    assert_eq!((v.checkpoints, v.unanchored, v.problem), (2, 0, None));
+    // A command that opens the log, appends and exits leaves its record covered.
+    drop(store);
+    let mut store = SqliteStore::open(&path, key()).unwrap();
+    append_n(&mut store, 25, 1);
+    assert_eq!(store.latest_checkpoint().unwrap().size, 26);
+    append_n(&mut store, 26, 1);
+    assert_eq!(store.latest_checkpoint().unwrap().size, 26);
+}
+
 #[test]
 fn checkpoints_follow_the_policy() {
     let dir = tempfile::tempdir().unwrap();
