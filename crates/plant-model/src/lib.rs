@@ -6,7 +6,7 @@
 //! instrument ranges), the twin (relations), the detectors (alarm limits) and the guard
 //! (envelopes, safe states).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -288,6 +288,10 @@ pub struct Plant {
     pub setpoints: Vec<Setpoint>,
     #[serde(default)]
     pub relations: Vec<Relation>,
+    /// Signal id -> its position in `signals`, built at the first lookup: ingest and the
+    /// detectors look a signal up for every sample, and a plant file may name thousands.
+    #[serde(skip)]
+    signal_index: std::sync::OnceLock<HashMap<String, usize>>,
 }
 
 impl Plant {
@@ -535,7 +539,20 @@ impl Plant {
     }
 
     pub fn signal(&self, id: &str) -> Option<&Signal> {
-        self.signals.iter().find(|s| s.id == id)
+        let index = self.signal_index.get_or_init(|| {
+            self.signals
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.id.clone(), i))
+                .collect()
+        });
+        match index.get(id).and_then(|&i| self.signals.get(i)) {
+            Some(s) if s.id == id => Some(s),
+            // Not where the index says, or not in it: the list may have changed since the
+            // index was built (its fields are public), and the list is what counts. Only
+            // an unknown id pays for the scan, and it comes from an authenticated device.
+            _ => self.signals.iter().find(|s| s.id == id),
+        }
     }
 
     pub fn relation(&self, id: &str) -> Option<&Relation> {
@@ -577,6 +594,26 @@ impl Plant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signals_are_found_by_id_even_after_the_list_changes() {
+        let mut p = Plant::parse(REFERENCE_PLANT, "ref").unwrap();
+        for s in p.signals.clone() {
+            assert_eq!(p.signal(&s.id).map(|f| &f.id), Some(&s.id));
+        }
+        assert!(p.signal("tank.nothing").is_none());
+        // The index is built by now; a signal added afterwards is still found, and one
+        // removed is not.
+        let mut extra = p.signals[0].clone();
+        extra.id = "tank.level_2".into();
+        p.signals.push(extra);
+        assert_eq!(p.signal("tank.level_2").unwrap().id, "tank.level_2");
+        let gone = p.signals.remove(0);
+        assert!(p.signal(&gone.id).is_none());
+        assert_eq!(p.signal("tank.level_2").unwrap().id, "tank.level_2");
+        let last = p.signals.last().unwrap().id.clone();
+        assert_eq!(p.signal(&last).unwrap().id, last);
+    }
 
     #[test]
     fn reference_plant_is_valid_and_large_enough() {

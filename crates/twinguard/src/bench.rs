@@ -99,7 +99,26 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
         }
     }
 
-    // 4. The whole loop over the embedded MQTT broker.
+    // 4. Plant size: verification plus twin update against the number of signals, and
+    // the twin's memory per signal with its history full.
+    let mut by_plant_size = Vec::new();
+    for extra in [0usize, 1_000, 5_000] {
+        let row = plant_size_row(extra)?;
+        eprintln!(
+            "bench: {} signals: {:.0} samples/s, the twin holds {:.1} KiB per signal",
+            row.signals,
+            row.samples_per_s,
+            row.bytes_per_signal / 1024.0
+        );
+        by_plant_size.push(json!({
+            "signals": row.signals,
+            "samples_per_s": row.samples_per_s,
+            "twin_bytes_per_signal": row.bytes_per_signal,
+            "history_points": twin::DEFAULT_HISTORY,
+        }));
+    }
+
+    // 5. The whole loop over the embedded MQTT broker.
     let (e2e_s, e2e_frames, samples) = timed_loop(hours, data_dir, None).await?;
     let mosquitto = match mosquitto_bin() {
         Some(bin) => mosquitto_section(&bin, hours).await?,
@@ -120,6 +139,7 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
             "ingest_cost_over_signature_check": verify_s / sig_only_s,
         },
         "verify_and_apply_per_core": by_size,
+        "by_plant_size": by_plant_size,
         "end_to_end": {
             "simulated_hours": hours,
             "wall_s": e2e_s,
@@ -199,6 +219,127 @@ fn tank_frames(
         }],
     };
     Ok((frames_buf, device))
+}
+
+struct PlantSizeRow {
+    signals: usize,
+    samples_per_s: f64,
+    bytes_per_signal: f64,
+}
+
+/// The reference plant file with `extra` more level signals on the tank (so that one
+/// device feeds them all), parsed and validated as any plant file is.
+fn plant_with_extra_signals(extra: usize) -> Result<Plant> {
+    use std::fmt::Write;
+    let mut text = plant_model::REFERENCE_PLANT.to_string();
+    for k in 0..extra {
+        let _ = write!(
+            text,
+            "\n[[signals]]\nid = \"tank.level_{k:05}\"\nasset = \"tank\"\nunit = \"m\"\nrange = [0.0, 3.2]\nalarm = [0.4, 2.6]\nmax_rate = 0.02\n"
+        );
+    }
+    Ok(Plant::parse(&text, "bench plant")?)
+}
+
+/// 100-sample Ed25519 frames that visit every tank signal in turn (one second apart for
+/// each signal), checked in batches and applied to the twin; then every signal's history
+/// is filled, and the twin's heap per signal is read (`Twin::signal_memory_bytes`: the
+/// process's resident memory cannot tell it, for the allocator reuses what earlier stages
+/// of the bench freed).
+fn plant_size_row(extra: usize) -> Result<PlantSizeRow> {
+    let plant = Arc::new(plant_with_extra_signals(extra)?);
+    let tank: Vec<(String, String, f64)> = plant
+        .signals
+        .iter()
+        .filter(|s| s.asset == "tank")
+        .map(|s| {
+            let value = (s.range[0] + s.range[1]) / 2.0;
+            (s.id.clone(), s.unit.clone(), value)
+        })
+        .collect();
+    let per_frame = 100usize;
+    let n_frames = 3_000usize;
+    let key = frames::keys::generate()?;
+    let topic = plant.telemetry_topic("tank");
+    let mut frames_buf = Vec::with_capacity(n_frames);
+    for f in 0..n_frames {
+        let first = f * per_frame;
+        let ts = DEFAULT_START_MS + ((first + per_frame) / tank.len() + 1) as i64 * 1000;
+        let samples = (first..first + per_frame)
+            .filter_map(|i| {
+                let (id, unit, value) = tank.get(i % tank.len())?;
+                Some(WireSample {
+                    signal: id.clone(),
+                    t_ms: DEFAULT_START_MS + (i / tank.len()) as i64 * 1000,
+                    value: *value,
+                    unit: unit.clone(),
+                })
+            })
+            .collect();
+        let body = to_body(&TelemetryBody {
+            seq: f as u64 + 1,
+            ts_ms: ts,
+            samples,
+        });
+        frames_buf.push((
+            topic.clone(),
+            frames::encode_sealed(
+                Kind::Telemetry,
+                &topic,
+                "gw-tank",
+                &body,
+                Seal::Ed25519(&key),
+            )?,
+        ));
+    }
+    let device = Device::ed25519("gw-tank", "tank", key.verifying_key());
+    let mut verifier = Verifier::new(plant.clone(), vec![device], bench_ingest_config());
+    let mut twin = twin::Twin::new(
+        plant.clone(),
+        twin::DEFAULT_HISTORY,
+        twin::CusumConfig::default(),
+    );
+    let source = Arc::new(ingest::SourceInfo::mqtt_plain("bench"));
+    let t = Instant::now();
+    let mut applied = 0usize;
+    let mut provenance = None;
+    for chunk in frames_buf.chunks(64) {
+        for out in verifier.check_batch(&source, chunk, DEFAULT_START_MS) {
+            for s in &out.accepted {
+                applied += usize::from(twin.update(s));
+            }
+            if let Some(s) = out.accepted.first() {
+                provenance = Some(s.provenance.clone());
+            }
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    if applied != n_frames * per_frame {
+        anyhow::bail!(
+            "bench: {} signals: applied {applied} of {} samples",
+            plant.signals.len(),
+            n_frames * per_frame
+        );
+    }
+    let provenance = provenance.context("bench: no frame was accepted")?;
+    // Fill every signal's history, as an hour of 1 Hz data does.
+    for s in &plant.signals {
+        for k in 0..twin::DEFAULT_HISTORY as i64 {
+            twin.update(&ingest::Sample {
+                signal: s.id.clone(),
+                t_ms: DEFAULT_START_MS + 86_400_000 + k * 1000,
+                value: 1.0,
+                provenance: provenance.clone(),
+            });
+        }
+    }
+    std::hint::black_box((&twin, &frames_buf));
+    let n = plant.signals.len() as f64;
+    Ok(PlantSizeRow {
+        signals: plant.signals.len(),
+        samples_per_s: rate(applied as u64, secs),
+        bytes_per_signal: twin.signal_memory_bytes() as f64 / n,
+    })
 }
 
 /// Limits that let the bench's pre-dated frames through.
