@@ -505,6 +505,7 @@ impl SqliteStore {
             self.latest.as_ref(),
             self.last_checkpoint,
             self.tree.size(),
+            true,
         )
     }
 
@@ -556,30 +557,20 @@ fn wal_checkpointer(path: &Path) -> Option<WalCheckpointer> {
     Some(WalCheckpointer { stop, thread })
 }
 
-/// A log of `size` records needs a checkpoint: some are uncovered, and enough time or
-/// records have passed since the newest.
+/// A log of `size` records needs a checkpoint: some are uncovered, and `records` of them
+/// are, or this opening of the store has signed none, or (`timed`) `every` has passed
+/// since it last did. Appends are not timed: a command that appends one record and exits
+/// leaves it covered, and the core's tick keeps the interval.
 fn checkpoint_due(
     policy: &CheckpointPolicy,
     latest: Option<&Checkpoint>,
     last: Option<Instant>,
     size: u64,
+    timed: bool,
 ) -> bool {
     let covered = latest.map_or(0, |c| c.size);
-    size > covered
-        && (size - covered >= policy.records || last.is_none_or(|t| t.elapsed() >= policy.every))
-}
-
-/// A log of `size` records needs a checkpoint from an append: none covers it yet, this
-/// opening of the store has signed none (a command that appends one record and exits
-/// leaves it covered), or `records` are uncovered.
-fn checkpoint_due_by_count(
-    policy: &CheckpointPolicy,
-    latest: Option<&Checkpoint>,
-    last: Option<Instant>,
-    size: u64,
-) -> bool {
-    let covered = latest.map_or(0, |c| c.size);
-    size > covered && (latest.is_none() || last.is_none() || size - covered >= policy.records)
+    let elapsed = |t: Instant| timed && t.elapsed() >= policy.every;
+    size > covered && (size - covered >= policy.records || last.is_none_or(elapsed))
 }
 
 fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
@@ -815,11 +806,12 @@ impl AuditStore for SqliteStore {
         let mut frontier = self.tree.frontier.clone();
         let mut new_leaves: Vec<Hash> = Vec::with_capacity(entries.len());
         let mut new_tiles: Vec<Hash> = Vec::new();
-        let due = checkpoint_due_by_count(
+        let due = checkpoint_due(
             &self.policy,
             self.latest.as_ref(),
             self.last_checkpoint,
             self.tree.size() + entries.len() as u64,
+            false,
         );
         {
             let mut insert = tx

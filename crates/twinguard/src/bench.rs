@@ -157,8 +157,8 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
 /// A frame and the topic it goes to.
 type TopicFrame = (String, Vec<u8>);
 
-/// `n_frames` signed frames of `per_frame` tank samples each, with the device that signed
-/// them.
+/// `n_frames` sealed frames of `per_frame` samples each that visit every signal of the
+/// tank in turn, with the device that sealed them.
 fn tank_frames(
     plant: &Arc<Plant>,
     n_frames: usize,
@@ -168,23 +168,32 @@ fn tank_frames(
     let key = frames::keys::generate()?;
     let secret = vec![0x5au8; 32];
     let topic = plant.telemetry_topic("tank");
-    let signals = [
-        ("tank.level", "m", 1.6),
-        ("tank.inflow", "m3/h", 15.0),
-        ("tank.inlet_valve", "%", 50.0),
-    ];
-    let ticks = per_frame.div_ceil(signals.len()) as i64;
+    // Every signal of the tank in turn, one second apart for each, at mid-range.
+    let signals: Vec<(&str, &str, f64)> = plant
+        .signals
+        .iter()
+        .filter(|s| s.asset == "tank")
+        .map(|s| {
+            (
+                s.id.as_str(),
+                s.unit.as_str(),
+                (s.range[0] + s.range[1]) / 2.0,
+            )
+        })
+        .collect();
+    let n = signals.len().max(1);
     let mut frames_buf = Vec::with_capacity(n_frames);
     for f in 0..n_frames {
-        let ts = DEFAULT_START_MS + (f as i64 + 1) * ticks * 1000;
-        let samples = (0..per_frame)
+        let first = f * per_frame;
+        let ts = DEFAULT_START_MS + ((first + per_frame) / n + 1) as i64 * 1000;
+        let samples = (first..first + per_frame)
             .filter_map(|i| {
-                let (s, u, v) = *signals.get(i % signals.len())?;
+                let (id, unit, value) = *signals.get(i % n)?;
                 Some(WireSample {
-                    signal: s.into(),
-                    t_ms: ts - (ticks - 1 - (i / signals.len()) as i64) * 1000,
-                    value: v,
-                    unit: u.into(),
+                    signal: id.into(),
+                    t_ms: DEFAULT_START_MS + (i / n) as i64 * 1000,
+                    value,
+                    unit: unit.into(),
                 })
             })
             .collect();
@@ -241,58 +250,15 @@ fn plant_with_extra_signals(extra: usize) -> Result<Plant> {
     Ok(Plant::parse(&text, "bench plant")?)
 }
 
-/// 100-sample Ed25519 frames that visit every tank signal in turn (one second apart for
-/// each signal), checked in batches and applied to the twin; then every signal's history
+/// 100-sample Ed25519 frames that visit every tank signal in turn, checked in batches and applied to the twin; then every signal's history
 /// is filled, and the twin's heap per signal is read (`Twin::signal_memory_bytes`: the
 /// process's resident memory cannot tell it, for the allocator reuses what earlier stages
 /// of the bench freed).
 fn plant_size_row(extra: usize) -> Result<PlantSizeRow> {
     let plant = Arc::new(plant_with_extra_signals(extra)?);
-    let tank: Vec<(String, String, f64)> = plant
-        .signals
-        .iter()
-        .filter(|s| s.asset == "tank")
-        .map(|s| {
-            let value = (s.range[0] + s.range[1]) / 2.0;
-            (s.id.clone(), s.unit.clone(), value)
-        })
-        .collect();
     let per_frame = 100usize;
     let n_frames = 3_000usize;
-    let key = frames::keys::generate()?;
-    let topic = plant.telemetry_topic("tank");
-    let mut frames_buf = Vec::with_capacity(n_frames);
-    for f in 0..n_frames {
-        let first = f * per_frame;
-        let ts = DEFAULT_START_MS + ((first + per_frame) / tank.len() + 1) as i64 * 1000;
-        let samples = (first..first + per_frame)
-            .filter_map(|i| {
-                let (id, unit, value) = tank.get(i % tank.len())?;
-                Some(WireSample {
-                    signal: id.clone(),
-                    t_ms: DEFAULT_START_MS + (i / tank.len()) as i64 * 1000,
-                    value: *value,
-                    unit: unit.clone(),
-                })
-            })
-            .collect();
-        let body = to_body(&TelemetryBody {
-            seq: f as u64 + 1,
-            ts_ms: ts,
-            samples,
-        });
-        frames_buf.push((
-            topic.clone(),
-            frames::encode_sealed(
-                Kind::Telemetry,
-                &topic,
-                "gw-tank",
-                &body,
-                Seal::Ed25519(&key),
-            )?,
-        ));
-    }
-    let device = Device::ed25519("gw-tank", "tank", key.verifying_key());
+    let (frames_buf, device) = tank_frames(&plant, n_frames, per_frame, "ed25519")?;
     let mut verifier = Verifier::new(plant.clone(), vec![device], bench_ingest_config());
     let mut twin = twin::Twin::new(
         plant.clone(),
