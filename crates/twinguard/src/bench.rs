@@ -152,8 +152,6 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
     }))
 }
 
-/// Samples per second through `Verifier::check_batch` (Ed25519) or `check` (HMAC) and the
-/// twin's update, single-threaded.
 /// A frame and the topic it goes to.
 type TopicFrame = (String, Vec<u8>);
 
@@ -256,9 +254,48 @@ fn plant_with_extra_signals(extra: usize) -> Result<Plant> {
 /// of the bench freed).
 fn plant_size_row(extra: usize) -> Result<PlantSizeRow> {
     let plant = Arc::new(plant_with_extra_signals(extra)?);
-    let per_frame = 100usize;
-    let n_frames = 3_000usize;
-    let (frames_buf, device) = tank_frames(&plant, n_frames, per_frame, "ed25519")?;
+    let (samples_per_s, mut twin, provenance) = verify_and_apply(&plant, 100, "ed25519", 3_000)?;
+    // Fill every signal's history, as an hour of 1 Hz data does.
+    for s in &plant.signals {
+        for k in 0..twin::DEFAULT_HISTORY as i64 {
+            twin.update(&ingest::Sample {
+                signal: s.id.clone(),
+                t_ms: DEFAULT_START_MS + 86_400_000 + k * 1000,
+                value: 1.0,
+                provenance: provenance.clone(),
+            });
+        }
+    }
+    Ok(PlantSizeRow {
+        signals: plant.signals.len(),
+        samples_per_s,
+        bytes_per_signal: twin.signal_memory_bytes() as f64 / plant.signals.len() as f64,
+    })
+}
+
+/// Limits that let the bench's pre-dated frames through.
+fn bench_ingest_config() -> IngestConfig {
+    IngestConfig {
+        max_age_ms: i64::MAX / 4,
+        max_future_ms: i64::MAX / 4,
+        replay_window: 64,
+    }
+}
+
+fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> {
+    verify_and_apply(plant, per_frame, seal, 300_000 / per_frame).map(|r| r.0)
+}
+
+/// Samples per second through `Verifier::check_batch` (in batches of 64 frames) and the
+/// twin's update, single-threaded, for `n_frames` tank frames of `per_frame` samples; with
+/// the twin afterwards and the provenance of the last frame.
+fn verify_and_apply(
+    plant: &Arc<Plant>,
+    per_frame: usize,
+    seal: &str,
+    n_frames: usize,
+) -> Result<(f64, twin::Twin, Arc<ingest::Provenance>)> {
+    let (frames_buf, device) = tank_frames(plant, n_frames, per_frame, seal)?;
     let mut verifier = Verifier::new(plant.clone(), vec![device], bench_ingest_config());
     let mut twin = twin::Twin::new(
         plant.clone(),
@@ -274,7 +311,7 @@ fn plant_size_row(extra: usize) -> Result<PlantSizeRow> {
             for s in &out.accepted {
                 applied += usize::from(twin.update(s));
             }
-            if let Some(s) = out.accepted.first() {
+            if let Some(s) = out.accepted.last() {
                 provenance = Some(s.provenance.clone());
             }
         }
@@ -282,70 +319,13 @@ fn plant_size_row(extra: usize) -> Result<PlantSizeRow> {
     let secs = t.elapsed().as_secs_f64();
     if applied != n_frames * per_frame {
         anyhow::bail!(
-            "bench: {} signals: applied {applied} of {} samples",
+            "bench: {} signals, {per_frame}-sample {seal} frames: applied {applied} of {} samples",
             plant.signals.len(),
             n_frames * per_frame
         );
     }
     let provenance = provenance.context("bench: no frame was accepted")?;
-    // Fill every signal's history, as an hour of 1 Hz data does.
-    for s in &plant.signals {
-        for k in 0..twin::DEFAULT_HISTORY as i64 {
-            twin.update(&ingest::Sample {
-                signal: s.id.clone(),
-                t_ms: DEFAULT_START_MS + 86_400_000 + k * 1000,
-                value: 1.0,
-                provenance: provenance.clone(),
-            });
-        }
-    }
-    std::hint::black_box((&twin, &frames_buf));
-    let n = plant.signals.len() as f64;
-    Ok(PlantSizeRow {
-        signals: plant.signals.len(),
-        samples_per_s: rate(applied as u64, secs),
-        bytes_per_signal: twin.signal_memory_bytes() as f64 / n,
-    })
-}
-
-/// Limits that let the bench's pre-dated frames through.
-fn bench_ingest_config() -> IngestConfig {
-    IngestConfig {
-        max_age_ms: i64::MAX / 4,
-        max_future_ms: i64::MAX / 4,
-        replay_window: 64,
-    }
-}
-
-fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> {
-    let total_samples = 300_000usize;
-    let n_frames = total_samples / per_frame;
-    let (frames_buf, device) = tank_frames(plant, n_frames, per_frame, seal)?;
-    let mut verifier = Verifier::new(plant.clone(), vec![device], bench_ingest_config());
-    let mut twin = twin::Twin::new(
-        plant.clone(),
-        twin::DEFAULT_HISTORY,
-        twin::CusumConfig::default(),
-    );
-    let source = Arc::new(ingest::SourceInfo::mqtt_plain("bench"));
-    let now = DEFAULT_START_MS;
-    let t = Instant::now();
-    let mut applied = 0u64;
-    for chunk in frames_buf.chunks(64) {
-        for out in verifier.check_batch(&source, chunk, now) {
-            for s in &out.accepted {
-                applied += u64::from(twin.update(s));
-            }
-        }
-    }
-    let secs = t.elapsed().as_secs_f64();
-    if applied as usize != n_frames * per_frame {
-        anyhow::bail!(
-            "bench: applied {applied} of {} samples",
-            n_frames * per_frame
-        );
-    }
-    Ok(rate(applied, secs))
+    Ok((rate(applied as u64, secs), twin, provenance))
 }
 
 fn mosquitto_bin() -> Option<std::path::PathBuf> {
