@@ -1552,7 +1552,7 @@ impl Core {
         let g = self.guard.stats();
         let head = self.audit.head();
         json!({
-            "samples": { "accepted": c.samples_accepted, "rejected": c.samples_rejected },
+            "samples": { "accepted": c.samples_accepted, "rejected": c.samples_rejected, "out_of_order": self.twin.out_of_order() },
             "frames": { "accepted": c.frames_accepted, "rejected": c.frames_rejected },
             "sources": self.sources.iter().enumerate().map(|(i, s)| json!({
                 "id": s.info.id,
