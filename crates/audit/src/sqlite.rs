@@ -28,9 +28,9 @@ const TILE: u64 = 1 << TILE_BITS;
 
 /// When checkpoints are signed: after `every` of wall-clock time or `records` new records,
 /// whichever comes first (and on [`AuditStore::checkpoint`]). An append signs one itself
-/// only as the first of an opening of the store and at `records`; the time is kept by whoever calls
-/// [`AuditStore::checkpoint_if_due`] (the core does, every second), so that an append,
-/// which a guard decision waits for, never waits for a signature besides.
+/// only as the first of an opening of the store and at `records`; the time is kept by
+/// whoever calls [`AuditStore::checkpoint_if_due`] (the core does, every second), so that
+/// an append, which a guard decision waits for, never waits for a signature besides.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CheckpointPolicy {
     pub every: Duration,

@@ -70,8 +70,8 @@ pub struct CusumConfig {
     /// Windows used to estimate the residual's noise before testing.
     pub warmup: usize,
     /// Windows over which that estimate keeps being refined while the relation is tested,
-    /// until its first alarm: twenty windows alone misjudge the noise by up to half now
-    /// and then (a normal run's window read as 8 sigma), sixty rarely do.
+    /// until its first alarm: twenty windows alone now and then put the noise at less
+    /// than half of what it is (a normal run's window read as 8 sigma); sixty rarely do.
     pub refine: usize,
     /// Smallest noise assumed, in residual units.
     pub sigma_floor: f64,
