@@ -248,10 +248,10 @@ fn plant_with_extra_signals(extra: usize) -> Result<Plant> {
     Ok(Plant::parse(&text, "bench plant")?)
 }
 
-/// 100-sample Ed25519 frames that visit every tank signal in turn, checked in batches and applied to the twin; then every signal's history
-/// is filled, and the twin's heap per signal is read (`Twin::signal_memory_bytes`: the
-/// process's resident memory cannot tell it, for the allocator reuses what earlier stages
-/// of the bench freed).
+/// 100-sample Ed25519 frames that visit every tank signal in turn, checked in batches and
+/// applied to the twin; then every signal's history is filled, and the twin's heap per
+/// signal is read (`Twin::signal_memory_bytes`: the process's resident memory cannot tell
+/// it, for the allocator reuses what earlier stages of the bench freed).
 fn plant_size_row(extra: usize) -> Result<PlantSizeRow> {
     let plant = Arc::new(plant_with_extra_signals(extra)?);
     let (samples_per_s, mut twin, provenance) = verify_and_apply(&plant, 100, "ed25519", 3_000)?;
