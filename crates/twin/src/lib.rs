@@ -28,7 +28,10 @@ pub struct SignalState {
     pub provenance: Option<Arc<Provenance>>,
     #[serde(skip)]
     pub history: VecDeque<Point>,
-    /// Samples that arrived older than the newest one held (kept out of the history).
+    /// Samples that arrived no newer than the newest one held: a frame overtaken by a
+    /// newer one within ingest's replay window. Each goes into the history at its time
+    /// (one at a time already held is a duplicate and is dropped); the newest value and
+    /// the detectors do not see it.
     pub out_of_order: u64,
 }
 
@@ -218,13 +221,34 @@ impl Twin {
         self.setpoints.get(id).map(|s| s.value)
     }
 
-    /// Applies an accepted sample. Returns false if it was older than the newest held.
+    /// Applies an accepted sample. Returns false if it was no newer than the newest held
+    /// (see [`SignalState::out_of_order`]).
     pub fn update(&mut self, s: &Sample) -> bool {
         let Some(state) = self.signals.get_mut(&s.signal) else {
             return false;
         };
         if state.last.is_some_and(|p| s.t_ms <= p.t_ms) {
             state.out_of_order += 1;
+            let h = &mut state.history;
+            let at = h.partition_point(|p| p.t_ms < s.t_ms);
+            let duplicate = h.get(at).is_some_and(|p| p.t_ms == s.t_ms);
+            let evicted_at_once = at == 0 && h.len() >= self.history_len;
+            if !duplicate && !evicted_at_once {
+                // Full, the oldest point makes room first (within the room allocated).
+                let at = if h.len() >= self.history_len {
+                    h.pop_front();
+                    at.saturating_sub(1)
+                } else {
+                    at
+                };
+                h.insert(
+                    at,
+                    Point {
+                        t_ms: s.t_ms,
+                        value: s.value,
+                    },
+                );
+            }
             return false;
         }
         let p = Point {
@@ -692,6 +716,30 @@ mod tests {
         assert!(quiet_start_then_noise(fixed));
         // ... refined over sixty, it learns the real noise while it tests.
         assert!(!quiet_start_then_noise(CusumConfig::default()));
+    }
+
+    #[test]
+    fn a_late_sample_goes_into_the_history_at_its_time() {
+        let plant = Arc::new(Plant::reference());
+        let mut twin = Twin::new(plant, 3, CusumConfig::default());
+        assert!(twin.update(&sample("tank.level", 1000, 1.0)));
+        assert!(twin.update(&sample("tank.level", 3000, 3.0)));
+        // Overtaken by a newer frame: not the newest value, but kept in order ...
+        assert!(!twin.update(&sample("tank.level", 2000, 2.0)));
+        // ... and a time already held is a duplicate.
+        assert!(!twin.update(&sample("tank.level", 2000, 9.0)));
+        let st = twin.signal("tank.level").unwrap();
+        let times: Vec<(i64, f64)> = st.history.iter().map(|p| (p.t_ms, p.value)).collect();
+        assert_eq!(times, vec![(1000, 1.0), (2000, 2.0), (3000, 3.0)]);
+        assert_eq!(st.last.unwrap().t_ms, 3000);
+        // Full, the history drops its oldest for a late one, and ignores one older still.
+        assert!(!twin.update(&sample("tank.level", 2500, 2.5)));
+        assert!(!twin.update(&sample("tank.level", 500, 0.5)));
+        let st = twin.signal("tank.level").unwrap();
+        let times: Vec<i64> = st.history.iter().map(|p| p.t_ms).collect();
+        assert_eq!(times, vec![2000, 2500, 3000]);
+        assert_eq!(st.history.capacity(), 3);
+        assert_eq!(twin.out_of_order(), 4);
     }
 
     #[test]
