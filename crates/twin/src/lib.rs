@@ -99,6 +99,8 @@ struct RelationState {
     signals: Vec<String>,
     /// End of the last evaluated window.
     next_end_ms: Option<i64>,
+    /// The residuals the noise estimate is taken from: the warm-up's, then those of the
+    /// windows tested while it is refined.
     warmup: Vec<f64>,
     sigma: Option<f64>,
     /// The relation has raised an alarm: its noise estimate is final.
@@ -282,8 +284,9 @@ impl Twin {
             .sum::<usize>()
     }
 
-    /// Samples accepted by ingest that arrived older than their signal's newest value and
-    /// were kept out of its history, over every signal.
+    /// Samples accepted by ingest that arrived no newer than their signal's newest value
+    /// (put into its history at their time, see [`SignalState::out_of_order`]), over
+    /// every signal.
     pub fn out_of_order(&self) -> u64 {
         self.signals.values().map(|s| s.out_of_order).sum()
     }
