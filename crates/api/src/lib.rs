@@ -32,10 +32,35 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 const PAGE: &str = include_str!("../assets/index.html");
 
+/// A JSON document written once by the core and handed to every reader as it is: no
+/// tree of values to build, copy or walk again per request. The default is `null`.
+#[derive(Debug, Clone, Default)]
+pub struct Document(Option<Arc<serde_json::value::RawValue>>);
+
+impl Document {
+    pub fn of<T: serde::Serialize + ?Sized>(value: &T) -> Result<Document, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(|raw| Document(Some(Arc::from(raw))))
+    }
+
+    /// The document's text.
+    pub fn get(&self) -> &str {
+        self.0.as_ref().map_or("null", |raw| raw.get())
+    }
+}
+
+impl serde::Serialize for Document {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(raw) => raw.serialize(s),
+            None => s.serialize_unit(),
+        }
+    }
+}
+
 /// What the core publishes for readers. Each field is the JSON the matching route returns.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub state: Value,
+    pub state: Document,
     pub alerts: Value,
     pub proposals: Proposals,
     pub report: Value,

@@ -21,7 +21,7 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 fn setup() -> (axum::Router, mpsc::Receiver<Op>) {
     let snap = Snapshot {
-        state: json!({"plant": "line"}),
+        state: api::Document::of(&json!({"plant": "line"})).unwrap(),
         now_ms: 1_767_225_600_000,
         ..Default::default()
     };

@@ -165,6 +165,10 @@ pub struct Detectors {
     multivariate_hint: EpisodeClass,
     /// When the multivariate score was last above its threshold.
     multivariate_last_alarm: Option<i64>,
+    /// How many episodes are active on each subject (a signal, a relation, `source:` and
+    /// a source): a sample or a gap check on a signal with none has nothing to clear, and
+    /// finding that out allocates nothing.
+    open: HashMap<String, usize>,
 }
 
 /// How long a device's integrity failure makes episodes on its data suspect, and how
@@ -196,6 +200,7 @@ impl Detectors {
             signatures: HashMap::new(),
             multivariate_hint: EpisodeClass::Unknown,
             multivariate_last_alarm: None,
+            open: HashMap::new(),
         }
     }
 
@@ -464,21 +469,40 @@ impl Detectors {
             .collect()
     }
 
-    /// Checks one accepted sample (in time order per signal).
-    pub fn observe(&mut self, s: &Sample) -> Vec<Event> {
-        let mut events = Vec::new();
-        let Some(sig) = self.plant.signal(&s.signal).cloned() else {
-            return events;
-        };
-        let trusted = s.provenance.trust == Trust::Verified
-            && !self.suspect_signals().contains(s.signal.as_str());
-        let evidence = Evidence {
+    /// What an episode raised on one sample rests on: the signal, the device that sent it,
+    /// and whether it is trusted (verified, and not part of a broken relation).
+    fn sample_evidence(&self, s: &Sample) -> Evidence {
+        Evidence {
             signals: vec![s.signal.clone()],
             relation: None,
             devices: vec![s.provenance.device.clone()],
-            trusted,
+            trusted: s.provenance.trust == Trust::Verified
+                && !self.suspect_signals().contains(s.signal.as_str()),
+        }
+    }
+
+    /// Whether an episode of `kind` on `subject` is active (without allocating when no
+    /// episode at all is).
+    fn active_on(&self, kind: DetectionKind, subject: &str) -> bool {
+        self.open.contains_key(subject) && self.active.contains_key(&(kind, subject.to_string()))
+    }
+
+    /// Checks one accepted sample (in time order per signal).
+    pub fn observe(&mut self, s: &Sample) -> Vec<Event> {
+        let mut events = Vec::new();
+        let plant = self.plant.clone();
+        let Some(sig) = plant.signal(&s.signal) else {
+            return events;
         };
-        let m = self.memory.entry(s.signal.clone()).or_default();
+        // Nothing here allocates unless an episode opens or closes: this runs for every
+        // sample the plant sends.
+        if !self.memory.contains_key(s.signal.as_str()) {
+            self.memory
+                .insert(s.signal.clone(), SignalMemory::default());
+        }
+        let Some(m) = self.memory.get_mut(s.signal.as_str()) else {
+            return events;
+        };
 
         // Operating limits, debounced.
         let (lo, hi) = (sig.alarm[0], sig.alarm[1]);
@@ -532,24 +556,27 @@ impl Detectors {
         m.last = Some((s.t_ms, s.value));
 
         if raise_limit {
-            let word = if kind == DetectionKind::LimitHigh {
-                "above"
-            } else {
-                "below"
-            };
-            self.raise(
-                &mut events,
-                (kind, s.signal.clone()),
-                s.t_ms,
-                s.value,
-                limit,
-                format!(
-                    "{} = {:.3} {} {word} its operating limit {limit}",
-                    s.signal, s.value, sig.unit
-                ),
-                evidence.clone(),
-            );
-        } else if clear_limit {
+            // Open already: its message and evidence are not made again.
+            if !self.active_on(kind, &s.signal) {
+                let word = if kind == DetectionKind::LimitHigh {
+                    "above"
+                } else {
+                    "below"
+                };
+                self.raise(
+                    &mut events,
+                    (kind, s.signal.clone()),
+                    s.t_ms,
+                    s.value,
+                    limit,
+                    format!(
+                        "{} = {:.3} {} {word} its operating limit {limit}",
+                        s.signal, s.value, sig.unit
+                    ),
+                    self.sample_evidence(s),
+                );
+            }
+        } else if clear_limit && self.open.contains_key(s.signal.as_str()) {
             self.clear(
                 &mut events,
                 &(DetectionKind::LimitHigh, s.signal.clone()),
@@ -562,19 +589,21 @@ impl Detectors {
             );
         }
         if let Some(rate) = rate_violation {
-            self.raise(
-                &mut events,
-                (DetectionKind::Rate, s.signal.clone()),
-                s.t_ms,
-                rate,
-                sig.max_rate,
-                format!(
-                    "{} changed at {rate:.3} {}/s, more than the plausible {}",
-                    s.signal, sig.unit, sig.max_rate
-                ),
-                evidence.clone(),
-            );
-        } else if rate_expired {
+            if !self.active_on(DetectionKind::Rate, &s.signal) {
+                self.raise(
+                    &mut events,
+                    (DetectionKind::Rate, s.signal.clone()),
+                    s.t_ms,
+                    rate,
+                    sig.max_rate,
+                    format!(
+                        "{} changed at {rate:.3} {}/s, more than the plausible {}",
+                        s.signal, sig.unit, sig.max_rate
+                    ),
+                    self.sample_evidence(s),
+                );
+            }
+        } else if rate_expired && self.open.contains_key(s.signal.as_str()) {
             self.clear(
                 &mut events,
                 &(DetectionKind::Rate, s.signal.clone()),
@@ -582,21 +611,23 @@ impl Detectors {
             );
         }
         if stuck {
-            self.raise(
-                &mut events,
-                (DetectionKind::Stuck, s.signal.clone()),
-                s.t_ms,
-                s.value,
-                f64::from(sig.stuck_after_s.unwrap_or(0)),
-                format!(
-                    "{} has read exactly {} for {} s",
-                    s.signal,
+            if !self.active_on(DetectionKind::Stuck, &s.signal) {
+                self.raise(
+                    &mut events,
+                    (DetectionKind::Stuck, s.signal.clone()),
+                    s.t_ms,
                     s.value,
-                    stuck_for_ms / 1000
-                ),
-                evidence,
-            );
-        } else {
+                    f64::from(sig.stuck_after_s.unwrap_or(0)),
+                    format!(
+                        "{} has read exactly {} for {} s",
+                        s.signal,
+                        s.value,
+                        stuck_for_ms / 1000
+                    ),
+                    self.sample_evidence(s),
+                );
+            }
+        } else if self.open.contains_key(s.signal.as_str()) {
             self.clear(
                 &mut events,
                 &(DetectionKind::Stuck, s.signal.clone()),
@@ -757,21 +788,30 @@ impl Detectors {
         events
     }
 
+    /// Raises a gap for each signal whose newest value (its time, and the device that
+    /// sent it) is more than `limit_ms` behind `now_ms`, or that has none though data
+    /// started that long ago; clears the gaps of signals that have caught up. Allocates
+    /// only for the episodes it opens or closes.
     pub fn check_gaps<'a>(
         &mut self,
-        last: impl Iterator<Item = (&'a str, Option<(i64, String)>)>,
+        last: impl Iterator<Item = (&'a str, Option<(i64, &'a str)>)>,
         now_ms: i64,
         limit_ms: i64,
     ) -> Vec<Event> {
         let started = *self.first_data_ms.get_or_insert(now_ms);
         let mut events = Vec::new();
         for (signal, newest) in last {
-            let key = (DetectionKind::Gap, signal.to_string());
-            let (behind, devices) = match &newest {
-                Some((t, device)) => (now_ms - t, vec![device.clone()]),
-                None => (now_ms - started, vec![]),
+            let behind = match newest {
+                Some((t, _)) => now_ms - t,
+                None => now_ms - started,
             };
+            let open = self.open.contains_key(signal);
             if behind > limit_ms {
+                let key = (DetectionKind::Gap, signal.to_string());
+                if open && self.active.contains_key(&key) {
+                    continue;
+                }
+                let devices = newest.map(|(_, d)| vec![d.to_string()]).unwrap_or_default();
                 let message = match newest {
                     Some(_) => format!("no data for {signal} for {} s", behind / 1000),
                     None => format!(
@@ -793,8 +833,12 @@ impl Detectors {
                         trusted: false,
                     },
                 );
-            } else {
-                self.clear(&mut events, &key, now_ms);
+            } else if open {
+                self.clear(
+                    &mut events,
+                    &(DetectionKind::Gap, signal.to_string()),
+                    now_ms,
+                );
             }
         }
         events
@@ -834,6 +878,7 @@ impl Detectors {
         };
         self.next_id += 1;
         *self.counts.entry(key.0).or_default() += 1;
+        *self.open.entry(key.1.clone()).or_default() += 1;
         events.push(Event::Raised(d.clone()));
         self.active.insert(key, d);
         self.reclassify(events, t_ms);
@@ -841,6 +886,12 @@ impl Detectors {
 
     fn clear(&mut self, events: &mut Vec<Event>, key: &Key, t_ms: i64) {
         if let Some(d) = self.active.remove(key) {
+            if let Some(n) = self.open.get_mut(&key.1) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.open.remove(&key.1);
+                }
+            }
             events.push(Event::Cleared { id: d.id, t_ms });
             self.reclassify(events, t_ms);
         }

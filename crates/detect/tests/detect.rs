@@ -193,8 +193,8 @@ fn biased_level_sensor_breaks_the_mass_balance() {
 fn gaps_are_raised_when_data_stops_and_cleared_when_it_returns() {
     let plant = Arc::new(Plant::reference());
     let mut det = Detectors::new(plant);
-    let dev = || Some((0i64, "gw".to_string()));
-    let at = |t: i64| Some((t, "gw".to_string()));
+    let dev = || Some((0i64, "gw"));
+    let at = |t: i64| Some((t, "gw"));
     // Data starts at 0; "b" has never been seen, "a" is current.
     assert!(
         det.check_gaps([("a", dev()), ("b", None)].into_iter(), 0, 30_000)
@@ -224,6 +224,73 @@ fn gaps_are_raised_when_data_stops_and_cleared_when_it_returns() {
             .any(|e| matches!(e, Event::Raised(d) if d.evidence.signals == vec!["a".to_string()])),
         "{ev:?}"
     );
+}
+
+/// Episodes of different kinds on one signal open and close on their own, each raised once
+/// however long it lasts: the level reads the same for minutes (stuck), climbs slowly over
+/// its operating limit and stays there (limit high), then comes back.
+#[test]
+fn episodes_on_one_signal_open_once_and_close_on_their_own() {
+    let plant = Arc::new(Plant::reference());
+    let mut det = Detectors::new(plant);
+    let provenance = Arc::new(Provenance {
+        device: "gw".into(),
+        channel: "test".into(),
+        transport: "test".into(),
+        source: None,
+        signed: true,
+        seal: None,
+        seq: 0,
+        received_ms: 0,
+        trust: Trust::Verified,
+    });
+    let mut raised = Vec::new();
+    let mut cleared = 0;
+    let mut feed = |det: &mut Detectors, t_s: i64, value: f64| {
+        for e in det.observe(&Sample {
+            signal: "tank.level".into(),
+            t_ms: t_s * 1000,
+            value,
+            provenance: provenance.clone(),
+        }) {
+            match e {
+                Event::Raised(d) => raised.push((t_s, d.kind)),
+                Event::Cleared { .. } => cleared += 1,
+                Event::Reclassified { .. } => {}
+            }
+        }
+    };
+    // Stuck at 1.6 m for 200 s (its limit: 120 s).
+    for t in 0..200 {
+        feed(&mut det, t, 1.6);
+    }
+    // Up at 0.01 m/s (plausible: 0.02) to 2.8 m, over the 2.6 m limit.
+    for t in 200..320 {
+        feed(&mut det, t, 1.6 + 0.01 * (t - 199) as f64);
+    }
+    // Held there, moving a millimetre each second.
+    for t in 320..400 {
+        feed(&mut det, t, 2.8 + 0.001 * (t % 2) as f64);
+    }
+    assert_eq!(
+        det.active().map(|d| d.kind).collect::<Vec<_>>(),
+        vec![DetectionKind::LimitHigh]
+    );
+    // Back down to 1.6 m, and normal.
+    for t in 400..520 {
+        feed(&mut det, t, 2.8 - 0.01 * (t - 399) as f64);
+    }
+    for t in 520..600 {
+        feed(&mut det, t, 1.6 + 0.001 * (t % 2) as f64);
+    }
+    let kinds: Vec<DetectionKind> = raised.iter().map(|r| r.1).collect();
+    assert_eq!(
+        kinds,
+        vec![DetectionKind::Stuck, DetectionKind::LimitHigh],
+        "{raised:?}"
+    );
+    assert_eq!(cleared, 2);
+    assert_eq!(det.active().count(), 0);
 }
 
 #[test]

@@ -134,15 +134,34 @@ pub struct Twin {
     loops_suspended_until: Option<i64>,
     history_len: usize,
     cusum: CusumConfig,
+    complete: Complete,
+}
+
+/// How far every signal's data reaches, kept up as samples arrive, so that asking
+/// ([`Twin::complete_until`], once a frame) does not visit every signal: only when the
+/// last signal at the oldest time moves on is the oldest time looked for again.
+#[derive(Debug, Clone, Copy)]
+struct Complete {
+    /// Signals without data yet (while any, no time is complete).
+    unseen: usize,
+    /// The oldest of the signals' newest times, and how many signals are at it; 0 when
+    /// it has to be found again.
+    min_ms: i64,
+    at_min: usize,
 }
 
 impl Twin {
     pub fn new(plant: Arc<Plant>, history_len: usize, cusum: CusumConfig) -> Twin {
-        let signals = plant
+        let signals: HashMap<String, SignalState> = plant
             .signals
             .iter()
             .map(|s| (s.id.clone(), SignalState::default()))
             .collect();
+        let complete = Complete {
+            unseen: signals.len(),
+            min_ms: i64::MIN,
+            at_min: 0,
+        };
         let relations = plant
             .relations
             .iter()
@@ -181,6 +200,7 @@ impl Twin {
             loops_suspended_until: None,
             history_len: history_len.max(2),
             cusum,
+            complete,
         }
     }
 
@@ -257,6 +277,15 @@ impl Twin {
             t_ms: s.t_ms,
             value: s.value,
         };
+        let c = &mut self.complete;
+        match state.last {
+            None => {
+                c.unseen = c.unseen.saturating_sub(1);
+                c.at_min = 0;
+            }
+            Some(prev) if prev.t_ms == c.min_ms => c.at_min = c.at_min.saturating_sub(1),
+            Some(_) => {}
+        }
         state.last = Some(p);
         state.provenance = Some(s.provenance.clone());
         if state.history.capacity() == 0 {
@@ -303,13 +332,28 @@ impl Twin {
         self.signals.iter()
     }
 
-    /// The newest time for which every signal has a value.
-    pub fn complete_until(&self) -> Option<i64> {
-        self.signals
-            .values()
-            .map(|s| s.last.map(|p| p.t_ms))
-            .min()
-            .flatten()
+    /// The newest time for which every signal has a value (none while a signal has none).
+    /// Constant time, except after the last signal at the oldest time has moved on, when
+    /// every signal is visited once to find the next oldest.
+    pub fn complete_until(&mut self) -> Option<i64> {
+        let c = &mut self.complete;
+        if c.unseen > 0 {
+            return None;
+        }
+        if c.at_min == 0 {
+            let mut oldest: Option<(i64, usize)> = None;
+            for t in self.signals.values().filter_map(|s| s.last.map(|p| p.t_ms)) {
+                oldest = match oldest {
+                    Some((m, n)) if t == m => Some((m, n + 1)),
+                    Some((m, n)) if t > m => Some((m, n)),
+                    _ => Some((t, 1)),
+                };
+            }
+            let (min_ms, at_min) = oldest?;
+            c.min_ms = min_ms;
+            c.at_min = at_min;
+        }
+        Some(c.min_ms)
     }
 
     /// Evaluates every relation window that the data now covers.
@@ -685,6 +729,64 @@ mod tests {
                 trust: Trust::Verified,
             }),
         }
+    }
+
+    /// `complete_until`, kept up as samples arrive, against a look at every signal, over
+    /// sequences that start with signals unseen, move them in and out of order, leave
+    /// one behind and let it catch up.
+    #[test]
+    fn complete_until_is_the_oldest_newest_time_after_any_sequence() {
+        let plant = Arc::new(Plant::reference());
+        let ids: Vec<String> = plant.signals.iter().map(|s| s.id.clone()).collect();
+        let scan = |twin: &Twin| {
+            twin.signals
+                .values()
+                .map(|s| s.last.map(|p| p.t_ms))
+                .min()
+                .flatten()
+        };
+        for seed in 1..=20u64 {
+            let mut twin = Twin::new(plant.clone(), 50, CusumConfig::default());
+            let mut x = seed;
+            let mut next = |n: u64| {
+                // xorshift: a fixed sequence per seed.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            for step in 0..3_000i64 {
+                let k = next(ids.len() as u64) as usize;
+                // Mostly forward in time; now and then a step back (out of order) or a
+                // jump far ahead; one signal only every few hundred steps.
+                let t = match next(10) {
+                    0 => step * 1000 - 5_000,
+                    1 => step * 1000 + 60_000,
+                    _ => step * 1000,
+                };
+                let k = match k {
+                    _ if step % 300 == 299 => 0,
+                    0 => 1,
+                    k => k,
+                };
+                twin.update(&sample(&ids[k], t, 1.0));
+                if next(3) == 0 {
+                    assert_eq!(
+                        twin.complete_until(),
+                        scan(&twin),
+                        "seed {seed} step {step}"
+                    );
+                }
+            }
+            assert_eq!(twin.complete_until(), scan(&twin), "seed {seed} at the end");
+            assert!(
+                twin.complete_until().is_some(),
+                "seed {seed}: every signal was seen"
+            );
+        }
+        // No signal seen yet: nothing is complete.
+        let mut twin = Twin::new(plant, 50, CusumConfig::default());
+        assert_eq!(twin.complete_until(), None);
     }
 
     /// Residuals of a relation's windows: 20 unusually quiet ones, 40 of its real noise,

@@ -99,24 +99,8 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
         }
     }
 
-    // 4. Plant size: verification plus twin update against the number of signals, and
-    // the twin's memory per signal with its history full.
-    let mut by_plant_size = Vec::new();
-    for extra in [0usize, 1_000, 5_000] {
-        let row = plant_size_row(extra)?;
-        eprintln!(
-            "bench: {} signals: {:.0} samples/s, the twin holds {:.1} KiB per signal",
-            row.signals,
-            row.samples_per_s,
-            row.bytes_per_signal / 1024.0
-        );
-        by_plant_size.push(json!({
-            "signals": row.signals,
-            "samples_per_s": row.samples_per_s,
-            "twin_bytes_per_signal": row.bytes_per_signal,
-            "history_points": twin::DEFAULT_HISTORY,
-        }));
-    }
+    // 4. Plant size.
+    let by_plant_size = by_plant_size()?;
 
     // 5. The whole loop over the embedded MQTT broker.
     let (e2e_s, e2e_frames, samples) = timed_loop(hours, data_dir, None).await?;
@@ -150,6 +134,32 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
             "cost_over_simulator_alone": (e2e_s / (hours * 3600.0)) / (sim_day_s / 86_400.0),
         },
     }))
+}
+
+/// Costs against the plant's size (the reference plant and 1,000 and 5,000 more
+/// signals): verification plus twin update, the twin's memory per signal with its history
+/// full, and frames through the whole core.
+pub fn by_plant_size() -> Result<Vec<Value>> {
+    let mut by_plant_size = Vec::new();
+    for extra in [0usize, 1_000, 5_000] {
+        let row = plant_size_row(extra)?;
+        eprintln!(
+            "bench: {} signals: {:.0} samples/s, the twin holds {:.1} KiB per signal; \
+             the whole core {:.0} frames/s",
+            row.signals,
+            row.samples_per_s,
+            row.bytes_per_signal / 1024.0,
+            row.core_frames_per_s
+        );
+        by_plant_size.push(json!({
+            "signals": row.signals,
+            "samples_per_s": row.samples_per_s,
+            "core_frames_per_s": row.core_frames_per_s,
+            "twin_bytes_per_signal": row.bytes_per_signal,
+            "history_points": twin::DEFAULT_HISTORY,
+        }));
+    }
+    Ok(by_plant_size)
 }
 
 /// A frame and the topic it goes to.
@@ -232,6 +242,8 @@ struct PlantSizeRow {
     signals: usize,
     samples_per_s: f64,
     bytes_per_signal: f64,
+    /// 100-sample Ed25519 frames per second through the whole core.
+    core_frames_per_s: f64,
 }
 
 /// The reference plant file with `extra` more level signals on the tank (so that one
@@ -270,7 +282,120 @@ fn plant_size_row(extra: usize) -> Result<PlantSizeRow> {
         signals: plant.signals.len(),
         samples_per_s,
         bytes_per_signal: twin.signal_memory_bytes() as f64 / plant.signals.len() as f64,
+        core_frames_per_s: core_frame_rate(&plant, 3_000)?,
     })
+}
+
+/// A sink for a core that sends no commands (the bench runs no agents).
+struct NoCommands;
+
+impl actuate::CommandSink for NoCommands {
+    fn send(
+        &mut self,
+        approved: guard::Approved,
+        _now_ms: i64,
+    ) -> std::result::Result<actuate::Sent, actuate::ActuateError> {
+        Err(actuate::ActuateError::Send {
+            id: approved.command().id.clone(),
+            topic: String::new(),
+            message: "the bench's core sends no commands".into(),
+        })
+    }
+}
+
+/// Frames per second through the whole core (`Core::handle_frames`: verification in
+/// batches of 64, the twin, the per-signal detectors, the physics relations, data gaps,
+/// the ticks, the audit log of anything rejected, the page's snapshot) for `n_frames`
+/// 100-sample Ed25519 tank frames; no agents run.
+fn core_frame_rate(plant: &Arc<Plant>, n_frames: usize) -> Result<f64> {
+    use crate::core::{Core, CoreParts, SourceState};
+    let (frames_buf, device) = tank_frames(plant, n_frames, 100, "ed25519")?;
+    let dir = std::env::temp_dir().join(format!(
+        "twinguard-bench-core-{}-{}",
+        std::process::id(),
+        plant.signals.len()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let audit_key = frames::keys::generate()?;
+    let maintenance_key = frames::keys::generate()?;
+    let optimiser_key = frames::keys::generate()?;
+    let config = twinguard_config::Config::default_config();
+    let guard =
+        crate::demo::guard_with_agents(plant, &config, None, &maintenance_key, &optimiser_key)?;
+    let store = audit::SqliteStore::open(&dir.join("audit.db"), audit_key.clone())?;
+    let clock = crate::gateway::SimClock::default();
+    let (progress, _progress_rx) = tokio::sync::watch::channel(crate::gateway::Progress::default());
+    let source = Arc::new(ingest::SourceInfo::mqtt_plain("bench"));
+    let signals = plant.signals.iter().map(|s| s.id.clone()).collect();
+    let mut core = Core::new(CoreParts {
+        plant: plant.clone(),
+        verifier: Verifier::new(plant.clone(), vec![device], bench_ingest_config()),
+        sources: vec![SourceState::new(source, signals)],
+        min_trust: config.min_trust(),
+        guard,
+        maintenance_key,
+        optimiser_key,
+        sink: Box::new(NoCommands),
+        audit: Box::new(store),
+        audit_public: audit_key.verifying_key(),
+        audit_retention_ms: config.audit.retention_ms(),
+        clock: clock.clone(),
+        snapshot: Arc::new(std::sync::RwLock::new(api::Snapshot::default())),
+        progress,
+        token_leak: None,
+        sparkplug: None,
+        agents_file: None,
+        policy_file: None,
+        multivariate: None,
+        multivariate_ref: None,
+        shadow: None,
+        pump_health: None,
+        pump_shadow: None,
+        agents: false,
+        baseline: None,
+    })?;
+    // Each batch arrives when its newest frame was sent.
+    let batches: Vec<(i64, Vec<ingest::mqtt::RawFrame>)> = frames_buf
+        .chunks(64)
+        .map(|chunk| {
+            let newest = chunk
+                .iter()
+                .filter_map(|(_, b)| Envelope::decode(b).ok())
+                .filter_map(|e| TelemetryBody::parse(e.body).ok())
+                .map(|b| b.ts_ms)
+                .max()
+                .unwrap_or(DEFAULT_START_MS);
+            let frames = chunk
+                .iter()
+                .map(|(topic, payload)| ingest::mqtt::RawFrame {
+                    topic: topic.clone(),
+                    payload: payload.clone(),
+                })
+                .collect();
+            (newest, frames)
+        })
+        .collect();
+    let t = Instant::now();
+    for (newest, frames) in batches {
+        clock.set(newest);
+        core.handle_frames(frames);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let accepted = core
+        .report()
+        .pointer("/samples/accepted")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    drop(core);
+    let _ = std::fs::remove_dir_all(&dir);
+    if accepted != (n_frames * 100) as u64 {
+        anyhow::bail!(
+            "bench: the core at {} signals accepted {accepted} of {} samples",
+            plant.signals.len(),
+            n_frames * 100
+        );
+    }
+    Ok(rate(n_frames as u64, secs))
 }
 
 /// Limits that let the bench's pre-dated frames through.

@@ -3,7 +3,7 @@
 //! in one place and in order. The HTTP API reads a published snapshot and sends writes
 //! here as operations.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,12 +26,17 @@ use crate::gateway::{Progress, SimClock};
 
 /// A signal this far behind the newest data is reported as a gap.
 const GAP_MS: i64 = 30_000;
+/// Gaps are looked for once per this much data time, not in every frame: the check visits
+/// every signal of the plant.
+const GAP_CHECK_MS: i64 = 1_000;
 /// Most frames verified in one batch.
 const BATCH: usize = 64;
 /// Most OPC UA values checked in one batch.
 const UA_BATCH: usize = 1024;
 /// How often agents look at the plant (data time).
 const AGENT_PERIOD_MS: i64 = 60_000;
+/// Least time between two snapshots for the page and the API (wall clock).
+const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
 /// Points per signal in the page's plots.
 const PLOT_POINTS: usize = 120;
 /// Episodes the report lists (the latest).
@@ -75,12 +80,16 @@ pub struct Core {
     /// Where a thief could copy the optimiser's token from (only set in the stolen-token demo).
     pub token_leak: Option<Arc<std::sync::Mutex<Option<String>>>>,
     pub(crate) next_agent_ms: Option<i64>,
+    /// Data time of the next look for gaps.
+    next_gap_check_ms: i64,
     pub(crate) recent: VecDeque<Arc<Value>>,
     pub(crate) commands: VecDeque<Value>,
     pub(crate) audit_failure: Option<String>,
     /// When retention last ran.
     last_prune: Option<Instant>,
     pub(crate) last_snapshot: Option<Instant>,
+    /// How long the latest snapshot took to make: the next waits at least ten times that.
+    snapshot_cost: Duration,
     pub(crate) detections_by_kind: BTreeMap<String, u64>,
     /// The latest episodes (at most [`EPISODES_KEPT`]), oldest first, for the report.
     pub(crate) episodes: VecDeque<EpisodeSummary>,
@@ -346,11 +355,13 @@ impl Core {
             progress,
             token_leak,
             next_agent_ms: None,
+            next_gap_check_ms: i64::MIN,
             recent: VecDeque::new(),
             commands: VecDeque::new(),
             audit_failure: None,
             last_prune: None,
             last_snapshot: None,
+            snapshot_cost: Duration::ZERO,
             detections_by_kind: BTreeMap::new(),
             episodes: VecDeque::new(),
             quarantine_full: 0,
@@ -860,15 +871,18 @@ impl Core {
         if let Some(newest) = out.accepted.iter().map(|s| s.t_ms).max() {
             self.progress.send_modify(|p| p.t_ms = p.t_ms.max(newest));
             let now_data = self.progress.borrow().t_ms;
-            let twin = &self.twin;
-            let last = self.plant.signals.iter().map(|sig| {
-                let newest = twin
-                    .signal(&sig.id)
-                    .and_then(|st| Some((st.last?.t_ms, st.provenance.as_ref()?.device.clone())));
-                (sig.id.as_str(), newest)
-            });
-            let events = self.detectors.check_gaps(last, now_data, GAP_MS);
-            self.record_detections(events);
+            if now_data >= self.next_gap_check_ms {
+                self.next_gap_check_ms = now_data.saturating_add(GAP_CHECK_MS);
+                let twin = &self.twin;
+                let last = self.plant.signals.iter().map(|sig| {
+                    let newest = twin.signal(&sig.id).and_then(|st| {
+                        Some((st.last?.t_ms, st.provenance.as_ref()?.device.as_str()))
+                    });
+                    (sig.id.as_str(), newest)
+                });
+                let events = self.detectors.check_gaps(last, now_data, GAP_MS);
+                self.record_detections(events);
+            }
         }
         self.publish_snapshot(false);
     }
@@ -1624,65 +1638,64 @@ impl Core {
         })
     }
 
-    fn state_json(&self) -> Value {
-        let assets: Vec<Value> = self
-            .plant
-            .assets
-            .iter()
-            .map(|a| {
-                let signals: Vec<Value> = self
-                    .plant
-                    .signals
-                    .iter()
-                    .filter(|s| s.asset == a.id)
-                    .map(|s| {
-                        let st = self.twin.signal(&s.id);
-                        let history: Vec<[f64; 2]> = st
-                            .map(|st| {
-                                let n = st.history.len();
-                                let step = n.div_ceil(PLOT_POINTS).max(1);
-                                st.history
-                                    .iter()
-                                    .step_by(step)
-                                    .map(|p| [p.t_ms as f64, p.value])
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        json!({
-                            "id": s.id,
-                            "unit": s.unit,
-                            "value": st.and_then(|s| s.last).map(|p| p.value),
-                            "t_ms": st.and_then(|s| s.last).map(|p| p.t_ms),
-                            "provenance": st.and_then(|s| s.provenance.clone()),
-                            "history": history,
-                        })
-                    })
-                    .collect();
-                json!({ "id": a.id, "name": a.name, "signals": signals })
-            })
-            .collect();
-        let t = self.twin.complete_until();
-        json!({
-            "plant": self.plant.plant.name,
-            "t_ms": t,
-            "time": t.map(format_time),
-            "line_stopped": self.guard.line_stopped(),
-            "setpoints": self.plant.setpoints.iter().map(|s| (s.id.clone(), self.guard.commanded(&s.id))).collect::<BTreeMap<_, _>>(),
-            "assets": assets,
-        })
+    /// The plant's state for the page, as of `t`, the time every signal has data up to:
+    /// each signal's newest value, provenance and a plot of its history.
+    fn state_view(&self, t: Option<i64>) -> StateView<'_> {
+        let mut by_asset: HashMap<&str, Vec<SignalView<'_>>> = HashMap::new();
+        for s in &self.plant.signals {
+            let st = self.twin.signal(&s.id);
+            by_asset
+                .entry(s.asset.as_str())
+                .or_default()
+                .push(SignalView {
+                    id: &s.id,
+                    unit: &s.unit,
+                    value: st.and_then(|s| s.last).map(|p| p.value),
+                    t_ms: st.and_then(|s| s.last).map(|p| p.t_ms),
+                    provenance: st.and_then(|s| s.provenance.as_deref()),
+                    history: Plot(st.map(|st| &st.history)),
+                });
+        }
+        StateView {
+            plant: &self.plant.plant.name,
+            t_ms: t,
+            time: t.map(format_time),
+            line_stopped: self.guard.line_stopped(),
+            setpoints: self
+                .plant
+                .setpoints
+                .iter()
+                .map(|s| (s.id.as_str(), self.guard.commanded(&s.id)))
+                .collect(),
+            assets: self
+                .plant
+                .assets
+                .iter()
+                .map(|a| AssetView {
+                    id: &a.id,
+                    name: &a.name,
+                    signals: by_asset.remove(a.id.as_str()).unwrap_or_default(),
+                })
+                .collect(),
+        }
     }
 
     pub fn publish_snapshot(&mut self, force: bool) {
-        if !force
-            && self
-                .last_snapshot
-                .is_some_and(|t| t.elapsed().as_millis() < 250)
-        {
+        // Readers see the core at most four times a second, and the snapshot never takes
+        // more than a tenth of the core's time, however large the plant.
+        let interval = SNAPSHOT_INTERVAL.max(self.snapshot_cost * 10);
+        if !force && self.last_snapshot.is_some_and(|t| t.elapsed() < interval) {
             return;
         }
-        self.last_snapshot = Some(Instant::now());
+        let started = Instant::now();
+        self.last_snapshot = Some(started);
+        let complete = self.twin.complete_until();
+        let state = api::Document::of(&self.state_view(complete)).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot write the plant's state for the page");
+            api::Document::default()
+        });
         let snap = Snapshot {
-            state: self.state_json(),
+            state,
             alerts: json!(self.detectors.active().collect::<Vec<_>>()),
             proposals: self.proposals(),
             report: self.report(),
@@ -1693,6 +1706,7 @@ impl Core {
         if let Ok(mut s) = self.snapshot.write() {
             *s = snap;
         }
+        self.snapshot_cost = started.elapsed();
     }
 
     /// The log's size and root, and its newest signed checkpoint.
@@ -1714,6 +1728,53 @@ impl Core {
 }
 
 /// `2026-01-01 06:30:00` from milliseconds since the epoch (UTC).
+/// What `/api/v1/state` returns, written from the core's own state without copying it.
+#[derive(serde::Serialize)]
+struct StateView<'a> {
+    plant: &'a str,
+    t_ms: Option<i64>,
+    time: Option<String>,
+    line_stopped: bool,
+    setpoints: BTreeMap<&'a str, Option<f64>>,
+    assets: Vec<AssetView<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct AssetView<'a> {
+    id: &'a str,
+    name: &'a str,
+    signals: Vec<SignalView<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct SignalView<'a> {
+    id: &'a str,
+    unit: &'a str,
+    value: Option<f64>,
+    t_ms: Option<i64>,
+    provenance: Option<&'a ingest::Provenance>,
+    history: Plot<'a>,
+}
+
+/// A signal's history as at most [`PLOT_POINTS`] `[t_ms, value]` pairs, evenly spaced
+/// over it.
+struct Plot<'a>(Option<&'a VecDeque<twin::Point>>);
+
+impl serde::Serialize for Plot<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let Some(h) = self.0 else {
+            return s.serialize_seq(Some(0))?.end();
+        };
+        let step = h.len().div_ceil(PLOT_POINTS).max(1);
+        let mut seq = s.serialize_seq(Some(h.len().div_ceil(step)))?;
+        for p in h.iter().step_by(step) {
+            seq.serialize_element(&[p.t_ms as f64, p.value])?;
+        }
+        seq.end()
+    }
+}
+
 pub fn format_time(ms: i64) -> String {
     audit::format_utc(ms)
 }

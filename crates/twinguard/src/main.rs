@@ -132,8 +132,11 @@ enum Command {
         #[arg(long, default_value_t = 6.0)]
         hours: f64,
         /// Only the guard's decision latency.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "plant_size_only")]
         guard_only: bool,
+        /// Only the costs against the plant's size (22, 1,022 and 5,022 signals).
+        #[arg(long)]
+        plant_size_only: bool,
     },
     /// Check a configuration file and explain every error with its line and column.
     CheckConfig { file: PathBuf },
@@ -1373,11 +1376,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench_data::print(json, &r, bench_data::tep_table)
         }
         Command::Bench {
-            hours, guard_only, ..
+            hours,
+            guard_only,
+            plant_size_only,
+            ..
         } => {
             let dir = std::env::temp_dir().join(format!("twinguard-bench-{}", std::process::id()));
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let r = if guard_only {
+            let r = if plant_size_only {
+                bench::by_plant_size().map(|rows| serde_json::json!({ "by_plant_size": rows }))
+            } else if guard_only {
                 bench_guard::run(&dir).and_then(|g| {
                     let http = bench_guard::http(&dir.join("http"))?;
                     Ok(serde_json::json!({ "guard": g, "guard_http": http }))
