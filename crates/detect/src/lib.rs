@@ -481,10 +481,9 @@ impl Detectors {
         }
     }
 
-    /// Whether an episode of `kind` on `subject` is active (without allocating when no
-    /// episode at all is).
+    /// Whether an episode of `kind` on `subject` is active.
     fn active_on(&self, kind: DetectionKind, subject: &str) -> bool {
-        self.open.contains_key(subject) && self.active.contains_key(&(kind, subject.to_string()))
+        self.active.contains_key(&(kind, subject.to_string()))
     }
 
     /// Checks one accepted sample (in time order per signal).
@@ -555,9 +554,11 @@ impl Detectors {
             .is_some_and(|lim| stuck_for_ms >= i64::from(lim) * 1000);
         m.last = Some((s.t_ms, s.value));
 
+        // Whether any episode is open on the signal: if none, there is nothing to clear.
+        let mut open = self.open.contains_key(s.signal.as_str());
         if raise_limit {
             // Open already: its message and evidence are not made again.
-            if !self.active_on(kind, &s.signal) {
+            if !(open && self.active_on(kind, &s.signal)) {
                 let word = if kind == DetectionKind::LimitHigh {
                     "above"
                 } else {
@@ -575,8 +576,9 @@ impl Detectors {
                     ),
                     self.sample_evidence(s),
                 );
+                open = true;
             }
-        } else if clear_limit && self.open.contains_key(s.signal.as_str()) {
+        } else if clear_limit && open {
             self.clear(
                 &mut events,
                 &(DetectionKind::LimitHigh, s.signal.clone()),
@@ -589,7 +591,7 @@ impl Detectors {
             );
         }
         if let Some(rate) = rate_violation {
-            if !self.active_on(DetectionKind::Rate, &s.signal) {
+            if !(open && self.active_on(DetectionKind::Rate, &s.signal)) {
                 self.raise(
                     &mut events,
                     (DetectionKind::Rate, s.signal.clone()),
@@ -602,8 +604,9 @@ impl Detectors {
                     ),
                     self.sample_evidence(s),
                 );
+                open = true;
             }
-        } else if rate_expired && self.open.contains_key(s.signal.as_str()) {
+        } else if rate_expired && open {
             self.clear(
                 &mut events,
                 &(DetectionKind::Rate, s.signal.clone()),
@@ -611,7 +614,7 @@ impl Detectors {
             );
         }
         if stuck {
-            if !self.active_on(DetectionKind::Stuck, &s.signal) {
+            if !(open && self.active_on(DetectionKind::Stuck, &s.signal)) {
                 self.raise(
                     &mut events,
                     (DetectionKind::Stuck, s.signal.clone()),
@@ -627,7 +630,7 @@ impl Detectors {
                     self.sample_evidence(s),
                 );
             }
-        } else if self.open.contains_key(s.signal.as_str()) {
+        } else if open {
             self.clear(
                 &mut events,
                 &(DetectionKind::Stuck, s.signal.clone()),
