@@ -15,7 +15,7 @@ use agents::{Agent, Identity, Maintenance, Optimiser};
 use detect::{Detection, Detectors};
 use ed25519_dalek::SigningKey;
 use guard::{Action, AgentRegistry, DEFAULT_POLICY, Decision, Guard, Policy};
-use ingest::{Provenance, Sample, Trust};
+use ingest::{Provenance, Sample};
 use plant_model::Plant;
 use plant_sim::{DEFAULT_START_MS, Fault, Sim};
 use twin::{CusumConfig, DEFAULT_HISTORY, Twin};
@@ -44,17 +44,7 @@ impl World {
             det: Detectors::new(plant.clone()),
             sim,
             plant,
-            prov: Arc::new(Provenance {
-                device: "gw".into(),
-                channel: "test".into(),
-                transport: "test".into(),
-                source: None,
-                signed: true,
-                seal: None,
-                seq: 0,
-                received_ms: 0,
-                trust: Trust::Verified,
-            }),
+            prov: Arc::new(Provenance::verified_for_test("gw")),
         }
     }
 

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use detect::{DetectionKind, Detectors, EpisodeClass, Event};
-use ingest::{Provenance, Sample, Trust};
+use ingest::{Provenance, Sample};
 use plant_model::Plant;
 use plant_sim::{DEFAULT_START_MS, Fault, Sim};
 use twin::{CusumConfig, DEFAULT_HISTORY, Twin};
@@ -59,17 +59,7 @@ fn run_with(
     }
     let mut twin = Twin::new(plant.clone(), DEFAULT_HISTORY, CusumConfig::default());
     let mut det = Detectors::new(plant.clone());
-    let prov = Arc::new(Provenance {
-        device: "gw".into(),
-        channel: "test".into(),
-        transport: "test".into(),
-        source: None,
-        signed: true,
-        seal: None,
-        seq: 0,
-        received_ms: 0,
-        trust: Trust::Verified,
-    });
+    let prov = Arc::new(Provenance::verified_for_test("gw"));
     let level_idx = sim.signal_index("tank.level").unwrap();
     let mut raised = Vec::new();
     let mut latest = std::collections::BTreeMap::new();
@@ -233,17 +223,7 @@ fn gaps_are_raised_when_data_stops_and_cleared_when_it_returns() {
 fn episodes_on_one_signal_open_once_and_close_on_their_own() {
     let plant = Arc::new(Plant::reference());
     let mut det = Detectors::new(plant);
-    let provenance = Arc::new(Provenance {
-        device: "gw".into(),
-        channel: "test".into(),
-        transport: "test".into(),
-        source: None,
-        signed: true,
-        seal: None,
-        seq: 0,
-        received_ms: 0,
-        trust: Trust::Verified,
-    });
+    let provenance = Arc::new(Provenance::verified_for_test("gw"));
     let mut raised = Vec::new();
     let mut cleared = 0;
     let mut feed = |det: &mut Detectors, t_s: i64, value: f64| {

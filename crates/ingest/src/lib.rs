@@ -123,6 +123,25 @@ pub struct Provenance {
     pub trust: Trust,
 }
 
+impl Provenance {
+    /// A value from `device`, signed and verified, on a test channel: for the tests of
+    /// what comes after ingest.
+    #[cfg(feature = "test-util")]
+    pub fn verified_for_test(device: &str) -> Provenance {
+        Provenance {
+            device: device.into(),
+            channel: "test".into(),
+            transport: "test".into(),
+            source: None,
+            signed: true,
+            seal: None,
+            seq: 0,
+            received_ms: 0,
+            trust: Trust::Verified,
+        }
+    }
+}
+
 /// A source of frames and how it is secured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceInfo {

@@ -710,24 +710,13 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
 
     use super::*;
-    use ingest::Trust;
 
     fn sample(signal: &str, t_ms: i64, value: f64) -> Sample {
         Sample {
             signal: signal.into(),
             t_ms,
             value,
-            provenance: Arc::new(Provenance {
-                device: "gw".into(),
-                channel: "test".into(),
-                transport: "test".into(),
-                source: None,
-                signed: true,
-                seal: None,
-                seq: 0,
-                received_ms: 0,
-                trust: Trust::Verified,
-            }),
+            provenance: Arc::new(Provenance::verified_for_test("gw")),
         }
     }
 
