@@ -41,11 +41,6 @@ impl Document {
     pub fn of<T: serde::Serialize + ?Sized>(value: &T) -> Result<Document, serde_json::Error> {
         serde_json::value::to_raw_value(value).map(|raw| Document(Some(Arc::from(raw))))
     }
-
-    /// The document's text.
-    pub fn get(&self) -> &str {
-        self.0.as_ref().map_or("null", |raw| raw.get())
-    }
 }
 
 impl serde::Serialize for Document {

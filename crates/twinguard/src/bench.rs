@@ -305,8 +305,9 @@ impl actuate::CommandSink for NoCommands {
 
 /// Frames per second through the whole core (`Core::handle_frames`: verification in
 /// batches of 64, the twin, the per-signal detectors, the physics relations, data gaps,
-/// the ticks, the audit log of anything rejected, the page's snapshot) for `n_frames`
-/// 100-sample Ed25519 tank frames; no agents run.
+/// how far every signal's data reaches, the page's snapshot) for `n_frames` 100-sample
+/// Ed25519 tank frames. Only the tank's signals get data, so no time is complete and the
+/// models' and agents' ticks do not run: this is the cost of the frames.
 fn core_frame_rate(plant: &Arc<Plant>, n_frames: usize) -> Result<f64> {
     use crate::core::{Core, CoreParts, SourceState};
     let (frames_buf, device) = tank_frames(plant, n_frames, 100, "ed25519")?;

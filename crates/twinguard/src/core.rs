@@ -1681,8 +1681,8 @@ impl Core {
     }
 
     pub fn publish_snapshot(&mut self, force: bool) {
-        // Readers see the core at most four times a second, and the snapshot never takes
-        // more than a tenth of the core's time, however large the plant.
+        // Readers see the core at most four times a second, and the periodic snapshots never
+        // take more than a tenth of the core's time, however large the plant.
         let interval = SNAPSHOT_INTERVAL.max(self.snapshot_cost * 10);
         if !force && self.last_snapshot.is_some_and(|t| t.elapsed() < interval) {
             return;
@@ -1727,7 +1727,6 @@ impl Core {
     }
 }
 
-/// `2026-01-01 06:30:00` from milliseconds since the epoch (UTC).
 /// What `/api/v1/state` returns, written from the core's own state without copying it.
 #[derive(serde::Serialize)]
 struct StateView<'a> {
@@ -1775,6 +1774,7 @@ impl serde::Serialize for Plot<'_> {
     }
 }
 
+/// `2026-01-01 06:30:00` from milliseconds since the epoch (UTC).
 pub fn format_time(ms: i64) -> String {
     audit::format_utc(ms)
 }
