@@ -56,7 +56,7 @@ impl serde::Serialize for Document {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub state: Document,
-    pub alerts: Value,
+    pub alerts: Document,
     pub proposals: Proposals,
     pub report: Value,
     pub audit_head: Value,

@@ -1690,13 +1690,23 @@ impl Core {
         let started = Instant::now();
         self.last_snapshot = Some(started);
         let complete = self.twin.complete_until();
-        let state = api::Document::of(&self.state_view(complete)).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot write the plant's state for the page");
-            api::Document::default()
-        });
+        let document = |what: &str, json: Result<api::Document, serde_json::Error>| {
+            json.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot write the {what} for the page");
+                api::Document::default()
+            })
+        };
+        let state = document(
+            "plant's state",
+            api::Document::of(&self.state_view(complete)),
+        );
+        let alerts = document(
+            "active alarms",
+            api::Document::of(&self.detectors.active().collect::<Vec<_>>()),
+        );
         let snap = Snapshot {
             state,
-            alerts: json!(self.detectors.active().collect::<Vec<_>>()),
+            alerts,
             proposals: self.proposals(),
             report: self.report(),
             audit_head: self.audit_head(),
