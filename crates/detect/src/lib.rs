@@ -481,11 +481,6 @@ impl Detectors {
         }
     }
 
-    /// Whether an episode of `kind` on `subject` is active.
-    fn active_on(&self, kind: DetectionKind, subject: &str) -> bool {
-        self.active.contains_key(&(kind, subject.to_string()))
-    }
-
     /// Checks one accepted sample (in time order per signal).
     pub fn observe(&mut self, s: &Sample) -> Vec<Event> {
         let mut events = Vec::new();
@@ -493,8 +488,8 @@ impl Detectors {
         let Some(sig) = plant.signal(&s.signal) else {
             return events;
         };
-        // Nothing here allocates unless an episode opens or closes: this runs for every
-        // sample the plant sends.
+        // Nothing here allocates unless an episode on the signal is open, opens or closes:
+        // this runs for every sample the plant sends.
         if !self.memory.contains_key(s.signal.as_str()) {
             self.memory
                 .insert(s.signal.clone(), SignalMemory::default());
@@ -555,29 +550,30 @@ impl Detectors {
         m.last = Some((s.t_ms, s.value));
 
         // Whether any episode is open on the signal: if none, there is nothing to clear.
-        let mut open = self.open.contains_key(s.signal.as_str());
+        // (A kind raised below is never one cleared below for the same sample.)
+        let open = self.open.contains_key(s.signal.as_str());
         if raise_limit {
-            // Open already: its message and evidence are not made again.
-            if !(open && self.active_on(kind, &s.signal)) {
-                let word = if kind == DetectionKind::LimitHigh {
-                    "above"
-                } else {
-                    "below"
-                };
-                self.raise(
-                    &mut events,
-                    (kind, s.signal.clone()),
-                    s.t_ms,
-                    s.value,
-                    limit,
-                    format!(
-                        "{} = {:.3} {} {word} its operating limit {limit}",
-                        s.signal, s.value, sig.unit
-                    ),
-                    self.sample_evidence(s),
-                );
-                open = true;
-            }
+            let word = if kind == DetectionKind::LimitHigh {
+                "above"
+            } else {
+                "below"
+            };
+            self.raise(
+                &mut events,
+                (kind, s.signal.clone()),
+                s.t_ms,
+                s.value,
+                limit,
+                |d| {
+                    (
+                        format!(
+                            "{} = {:.3} {} {word} its operating limit {limit}",
+                            s.signal, s.value, sig.unit
+                        ),
+                        d.sample_evidence(s),
+                    )
+                },
+            );
         } else if clear_limit && open {
             self.clear(
                 &mut events,
@@ -591,21 +587,22 @@ impl Detectors {
             );
         }
         if let Some(rate) = rate_violation {
-            if !(open && self.active_on(DetectionKind::Rate, &s.signal)) {
-                self.raise(
-                    &mut events,
-                    (DetectionKind::Rate, s.signal.clone()),
-                    s.t_ms,
-                    rate,
-                    sig.max_rate,
-                    format!(
-                        "{} changed at {rate:.3} {}/s, more than the plausible {}",
-                        s.signal, sig.unit, sig.max_rate
-                    ),
-                    self.sample_evidence(s),
-                );
-                open = true;
-            }
+            self.raise(
+                &mut events,
+                (DetectionKind::Rate, s.signal.clone()),
+                s.t_ms,
+                rate,
+                sig.max_rate,
+                |d| {
+                    (
+                        format!(
+                            "{} changed at {rate:.3} {}/s, more than the plausible {}",
+                            s.signal, sig.unit, sig.max_rate
+                        ),
+                        d.sample_evidence(s),
+                    )
+                },
+            );
         } else if rate_expired && open {
             self.clear(
                 &mut events,
@@ -614,22 +611,24 @@ impl Detectors {
             );
         }
         if stuck {
-            if !(open && self.active_on(DetectionKind::Stuck, &s.signal)) {
-                self.raise(
-                    &mut events,
-                    (DetectionKind::Stuck, s.signal.clone()),
-                    s.t_ms,
-                    s.value,
-                    f64::from(sig.stuck_after_s.unwrap_or(0)),
-                    format!(
-                        "{} has read exactly {} for {} s",
-                        s.signal,
-                        s.value,
-                        stuck_for_ms / 1000
-                    ),
-                    self.sample_evidence(s),
-                );
-            }
+            self.raise(
+                &mut events,
+                (DetectionKind::Stuck, s.signal.clone()),
+                s.t_ms,
+                s.value,
+                f64::from(sig.stuck_after_s.unwrap_or(0)),
+                |d| {
+                    (
+                        format!(
+                            "{} has read exactly {} for {} s",
+                            s.signal,
+                            s.value,
+                            stuck_for_ms / 1000
+                        ),
+                        d.sample_evidence(s),
+                    )
+                },
+            );
         } else if open {
             self.clear(
                 &mut events,
@@ -661,23 +660,27 @@ impl Detectors {
                 r.t_ms,
                 r.residual,
                 stat,
-                match (self.tracking(&r.relation), r.estimate) {
-                    (Some((measured, setpoint, tolerance)), _) => format!(
-                        "{}: {measured} is {:+.3} off {setpoint} on average over the window, beyond the loop's tolerance of {tolerance}",
-                        r.relation, r.residual
-                    ),
-                    (None, Some(effectiveness)) => self.heat_balance_message(r, effectiveness),
-                    (None, None) => format!(
-                        "{} does not hold: residual {:+.4} ({:+.1} sigma), CUSUM alarm",
-                        r.relation, r.residual, r.z
-                    ),
-                },
-                Evidence {
-                    signals: r.signals.clone(),
-                    relation: Some(r.relation.clone()),
-                    devices,
-                    // A broken relation is evidence that some of its data is wrong.
-                    trusted: false,
+                |d| {
+                    (
+                        match (d.tracking(&r.relation), r.estimate) {
+                            (Some((measured, setpoint, tolerance)), _) => format!(
+                                "{}: {measured} is {:+.3} off {setpoint} on average over the window, beyond the loop's tolerance of {tolerance}",
+                                r.relation, r.residual
+                            ),
+                            (None, Some(effectiveness)) => d.heat_balance_message(r, effectiveness),
+                            (None, None) => format!(
+                                "{} does not hold: residual {:+.4} ({:+.1} sigma), CUSUM alarm",
+                                r.relation, r.residual, r.z
+                            ),
+                        },
+                        Evidence {
+                            signals: r.signals.clone(),
+                            relation: Some(r.relation.clone()),
+                            devices,
+                            // A broken relation is evidence that some of its data is wrong.
+                            trusted: false,
+                        },
+                    )
                 },
             );
         } else if self
@@ -725,19 +728,23 @@ impl Detectors {
                 t_ms,
                 score.score,
                 threshold,
-                format!(
-                    "the signals left their learnt normal behaviour: score {:.2} over {:.2} (T² {:.1}, SPE {:.2}); most from {}",
-                    score.score,
-                    threshold,
-                    score.t2,
-                    score.spe,
-                    contributors.join(", ")
-                ),
-                Evidence {
-                    signals: contributors,
-                    relation: Some(model.to_string()),
-                    devices,
-                    trusted,
+                |_| {
+                    (
+                        format!(
+                            "the signals left their learnt normal behaviour: score {:.2} over {:.2} (T² {:.1}, SPE {:.2}); most from {}",
+                            score.score,
+                            threshold,
+                            score.t2,
+                            score.spe,
+                            contributors.join(", ")
+                        ),
+                        Evidence {
+                            signals: contributors,
+                            relation: Some(model.to_string()),
+                            devices,
+                            trusted,
+                        },
+                    )
                 },
             );
         } else if self
@@ -769,12 +776,18 @@ impl Detectors {
             now_ms,
             0.0,
             0.0,
-            format!("connection to source {source} lost ({reason}): no data until it is restored"),
-            Evidence {
-                signals,
-                relation: None,
-                devices: vec![source.to_string()],
-                trusted: false,
+            |_| {
+                (
+                    format!(
+                        "connection to source {source} lost ({reason}): no data until it is restored"
+                    ),
+                    Evidence {
+                        signals,
+                        relation: None,
+                        devices: vec![source.to_string()],
+                        trusted: false,
+                    },
+                )
             },
         );
         events
@@ -794,7 +807,7 @@ impl Detectors {
     /// Raises a gap for each signal whose newest value (its time, and the device that
     /// sent it) is more than `limit_ms` behind `now_ms`, or that has none though data
     /// started that long ago; clears the gaps of signals that have caught up. Allocates
-    /// only for the episodes it opens or closes.
+    /// only for signals that are behind, and for the episodes it closes.
     pub fn check_gaps<'a>(
         &mut self,
         last: impl Iterator<Item = (&'a str, Option<(i64, &'a str)>)>,
@@ -810,30 +823,27 @@ impl Detectors {
             };
             let open = self.open.contains_key(signal);
             if behind > limit_ms {
-                let key = (DetectionKind::Gap, signal.to_string());
-                if open && self.active.contains_key(&key) {
-                    continue;
-                }
-                let devices = newest.map(|(_, d)| vec![d.to_string()]).unwrap_or_default();
-                let message = match newest {
-                    Some(_) => format!("no data for {signal} for {} s", behind / 1000),
-                    None => format!(
-                        "no data for {signal} since data started {} s ago",
-                        behind / 1000
-                    ),
-                };
                 self.raise(
                     &mut events,
-                    key,
+                    (DetectionKind::Gap, signal.to_string()),
                     now_ms,
                     behind as f64 / 1000.0,
                     limit_ms as f64 / 1000.0,
-                    message,
-                    Evidence {
-                        signals: vec![signal.to_string()],
-                        relation: None,
-                        devices,
-                        trusted: false,
+                    |_| {
+                        let message = match newest {
+                            Some(_) => format!("no data for {signal} for {} s", behind / 1000),
+                            None => format!(
+                                "no data for {signal} since data started {} s ago",
+                                behind / 1000
+                            ),
+                        };
+                        let evidence = Evidence {
+                            signals: vec![signal.to_string()],
+                            relation: None,
+                            devices: newest.map(|(_, d)| vec![d.to_string()]).unwrap_or_default(),
+                            trusted: false,
+                        };
+                        (message, evidence)
                     },
                 );
             } else if open {
@@ -847,10 +857,8 @@ impl Detectors {
         events
     }
 
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one call site per detector, all fields named"
-    )]
+    /// Opens the episode `key` unless it is open already; `describe` gives its message
+    /// and evidence, made only when it opens (a sample keeps reporting what is open).
     fn raise(
         &mut self,
         events: &mut Vec<Event>,
@@ -858,12 +866,12 @@ impl Detectors {
         t_ms: i64,
         value: f64,
         limit: f64,
-        message: String,
-        evidence: Evidence,
+        describe: impl FnOnce(&Detectors) -> (String, Evidence),
     ) {
         if self.active.contains_key(&key) {
             return;
         }
+        let (message, evidence) = describe(self);
         if matches!(key.0, DetectionKind::Stuck | DetectionKind::Rate) {
             self.signatures
                 .insert(key.1.clone(), (t_ms, key.0 == DetectionKind::Rate));
