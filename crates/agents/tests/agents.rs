@@ -56,7 +56,7 @@ impl World {
             t = tick.t_ms;
             for (i, s) in self.plant.signals.iter().enumerate() {
                 let sample = Sample {
-                    signal: s.id.clone(),
+                    signal: s.id.as_str().into(),
                     t_ms: tick.t_ms,
                     value: tick.values[i],
                     provenance: self.prov.clone(),

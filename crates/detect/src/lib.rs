@@ -147,7 +147,7 @@ type Key = (DetectionKind, String);
 
 pub struct Detectors {
     plant: Arc<Plant>,
-    memory: HashMap<String, SignalMemory>,
+    memory: HashMap<Arc<str>, SignalMemory>,
     active: BTreeMap<Key, Detection>,
     relation_last_alarm: HashMap<String, i64>,
     next_id: u64,
@@ -280,7 +280,7 @@ impl Detectors {
     /// [`INTERLOCK_MS`] of it.
     fn coincident_jump(&self, signal: &str, t_ms: i64) -> bool {
         self.memory.iter().any(|(other, m)| {
-            other != signal
+            &**other != signal
                 && (m
                     .last_rate_violation
                     .is_some_and(|t| (t - t_ms).abs() <= COINCIDENT_MS)
@@ -473,11 +473,11 @@ impl Detectors {
     /// and whether it is trusted (verified, and not part of a broken relation).
     fn sample_evidence(&self, s: &Sample) -> Evidence {
         Evidence {
-            signals: vec![s.signal.clone()],
+            signals: vec![s.signal.to_string()],
             relation: None,
             devices: vec![s.provenance.device.clone()],
             trusted: s.provenance.trust == Trust::Verified
-                && !self.suspect_signals().contains(s.signal.as_str()),
+                && !self.suspect_signals().contains(&*s.signal),
         }
     }
 
@@ -490,13 +490,7 @@ impl Detectors {
         };
         // Nothing here allocates unless an episode on the signal is open, opens or closes:
         // this runs for every sample the plant sends.
-        if !self.memory.contains_key(s.signal.as_str()) {
-            self.memory
-                .insert(s.signal.clone(), SignalMemory::default());
-        }
-        let Some(m) = self.memory.get_mut(s.signal.as_str()) else {
-            return events;
-        };
+        let m = self.memory.entry(s.signal.clone()).or_default();
 
         // Operating limits, debounced.
         let (lo, hi) = (sig.alarm[0], sig.alarm[1]);
@@ -551,7 +545,7 @@ impl Detectors {
 
         // Whether any episode is open on the signal: if none, there is nothing to clear.
         // (A kind raised below is never one cleared below for the same sample.)
-        let open = self.open.contains_key(s.signal.as_str());
+        let open = self.open.contains_key(&*s.signal);
         if raise_limit {
             let word = if kind == DetectionKind::LimitHigh {
                 "above"
@@ -560,7 +554,7 @@ impl Detectors {
             };
             self.raise(
                 &mut events,
-                (kind, s.signal.clone()),
+                (kind, s.signal.to_string()),
                 s.t_ms,
                 s.value,
                 limit,
@@ -577,19 +571,19 @@ impl Detectors {
         } else if clear_limit && open {
             self.clear(
                 &mut events,
-                &(DetectionKind::LimitHigh, s.signal.clone()),
+                &(DetectionKind::LimitHigh, s.signal.to_string()),
                 s.t_ms,
             );
             self.clear(
                 &mut events,
-                &(DetectionKind::LimitLow, s.signal.clone()),
+                &(DetectionKind::LimitLow, s.signal.to_string()),
                 s.t_ms,
             );
         }
         if let Some(rate) = rate_violation {
             self.raise(
                 &mut events,
-                (DetectionKind::Rate, s.signal.clone()),
+                (DetectionKind::Rate, s.signal.to_string()),
                 s.t_ms,
                 rate,
                 sig.max_rate,
@@ -606,14 +600,14 @@ impl Detectors {
         } else if rate_expired && open {
             self.clear(
                 &mut events,
-                &(DetectionKind::Rate, s.signal.clone()),
+                &(DetectionKind::Rate, s.signal.to_string()),
                 s.t_ms,
             );
         }
         if stuck {
             self.raise(
                 &mut events,
-                (DetectionKind::Stuck, s.signal.clone()),
+                (DetectionKind::Stuck, s.signal.to_string()),
                 s.t_ms,
                 s.value,
                 f64::from(sig.stuck_after_s.unwrap_or(0)),
@@ -632,7 +626,7 @@ impl Detectors {
         } else if open {
             self.clear(
                 &mut events,
-                &(DetectionKind::Stuck, s.signal.clone()),
+                &(DetectionKind::Stuck, s.signal.to_string()),
                 s.t_ms,
             );
         }

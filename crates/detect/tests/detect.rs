@@ -86,7 +86,7 @@ fn run_with(
         tick.values[level_idx] += level_offset(t_s);
         for (i, sig) in plant.signals.iter().enumerate() {
             let s = Sample {
-                signal: sig.id.clone(),
+                signal: sig.id.as_str().into(),
                 t_ms: tick.t_ms,
                 value: tick.values[i],
                 provenance: prov.clone(),

@@ -13,12 +13,13 @@
 
 pub mod mqtt;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
-use frames::{Alg, Envelope, FrameError, Kind, TelemetryBody};
+use frames::{Alg, Envelope, FrameError, Kind, TelemetryView};
 use plant_model::Plant;
 use serde::{Deserialize, Serialize};
 
@@ -196,7 +197,9 @@ pub struct ChannelValue {
 /// An accepted value.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sample {
-    pub signal: String,
+    /// The signal's id, shared with the plant's index of signals (see
+    /// [`Plant::signal_named`]): accepting a sample copies no string.
+    pub signal: Arc<str>,
     pub t_ms: i64,
     pub value: f64,
     pub provenance: Arc<Provenance>,
@@ -434,7 +437,7 @@ impl Verifier {
         for v in values {
             let t_ms = v.t_ms.unwrap_or(now_ms);
             match self.check_channel_value(source, &v, t_ms, now_ms) {
-                Ok(value) => out.accepted.push(Sample {
+                Ok((value, signal)) => out.accepted.push(Sample {
                     provenance: Arc::new(Provenance {
                         device: source.id.clone(),
                         channel: v.channel,
@@ -446,7 +449,7 @@ impl Verifier {
                         received_ms: now_ms,
                         trust,
                     }),
-                    signal: v.signal,
+                    signal,
                     t_ms,
                     value,
                 }),
@@ -473,7 +476,7 @@ impl Verifier {
         v: &ChannelValue,
         t_ms: i64,
         now_ms: i64,
-    ) -> Result<f64, (Reason, String)> {
+    ) -> Result<(f64, Arc<str>), (Reason, String)> {
         if !v.good {
             return Err((
                 Reason::BadStatus,
@@ -497,13 +500,13 @@ impl Verifier {
                 ),
             ));
         }
-        let sample = frames::WireSample {
-            signal: v.signal.clone(),
+        let sample = frames::SampleView {
+            signal: Cow::Borrowed(&v.signal),
             t_ms,
             value,
-            unit: v.unit.clone(),
+            unit: Cow::Borrowed(&v.unit),
         };
-        self.check_sample(None, &sample, t_ms, now_ms)?;
+        let name = self.check_sample(None, &sample, t_ms, now_ms)?;
         let key = (source.id.clone(), v.signal.clone());
         if let Some(newest) = self.channel_newest.get(&key) {
             if t_ms < *newest {
@@ -523,7 +526,7 @@ impl Verifier {
             }
         }
         self.channel_newest.insert(key, t_ms);
-        Ok(value)
+        Ok((value, name))
     }
 
     /// Checks one frame that arrived from `source` on `topic` at `now_ms`.
@@ -711,7 +714,7 @@ impl Verifier {
                 Some(env.signer),
             ));
         }
-        let body = TelemetryBody::parse(env.body)
+        let body = TelemetryView::parse(env.body)
             .map_err(|e| frame_err(Reason::Malformed, e.to_string(), Some(env.signer)))?;
         let sealed = match key_index {
             None => Sealed {
@@ -760,7 +763,7 @@ impl Verifier {
     fn accept_body(
         &mut self,
         f: Sealed<'_>,
-        body: TelemetryBody,
+        body: TelemetryView<'_>,
         now_ms: i64,
         out: &mut Outcome,
         frame_err: &dyn Fn(Reason, String, Option<&str>) -> Rejection,
@@ -810,10 +813,11 @@ impl Verifier {
             received_ms: now_ms,
             trust: f.trust,
         });
+        out.accepted.reserve(body.samples.len());
         for s in body.samples {
             match self.check_sample(Some((&f.device, &f.asset)), &s, body.ts_ms, now_ms) {
-                Ok(()) => out.accepted.push(Sample {
-                    signal: s.signal,
+                Ok(signal) => out.accepted.push(Sample {
+                    signal,
                     t_ms: s.t_ms,
                     value: s.value,
                     provenance: provenance.clone(),
@@ -822,7 +826,7 @@ impl Verifier {
                     reason,
                     detail,
                     device: Some(f.device.clone()),
-                    signal: Some(s.signal),
+                    signal: Some(s.signal.into_owned()),
                     samples: 1,
                     whole_frame: false,
                 }),
@@ -836,11 +840,11 @@ impl Verifier {
     fn check_sample(
         &self,
         owner: Option<(&str, &str)>,
-        s: &frames::WireSample,
+        s: &frames::SampleView<'_>,
         frame_ts: i64,
         now_ms: i64,
-    ) -> Result<(), (Reason, String)> {
-        let signal = self.plant.signal(&s.signal).ok_or_else(|| {
+    ) -> Result<Arc<str>, (Reason, String)> {
+        let (name, signal) = self.plant.signal_named(&s.signal).ok_or_else(|| {
             (
                 Reason::UnknownSignal,
                 format!("signal {:?} is not in the plant file", s.signal),
@@ -890,7 +894,7 @@ impl Verifier {
                 ),
             ));
         }
-        Ok(())
+        Ok(name)
     }
 }
 
@@ -906,7 +910,7 @@ fn alg_name(a: Alg) -> &'static str {
 fn claimed_samples(bytes: &[u8]) -> u64 {
     Envelope::decode(bytes)
         .ok()
-        .and_then(|e| TelemetryBody::parse(e.body).ok())
+        .and_then(|e| TelemetryView::parse(e.body).ok())
         .map_or(1, |b| (b.samples.len() as u64).max(1))
 }
 

@@ -423,7 +423,7 @@ fn per_signal_freshness_is_tighter_than_the_frame_limit() {
     let b = encode(Kind::Telemetry, &topic, "gw-tank", &body, Some(&key)).unwrap();
     let out = v.check(&src, &topic, &b, NOW);
     assert_eq!(out.accepted.len(), 1);
-    assert_eq!(out.accepted[0].signal, "tank.inflow");
+    assert_eq!(&*out.accepted[0].signal, "tank.inflow");
     assert_eq!(out.rejected[0].reason, Reason::Stale);
     assert_eq!(out.rejected[0].signal.as_deref(), Some("tank.level"));
 }

@@ -7,6 +7,7 @@
 //! (envelopes, safe states).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -291,7 +292,7 @@ pub struct Plant {
     /// Signal id -> its position in `signals`, built at the first lookup: ingest and the
     /// detectors look a signal up for every sample, and a plant file may name thousands.
     #[serde(skip)]
-    signal_index: std::sync::OnceLock<HashMap<String, usize>>,
+    signal_index: std::sync::OnceLock<HashMap<Arc<str>, usize>>,
 }
 
 impl Plant {
@@ -539,19 +540,33 @@ impl Plant {
     }
 
     pub fn signal(&self, id: &str) -> Option<&Signal> {
+        self.signal_named(id).map(|(_, s)| s)
+    }
+
+    /// The signal `id`, and its id as a shared string: every call for the same signal
+    /// hands out the same allocation, so a sample can carry its signal's name without
+    /// copying it.
+    pub fn signal_named(&self, id: &str) -> Option<(Arc<str>, &Signal)> {
         let index = self.signal_index.get_or_init(|| {
             self.signals
                 .iter()
                 .enumerate()
-                .map(|(i, s)| (s.id.clone(), i))
+                .map(|(i, s)| (Arc::from(s.id.as_str()), i))
                 .collect()
         });
-        match index.get(id).and_then(|&i| self.signals.get(i)) {
-            Some(s) if s.id == id => Some(s),
+        match index
+            .get_key_value(id)
+            .and_then(|(name, &i)| Some((name, self.signals.get(i)?)))
+        {
+            Some((name, s)) if s.id == id => Some((name.clone(), s)),
             // Not where the index says, or not in it: the list may have changed since the
             // index was built (its fields are public), and the list is what counts. Only
             // an unknown id pays for the scan, and it comes from an authenticated device.
-            _ => self.signals.iter().find(|s| s.id == id),
+            _ => self
+                .signals
+                .iter()
+                .find(|s| s.id == id)
+                .map(|s| (Arc::from(s.id.as_str()), s)),
         }
     }
 

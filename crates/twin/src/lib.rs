@@ -246,7 +246,7 @@ impl Twin {
     /// Applies an accepted sample. Returns false if it was no newer than the newest held
     /// (see [`SignalState::out_of_order`]).
     pub fn update(&mut self, s: &Sample) -> bool {
-        let Some(state) = self.signals.get_mut(&s.signal) else {
+        let Some(state) = self.signals.get_mut(&*s.signal) else {
             return false;
         };
         if state.last.is_some_and(|p| s.t_ms <= p.t_ms) {

@@ -271,7 +271,7 @@ fn plant_size_row(extra: usize) -> Result<PlantSizeRow> {
     for s in &plant.signals {
         for k in 0..twin::DEFAULT_HISTORY as i64 {
             twin.update(&ingest::Sample {
-                signal: s.id.clone(),
+                signal: s.id.as_str().into(),
                 t_ms: DEFAULT_START_MS + 86_400_000 + k * 1000,
                 value: 1.0,
                 provenance: provenance.clone(),

@@ -244,7 +244,7 @@ pub async fn run(args: WatchArgs) -> Result<Value> {
                 );
                 for s in out.accepted {
                     last.insert(
-                        s.signal.clone(),
+                        s.signal.to_string(),
                         json!({ "value": s.value, "t_ms": s.t_ms, "provenance": s.provenance }),
                     );
                 }
