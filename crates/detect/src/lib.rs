@@ -147,7 +147,7 @@ type Key = (DetectionKind, String);
 
 pub struct Detectors {
     plant: Arc<Plant>,
-    memory: HashMap<Arc<str>, SignalMemory>,
+    memory: foldhash::HashMap<Arc<str>, SignalMemory>,
     active: BTreeMap<Key, Detection>,
     relation_last_alarm: HashMap<String, i64>,
     next_id: u64,
@@ -168,7 +168,7 @@ pub struct Detectors {
     /// How many episodes are active on each subject (a signal, a relation, `source:` and
     /// a source): a sample or a gap check on a signal with none has nothing to clear, and
     /// finding that out allocates nothing.
-    open: HashMap<String, usize>,
+    open: foldhash::HashMap<String, usize>,
 }
 
 /// How long a device's integrity failure makes episodes on its data suspect, and how
@@ -189,7 +189,7 @@ impl Detectors {
     pub fn new(plant: Arc<Plant>) -> Detectors {
         Detectors {
             plant,
-            memory: HashMap::new(),
+            memory: foldhash::HashMap::default(),
             active: BTreeMap::new(),
             relation_last_alarm: HashMap::new(),
             next_id: 1,
@@ -200,7 +200,7 @@ impl Detectors {
             signatures: HashMap::new(),
             multivariate_hint: EpisodeClass::Unknown,
             multivariate_last_alarm: None,
-            open: HashMap::new(),
+            open: foldhash::HashMap::default(),
         }
     }
 

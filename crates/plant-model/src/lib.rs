@@ -6,7 +6,7 @@
 //! instrument ranges), the twin (relations), the detectors (alarm limits) and the guard
 //! (envelopes, safe states).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -291,8 +291,10 @@ pub struct Plant {
     pub relations: Vec<Relation>,
     /// Signal id -> its position in `signals`, built at the first lookup: ingest and the
     /// detectors look a signal up for every sample, and a plant file may name thousands.
+    /// foldhash (seeded per process) rather than SipHash: its keys are the plant file's,
+    /// and a lookup of a name not among them cannot add one.
     #[serde(skip)]
-    signal_index: std::sync::OnceLock<HashMap<Arc<str>, usize>>,
+    signal_index: std::sync::OnceLock<foldhash::HashMap<Arc<str>, usize>>,
 }
 
 impl Plant {

@@ -127,7 +127,9 @@ struct SetpointState {
 
 pub struct Twin {
     plant: Arc<Plant>,
-    signals: HashMap<String, SignalState>,
+    /// Keyed by signal id with foldhash: looked up for every sample, by ids the plant
+    /// file fixed (a sample of an unknown signal never gets this far).
+    signals: foldhash::HashMap<String, SignalState>,
     relations: Vec<RelationState>,
     setpoints: HashMap<String, SetpointState>,
     /// The control loops are not judged until then (the line is stopped: `i64::MAX`).
@@ -152,7 +154,7 @@ struct Complete {
 
 impl Twin {
     pub fn new(plant: Arc<Plant>, history_len: usize, cusum: CusumConfig) -> Twin {
-        let signals: HashMap<String, SignalState> = plant
+        let signals: foldhash::HashMap<String, SignalState> = plant
             .signals
             .iter()
             .map(|s| (s.id.clone(), SignalState::default()))
