@@ -8,8 +8,12 @@
     reason = "test code: a panic is a test failure"
 )]
 
-use frames::{Alg, Envelope, FrameError, Kind, TelemetryBody, WireSample, encode, keys, to_body};
+use frames::{
+    Alg, Envelope, FrameError, Kind, TelemetryBody, TelemetryView, WireSample, encode, keys,
+    to_body,
+};
 use proptest::prelude::*;
+use std::borrow::Cow;
 
 const TOPIC: &str = "twinguard/line1/tank/telemetry";
 
@@ -103,6 +107,25 @@ fn structural_errors_are_named() {
         encode(Kind::Telemetry, TOPIC, "bad id!", b"{}", None),
         Err(FrameError::BadSigner)
     ));
+}
+
+#[test]
+fn a_body_read_in_place_borrows_its_strings_and_unescapes_them_when_it_must() {
+    let plain = br#"{"seq":1,"ts_ms":5,"samples":[{"signal":"tank.level","t_ms":5,"value":1.5,"unit":"m"}]}"#;
+    let v = TelemetryView::parse(plain).unwrap();
+    let s = &v.samples[0];
+    assert!(matches!(s.signal, Cow::Borrowed("tank.level")), "{s:?}");
+    assert!(matches!(s.unit, Cow::Borrowed("m")), "{s:?}");
+    // Any JSON encoder may escape characters; the names are then unescaped copies.
+    let escaped = br#"{"seq":1,"ts_ms":5,"samples":[{"signal":"tank\u002elevel","t_ms":5,"value":1.5,"unit":"m\/s"}]}"#;
+    let v = TelemetryView::parse(escaped).unwrap();
+    assert_eq!(
+        (&*v.samples[0].signal, &*v.samples[0].unit),
+        ("tank.level", "m/s")
+    );
+    let owned = TelemetryBody::parse(escaped).unwrap();
+    assert_eq!(owned.samples[0], WireSample::from(v.samples[0].clone()));
+    assert!(TelemetryView::parse(br#"{"seq":1,"ts_ms":1,"samples":[{"signal":"a","t_ms":1,"value":1,"unit":"m","x":0}]}"#).is_err());
 }
 
 #[test]

@@ -633,6 +633,21 @@ mod tests {
     }
 
     #[test]
+    fn a_signal_name_is_handed_out_shared_and_a_changed_list_still_counts() {
+        let mut p = Plant::parse(REFERENCE_PLANT, "ref").unwrap();
+        let (a, s) = p.signal_named("tank.level").unwrap();
+        assert_eq!((&*a, s.id.as_str()), ("tank.level", "tank.level"));
+        let (b, _) = p.signal_named("tank.level").unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the same allocation for every sample");
+        assert!(p.signal_named("tank.nothing").is_none());
+        // Moved in the list after the index was built: found where it now is, by name.
+        p.signals.swap(0, 1);
+        let id0 = p.signals[0].id.clone();
+        let (c, s) = p.signal_named(&id0).unwrap();
+        assert_eq!((&*c, &s.id), (id0.as_str(), &id0));
+    }
+
+    #[test]
     fn reference_plant_is_valid_and_large_enough() {
         let p = Plant::parse(REFERENCE_PLANT, "ref").unwrap();
         assert!(p.signals.len() >= 20, "{} signals", p.signals.len());
