@@ -101,7 +101,7 @@ struct RelationState {
     next_end_ms: Option<i64>,
     /// The residuals the noise estimate is taken from: the warm-up's, then those of the
     /// windows tested while it is refined.
-    warmup: Vec<f64>,
+    noise_residuals: Vec<f64>,
     sigma: Option<f64>,
     /// The relation has raised an alarm: its noise estimate is final.
     alarmed: bool,
@@ -172,7 +172,7 @@ impl Twin {
                 kind: r.kind.clone(),
                 signals: r.signals().into_iter().map(str::to_string).collect(),
                 next_end_ms: None,
-                warmup: Vec::new(),
+                noise_residuals: Vec::new(),
                 sigma: None,
                 alarmed: false,
                 pos: 0.0,
@@ -634,13 +634,13 @@ impl Twin {
         let cfg = self.cusum;
         let r = self.relations.get_mut(i)?;
         let (sigma, refining) = match r.sigma {
-            Some(s) => (s, !r.alarmed && r.warmup.len() < cfg.refine),
+            Some(s) => (s, !r.alarmed && r.noise_residuals.len() < cfg.refine),
             None => {
-                r.warmup.push(residual);
-                if r.warmup.len() < cfg.warmup {
+                r.noise_residuals.push(residual);
+                if r.noise_residuals.len() < cfg.warmup {
                     return None;
                 }
-                let s = robust_sigma(&r.warmup).max(cfg.sigma_floor);
+                let s = robust_sigma(&r.noise_residuals).max(cfg.sigma_floor);
                 r.sigma = Some(s);
                 (s, false)
             }
@@ -668,8 +668,8 @@ impl Twin {
             r.alarmed = true;
         } else if refining {
             // Tested against the estimate so far, then part of it.
-            r.warmup.push(residual);
-            r.sigma = Some(robust_sigma(&r.warmup).max(cfg.sigma_floor));
+            r.noise_residuals.push(residual);
+            r.sigma = Some(robust_sigma(&r.noise_residuals).max(cfg.sigma_floor));
         }
         Some(out)
     }
