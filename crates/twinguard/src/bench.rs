@@ -504,11 +504,15 @@ async fn mosquitto_section(bin: &std::path::Path, hours: f64) -> Result<Value> {
         (100, "ed25519", 20_000),
         (100, "hmac_sha256", 20_000),
     ] {
-        let (frames_per_s, bytes_each) = ingest_over_mqtt(port, n, per_frame, seal).await?;
+        let (frames_per_s, bytes_each) =
+            ingest_over_mqtt(port, n, per_frame, seal, Consumer::Ingest).await?;
+        let (received_per_s, _) =
+            ingest_over_mqtt(port, n, per_frame, seal, Consumer::Count).await?;
         let own = mosquitto_own(port, n, bytes_each).await?;
         eprintln!(
             "bench: {per_frame} samples/frame {seal} ({bytes_each} bytes) through mosquitto: \
-             twinguard ingest {frames_per_s:.0} frames/s, mosquitto's own clients {} msgs/s",
+             twinguard ingest {frames_per_s:.0} frames/s, the same client only receiving \
+             {received_per_s:.0} frames/s, mosquitto's own clients {} msgs/s",
             own.map_or("-".to_string(), |o| format!("{o:.0}"))
         );
         ingest_rows.push(json!({
@@ -518,6 +522,7 @@ async fn mosquitto_section(bin: &std::path::Path, hours: f64) -> Result<Value> {
             "bytes_each": bytes_each,
             "twinguard_frames_per_s": frames_per_s,
             "twinguard_samples_per_s": frames_per_s * per_frame as f64,
+            "same_client_receiving_only_frames_per_s": received_per_s,
             "mosquitto_own_messages_per_s": own,
             "share_of_mosquitto_own": own.map(|o| frames_per_s / o),
         }));
@@ -583,15 +588,25 @@ async fn mosquitto_own(port: u16, n: usize, size: usize) -> Result<Option<f64>> 
     Ok(Some(rate(n as u64, secs)))
 }
 
+/// What [`ingest_over_mqtt`] does with the frames it receives.
+#[derive(Clone, Copy, PartialEq)]
+enum Consumer {
+    /// Verifies them in batches and applies them to the twin, as the core does.
+    Ingest,
+    /// Only counts them: what the broker and the client deliver to twinguard.
+    Count,
+}
+
 /// twinguard's MQTT ingest alone: `n` signed frames of `per_frame` samples published as fast as a
 /// client can (QoS 1) through the broker at `port`, received by the same subscriber the
-/// core uses, verified in batches and applied to the twin. Returns frames per second and
-/// the mean frame size in bytes.
+/// core uses and handed to the consumer `mode` says. Returns frames per second and the mean frame size
+/// in bytes.
 async fn ingest_over_mqtt(
     port: u16,
     n: usize,
     per_frame: usize,
     seal: &str,
+    mode: Consumer,
 ) -> Result<(f64, usize)> {
     use ingest::mqtt::{BrokerEndpoint, MqttVersion, RawFrame};
     let plant = Arc::new(Plant::reference());
@@ -606,11 +621,21 @@ async fn ingest_over_mqtt(
         version: MqttVersion::V311,
         persistent_session: false,
     };
+    // Client ids of their own for each run: a broker hands an id over to its newest
+    // connection.
+    let id_suffix = format!(
+        "{per_frame}-{seal}-{}",
+        if mode == Consumer::Count {
+            "count"
+        } else {
+            "ingest"
+        }
+    );
     let (tx, mut rx) = tokio::sync::mpsc::channel::<RawFrame>(1024);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let sub = tokio::spawn(ingest::mqtt::run_subscriber(
         endpoint.clone(),
-        format!("bench-ingest-{per_frame}-{seal}"),
+        format!("bench-ingest-{id_suffix}"),
         vec![plant.telemetry_topic("tank")],
         tx,
         Some(ready_tx),
@@ -640,6 +665,11 @@ async fn ingest_over_mqtt(
                         Err(_) => break,
                     }
                 }
+                if mode == Consumer::Count {
+                    frames += batch.len();
+                    batch.clear();
+                    continue;
+                }
                 for out in verifier.check_batch(&source, &batch, DEFAULT_START_MS) {
                     if !out.accepted.is_empty() {
                         frames += 1;
@@ -655,7 +685,7 @@ async fn ingest_over_mqtt(
     };
     let t = Instant::now();
     let publisher =
-        ingest::mqtt::Publisher::connect(&endpoint, &format!("bench-device-{per_frame}-{seal}"));
+        ingest::mqtt::Publisher::connect(&endpoint, &format!("bench-device-{id_suffix}"));
     for (topic, bytes) in frames_buf {
         loop {
             match publisher.try_publish(topic.clone(), bytes.clone()) {
