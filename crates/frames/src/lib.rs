@@ -7,7 +7,8 @@
 //! - [`Envelope::decode`] checks the structure and bounds of untrusted bytes without
 //!   parsing the body; [`Envelope::verify`] checks the signature against a known key.
 //! - [`TelemetryBody`] and [`CommandBody`] are the JSON bodies, parsed only after the
-//!   signature has been checked.
+//!   signature has been checked; [`TelemetryView`] reads a telemetry body in place (its
+//!   strings borrowed from the frame), as ingest does.
 
 pub mod keys;
 

@@ -127,8 +127,8 @@ struct SetpointState {
 
 pub struct Twin {
     plant: Arc<Plant>,
-    /// Keyed by signal id with foldhash: looked up for every sample, by ids the plant
-    /// file fixed (a sample of an unknown signal never gets this far).
+    /// Hashed with foldhash (seeded per process) rather than SipHash: looked up for every
+    /// sample, its keys are the plant file's ids, and a lookup never adds one.
     signals: foldhash::HashMap<String, SignalState>,
     relations: Vec<RelationState>,
     setpoints: HashMap<String, SetpointState>,
