@@ -542,13 +542,21 @@ impl Plant {
     }
 
     pub fn signal(&self, id: &str) -> Option<&Signal> {
-        self.signal_named(id).map(|(_, s)| s)
+        self.find_signal(id).map(|(_, s)| s)
     }
 
     /// The signal `id`, and its id as a shared string: every call for the same signal
     /// hands out the same allocation, so a sample can carry its signal's name without
     /// copying it.
     pub fn signal_named(&self, id: &str) -> Option<(Arc<str>, &Signal)> {
+        self.find_signal(id).map(|(name, s)| {
+            let name = name.map_or_else(|| Arc::from(s.id.as_str()), Arc::clone);
+            (name, s)
+        })
+    }
+
+    /// The signal `id`, with its shared id when the index holds it.
+    fn find_signal(&self, id: &str) -> Option<(Option<&Arc<str>>, &Signal)> {
         let index = self.signal_index.get_or_init(|| {
             self.signals
                 .iter()
@@ -560,15 +568,11 @@ impl Plant {
             .get_key_value(id)
             .and_then(|(name, &i)| Some((name, self.signals.get(i)?)))
         {
-            Some((name, s)) if s.id == id => Some((name.clone(), s)),
+            Some((name, s)) if s.id == id => Some((Some(name), s)),
             // Not where the index says, or not in it: the list may have changed since the
             // index was built (its fields are public), and the list is what counts. Only
             // an unknown id pays for the scan, and it comes from an authenticated device.
-            _ => self
-                .signals
-                .iter()
-                .find(|s| s.id == id)
-                .map(|s| (Arc::from(s.id.as_str()), s)),
+            _ => self.signals.iter().find(|s| s.id == id).map(|s| (None, s)),
         }
     }
 
