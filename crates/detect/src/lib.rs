@@ -552,83 +552,45 @@ impl Detectors {
             } else {
                 "below"
             };
-            self.raise(
-                &mut events,
-                (kind, s.signal.to_string()),
-                s.t_ms,
-                s.value,
-                limit,
-                |d| {
-                    (
-                        format!(
-                            "{} = {:.3} {} {word} its operating limit {limit}",
-                            s.signal, s.value, sig.unit
-                        ),
-                        d.sample_evidence(s),
-                    )
-                },
-            );
+            self.raise_on_sample(&mut events, kind, s, s.value, limit, || {
+                format!(
+                    "{} = {:.3} {} {word} its operating limit {limit}",
+                    s.signal, s.value, sig.unit
+                )
+            });
         } else if clear_limit && open {
-            self.clear(
-                &mut events,
-                &(DetectionKind::LimitHigh, s.signal.to_string()),
-                s.t_ms,
-            );
-            self.clear(
-                &mut events,
-                &(DetectionKind::LimitLow, s.signal.to_string()),
-                s.t_ms,
-            );
+            self.clear_on_sample(&mut events, DetectionKind::LimitHigh, s);
+            self.clear_on_sample(&mut events, DetectionKind::LimitLow, s);
         }
         if let Some(rate) = rate_violation {
-            self.raise(
+            self.raise_on_sample(
                 &mut events,
-                (DetectionKind::Rate, s.signal.to_string()),
-                s.t_ms,
+                DetectionKind::Rate,
+                s,
                 rate,
                 sig.max_rate,
-                |d| {
-                    (
-                        format!(
-                            "{} changed at {rate:.3} {}/s, more than the plausible {}",
-                            s.signal, sig.unit, sig.max_rate
-                        ),
-                        d.sample_evidence(s),
+                || {
+                    format!(
+                        "{} changed at {rate:.3} {}/s, more than the plausible {}",
+                        s.signal, sig.unit, sig.max_rate
                     )
                 },
             );
         } else if rate_expired && open {
-            self.clear(
-                &mut events,
-                &(DetectionKind::Rate, s.signal.to_string()),
-                s.t_ms,
-            );
+            self.clear_on_sample(&mut events, DetectionKind::Rate, s);
         }
         if stuck {
-            self.raise(
-                &mut events,
-                (DetectionKind::Stuck, s.signal.to_string()),
-                s.t_ms,
-                s.value,
-                f64::from(sig.stuck_after_s.unwrap_or(0)),
-                |d| {
-                    (
-                        format!(
-                            "{} has read exactly {} for {} s",
-                            s.signal,
-                            s.value,
-                            stuck_for_ms / 1000
-                        ),
-                        d.sample_evidence(s),
-                    )
-                },
-            );
+            let limit = f64::from(sig.stuck_after_s.unwrap_or(0));
+            self.raise_on_sample(&mut events, DetectionKind::Stuck, s, s.value, limit, || {
+                format!(
+                    "{} has read exactly {} for {} s",
+                    s.signal,
+                    s.value,
+                    stuck_for_ms / 1000
+                )
+            });
         } else if open {
-            self.clear(
-                &mut events,
-                &(DetectionKind::Stuck, s.signal.to_string()),
-                s.t_ms,
-            );
+            self.clear_on_sample(&mut events, DetectionKind::Stuck, s);
         }
         events
     }
@@ -887,6 +849,28 @@ impl Detectors {
         events.push(Event::Raised(d.clone()));
         self.active.insert(key, d);
         self.reclassify(events, t_ms);
+    }
+
+    /// [`Detectors::raise`] for an episode of `kind` on one sample's signal, resting on
+    /// that sample (its message made only if the episode opens).
+    fn raise_on_sample(
+        &mut self,
+        events: &mut Vec<Event>,
+        kind: DetectionKind,
+        s: &Sample,
+        value: f64,
+        limit: f64,
+        message: impl FnOnce() -> String,
+    ) {
+        let key = (kind, s.signal.to_string());
+        self.raise(events, key, s.t_ms, value, limit, |d| {
+            (message(), d.sample_evidence(s))
+        });
+    }
+
+    /// Closes the episode of `kind` on one sample's signal, if it is open.
+    fn clear_on_sample(&mut self, events: &mut Vec<Event>, kind: DetectionKind, s: &Sample) {
+        self.clear(events, &(kind, s.signal.to_string()), s.t_ms);
     }
 
     fn clear(&mut self, events: &mut Vec<Event>, key: &Key, t_ms: i64) {
