@@ -12,6 +12,7 @@
 //! and reads no clock: the time is an argument.
 
 pub mod mqtt;
+pub mod seal;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -378,10 +379,33 @@ struct Sealed<'a> {
     seal: Option<String>,
 }
 
+/// The registered devices and their keys, as one verifier checks seals against them. A
+/// registry never changes: a new list of devices makes a new one
+/// ([`Verifier::set_devices`]), so that a seal verified ahead under one registry
+/// ([`seal::SealedBatch`]) is never taken on trust under another.
+#[derive(Debug, Default)]
+pub struct Registry {
+    devices: HashMap<String, Device>,
+}
+
+impl Registry {
+    fn new(devices: Vec<Device>) -> Registry {
+        Registry {
+            devices: devices.into_iter().map(|d| (d.id.clone(), d)).collect(),
+        }
+    }
+
+    fn device(&self, id: &str) -> Option<&Device> {
+        self.devices.get(id)
+    }
+}
+
 /// Checks frames against the device registry, the plant file and the integrity limits.
 pub struct Verifier {
     plant: Arc<Plant>,
-    devices: HashMap<String, Device>,
+    registry: Arc<Registry>,
+    /// Hands the current registry to the seal stages ([`Verifier::seal_stage`]).
+    published: tokio::sync::watch::Sender<Arc<Registry>>,
     config: IngestConfig,
     windows: HashMap<String, ReplayWindow>,
     /// Newest time per (source, signal) of channel values, for ordering.
@@ -391,9 +415,11 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(plant: Arc<Plant>, devices: Vec<Device>, config: IngestConfig) -> Verifier {
+        let registry = Arc::new(Registry::new(devices));
         Verifier {
             plant,
-            devices: devices.into_iter().map(|d| (d.id.clone(), d)).collect(),
+            published: tokio::sync::watch::Sender::new(registry.clone()),
+            registry,
             config,
             windows: HashMap::new(),
             channel_newest: HashMap::new(),
@@ -403,6 +429,21 @@ impl Verifier {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Replaces the registered devices (a key rotated or revoked, a device enrolled or
+    /// removed) from the next frame on. Seals verified ahead under the previous registry
+    /// are no longer trusted: those frames are verified again under this one. Replay
+    /// windows stay, so a device's old frames cannot come back as new.
+    pub fn set_devices(&mut self, devices: Vec<Device>) {
+        self.registry = Arc::new(Registry::new(devices));
+        self.published.send_replace(self.registry.clone());
+    }
+
+    /// A seal stage that verifies frames' seals ahead of this verifier, on another task,
+    /// against whatever registry this verifier has at the time.
+    pub fn seal_stage(&self) -> seal::SealStage {
+        seal::SealStage::new(self.published.subscribe())
     }
 
     /// Counts rejections decided outside the verifier (a Sparkplug host's refusals).
@@ -537,11 +578,11 @@ impl Verifier {
         bytes: &[u8],
         now_ms: i64,
     ) -> Outcome {
-        self.check_one(source, topic, bytes, now_ms, None)
+        self.check_one(source, topic, bytes, now_ms, seal::Seal::Unchecked)
     }
 
     /// Checks several frames, verifying their Ed25519 signatures in one batch first. If the
-    /// batch fails (a bad signature among them), every frame is checked on its own, so the
+    /// batch fails (a bad signature among them), every frame is verified on its own, so the
     /// verdicts are exactly those of [`Verifier::check`].
     pub fn check_batch(
         &mut self,
@@ -549,55 +590,37 @@ impl Verifier {
         frames: &[(String, Vec<u8>)],
         now_ms: i64,
     ) -> Vec<Outcome> {
-        let mut candidates: Vec<(
-            usize,
-            usize,
-            Vec<u8>,
-            ed25519_dalek::Signature,
-            VerifyingKey,
-        )> = Vec::new();
-        for (i, (topic, bytes)) in frames.iter().enumerate() {
-            let Ok(env) = Envelope::decode(bytes) else {
-                continue;
-            };
-            let Ok(sig) = env.ed25519_signature() else {
-                continue;
-            };
-            let Some(device) = self.devices.get(env.signer) else {
-                continue;
-            };
-            // The device's newest Ed25519 key is the one its frames normally carry.
-            let Some((k, key)) = device
-                .keys
-                .iter()
-                .enumerate()
-                .rev()
-                .find_map(|(k, dk)| match &dk.material {
-                    KeyMaterial::Ed25519(v) => Some((k, *v)),
-                    KeyMaterial::HmacSha256(_) => None,
-                })
-            else {
-                continue;
-            };
-            candidates.push((i, k, env.message(topic), sig, key));
-        }
-        let mut preverified = vec![None; frames.len()];
-        if candidates.len() >= 2 {
-            let messages: Vec<&[u8]> = candidates.iter().map(|c| c.2.as_slice()).collect();
-            let sigs: Vec<ed25519_dalek::Signature> = candidates.iter().map(|c| c.3).collect();
-            let keys: Vec<VerifyingKey> = candidates.iter().map(|c| c.4).collect();
-            if ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
-                for c in &candidates {
-                    if let Some(slot) = preverified.get_mut(c.0) {
-                        *slot = Some(c.1);
-                    }
-                }
-            }
-        }
+        let seals = seal::seal_frames(
+            &self.registry,
+            frames.iter().map(|(t, b)| (t.as_str(), b.as_slice())),
+        );
         frames
             .iter()
-            .zip(preverified)
-            .map(|((topic, bytes), pre)| self.check_one(source, topic, bytes, now_ms, pre))
+            .zip(seals)
+            .map(|((topic, bytes), seal)| self.check_one(source, topic, bytes, now_ms, seal))
+            .collect()
+    }
+
+    /// Checks a batch whose seals a [`seal::SealStage`] verified ahead. The stage's verdicts
+    /// are taken only if it reached them under the registry this verifier holds now;
+    /// otherwise (the registry changed in between) every frame is verified again. Returns
+    /// each frame with its outcome, in the order they arrived.
+    pub fn check_sealed(
+        &mut self,
+        source: &Arc<SourceInfo>,
+        batch: seal::SealedBatch,
+        now_ms: i64,
+    ) -> Vec<(mqtt::RawFrame, Outcome)> {
+        let current = Arc::ptr_eq(&batch.registry, &self.registry);
+        batch
+            .frames
+            .into_iter()
+            .zip(batch.seals)
+            .map(|(f, seal)| {
+                let seal = if current { seal } else { seal::Seal::Unchecked };
+                let out = self.check_one(source, &f.topic, &f.payload, now_ms, seal);
+                (f, out)
+            })
             .collect()
     }
 
@@ -607,10 +630,10 @@ impl Verifier {
         topic: &str,
         bytes: &[u8],
         now_ms: i64,
-        preverified: Option<usize>,
+        seal: seal::Seal,
     ) -> Outcome {
         let mut out = Outcome::default();
-        match self.check_frame(source, topic, bytes, now_ms, preverified, &mut out) {
+        match self.check_frame(source, topic, bytes, now_ms, seal, &mut out) {
             Ok(()) => self.counters.frames_accepted += 1,
             Err(rejection) => {
                 *self
@@ -629,7 +652,11 @@ impl Verifier {
     }
 
     /// The index of the device key that verifies the envelope.
-    fn verify_seal(env: &Envelope<'_>, topic: &str, device: &Device) -> Result<usize, FrameError> {
+    pub(crate) fn verify_seal(
+        env: &Envelope<'_>,
+        topic: &str,
+        device: &Device,
+    ) -> Result<usize, FrameError> {
         if env.alg == Alg::None {
             return Err(FrameError::Unsigned);
         }
@@ -658,7 +685,7 @@ impl Verifier {
         topic: &str,
         bytes: &[u8],
         now_ms: i64,
-        preverified: Option<usize>,
+        seal: seal::Seal,
         out: &mut Outcome,
     ) -> Result<(), Rejection> {
         let frame_err = |reason: Reason, detail: String, device: Option<&str>| Rejection {
@@ -678,7 +705,7 @@ impl Verifier {
                 Some(env.signer),
             ));
         }
-        let device = self.devices.get(env.signer).ok_or_else(|| {
+        let device = self.registry.device(env.signer).ok_or_else(|| {
             frame_err(
                 Reason::UnknownDevice,
                 format!("device {:?} is not in the registry", env.signer),
@@ -690,10 +717,9 @@ impl Verifier {
         // numbers have a window of their own so that unauthenticated frames cannot push the
         // device's signed frames out as replays.
         let unsigned_allowed = env.alg == Alg::None && source.allow_unsigned;
-        let key_index = match (unsigned_allowed, preverified) {
+        let key_index = match (unsigned_allowed, seal) {
             (true, _) => None,
-            (false, Some(k)) => Some(k),
-            (false, None) => Some(Self::verify_seal(&env, topic, device).map_err(|e| match e {
+            (false, seal) => Some(seal.or_verify(&env, topic, device).map_err(|e| match e {
                 FrameError::Unsigned => frame_err(
                     Reason::Unsigned,
                     "unsigned frames are refused".into(),

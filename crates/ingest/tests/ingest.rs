@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use frames::{Kind, Seal, TelemetryBody, WireSample, encode, encode_sealed, to_body};
+use ingest::mqtt::RawFrame;
 use ingest::{Device, DeviceKey, IngestConfig, KeyMaterial, Reason, SourceInfo, Trust, Verifier};
 use plant_model::Plant;
 
@@ -451,9 +452,170 @@ proptest::proptest! {
         let one: Vec<Vec<Reason>> = frames.iter().map(|(t, b)| single.verifier.check(&single.src, t, b, NOW).rejected.iter().map(|r| r.reason).collect()).collect();
         let src = batched.src.clone();
         let many: Vec<Vec<Reason>> = batched.verifier.check_batch(&src, &frames, NOW).iter().map(|o| o.rejected.iter().map(|r| r.reason).collect()).collect();
-        proptest::prop_assert_eq!(one, many);
+        proptest::prop_assert_eq!(&one, &many);
         proptest::prop_assert_eq!(single.verifier.counters().samples_accepted, batched.verifier.counters().samples_accepted);
+        // So does the seal stage ahead of the verifier, with the frames in the same order.
+        let mut staged = fixture();
+        let sealed = staged.verifier.seal_stage().seal(raw(&frames));
+        let src = staged.src.clone();
+        let checked = staged.verifier.check_sealed(&src, sealed, NOW);
+        let topics: Vec<&[u8]> = checked.iter().map(|(f, _)| f.payload.as_slice()).collect();
+        let sent: Vec<&[u8]> = frames.iter().map(|(_, b)| b.as_slice()).collect();
+        proptest::prop_assert_eq!(topics, sent);
+        let staged_reasons: Vec<Vec<Reason>> = checked.iter().map(|(_, o)| o.rejected.iter().map(|r| r.reason).collect()).collect();
+        proptest::prop_assert_eq!(one, staged_reasons);
+        proptest::prop_assert_eq!(single.verifier.counters().samples_accepted, staged.verifier.counters().samples_accepted);
     }
+}
+
+fn raw(frames: &[(String, Vec<u8>)]) -> Vec<RawFrame> {
+    frames
+        .iter()
+        .map(|(topic, payload)| RawFrame {
+            topic: topic.clone(),
+            payload: payload.clone(),
+        })
+        .collect()
+}
+
+fn reasons(checked: &[(RawFrame, ingest::Outcome)]) -> Vec<Option<Reason>> {
+    checked
+        .iter()
+        .map(|(_, o)| o.rejected.first().map(|r| r.reason))
+        .collect()
+}
+
+/// A device rotated or revoked between the seal stage and the verifier: the stage's
+/// verdicts were reached under the old registry, so the verifier verifies again under the
+/// new one, in both directions.
+#[test]
+fn seals_verified_before_the_registry_changed_are_verified_again() {
+    let mut f = fixture();
+    let old = f.key.clone();
+    let new = SigningKey::from_bytes(&[2u8; 32]);
+    let stage = f.verifier.seal_stage();
+    let by_old: Vec<_> = (1..=3)
+        .map(|seq| frame(&f, seq, NOW, level(1.5), Some(&old)))
+        .collect();
+    let by_new: Vec<_> = (4..=6)
+        .map(|seq| frame(&f, seq, NOW, level(1.5), Some(&new)))
+        .collect();
+    // Sealed under the registry that knows only the old key.
+    let old_sealed = stage.seal(raw(&by_old));
+    let new_sealed = stage.seal(raw(&by_new));
+
+    // Rotated in flight, with an overlap: the old key's frames are verified again and
+    // still accepted (named by the key that verified them), the new key's frames, which
+    // the stage refused, are verified again and accepted.
+    f.verifier
+        .set_devices(vec![rotated_device(&old, &new, NOW - 1000, 60_000)]);
+    let src = f.src.clone();
+    let out = f.verifier.check_sealed(&src, old_sealed, NOW);
+    assert_eq!(reasons(&out), vec![None, None, None]);
+    assert_eq!(
+        out[0].1.accepted[0].provenance.seal.as_deref(),
+        Some("ed25519:old")
+    );
+    let out = f.verifier.check_sealed(&src, new_sealed, NOW);
+    assert_eq!(reasons(&out), vec![None, None, None]);
+    assert_eq!(
+        out[0].1.accepted[0].provenance.seal.as_deref(),
+        Some("ed25519:new")
+    );
+
+    // Revoked in flight: sealed (and verified) while the old key was registered, checked
+    // after it was removed.
+    let late: Vec<_> = (7..=8)
+        .map(|seq| frame(&f, seq, NOW, level(1.5), Some(&old)))
+        .collect();
+    let sealed = stage.seal(raw(&late));
+    f.verifier.set_devices(vec![Device::ed25519(
+        "gw-tank",
+        "tank",
+        new.verifying_key(),
+    )]);
+    let out = f.verifier.check_sealed(&src, sealed, NOW);
+    assert_eq!(
+        reasons(&out),
+        vec![Some(Reason::BadSignature), Some(Reason::BadSignature)]
+    );
+    // The device removed altogether.
+    let sealed = stage.seal(raw(&[frame(&f, 9, NOW, level(1.5), Some(&new))]));
+    f.verifier.set_devices(vec![]);
+    let out = f.verifier.check_sealed(&src, sealed, NOW);
+    assert_eq!(reasons(&out), vec![Some(Reason::UnknownDevice)]);
+    // A stage made before a change seals later batches under the new registry.
+    f.verifier.set_devices(vec![Device::ed25519(
+        "gw-tank",
+        "tank",
+        new.verifying_key(),
+    )]);
+    let sealed = stage.seal(raw(&[frame(&f, 10, NOW, level(1.5), Some(&new))]));
+    let out = f.verifier.check_sealed(&src, sealed, NOW);
+    assert_eq!(reasons(&out), vec![None]);
+}
+
+/// Verdicts reached by another verifier's stage, under a registry with the forger's key,
+/// are not taken on trust.
+#[test]
+fn seals_from_another_registry_are_not_trusted() {
+    let mut f = fixture();
+    let forger = SigningKey::from_bytes(&[9u8; 32]);
+    let other = Verifier::new(
+        f.plant.clone(),
+        vec![Device::ed25519("gw-tank", "tank", forger.verifying_key())],
+        IngestConfig::default(),
+    );
+    let forged: Vec<_> = (1..=3)
+        .map(|seq| frame(&f, seq, NOW, level(1.5), Some(&forger)))
+        .collect();
+    let sealed = other.seal_stage().seal(raw(&forged));
+    let src = f.src.clone();
+    let out = f.verifier.check_sealed(&src, sealed, NOW);
+    assert_eq!(reasons(&out), vec![Some(Reason::BadSignature); 3]);
+    assert_eq!(f.verifier.counters().frames_accepted, 0);
+}
+
+/// The stage task hands on every frame in order, and when told to finish it seals what is
+/// already queued, refuses new frames and ends.
+#[tokio::test]
+async fn the_seal_stage_keeps_order_and_finishes_what_is_queued() {
+    let mut f = fixture();
+    let frames: Vec<_> = (1..=200)
+        .map(|seq| frame(&f, seq, NOW, level(1.5), Some(&f.key)))
+        .collect();
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel(1024);
+    for r in raw(&frames) {
+        in_tx.send(r).await.unwrap();
+    }
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(2);
+    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel();
+    let stage = tokio::spawn(ingest::seal::run(
+        f.verifier.seal_stage(),
+        in_rx,
+        out_tx,
+        finish_rx,
+        64,
+    ));
+    // The first batch is sealed before finish; the rest were queued before it.
+    let first = out_rx.recv().await.unwrap();
+    assert!(!first.is_empty() && first.len() <= 64);
+    finish_tx.send(()).unwrap();
+    let mut batches = vec![first];
+    while let Some(b) = out_rx.recv().await {
+        batches.push(b);
+    }
+    stage.await.unwrap();
+    assert!(in_tx.send(raw(&frames[..1])[0].clone()).await.is_err());
+    let src = f.src.clone();
+    let mut seqs = Vec::new();
+    for b in batches {
+        for (_, out) in f.verifier.check_sealed(&src, b, NOW) {
+            assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+            seqs.push(out.accepted[0].provenance.seq);
+        }
+    }
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
 }
 
 #[test]
