@@ -229,7 +229,7 @@ pub struct Outcome {
 }
 
 /// Key material of a device.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum KeyMaterial {
     Ed25519(VerifyingKey),
     /// Shared secret for HMAC-SHA256 (at least 32 bytes). Never printed.
@@ -252,7 +252,7 @@ fn hex_short(b: &[u8]) -> String {
 /// One key of a device, with the window in which frames sealed with it are accepted
 /// (by the frame's own timestamp). Rotation registers the new key and ends the old one's
 /// window a little later, so that frames in flight during the switch are still accepted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceKey {
     pub id: String,
     pub material: KeyMaterial,
@@ -274,7 +274,7 @@ impl DeviceKey {
 }
 
 /// A registered edge device.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
     pub id: String,
     pub asset: String,
@@ -429,6 +429,13 @@ impl Verifier {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The registered devices, by id.
+    pub fn devices(&self) -> Vec<&Device> {
+        let mut d: Vec<&Device> = self.registry.devices.values().collect();
+        d.sort_by(|a, b| a.id.cmp(&b.id));
+        d
     }
 
     /// Replaces the registered devices (a key rotated or revoked, a device enrolled or

@@ -346,6 +346,7 @@ fn core_frame_rate(plant: &Arc<Plant>, n_frames: usize) -> Result<f64> {
         token_leak: None,
         sparkplug: None,
         agents_file: None,
+        devices_file: None,
         policy_file: None,
         multivariate: None,
         multivariate_ref: None,
@@ -459,6 +460,13 @@ fn mosquitto_bin() -> Option<std::path::PathBuf> {
         .into_iter()
         .map(std::path::PathBuf::from)
         .find(|p| p.exists())
+}
+
+/// Only the MQTT rows through Debian's mosquitto (`twinguard bench --mqtt-only`).
+pub async fn mosquitto_only(hours: f64) -> Result<Value> {
+    let bin = mosquitto_bin()
+        .context("bench --mqtt-only needs Debian's mosquitto (apt-get install mosquitto)")?;
+    mosquitto_section(&bin, hours).await
 }
 
 /// Kills the broker when the bench is done.
@@ -591,7 +599,8 @@ async fn mosquitto_own(port: u16, n: usize, size: usize) -> Result<Option<f64>> 
 /// What [`ingest_over_mqtt`] does with the frames it receives.
 #[derive(Clone, Copy, PartialEq)]
 enum Consumer {
-    /// Verifies them in batches and applies them to the twin, as the core does.
+    /// Verifies their seals in batches on a task of its own (the seal stage), then checks
+    /// them and applies them to the twin, as the core does.
     Ingest,
     /// Only counts them: what the broker and the client deliver to twinguard.
     Count,
@@ -644,44 +653,54 @@ async fn ingest_over_mqtt(
     tokio::time::timeout(std::time::Duration::from_secs(10), ready_rx)
         .await
         .context("the bench subscriber did not subscribe")??;
-    let consumer = {
-        let plant = plant.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut verifier = Verifier::new(plant.clone(), vec![device], bench_ingest_config());
-            let mut twin = twin::Twin::new(
-                plant.clone(),
-                twin::DEFAULT_HISTORY,
-                twin::CusumConfig::default(),
-            );
-            let source = Arc::new(ingest::SourceInfo::mqtt_plain("bench"));
+    // The core's path: the seal stage verifies signatures on a task of its own, and the
+    // consumer checks and applies the sealed frames, as `Core::run` does.
+    let consumer = match mode {
+        Consumer::Count => tokio::task::spawn_blocking(move || {
             let mut frames = 0usize;
-            let mut batch = Vec::with_capacity(64);
             while frames < n {
-                let Some(f) = rx.blocking_recv() else { break };
-                batch.push((f.topic, f.payload));
-                while batch.len() < 64 {
-                    match rx.try_recv() {
-                        Ok(f) => batch.push((f.topic, f.payload)),
-                        Err(_) => break,
-                    }
-                }
-                if mode == Consumer::Count {
-                    frames += batch.len();
-                    batch.clear();
-                    continue;
-                }
-                for out in verifier.check_batch(&source, &batch, DEFAULT_START_MS) {
-                    if !out.accepted.is_empty() {
-                        frames += 1;
-                    }
-                    for s in &out.accepted {
-                        twin.update(s);
-                    }
-                }
-                batch.clear();
+                let Some(_) = rx.blocking_recv() else { break };
+                frames += 1;
             }
             frames
-        })
+        }),
+        Consumer::Ingest => {
+            let mut verifier = Verifier::new(plant.clone(), vec![device], bench_ingest_config());
+            let (sealed_tx, mut sealed_rx) = tokio::sync::mpsc::channel(4);
+            let (finish_tx, finish_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(ingest::seal::run(
+                verifier.seal_stage(),
+                rx,
+                sealed_tx,
+                finish_rx,
+                64,
+            ));
+            let plant = plant.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut twin = twin::Twin::new(
+                    plant.clone(),
+                    twin::DEFAULT_HISTORY,
+                    twin::CusumConfig::default(),
+                );
+                let source = Arc::new(ingest::SourceInfo::mqtt_plain("bench"));
+                let mut frames = 0usize;
+                while frames < n {
+                    let Some(batch) = sealed_rx.blocking_recv() else {
+                        break;
+                    };
+                    for (_, out) in verifier.check_sealed(&source, batch, DEFAULT_START_MS) {
+                        if !out.accepted.is_empty() {
+                            frames += 1;
+                        }
+                        for s in &out.accepted {
+                            twin.update(s);
+                        }
+                    }
+                }
+                drop(finish_tx);
+                frames
+            })
+        }
     };
     let t = Instant::now();
     let publisher =

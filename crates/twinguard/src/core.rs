@@ -1,7 +1,9 @@
 //! The core: ingest -> twin -> detectors -> agents -> guard -> actuation, with every step
 //! that matters written to the audit log. One task owns all of it, so decisions are made
 //! in one place and in order. The HTTP API reads a published snapshot and sends writes
-//! here as operations.
+//! here as operations. The one piece of work done ahead of it, on a task of its own, is
+//! verifying the signatures of MQTT frames ([`ingest::seal`]); the core takes those
+//! verdicts only under the device registry it holds itself.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -15,7 +17,8 @@ use detect::{Detection, Detectors, Event};
 use ed25519_dalek::VerifyingKey;
 use guard::{Decision, DecisionRecord, Guard, SignedProposal};
 use ingest::mqtt::RawFrame;
-use ingest::{SourceInfo, Verifier};
+use ingest::seal::SealedBatch;
+use ingest::{Device, SourceInfo, Verifier};
 use opcua_link::UaEvent;
 use plant_model::{Plant, PlantCommand};
 use serde_json::{Value, json};
@@ -31,6 +34,8 @@ const GAP_MS: i64 = 30_000;
 const GAP_CHECK_MS: i64 = 1_000;
 /// Most frames verified in one batch.
 const BATCH: usize = 64;
+/// Sealed batches waiting between the seal stage and the core.
+const SEALED_QUEUE: usize = 4;
 /// Most OPC UA values checked in one batch.
 const UA_BATCH: usize = 1024;
 /// How often agents look at the plant (data time).
@@ -101,6 +106,11 @@ pub struct Core {
     /// The external agents' registry file, and when it last changed.
     agents_file: Option<std::path::PathBuf>,
     agents_modified: Option<std::time::SystemTime>,
+    /// The device registry file, when it was last read, and why it could not be read
+    /// since (the registry in force stays meanwhile).
+    devices_file: Option<std::path::PathBuf>,
+    devices_modified: Option<std::time::SystemTime>,
+    pub(crate) devices_failure: Option<String>,
     /// The configured policy file (none: the built-in policy), and its last seen
     /// modification time and length.
     policy_file: Option<std::path::PathBuf>,
@@ -229,6 +239,9 @@ pub struct CoreParts {
     pub sparkplug: Option<SparkplugIn>,
     /// The external agents' registry file (`agents.toml` in the data directory).
     pub agents_file: Option<std::path::PathBuf>,
+    /// The device registry file (`devices.toml`), watched for changes: a key rotated or a
+    /// device removed takes effect within a second. None: the verifier's devices stay.
+    pub devices_file: Option<std::path::PathBuf>,
     /// The policy file the guard's policy was read from, watched for changes (none for
     /// the built-in policy).
     pub policy_file: Option<std::path::PathBuf>,
@@ -312,6 +325,7 @@ impl Core {
             token_leak,
             sparkplug,
             agents_file,
+            devices_file,
             policy_file,
             multivariate,
             multivariate_ref,
@@ -368,6 +382,9 @@ impl Core {
             sparkplug,
             agents_file,
             agents_modified: None,
+            devices_file,
+            devices_modified: None,
+            devices_failure: None,
             policy_file,
             policy_seen,
             policy_failure: None,
@@ -395,16 +412,28 @@ impl Core {
     /// Runs until `stop` fires, then returns itself for the final report.
     /// Frames come from MQTT on `frames_rx`, values and connection events from OPC UA on
     /// `ua_rx` (tagged with the index of their source in `sources`); the loop ends at
-    /// `stop` or when every input has closed.
+    /// `stop` or when every input has closed. MQTT frames pass a seal stage on a task of
+    /// its own first, which verifies their signatures while the core works on the frames
+    /// before them.
     pub async fn run(
         mut self,
-        mut frames_rx: mpsc::Receiver<RawFrame>,
+        frames_rx: mpsc::Receiver<RawFrame>,
         mut ua_rx: mpsc::Receiver<(usize, UaEvent)>,
         mut ops_rx: mpsc::Receiver<Op>,
         stop: oneshot::Receiver<()>,
     ) -> Core {
         let mut stop = stop;
         self.reload_agents();
+        self.reload_devices();
+        let (sealed_tx, mut sealed_rx) = mpsc::channel::<SealedBatch>(SEALED_QUEUE);
+        let (finish_tx, finish_rx) = oneshot::channel();
+        let stage = tokio::spawn(ingest::seal::run(
+            self.verifier.seal_stage(),
+            frames_rx,
+            sealed_tx,
+            finish_rx,
+            BATCH,
+        ));
         let mut registry_check = tokio::time::interval(std::time::Duration::from_secs(1));
         registry_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -414,23 +443,14 @@ impl Core {
                 Some(op) = ops_rx.recv() => self.handle_op(op),
                 _ = registry_check.tick() => {
                     self.reload_agents();
+                    self.reload_devices();
                     if self.reload_policy() {
                         self.publish_snapshot(true);
                     }
                     self.checkpoint_audit(false);
                     self.apply_retention();
                 }
-                Some(f) = frames_rx.recv() => {
-                    // Take what else is waiting, to verify signatures in one batch.
-                    let mut batch = vec![f];
-                    while batch.len() < BATCH {
-                        match frames_rx.try_recv() {
-                            Ok(f) => batch.push(f),
-                            Err(_) => break,
-                        }
-                    }
-                    self.handle_frames(batch);
-                }
+                Some(batch) = sealed_rx.recv() => self.handle_sealed(batch),
                 Some(e) = ua_rx.recv() => {
                     let mut batch = vec![e];
                     while batch.len() < UA_BATCH {
@@ -445,8 +465,13 @@ impl Core {
             }
         }
         // Drain what is already queued: nothing accepted by the broker is left unprocessed.
-        while let Ok(f) = frames_rx.try_recv() {
-            self.handle_frames(vec![f]);
+        // The seal stage seals what it holds and what is queued for it, then ends.
+        let _ = finish_tx.send(());
+        while let Some(batch) = sealed_rx.recv().await {
+            self.handle_sealed(batch);
+        }
+        if let Err(e) = stage.await {
+            tracing::error!(error = %e, "the seal stage failed");
         }
         while let Ok(e) = ua_rx.try_recv() {
             self.handle_ua(vec![e]);
@@ -565,21 +590,25 @@ impl Core {
 
     /// Checks a batch of frames (signatures verified together) and applies each in order.
     pub fn handle_frames(&mut self, frames: Vec<RawFrame>) {
+        let sealed = self.verifier.seal_stage().seal(frames);
+        self.handle_sealed(sealed);
+    }
+
+    /// Checks a batch of frames whose signatures the seal stage verified, and applies each
+    /// in order.
+    fn handle_sealed(&mut self, batch: SealedBatch) {
         if self.sparkplug.is_some() {
-            for f in frames {
+            for f in batch.into_frames() {
                 self.handle_sparkplug(f);
             }
             return;
         }
         let now = self.clock.now_ms();
-        let pairs: Vec<(String, Vec<u8>)> =
-            frames.into_iter().map(|f| (f.topic, f.payload)).collect();
         let Some(source) = self.frame_source() else {
             return;
         };
-        let outcomes = self.verifier.check_batch(&source, &pairs, now);
-        for ((topic, payload), out) in pairs.into_iter().zip(outcomes) {
-            self.apply_outcome(RawFrame { topic, payload }, out, now);
+        for (f, out) in self.verifier.check_sealed(&source, batch, now) {
+            self.apply_outcome(f, out, now);
         }
     }
 
@@ -1474,6 +1503,53 @@ impl Core {
         }
     }
 
+    /// Re-reads the device registry when its file changed: a key rotated or a device
+    /// removed takes effect within a second, for frames whose seals were verified before
+    /// too (the verifier verifies them again). A file that cannot be read or does not
+    /// validate leaves the registry in force as it was, is read again at the next tick, and
+    /// the reason is logged, audited and reported.
+    fn reload_devices(&mut self) {
+        let Some(path) = self.devices_file.clone() else {
+            return;
+        };
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if modified == self.devices_modified && self.devices_failure.is_none() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let loaded = crate::datadir::DataDir::open(path.parent().unwrap_or(&path))
+            .and_then(|d| d.registry());
+        match loaded {
+            Ok(devices) => {
+                self.devices_modified = modified;
+                self.devices_failure = None;
+                let changes = device_changes(&self.verifier.devices(), &devices);
+                if changes.is_empty() {
+                    return;
+                }
+                tracing::info!(changes = changes.len(), "device registry reloaded");
+                self.verifier.set_devices(devices);
+                self.audit(vec![Entry::new(
+                    now,
+                    "devices_changed",
+                    json!({ "file": path.display().to_string(), "changes": changes }),
+                )]);
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                if self.devices_failure.as_deref() != Some(why.as_str()) {
+                    tracing::error!(error = %why, "device registry unreadable: the registry in force stays");
+                    self.audit(vec![Entry::new(
+                        now,
+                        "devices_unreadable",
+                        json!({ "file": path.display().to_string(), "error": why }),
+                    )]);
+                    self.devices_failure = Some(why);
+                }
+            }
+        }
+    }
+
     /// Records a person's refused request (a review the policy does not allow them, a
     /// proposal no longer pending, ...) before the refusal is answered.
     fn refused(
@@ -1568,6 +1644,10 @@ impl Core {
         json!({
             "samples": { "accepted": c.samples_accepted, "rejected": c.samples_rejected, "out_of_order": self.twin.out_of_order() },
             "frames": { "accepted": c.frames_accepted, "rejected": c.frames_rejected },
+            "devices": {
+                "registered": self.verifier.devices().len(),
+                "registry_failure": self.devices_failure,
+            },
             "sources": self.sources.iter().enumerate().map(|(i, s)| json!({
                 "id": s.info.id,
                 "protocol": s.info.protocol,
@@ -1804,4 +1884,34 @@ fn file_seen(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
 fn model_sha256(model: &detect::multivariate::PcaModel) -> String {
     let bytes = serde_json::to_vec(model).unwrap_or_default();
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+}
+
+/// What changed between two device registries, for the audit log: devices added and
+/// removed, and devices whose asset or keys changed, with their key ids and validity
+/// windows (never key material).
+fn device_changes(old: &[&Device], new: &[Device]) -> Vec<Value> {
+    let keys = |d: &Device| {
+        d.keys
+            .iter()
+            .map(|k| json!({ "id": k.id, "not_before_ms": k.not_before_ms, "not_after_ms": k.not_after_ms }))
+            .collect::<Vec<_>>()
+    };
+    let mut out = Vec::new();
+    for d in new {
+        match old.iter().find(|o| o.id == d.id) {
+            None => out.push(
+                json!({ "device": d.id, "change": "added", "asset": d.asset, "keys": keys(d) }),
+            ),
+            Some(o) if *o != d => out.push(
+                json!({ "device": d.id, "change": "changed", "asset": d.asset, "keys": keys(d) }),
+            ),
+            Some(_) => {}
+        }
+    }
+    for o in old {
+        if !new.iter().any(|d| d.id == o.id) {
+            out.push(json!({ "device": o.id, "change": "removed" }));
+        }
+    }
+    out
 }

@@ -232,7 +232,8 @@ impl DataDir {
         fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
     }
 
-    fn registry_path(&self) -> PathBuf {
+    /// The device registry file (`devices.toml`).
+    pub fn registry_path(&self) -> PathBuf {
         self.root.join("devices.toml")
     }
 
@@ -311,17 +312,21 @@ impl DataDir {
         Ok(out)
     }
 
+    /// Writes the device registry (atomically: a running twinguard never reads half a file).
     fn write_registry(&self, devices: &BTreeMap<String, DeviceEntry>) -> Result<()> {
         let text = toml::to_string(&RegistryFile {
             devices: devices.clone(),
         })?;
+        let tmp = self.root.join("devices.toml.tmp");
         fs::write(
-            self.registry_path(),
+            &tmp,
             format!(
                 "# twinguard device registry: devices whose signed frames are accepted\n{text}"
             ),
         )
-        .with_context(|| format!("cannot write {}", self.registry_path().display()))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, self.registry_path())
+            .with_context(|| format!("cannot write {}", self.registry_path().display()))
     }
 
     /// Rotates a device's key at `now_ms`: the edge gets a new key, the registry accepts it
@@ -363,10 +368,10 @@ impl DataDir {
         let edge = self.root.join("edge");
         let current = edge.join(format!("{device}.key"));
         let old = keys::load(&current)?;
-        let retired = edge.join(format!("{device}.key.{n}.retired"));
-        fs::rename(&current, &retired)
-            .with_context(|| format!("cannot move {} aside", current.display()))?;
-        let new = keys::load_or_create(&current)?;
+        // The registry learns the new key before the edge starts sealing with it, so that
+        // a running twinguard never sees a frame sealed with a key it does not know yet.
+        let next = edge.join(format!("{device}.key.next"));
+        let new = keys::load_or_create(&next)?;
         let id = format!("{device}#{n}");
         entry.keys.push(KeyEntry {
             id: id.clone(),
@@ -376,6 +381,11 @@ impl DataDir {
             not_after_ms: None,
         });
         self.write_registry(&devices)?;
+        let retired = edge.join(format!("{device}.key.{n}.retired"));
+        fs::rename(&current, &retired)
+            .with_context(|| format!("cannot move {} aside", current.display()))?;
+        fs::rename(&next, &current)
+            .with_context(|| format!("cannot put the new key in {}", current.display()))?;
         Ok((old, id))
     }
 

@@ -229,6 +229,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         token_leak: token_leak.clone(),
         sparkplug,
         agents_file: Some(dir.agents_path()),
+        devices_file: Some(dir.registry_path()),
         policy_file: policy_path(&config, args.config.as_deref()),
         multivariate,
         multivariate_ref,
@@ -324,6 +325,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
             PlantSide::Opcua { .. } => None,
         },
         device_keys,
+        key_dir: Some(args.data_dir.join("edge")),
         actuation_key: actuation_key.verifying_key(),
     };
     let progress_task = (!args.quiet).then(|| {

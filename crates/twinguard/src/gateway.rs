@@ -93,7 +93,75 @@ pub struct GatewayConfig {
     /// The broker, for the MQTT plant (None when the plant is served over OPC UA).
     pub endpoint: Option<BrokerEndpoint>,
     pub device_keys: HashMap<String, SigningKey>,
+    /// Where the devices' key files are (`DEVICE.key`): re-read when they change, as a
+    /// provisioning tool would hand a device its new key after `twinguard device rotate`.
+    pub key_dir: Option<std::path::PathBuf>,
     pub actuation_key: VerifyingKey,
+}
+
+/// How old a changed key file must be before the edge takes it up.
+const KEY_SETTLE: Duration = Duration::from_secs(2);
+
+/// The devices' signing keys, re-read from their files when these change.
+struct EdgeKeys {
+    keys: HashMap<String, SigningKey>,
+    dir: Option<std::path::PathBuf>,
+    seen: HashMap<String, Option<std::time::SystemTime>>,
+    checked: Instant,
+}
+
+impl EdgeKeys {
+    fn new(keys: HashMap<String, SigningKey>, dir: Option<std::path::PathBuf>) -> EdgeKeys {
+        let mut k = EdgeKeys {
+            keys,
+            dir,
+            seen: HashMap::new(),
+            checked: Instant::now(),
+        };
+        let devices: Vec<String> = k.keys.keys().cloned().collect();
+        for d in devices {
+            let m = k.modified(&d);
+            k.seen.insert(d, m);
+        }
+        k
+    }
+
+    fn modified(&self, device: &str) -> Option<std::time::SystemTime> {
+        let path = self.dir.as_ref()?.join(format!("{device}.key"));
+        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    }
+
+    /// Once a second (wall clock): takes up the key files that changed, once they are
+    /// [`KEY_SETTLE`] old (by then a running twinguard has re-read its registry, which
+    /// `device rotate` writes first). A file that is missing or unreadable (mid-rotation)
+    /// keeps the key in use and is read again later.
+    fn refresh(&mut self) {
+        if self.checked.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.checked = Instant::now();
+        let Some(dir) = self.dir.clone() else {
+            return;
+        };
+        let devices: Vec<String> = self.keys.keys().cloned().collect();
+        for d in devices {
+            let m = self.modified(&d);
+            if self.seen.get(&d) == Some(&m)
+                || m.is_none_or(|t| t.elapsed().unwrap_or_default() < KEY_SETTLE)
+            {
+                continue;
+            }
+            if let Ok(key) = frames::keys::load(&dir.join(format!("{d}.key"))) {
+                tracing::info!(device = %d, "edge device takes up its new key");
+                self.keys.insert(d.clone(), key);
+                self.seen.insert(d, m);
+            }
+        }
+    }
+
+    fn get(&self, device: &str) -> Option<&SigningKey> {
+        self.keys.get(device)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -275,7 +343,9 @@ pub async fn run(
         None => Vec::new(),
     };
     let mut unborn: Vec<bool> = vec![true; edges.len()];
+    let mut keys = EdgeKeys::new(cfg.device_keys.clone(), cfg.key_dir.clone());
     while t_s < total_s {
+        keys.refresh();
         // Every command twinguard has sent so far is applied before the plant moves on,
         // as it would be within a second in real time.
         let sent = progress.borrow().commands_sent;
@@ -365,8 +435,7 @@ pub async fn run(
                         ts_ms: now,
                         samples: buf,
                     });
-                    let key = cfg
-                        .device_keys
+                    let key = keys
                         .get(&o.device)
                         .with_context(|| format!("no key for device {}", o.device))?;
                     let seal = (!cfg.unsigned_devices.contains(&o.device)).then_some(key);

@@ -137,6 +137,10 @@ enum Command {
         /// Only the costs against the plant's size (22, 1,022 and 5,022 signals).
         #[arg(long)]
         plant_size_only: bool,
+        /// Only the MQTT rows through Debian's mosquitto: twinguard's ingest beside the same
+        /// client only receiving and mosquitto's own clients, and the loop for `--hours`.
+        #[arg(long, conflicts_with_all = ["plant_size_only", "guard_only"])]
+        mqtt_only: bool,
     },
     /// Check a configuration file and explain every error with its line and column.
     CheckConfig { file: PathBuf },
@@ -1379,12 +1383,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hours,
             guard_only,
             plant_size_only,
+            mqtt_only,
             ..
         } => {
             let dir = std::env::temp_dir().join(format!("twinguard-bench-{}", std::process::id()));
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let r = if plant_size_only {
                 bench::by_plant_size().map(|rows| serde_json::json!({ "by_plant_size": rows }))
+            } else if mqtt_only {
+                rt.block_on(bench::mosquitto_only(hours))
+                    .map(|m| serde_json::json!({ "mosquitto": m }))
             } else if guard_only {
                 bench_guard::run(&dir).and_then(|g| {
                     let http = bench_guard::http(&dir.join("http"))?;
@@ -1712,7 +1720,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 )],
             )?;
             println!(
-                "device {device}: new key {new_id}; earlier keys accepted until {}",
+                "device {device}: new key {new_id}; earlier keys accepted until {} \
+                 (a running twinguard takes this up within a second)",
                 core::format_time(now + overlap_ms)
             );
             Ok(ExitCode::SUCCESS)

@@ -180,6 +180,8 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         token_leak: None,
         sparkplug: None,
         agents_file: Some(dir.agents_path()),
+        // OPC UA sources only: no device signs frames here.
+        devices_file: None,
         policy_file: crate::demo::policy_path(&config, Some(&args.config)),
         multivariate,
         multivariate_ref,

@@ -1012,6 +1012,113 @@ fn device_rotate_keeps_data_flowing_and_is_audited() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("gw-nope"));
 }
 
+/// The device registry changes while twinguard runs: a key rotated (the edge takes up
+/// its new key, frames sealed with the old one in the overlap are still accepted, nothing
+/// is lost), the file broken (the registry in force stays, the reason is reported), a
+/// device removed (its frames are refused from then on). Each change is audited.
+#[test]
+fn the_device_registry_changes_while_twinguard_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(&["--speed", "60", "--hours", "0.3"], dir.path());
+    let t0 = run.sim_now();
+    let registry = dir.path().join("devices.toml");
+    let wait_sim = |s: i64| {
+        while run.sim_now() < t0 + s * 1000 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_sim(120);
+    let out = Command::new(BIN)
+        .args([
+            "device",
+            "rotate",
+            "gw-pump",
+            "--overlap-s",
+            "3600",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated = std::fs::read_to_string(&registry).unwrap();
+    wait_sim(400);
+    // The pump's values now come sealed with its new key.
+    let (_, state) = run.get("/api/v1/state");
+    let seals: Vec<&str> = state["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|a| a["signals"].as_array().unwrap())
+        .filter(|s| s["provenance"]["device"] == "gw-pump")
+        .filter_map(|s| s["provenance"]["seal"].as_str())
+        .collect();
+    assert!(
+        !seals.is_empty() && seals.iter().all(|s| *s == "ed25519:gw-pump#2"),
+        "{seals:?}"
+    );
+    std::fs::write(&registry, "[devices.gw-pump\nasset = ").unwrap();
+    wait_sim(600);
+    let (_, state) = run.get("/api/v1/report");
+    let failure = state["devices"]["registry_failure"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut table: toml::Table = toml::from_str(&rotated).unwrap();
+    table["devices"]
+        .as_table_mut()
+        .unwrap()
+        .remove("gw-energy")
+        .unwrap();
+    std::fs::write(&registry, toml::to_string(&table).unwrap()).unwrap();
+    let r = run.finish();
+
+    assert!(failure.contains("devices.toml"), "{state}");
+    assert_eq!(r["devices"]["registry_failure"], Value::Null);
+    assert_eq!(r["devices"]["registered"], 4);
+    // Only the removed device's frames were refused; the rotated one lost nothing.
+    let refused = r["frames"]["rejected"]["unknown_device"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(refused > 0, "{}", r["frames"]);
+    assert_eq!(sum(&r["frames"]["rejected"]), refused, "{}", r["frames"]);
+    assert_eq!(
+        r["samples"]["accepted"].as_u64().unwrap() + sum(&r["samples"]["rejected"]),
+        1080 * SIGNALS
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("audit.db")).unwrap();
+    let kinds = |kind: &str| -> Vec<String> {
+        let mut q = conn
+            .prepare("SELECT body FROM audit WHERE kind = ?1 ORDER BY seq")
+            .unwrap();
+        q.query_map([kind], |x| x.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let changed = kinds("devices_changed");
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    assert!(
+        changed[0].contains("gw-pump#2") && changed[0].contains("\"changed\""),
+        "{}",
+        changed[0]
+    );
+    assert!(
+        changed[1].contains("gw-energy") && changed[1].contains("\"removed\""),
+        "{}",
+        changed[1]
+    );
+    assert!(
+        !changed[0]
+            .contains(&std::fs::read_to_string(dir.path().join("edge/gw-pump.key")).unwrap())
+    );
+    assert_eq!(kinds("devices_unreadable").len(), 1);
+}
+
 /// A legacy device that cannot sign: refused by default; with the source's
 /// `allow_unsigned = true` its values are shown but never drive an action.
 #[test]
