@@ -130,6 +130,12 @@ pub async fn run(
             }
         };
         let Some(first) = first else { break };
+        // Wait for room ahead of the core before taking the rest: while the core is behind,
+        // frames gather in `input` and the next batch is verified in one go, which costs
+        // less per signature than a few at a time.
+        let Ok(permit) = output.reserve().await else {
+            break;
+        };
         let mut batch = vec![first];
         while batch.len() < max_batch.max(1) {
             match input.try_recv() {
@@ -137,9 +143,7 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        if output.send(stage.seal(batch)).await.is_err() {
-            break;
-        }
+        permit.send(stage.seal(batch));
     }
 }
 
