@@ -389,6 +389,55 @@ impl DataDir {
         Ok((old, id))
     }
 
+    /// Revokes a device, or one of its keys. A revoked device leaves the registry: its
+    /// frames are refused as from an unknown device. A revoked key leaves the device's
+    /// keys: frames sealed with it are refused whatever time they carry (a key whose window
+    /// ended is refused only for frames dated after it, and whoever holds the key chooses
+    /// the date). Returns the ids of the keys removed.
+    pub fn revoke_device(&self, device: &str, key: Option<&str>) -> Result<Vec<String>> {
+        let mut devices = self.devices()?;
+        let path = self.registry_path();
+        let entry = devices.get_mut(device).with_context(|| {
+            format!(
+                "device {device:?} is not in the registry {}",
+                path.display()
+            )
+        })?;
+        let mut ids: Vec<String> = entry.keys.iter().map(|k| k.id.clone()).collect();
+        if entry.public_key.is_some() {
+            ids.insert(0, format!("{device}#0"));
+        }
+        let removed = match key {
+            None => {
+                devices.remove(device);
+                ids
+            }
+            Some(id) => {
+                if !ids.iter().any(|k| k == id) {
+                    bail!(
+                        "device {device} has no key {id:?} in {} (its keys: {})",
+                        path.display(),
+                        ids.join(", ")
+                    );
+                }
+                if ids.len() == 1 {
+                    bail!(
+                        "{id} is the only key of device {device}: revoke the device instead \
+                         (twinguard device revoke {device}), or rotate its key first"
+                    );
+                }
+                if id == format!("{device}#0") {
+                    entry.public_key = None;
+                } else {
+                    entry.keys.retain(|k| k.id != id);
+                }
+                vec![id.to_string()]
+            }
+        };
+        self.write_registry(&devices)?;
+        Ok(removed)
+    }
+
     /// Enrols the plant's edge devices: each gets a key on the edge side and its public key
     /// goes into the registry. Existing entries are kept.
     pub fn enrol_edge_devices(&self, plant: &Plant) -> Result<BTreeMap<String, DeviceEntry>> {

@@ -476,6 +476,17 @@ enum DeviceCommand {
         #[arg(long, default_value = "twinguard-data")]
         data_dir: PathBuf,
     },
+    /// Revoke a device (its frames are refused from now on), or with --key one of its keys
+    /// (frames sealed with it are refused whatever time they carry): for a device or key
+    /// that is lost or compromised. A running twinguard takes it up within a second.
+    Revoke {
+        device: String,
+        /// The key to revoke (an id from `device list`); without it, the whole device.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, default_value = "twinguard-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1695,6 +1706,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         fmt_t(k.not_after_ms)
                     );
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Device {
+            command:
+                DeviceCommand::Revoke {
+                    device,
+                    key,
+                    data_dir,
+                },
+        } => {
+            let dir = datadir::DataDir::open(&data_dir)?;
+            let removed = dir.revoke_device(&device, key.as_deref())?;
+            let mut store = audit::SqliteStore::open(&dir.audit_db(), dir.key("audit")?)?;
+            audit::AuditStore::append(
+                &mut store,
+                &[audit::Entry::new(
+                    demo::wall_clock_ms(),
+                    "device_revoked",
+                    serde_json::json!({ "device": device, "whole_device": key.is_none(), "keys": removed }),
+                )],
+            )?;
+            match key {
+                Some(k) => println!(
+                    "device {device}: key {k} revoked; frames sealed with it are refused \
+                     (a running twinguard takes this up within a second)"
+                ),
+                None => println!(
+                    "device {device} revoked with its keys {}; its frames are refused \
+                     (a running twinguard takes this up within a second)",
+                    removed.join(", ")
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -990,6 +990,46 @@ fn device_rotate_keeps_data_flowing_and_is_audited() {
         list.contains("gw-pump#1") && list.contains("gw-pump#2"),
         "{list}"
     );
+    // The old key is revoked outright; the last key cannot be, a key it lacks is named.
+    let revoke = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["device", "revoke"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = revoke(&["gw-pump", "--key", "gw-pump#1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = revoke(&["gw-pump", "--key", "gw-pump#2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only key of device gw-pump"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = revoke(&["gw-pump", "--key", "gw-pump#7"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("its keys: gw-pump#2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = Command::new(BIN)
+        .args(["device", "list", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        !list.contains("gw-pump#1") && list.contains("gw-pump#2"),
+        "{list}"
+    );
     // The pump's edge now seals with the new key; nothing is lost.
     let r = demo(dir.path(), 0.5, &[]);
     assert_eq!(r["samples"]["accepted"], 1800 * SIGNALS);
@@ -997,12 +1037,12 @@ fn device_rotate_keeps_data_flowing_and_is_audited() {
     let conn = rusqlite::Connection::open(dir.path().join("audit.db")).unwrap();
     let n: i64 = conn
         .query_row(
-            "SELECT COUNT(*) FROM audit WHERE kind = 'device_key_rotated'",
+            "SELECT COUNT(*) FROM audit WHERE kind IN ('device_key_rotated', 'device_revoked')",
             [],
             |x| x.get(0),
         )
         .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
     let bad = Command::new(BIN)
         .args(["device", "rotate", "gw-nope", "--data-dir"])
         .arg(dir.path())
@@ -1068,13 +1108,18 @@ fn the_device_registry_changes_while_twinguard_runs() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let mut table: toml::Table = toml::from_str(&rotated).unwrap();
-    table["devices"]
-        .as_table_mut()
-        .unwrap()
-        .remove("gw-energy")
+    std::fs::write(&registry, &rotated).unwrap();
+    let out = Command::new(BIN)
+        .args(["device", "revoke", "gw-energy", "--data-dir"])
+        .arg(dir.path())
+        .output()
         .unwrap();
-    std::fs::write(&registry, toml::to_string(&table).unwrap()).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("gw-energy#1"));
     let r = run.finish();
 
     assert!(failure.contains("devices.toml"), "{state}");
