@@ -438,6 +438,10 @@ impl Verifier {
         d
     }
 
+    pub fn device_count(&self) -> usize {
+        self.registry.devices.len()
+    }
+
     /// Replaces the registered devices (a key rotated or revoked, a device enrolled or
     /// removed) from the next frame on. Seals verified ahead under the previous registry
     /// are no longer trusted: those frames are verified again under this one. Replay
@@ -445,6 +449,12 @@ impl Verifier {
     pub fn set_devices(&mut self, devices: Vec<Device>) {
         self.registry = Arc::new(Registry::new(devices));
         self.published.send_replace(self.registry.clone());
+    }
+
+    /// Verifies the seals of `frames` here and now, as a seal stage would, for
+    /// [`Verifier::check_sealed`].
+    pub fn seal(&self, frames: Vec<mqtt::RawFrame>) -> seal::SealedBatch {
+        seal::SealedBatch::new(self.registry.clone(), frames)
     }
 
     /// A seal stage that verifies frames' seals ahead of this verifier, on another task,

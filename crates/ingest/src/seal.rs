@@ -61,6 +61,21 @@ pub struct SealedBatch {
 }
 
 impl SealedBatch {
+    /// Verifies the seals of `frames` under `registry`.
+    pub(crate) fn new(registry: Arc<Registry>, frames: Vec<RawFrame>) -> SealedBatch {
+        let seals = seal_frames(
+            &registry,
+            frames
+                .iter()
+                .map(|f| (f.topic.as_str(), f.payload.as_slice())),
+        );
+        SealedBatch {
+            registry,
+            frames,
+            seals,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.frames.len()
     }
@@ -89,17 +104,7 @@ impl SealStage {
     /// Verifies the seals of `frames` under the verifier's current registry.
     pub fn seal(&self, frames: Vec<RawFrame>) -> SealedBatch {
         let registry = self.registry.borrow().clone();
-        let seals = seal_frames(
-            &registry,
-            frames
-                .iter()
-                .map(|f| (f.topic.as_str(), f.payload.as_slice())),
-        );
-        SealedBatch {
-            registry,
-            frames,
-            seals,
-        }
+        SealedBatch::new(registry, frames)
     }
 }
 

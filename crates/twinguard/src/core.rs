@@ -590,7 +590,7 @@ impl Core {
 
     /// Checks a batch of frames (signatures verified together) and applies each in order.
     pub fn handle_frames(&mut self, frames: Vec<RawFrame>) {
-        let sealed = self.verifier.seal_stage().seal(frames);
+        let sealed = self.verifier.seal(frames);
         self.handle_sealed(sealed);
     }
 
@@ -1645,7 +1645,7 @@ impl Core {
             "samples": { "accepted": c.samples_accepted, "rejected": c.samples_rejected, "out_of_order": self.twin.out_of_order() },
             "frames": { "accepted": c.frames_accepted, "rejected": c.frames_rejected },
             "devices": {
-                "registered": self.verifier.devices().len(),
+                "registered": self.verifier.device_count(),
                 "registry_failure": self.devices_failure,
             },
             "sources": self.sources.iter().enumerate().map(|(i, s)| json!({
