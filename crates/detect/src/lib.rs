@@ -786,11 +786,14 @@ impl Detectors {
                     behind as f64 / 1000.0,
                     limit_ms as f64 / 1000.0,
                     |_| {
+                        // Worded to stay true for as long as the episode is open.
                         let message = match newest {
-                            Some(_) => format!("no data for {signal} for {} s", behind / 1000),
+                            Some(_) => {
+                                format!("no data for {signal} for more than {} s", limit_ms / 1000)
+                            }
                             None => format!(
-                                "no data for {signal} since data started {} s ago",
-                                behind / 1000
+                                "no data for {signal} since data started, more than {} s ago",
+                                limit_ms / 1000
                             ),
                         };
                         let evidence = Evidence {
