@@ -142,8 +142,9 @@ struct SignalMemory {
     limit_crossed_ms: Option<i64>,
 }
 
-/// Key of an episode: the detector and what it watches.
-type Key = (DetectionKind, String);
+/// Key of an episode: the detector and what it watches (a signal's id is the plant's
+/// shared one, so that a sample's key allocates nothing).
+type Key = (DetectionKind, Arc<str>);
 
 pub struct Detectors {
     plant: Arc<Plant>,
@@ -168,7 +169,7 @@ pub struct Detectors {
     /// How many episodes are active on each subject (a signal, a relation, `source:` and
     /// a source): a sample or a gap check on a signal with none has nothing to clear, and
     /// finding that out allocates nothing.
-    open: foldhash::HashMap<String, usize>,
+    open: foldhash::HashMap<Arc<str>, usize>,
 }
 
 /// How long a device's integrity failure makes episodes on its data suspect, and how
@@ -312,7 +313,7 @@ impl Detectors {
         // gateway's validly signed false values drift just so.)
         let own_signature = |signal: &str| {
             self.active.iter().any(|((k, s), d)| {
-                s == signal
+                &**s == signal
                     && match k {
                         DetectionKind::Stuck => true,
                         DetectionKind::Rate => !self.coincident_jump(s, d.raised_ms),
@@ -488,8 +489,8 @@ impl Detectors {
         let Some(sig) = plant.signal(&s.signal) else {
             return events;
         };
-        // Nothing here allocates unless an episode on the signal is open, opens or closes:
-        // this runs for every sample the plant sends.
+        // Nothing here allocates unless an episode on the signal opens or closes (an open
+        // one's key is the plant's shared id): this runs for every sample the plant sends.
         let m = self.memory.entry(s.signal.clone()).or_default();
 
         // Operating limits, debounced.
@@ -598,7 +599,7 @@ impl Detectors {
     /// Checks one evaluation of a physics relation.
     pub fn observe_residual(&mut self, r: &Residual, devices: Vec<String>) -> Vec<Event> {
         let mut events = Vec::new();
-        let key = (DetectionKind::Physics, r.relation.clone());
+        let key: Key = (DetectionKind::Physics, r.relation.as_str().into());
         let was_saturated = if r.actuator_saturated {
             !self.saturated_loops.insert(r.relation.clone())
         } else {
@@ -671,7 +672,7 @@ impl Detectors {
         trusted: bool,
     ) -> Vec<Event> {
         let mut events = Vec::new();
-        let key = (DetectionKind::Multivariate, "pca".to_string());
+        let key: Key = (DetectionKind::Multivariate, "pca".into());
         if score.flag {
             self.multivariate_last_alarm = Some(t_ms);
             if self.multivariate_hint != class {
@@ -728,7 +729,7 @@ impl Detectors {
         let mut events = Vec::new();
         self.raise(
             &mut events,
-            (DetectionKind::Gap, format!("source:{source}")),
+            (DetectionKind::Gap, format!("source:{source}").into()),
             now_ms,
             0.0,
             0.0,
@@ -754,7 +755,7 @@ impl Detectors {
         let mut events = Vec::new();
         self.clear(
             &mut events,
-            &(DetectionKind::Gap, format!("source:{source}")),
+            &(DetectionKind::Gap, format!("source:{source}").into()),
             now_ms,
         );
         events
@@ -781,7 +782,7 @@ impl Detectors {
             if behind > limit_ms {
                 self.raise(
                     &mut events,
-                    (DetectionKind::Gap, signal.to_string()),
+                    (DetectionKind::Gap, signal.into()),
                     now_ms,
                     behind as f64 / 1000.0,
                     limit_ms as f64 / 1000.0,
@@ -806,11 +807,7 @@ impl Detectors {
                     },
                 );
             } else if open {
-                self.clear(
-                    &mut events,
-                    &(DetectionKind::Gap, signal.to_string()),
-                    now_ms,
-                );
+                self.clear(&mut events, &(DetectionKind::Gap, signal.into()), now_ms);
             }
         }
         events
@@ -833,7 +830,7 @@ impl Detectors {
         let (message, evidence) = describe(self);
         if matches!(key.0, DetectionKind::Stuck | DetectionKind::Rate) {
             self.signatures
-                .insert(key.1.clone(), (t_ms, key.0 == DetectionKind::Rate));
+                .insert(key.1.to_string(), (t_ms, key.0 == DetectionKind::Rate));
         }
         let class = self.classify(key.0, &evidence, value, t_ms, t_ms);
         let d = Detection {
@@ -865,7 +862,7 @@ impl Detectors {
         limit: f64,
         message: impl FnOnce() -> String,
     ) {
-        let key = (kind, s.signal.to_string());
+        let key = (kind, s.signal.clone());
         self.raise(events, key, s.t_ms, value, limit, |d| {
             (message(), d.sample_evidence(s))
         });
@@ -873,7 +870,7 @@ impl Detectors {
 
     /// Closes the episode of `kind` on one sample's signal, if it is open.
     fn clear_on_sample(&mut self, events: &mut Vec<Event>, kind: DetectionKind, s: &Sample) {
-        self.clear(events, &(kind, s.signal.to_string()), s.t_ms);
+        self.clear(events, &(kind, s.signal.clone()), s.t_ms);
     }
 
     fn clear(&mut self, events: &mut Vec<Event>, key: &Key, t_ms: i64) {
