@@ -8,8 +8,9 @@
 //! Nothing is dropped silently: every rejection comes back with its reason so that the
 //! caller counts it, quarantines the bytes and audits it.
 //!
-//! [`mqtt`] is the MQTT source that feeds frames to the verifier. This module does no I/O
-//! and reads no clock: the time is an argument.
+//! [`mqtt`] is the MQTT source that feeds frames to the verifier; [`seal`] verifies their
+//! signatures ahead of it, on a task of its own. This module does no I/O and reads no
+//! clock: the time is an argument.
 
 pub mod mqtt;
 pub mod seal;
