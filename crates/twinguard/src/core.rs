@@ -1915,3 +1915,61 @@ fn device_changes(old: &[&Device], new: &[Device]) -> Vec<Value> {
     }
     out
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a test failure"
+)]
+mod tests {
+    use super::*;
+
+    fn device(id: &str, keys: &[(&str, u8, Option<i64>)]) -> Device {
+        Device {
+            id: id.into(),
+            asset: "tank".into(),
+            keys: keys
+                .iter()
+                .map(|&(kid, seed, not_after_ms)| ingest::DeviceKey {
+                    id: kid.into(),
+                    material: ingest::KeyMaterial::HmacSha256(vec![seed; 32]),
+                    not_before_ms: None,
+                    not_after_ms,
+                })
+                .collect(),
+        }
+    }
+
+    /// Added, changed (a window, or the secret behind the same key id) and removed devices
+    /// are named; unchanged ones are not; no key material is written.
+    #[test]
+    fn device_changes_name_what_changed_and_never_the_keys() {
+        let a = device("gw-a", &[("a#1", 1, None)]);
+        let b = device("gw-b", &[("b#1", 2, None)]);
+        let c = device("gw-c", &[("c#1", 3, None)]);
+        let old = [&a, &b, &c];
+        let new = vec![
+            a.clone(),
+            device("gw-b", &[("b#1", 2, Some(5)), ("b#2", 4, None)]),
+            device("gw-d", &[("d#1", 5, None)]),
+        ];
+        let changes = device_changes(&old, &new);
+        let text = serde_json::to_string(&changes).unwrap();
+        assert_eq!(changes.len(), 3, "{text}");
+        assert_eq!(changes[0]["device"], "gw-b");
+        assert_eq!(changes[0]["change"], "changed");
+        assert_eq!(changes[0]["keys"][0]["not_after_ms"], 5);
+        assert_eq!(changes[1]["device"], "gw-d");
+        assert_eq!(changes[1]["change"], "added");
+        assert_eq!(changes[2]["device"], "gw-c");
+        assert_eq!(changes[2]["change"], "removed");
+        // The same key id with another secret is a change too.
+        let swapped = vec![device("gw-a", &[("a#1", 9, None)]), b.clone(), c.clone()];
+        let changes = device_changes(&old, &swapped);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0]["device"], "gw-a");
+        assert!(!text.contains("0202") && !text.contains("[2,2"), "{text}");
+        assert!(device_changes(&old, &[a.clone(), b.clone(), c.clone()]).is_empty());
+    }
+}
