@@ -958,83 +958,54 @@ fn a_rotated_out_key_is_refused_and_the_new_one_accepted() {
     assert_safe_and_audited(&r);
 }
 
+/// `twinguard device ARGS --data-dir DIR`: its exit code, stdout and stderr.
+fn device_cli(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .arg("device")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 #[test]
 fn device_rotate_keeps_data_flowing_and_is_audited() {
     let dir = tempfile::tempdir().unwrap();
-    demo(dir.path(), 0.1, &[]);
-    let out = Command::new(BIN)
-        .args([
-            "device",
-            "rotate",
-            "gw-pump",
-            "--overlap-s",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("gw-pump#2"));
-    let list = Command::new(BIN)
-        .args(["device", "list", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    let d = dir.path();
+    demo(d, 0.1, &[]);
+    let (code, out, err) = device_cli(d, &["rotate", "gw-pump", "--overlap-s", "0"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("gw-pump#2"), "{out}");
+    let (_, list, _) = device_cli(d, &["list"]);
     assert!(
         list.contains("gw-pump#1") && list.contains("gw-pump#2"),
         "{list}"
     );
     // The old key is revoked outright; the last key cannot be, a key it lacks is named.
-    let revoke = |args: &[&str]| {
-        Command::new(BIN)
-            .args(["device", "revoke"])
-            .args(args)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .output()
-            .unwrap()
-    };
-    let out = revoke(&["gw-pump", "--key", "gw-pump#1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = revoke(&["gw-pump", "--key", "gw-pump#2"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("only key of device gw-pump"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = revoke(&["gw-pump", "--key", "gw-pump#7"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("its keys: gw-pump#2"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list = Command::new(BIN)
-        .args(["device", "list", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    let (code, _, err) = device_cli(d, &["revoke", "gw-pump", "--key", "gw-pump#1"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = device_cli(d, &["revoke", "gw-pump", "--key", "gw-pump#2"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("only key of device gw-pump"), "{err}");
+    let (code, _, err) = device_cli(d, &["revoke", "gw-pump", "--key", "gw-pump#7"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("its keys: gw-pump#2"), "{err}");
+    let (_, list, _) = device_cli(d, &["list"]);
     assert!(
         !list.contains("gw-pump#1") && list.contains("gw-pump#2"),
         "{list}"
     );
     // The pump's edge now seals with the new key; nothing is lost.
-    let r = demo(dir.path(), 0.5, &[]);
+    let r = demo(d, 0.5, &[]);
     assert_eq!(r["samples"]["accepted"], 1800 * SIGNALS);
     assert_eq!(sum(&r["samples"]["rejected"]), 0);
-    let conn = rusqlite::Connection::open(dir.path().join("audit.db")).unwrap();
+    let conn = rusqlite::Connection::open(d.join("audit.db")).unwrap();
     let n: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM audit WHERE kind IN ('device_key_rotated', 'device_revoked')",
@@ -1043,13 +1014,9 @@ fn device_rotate_keeps_data_flowing_and_is_audited() {
         )
         .unwrap();
     assert_eq!(n, 2);
-    let bad = Command::new(BIN)
-        .args(["device", "rotate", "gw-nope", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("gw-nope"));
+    let (code, _, err) = device_cli(d, &["rotate", "gw-nope"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("gw-nope"), "{err}");
 }
 
 /// The device registry changes while twinguard runs: a key rotated (the edge takes up
@@ -1068,23 +1035,8 @@ fn the_device_registry_changes_while_twinguard_runs() {
         }
     };
     wait_sim(120);
-    let out = Command::new(BIN)
-        .args([
-            "device",
-            "rotate",
-            "gw-pump",
-            "--overlap-s",
-            "3600",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, err) = device_cli(dir.path(), &["rotate", "gw-pump", "--overlap-s", "3600"]);
+    assert_eq!(code, Some(0), "{err}");
     let rotated = std::fs::read_to_string(&registry).unwrap();
     wait_sim(400);
     // The pump's values now come sealed with its new key.
@@ -1109,17 +1061,9 @@ fn the_device_registry_changes_while_twinguard_runs() {
         .unwrap_or_default()
         .to_string();
     std::fs::write(&registry, &rotated).unwrap();
-    let out = Command::new(BIN)
-        .args(["device", "revoke", "gw-energy", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("gw-energy#1"));
+    let (code, out, err) = device_cli(dir.path(), &["revoke", "gw-energy"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("gw-energy#1"), "{out}");
     let r = run.finish();
 
     assert!(failure.contains("devices.toml"), "{state}");
