@@ -404,6 +404,8 @@ impl Registry {
 /// Checks frames against the device registry, the plant file and the integrity limits.
 pub struct Verifier {
     plant: Arc<Plant>,
+    /// The registry in force. `published` holds the same one; this copy spares every frame
+    /// the watch channel's lock.
     registry: Arc<Registry>,
     /// Hands the current registry to the seal stages ([`Verifier::seal_stage`]).
     published: tokio::sync::watch::Sender<Arc<Registry>>,
