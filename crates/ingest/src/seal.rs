@@ -152,11 +152,14 @@ pub async fn run(
     }
 }
 
-/// A frame whose Ed25519 signature goes into the batch: its index, the key index and the
-/// parts `verify_batch` takes.
-struct Candidate {
+/// A frame whose Ed25519 signature goes into the batch: where its verdict goes, the key
+/// the batch tries, and what a one-by-one verification needs if the batch fails.
+struct Candidate<'a, 'r> {
     frame: usize,
     key: usize,
+    topic: &'a str,
+    env: Envelope<'a>,
+    device: &'r Device,
     message: Vec<u8>,
     signature: ed25519_dalek::Signature,
     verifying: VerifyingKey,
@@ -171,10 +174,10 @@ pub(crate) fn seal_frames<'a>(
     registry: &Registry,
     frames: impl Iterator<Item = (&'a str, &'a [u8])>,
 ) -> Vec<Seal> {
-    let frames: Vec<(&str, &[u8])> = frames.collect();
-    let mut seals = vec![Seal::Unchecked; frames.len()];
+    let mut seals = Vec::new();
     let mut candidates = Vec::new();
-    for (i, &(topic, bytes)) in frames.iter().enumerate() {
+    for (i, (topic, bytes)) in frames.enumerate() {
+        seals.push(Seal::Unchecked);
         let Ok(env) = Envelope::decode(bytes) else {
             continue;
         };
@@ -202,7 +205,10 @@ pub(crate) fn seal_frames<'a>(
             (Some((key, verifying)), Ok(signature)) => candidates.push(Candidate {
                 frame: i,
                 key,
+                topic,
                 message: env.message(topic),
+                env,
+                device,
                 signature,
                 verifying,
             }),
@@ -220,22 +226,12 @@ pub(crate) fn seal_frames<'a>(
         ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
     };
     for c in candidates {
-        let seal = if batch_ok {
-            Seal::Verified(c.key)
-        } else {
-            let Some(&(topic, bytes)) = frames.get(c.frame) else {
-                continue;
-            };
-            match Envelope::decode(bytes) {
-                Ok(env) => match registry.device(env.signer) {
-                    Some(device) => verdict(Verifier::verify_seal(&env, topic, device)),
-                    None => Seal::Unchecked,
-                },
-                Err(_) => Seal::Unchecked,
-            }
-        };
         if let Some(slot) = seals.get_mut(c.frame) {
-            *slot = seal;
+            *slot = if batch_ok {
+                Seal::Verified(c.key)
+            } else {
+                verdict(Verifier::verify_seal(&c.env, c.topic, c.device))
+            };
         }
     }
     seals
