@@ -9,8 +9,14 @@
 //! - [`TelemetryBody`] and [`CommandBody`] are the JSON bodies, parsed only after the
 //!   signature has been checked; [`TelemetryView`] reads a telemetry body in place (its
 //!   strings borrowed from the frame), as ingest does.
+//! - A telemetry body is JSON (envelope version 1) or the compact binary encoding
+//!   (version 2, [`BodyEncoding::Binary`]); [`encode_telemetry`] writes either and
+//!   [`TelemetryView::read`] reads whichever the envelope says.
 
+mod binary;
 pub mod keys;
+
+pub use binary::{MAX_TABLE, SAMPLE_BYTES};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use plant_model::PlantCommand;
@@ -26,7 +32,15 @@ pub const MAX_SAMPLES: usize = 2048;
 /// Domain separator that starts every signed message.
 pub const SIGNING_CONTEXT: &[u8] = b"twinguard/envelope/v1\0";
 
-const VERSION: u8 = 1;
+/// How a body is encoded; the envelope's version byte says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyEncoding {
+    /// Version 1: a JSON body (telemetry and commands).
+    Json = 1,
+    /// Version 2: the binary telemetry body (telemetry only).
+    Binary = 2,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,8 +121,12 @@ pub enum FrameError {
     Truncated(&'static str),
     #[error("bad magic {0:02x?}, expected TGF1 or TGC1")]
     BadMagic([u8; 4]),
-    #[error("unsupported envelope version {0}")]
+    #[error(
+        "unsupported envelope version {0}, expected 1 (JSON body) or 2 (binary telemetry body)"
+    )]
     BadVersion(u8),
+    #[error("commands use envelope version 1 (JSON body), this one has version {0}")]
+    CommandVersion(u8),
     #[error("unknown signature algorithm {0}")]
     BadAlg(u8),
     #[error("signer id is not 1-64 characters of [A-Za-z0-9_.-]")]
@@ -133,6 +151,8 @@ pub enum FrameError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope<'a> {
     pub kind: Kind,
+    /// How the body is encoded (the version byte).
+    pub encoding: BodyEncoding,
     pub alg: Alg,
     pub signer: &'a str,
     pub body: &'a [u8],
@@ -156,7 +176,7 @@ pub fn encode(
     encode_sealed(kind, topic, signer, body, seal)
 }
 
-/// Builds an envelope sealed as `seal` says.
+/// Builds an envelope with a JSON body (version 1), sealed as `seal` says.
 pub fn encode_sealed(
     kind: Kind,
     topic: &str,
@@ -164,6 +184,33 @@ pub fn encode_sealed(
     body: &[u8],
     seal: Seal<'_>,
 ) -> Result<Vec<u8>, FrameError> {
+    encode_version(kind, BodyEncoding::Json, topic, signer, body, seal)
+}
+
+/// Builds a telemetry envelope whose body is `body` written in `encoding`, sealed as
+/// `seal` says.
+pub fn encode_telemetry(
+    topic: &str,
+    signer: &str,
+    body: &TelemetryBody,
+    encoding: BodyEncoding,
+    seal: Seal<'_>,
+) -> Result<Vec<u8>, FrameError> {
+    let bytes = body.to_bytes(encoding)?;
+    encode_version(Kind::Telemetry, encoding, topic, signer, &bytes, seal)
+}
+
+fn encode_version(
+    kind: Kind,
+    encoding: BodyEncoding,
+    topic: &str,
+    signer: &str,
+    body: &[u8],
+    seal: Seal<'_>,
+) -> Result<Vec<u8>, FrameError> {
+    if kind == Kind::Command && encoding != BodyEncoding::Json {
+        return Err(FrameError::CommandVersion(encoding as u8));
+    }
     if !signer_ok(signer) {
         return Err(FrameError::BadSigner);
     }
@@ -172,7 +219,7 @@ pub fn encode_sealed(
     }
     let mut out = Vec::with_capacity(11 + signer.len() + body.len() + 64);
     out.extend_from_slice(kind.magic());
-    out.push(VERSION);
+    out.push(encoding as u8);
     out.push(seal.alg() as u8);
     out.push(signer.len() as u8);
     out.extend_from_slice(signer.as_bytes());
@@ -244,9 +291,12 @@ impl<'a> Envelope<'a> {
             [v, a, s] => (*v, *a, *s as usize),
             _ => return Err(FrameError::Truncated("header")),
         };
-        if version != VERSION {
-            return Err(FrameError::BadVersion(version));
-        }
+        let encoding = match (version, kind) {
+            (1, _) => BodyEncoding::Json,
+            (2, Kind::Telemetry) => BodyEncoding::Binary,
+            (2, Kind::Command) => return Err(FrameError::CommandVersion(version)),
+            (other, _) => return Err(FrameError::BadVersion(other)),
+        };
         let alg = match alg {
             0 => Alg::None,
             1 => Alg::Ed25519,
@@ -275,6 +325,7 @@ impl<'a> Envelope<'a> {
         }
         Ok(Envelope {
             kind,
+            encoding,
             alg,
             signer,
             body,
@@ -393,6 +444,20 @@ pub struct SampleView<'a> {
 }
 
 impl<'a> TelemetryView<'a> {
+    /// Reads the body of a telemetry envelope in the encoding its version byte names.
+    pub fn read(envelope: &Envelope<'a>) -> Result<TelemetryView<'a>, FrameError> {
+        match envelope.encoding {
+            BodyEncoding::Json => TelemetryView::parse(envelope.body),
+            BodyEncoding::Binary => TelemetryView::parse_binary(envelope.body),
+        }
+    }
+
+    /// Reads a binary body (envelope version 2); signal ids and units borrow from it.
+    pub fn parse_binary(body: &'a [u8]) -> Result<TelemetryView<'a>, FrameError> {
+        binary::parse(body)
+    }
+
+    /// Reads a JSON body (envelope version 1).
     pub fn parse(body: &'a [u8]) -> Result<TelemetryView<'a>, FrameError> {
         let b: TelemetryView<'a> =
             serde_json::from_slice(body).map_err(|e| FrameError::BadBody(e.to_string()))?;
@@ -417,15 +482,36 @@ impl From<SampleView<'_>> for WireSample {
     }
 }
 
-impl TelemetryBody {
-    /// Parses a body with the same checks as [`TelemetryView::parse`], into owned strings.
-    pub fn parse(body: &[u8]) -> Result<TelemetryBody, FrameError> {
-        let v = TelemetryView::parse(body)?;
-        Ok(TelemetryBody {
+impl From<TelemetryView<'_>> for TelemetryBody {
+    fn from(v: TelemetryView<'_>) -> TelemetryBody {
+        TelemetryBody {
             seq: v.seq,
             ts_ms: v.ts_ms,
             samples: v.samples.into_iter().map(WireSample::from).collect(),
-        })
+        }
+    }
+}
+
+impl TelemetryBody {
+    /// Parses a JSON body with the same checks as [`TelemetryView::parse`], into owned
+    /// strings.
+    pub fn parse(body: &[u8]) -> Result<TelemetryBody, FrameError> {
+        TelemetryView::parse(body).map(TelemetryBody::from)
+    }
+
+    /// Reads the body of a telemetry envelope in whichever encoding it has, into owned
+    /// strings.
+    pub fn read(envelope: &Envelope<'_>) -> Result<TelemetryBody, FrameError> {
+        TelemetryView::read(envelope).map(TelemetryBody::from)
+    }
+
+    /// The body's bytes in `encoding`. JSON cannot fail; the binary encoding fails,
+    /// naming the cause, for bodies it cannot hold (see `docs/frame-format.md`).
+    pub fn to_bytes(&self, encoding: BodyEncoding) -> Result<Vec<u8>, FrameError> {
+        match encoding {
+            BodyEncoding::Json => Ok(to_body(self)),
+            BodyEncoding::Binary => binary::write(self),
+        }
     }
 }
 

@@ -760,7 +760,7 @@ impl Verifier {
                 Some(env.signer),
             ));
         }
-        let body = TelemetryView::parse(env.body)
+        let body = TelemetryView::read(&env)
             .map_err(|e| frame_err(Reason::Malformed, e.to_string(), Some(env.signer)))?;
         let sealed = match key_index {
             None => Sealed {
@@ -956,7 +956,7 @@ fn alg_name(a: Alg) -> &'static str {
 fn claimed_samples(bytes: &[u8]) -> u64 {
     Envelope::decode(bytes)
         .ok()
-        .and_then(|e| TelemetryView::parse(e.body).ok())
+        .and_then(|e| TelemetryView::read(&e).ok())
         .map_or(1, |b| (b.samples.len() as u64).max(1))
 }
 

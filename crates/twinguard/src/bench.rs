@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use frames::{Envelope, Kind, Seal, TelemetryBody, WireSample, encode, to_body};
+use frames::{BodyEncoding, Envelope, Kind, Seal, TelemetryBody, WireSample, encode, to_body};
 use ingest::{Device, IngestConfig, Verifier};
 use plant_model::Plant;
 use plant_sim::{DEFAULT_START_MS, Sim};
@@ -85,17 +85,24 @@ pub async fn run(hours: f64, data_dir: std::path::PathBuf) -> Result<Value> {
     let sig_only_s = t.elapsed().as_secs_f64();
     eprintln!("bench: {n} frames signed in {sign_s:.3} s, ingested in {verify_s:.3} s");
 
-    // 3. Verification plus twin update by frame size and seal, one thread (= per core).
+    // 3. Verification plus twin update by frame size, seal and body encoding, one thread
+    // (= per core).
     let mut by_size = Vec::new();
     for per_frame in [1usize, 10, 100] {
         for seal in ["ed25519", "hmac_sha256"] {
-            let r = ingest_rate(&plant, per_frame, seal)?;
-            eprintln!(
-                "bench: {per_frame:>3} samples/frame, {seal:<11}: {:>10.0} samples/s",
-                r
-            );
-            by_size
-                .push(json!({ "samples_per_frame": per_frame, "seal": seal, "samples_per_s": r }));
+            for body in [BodyEncoding::Json, BodyEncoding::Binary] {
+                let r = ingest_rate(&plant, per_frame, seal, body)?;
+                let name = body_name(body);
+                eprintln!(
+                    "bench: {per_frame:>3} samples/frame, {seal:<11}, {name:<6} body: {r:>10.0} samples/s"
+                );
+                by_size.push(json!({
+                    "samples_per_frame": per_frame,
+                    "seal": seal,
+                    "body": name,
+                    "samples_per_s": r,
+                }));
+            }
         }
     }
 
@@ -165,13 +172,21 @@ pub fn by_plant_size() -> Result<Vec<Value>> {
 /// A frame and the topic it goes to.
 type TopicFrame = (String, Vec<u8>);
 
-/// `n_frames` sealed frames of `per_frame` samples each that visit every signal of the
-/// tank in turn, with the device that sealed them.
+fn body_name(body: BodyEncoding) -> &'static str {
+    match body {
+        BodyEncoding::Json => "json",
+        BodyEncoding::Binary => "binary",
+    }
+}
+
+/// `n_frames` sealed frames of `per_frame` samples each, their bodies in `body`, that
+/// visit every signal of the tank in turn, with the device that sealed them.
 fn tank_frames(
     plant: &Arc<Plant>,
     n_frames: usize,
     per_frame: usize,
     seal: &str,
+    body: BodyEncoding,
 ) -> Result<(Vec<TopicFrame>, Device)> {
     let key = frames::keys::generate()?;
     let secret = vec![0x5au8; 32];
@@ -205,11 +220,11 @@ fn tank_frames(
                 })
             })
             .collect();
-        let body = to_body(&TelemetryBody {
+        let telemetry = TelemetryBody {
             seq: f as u64 + 1,
             ts_ms: ts,
             samples,
-        });
+        };
         let sealed = if seal == "ed25519" {
             Seal::Ed25519(&key)
         } else {
@@ -217,7 +232,7 @@ fn tank_frames(
         };
         frames_buf.push((
             topic.clone(),
-            frames::encode_sealed(Kind::Telemetry, &topic, "gw-tank", &body, sealed)?,
+            frames::encode_telemetry(&topic, "gw-tank", &telemetry, body, sealed)?,
         ));
     }
     let material = if seal == "ed25519" {
@@ -266,7 +281,8 @@ fn plant_with_extra_signals(extra: usize) -> Result<Plant> {
 /// it, for the allocator reuses what earlier stages of the bench freed).
 fn plant_size_row(extra: usize) -> Result<PlantSizeRow> {
     let plant = Arc::new(plant_with_extra_signals(extra)?);
-    let (samples_per_s, mut twin, provenance) = verify_and_apply(&plant, 100, "ed25519", 3_000)?;
+    let (samples_per_s, mut twin, provenance) =
+        verify_and_apply(&plant, 100, "ed25519", BodyEncoding::Json, 3_000)?;
     // Fill every signal's history, as an hour of 1 Hz data does.
     for s in &plant.signals {
         for k in 0..twin::DEFAULT_HISTORY as i64 {
@@ -310,7 +326,7 @@ impl actuate::CommandSink for NoCommands {
 /// models' and agents' ticks do not run: this is the cost of the frames.
 fn core_frame_rate(plant: &Arc<Plant>, n_frames: usize) -> Result<f64> {
     use crate::core::{Core, CoreParts, SourceState};
-    let (frames_buf, device) = tank_frames(plant, n_frames, 100, "ed25519")?;
+    let (frames_buf, device) = tank_frames(plant, n_frames, 100, "ed25519", BodyEncoding::Json)?;
     let dir = std::env::temp_dir().join(format!(
         "twinguard-bench-core-{}-{}",
         std::process::id(),
@@ -363,7 +379,7 @@ fn core_frame_rate(plant: &Arc<Plant>, n_frames: usize) -> Result<f64> {
             let newest = chunk
                 .iter()
                 .filter_map(|(_, b)| Envelope::decode(b).ok())
-                .filter_map(|e| TelemetryBody::parse(e.body).ok())
+                .filter_map(|e| TelemetryBody::read(&e).ok())
                 .map(|b| b.ts_ms)
                 .max()
                 .unwrap_or(DEFAULT_START_MS);
@@ -409,8 +425,13 @@ fn bench_ingest_config() -> IngestConfig {
     }
 }
 
-fn ingest_rate(plant: &Arc<Plant>, per_frame: usize, seal: &str) -> Result<f64> {
-    verify_and_apply(plant, per_frame, seal, 300_000 / per_frame).map(|r| r.0)
+fn ingest_rate(
+    plant: &Arc<Plant>,
+    per_frame: usize,
+    seal: &str,
+    body: BodyEncoding,
+) -> Result<f64> {
+    verify_and_apply(plant, per_frame, seal, body, 300_000 / per_frame).map(|r| r.0)
 }
 
 /// Samples per second through `Verifier::check_batch` (in batches of 64 frames) and the
@@ -420,9 +441,10 @@ fn verify_and_apply(
     plant: &Arc<Plant>,
     per_frame: usize,
     seal: &str,
+    body: BodyEncoding,
     n_frames: usize,
 ) -> Result<(f64, twin::Twin, Arc<ingest::Provenance>)> {
-    let (frames_buf, device) = tank_frames(plant, n_frames, per_frame, seal)?;
+    let (frames_buf, device) = tank_frames(plant, n_frames, per_frame, seal, body)?;
     let mut verifier = Verifier::new(plant.clone(), vec![device], bench_ingest_config());
     let mut twin = twin::Twin::new(
         plant.clone(),
@@ -506,16 +528,18 @@ async fn mosquitto_section(bin: &std::path::Path, hours: f64) -> Result<Value> {
     // twinguard's ingest alone, by frame size and seal, each beside mosquitto's own
     // clients relaying messages of the same size.
     let mut ingest_rows = Vec::new();
-    for (per_frame, seal, n) in [
-        (15usize, "ed25519", 50_000usize),
-        (15, "hmac_sha256", 50_000),
-        (100, "ed25519", 20_000),
-        (100, "hmac_sha256", 20_000),
+    for (per_frame, seal, body, n) in [
+        (15usize, "ed25519", BodyEncoding::Json, 50_000usize),
+        (15, "hmac_sha256", BodyEncoding::Json, 50_000),
+        (100, "ed25519", BodyEncoding::Json, 20_000),
+        (100, "hmac_sha256", BodyEncoding::Json, 20_000),
+        (100, "ed25519", BodyEncoding::Binary, 20_000),
+        (100, "hmac_sha256", BodyEncoding::Binary, 20_000),
     ] {
         let (frames_per_s, bytes_each) =
-            ingest_over_mqtt(port, n, per_frame, seal, Consumer::Ingest).await?;
+            ingest_over_mqtt(port, n, per_frame, seal, body, Consumer::Ingest).await?;
         let (received_per_s, _) =
-            ingest_over_mqtt(port, n, per_frame, seal, Consumer::Count).await?;
+            ingest_over_mqtt(port, n, per_frame, seal, body, Consumer::Count).await?;
         // mosquitto's own clients vary from run to run more than twinguard does: the median
         // of three runs.
         let mut own_runs = Vec::new();
@@ -526,8 +550,9 @@ async fn mosquitto_section(bin: &std::path::Path, hours: f64) -> Result<Value> {
         }
         own_runs.sort_by(f64::total_cmp);
         let own = own_runs.get(own_runs.len() / 2).copied();
+        let body = body_name(body);
         eprintln!(
-            "bench: {per_frame} samples/frame {seal} ({bytes_each} bytes) through mosquitto: \
+            "bench: {per_frame} samples/frame {seal} {body} ({bytes_each} bytes) through mosquitto: \
              twinguard ingest {frames_per_s:.0} frames/s, the same client only receiving \
              {received_per_s:.0} frames/s, mosquitto's own clients {} msgs/s",
             own.map_or("-".to_string(), |o| format!(
@@ -538,6 +563,7 @@ async fn mosquitto_section(bin: &std::path::Path, hours: f64) -> Result<Value> {
         ingest_rows.push(json!({
             "samples_per_frame": per_frame,
             "seal": seal,
+            "body": body,
             "frames": n,
             "bytes_each": bytes_each,
             "twinguard_frames_per_s": frames_per_s,
@@ -628,11 +654,12 @@ async fn ingest_over_mqtt(
     n: usize,
     per_frame: usize,
     seal: &str,
+    body: BodyEncoding,
     mode: Consumer,
 ) -> Result<(f64, usize)> {
     use ingest::mqtt::{BrokerEndpoint, MqttVersion, RawFrame};
     let plant = Arc::new(Plant::reference());
-    let (frames_buf, device) = tank_frames(&plant, n, per_frame, seal)?;
+    let (frames_buf, device) = tank_frames(&plant, n, per_frame, seal, body)?;
     let bytes_each = frames_buf.iter().map(|(_, b)| b.len()).sum::<usize>() / n.max(1);
     let endpoint = BrokerEndpoint {
         host: "127.0.0.1".into(),
@@ -646,7 +673,8 @@ async fn ingest_over_mqtt(
     // Client ids of their own for each run: a broker hands an id over to its newest
     // connection.
     let id_suffix = format!(
-        "{per_frame}-{seal}-{}",
+        "{per_frame}-{seal}-{}-{}",
+        body_name(body),
         if mode == Consumer::Count {
             "count"
         } else {
@@ -758,6 +786,7 @@ async fn timed_loop(
         transport: crate::demo::Transport::Mqtt,
         config: None,
         legacy_devices: vec![],
+        body: Default::default(),
         hours,
         speed: 0.0,
         attack: None,

@@ -331,6 +331,7 @@ pub async fn bench(
                 transport: Transport::Mqtt,
                 config: Some(config.clone()),
                 legacy_devices: vec![],
+                body: Default::default(),
                 hours,
                 speed: 0.0,
                 attack: s.attack,

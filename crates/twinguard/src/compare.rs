@@ -55,6 +55,7 @@ pub async fn bench_optimiser(
                 transport: Transport::Mqtt,
                 config: None,
                 legacy_devices: vec![],
+                body: Default::default(),
                 hours,
                 speed: 0.0,
                 attack: None,

@@ -31,11 +31,33 @@ pub enum Transport {
     Opcua,
 }
 
+/// How the demo's edge devices encode their frames' bodies (`docs/frame-format.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Body {
+    /// JSON (envelope version 1): readable with any MQTT client.
+    #[default]
+    Json,
+    /// The binary telemetry body (envelope version 2): a quarter of the bytes, for
+    /// high-rate or constrained devices.
+    Binary,
+}
+
+impl From<Body> for frames::BodyEncoding {
+    fn from(b: Body) -> frames::BodyEncoding {
+        match b {
+            Body::Json => frames::BodyEncoding::Json,
+            Body::Binary => frames::BodyEncoding::Binary,
+        }
+    }
+}
+
 pub struct DemoArgs {
     pub transport: Transport,
     pub config: Option<PathBuf>,
     /// Devices whose gateway cannot sign (legacy): their frames go out unsigned.
     pub legacy_devices: Vec<String>,
+    /// How the edge devices encode their frames' bodies.
+    pub body: Body,
     pub hours: f64,
     pub speed: f64,
     pub attack: Option<Attack>,
@@ -319,6 +341,7 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
             delay_s: 120,
         }),
         unsigned_devices: args.legacy_devices.clone(),
+        body: args.body.into(),
         sparkplug: sparkplug_group,
         endpoint: match &plant_side {
             PlantSide::Mqtt(endpoint_for) => Some(endpoint_for("edge-gateway", MqttVersion::V311)),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use frames::{CommandBody, Envelope, Kind, TelemetryBody, WireSample, encode, to_body};
+use frames::{CommandBody, Envelope, Kind, Seal, TelemetryBody, WireSample};
 use ingest::mqtt::BrokerEndpoint;
 use plant_model::Plant;
 use plant_sim::{Fault, Sim, Truth};
@@ -87,6 +87,8 @@ pub struct GatewayConfig {
     pub delay: Option<Delay>,
     /// Devices that publish unsigned frames (legacy devices without keys).
     pub unsigned_devices: Vec<String>,
+    /// How the devices encode their frames' bodies.
+    pub body: frames::BodyEncoding,
     /// Publish Sparkplug B (this group) instead of signed frames: one edge node per
     /// device, one Sparkplug device per asset, metrics named like the signals.
     pub sparkplug: Option<String>,
@@ -430,18 +432,21 @@ pub async fn run(
             let (topic, bytes) = match sparkplug_frame {
                 Some(f) => f,
                 None => {
-                    let body = to_body(&TelemetryBody {
+                    let body = TelemetryBody {
                         seq: o.seq,
                         ts_ms: now,
                         samples: buf,
-                    });
+                    };
                     let key = keys
                         .get(&o.device)
                         .with_context(|| format!("no key for device {}", o.device))?;
-                    let seal = (!cfg.unsigned_devices.contains(&o.device)).then_some(key);
+                    let seal = match cfg.unsigned_devices.contains(&o.device) {
+                        true => Seal::None,
+                        false => Seal::Ed25519(key),
+                    };
                     (
                         o.topic.clone(),
-                        encode(Kind::Telemetry, &o.topic, &o.device, &body, seal)?,
+                        frames::encode_telemetry(&o.topic, &o.device, &body, cfg.body, seal)?,
                     )
                 }
             };

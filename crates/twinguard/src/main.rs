@@ -82,6 +82,10 @@ enum Command {
         /// (repeatable). Refused unless the source has `allow_unsigned = true`.
         #[arg(long = "legacy-device")]
         legacy_devices: Vec<String>,
+        /// How the simulated edge devices encode their frames' bodies: json (version 1) or
+        /// binary (version 2, a quarter of the bytes); see docs/frame-format.md.
+        #[arg(long, value_enum, default_value = "json")]
+        body: demo::Body,
         /// Use an external MQTT broker at HOST:PORT instead of the embedded one
         /// (credentials from TWINGUARD_MQTT_USERNAME / TWINGUARD_MQTT_PASSWORD).
         #[arg(long)]
@@ -1002,6 +1006,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             faults,
             config,
             legacy_devices,
+            body,
             broker,
             port,
             json,
@@ -1017,6 +1022,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     transport,
                     config: config.clone(),
                     legacy_devices: legacy_devices.clone(),
+                    body,
                     hours,
                     speed,
                     attack,
