@@ -11,7 +11,10 @@
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use frames::{Kind, Seal, TelemetryBody, WireSample, encode, encode_sealed, to_body};
+use frames::{
+    BodyEncoding, Kind, Seal, TelemetryBody, WireSample, encode, encode_sealed, encode_telemetry,
+    to_body,
+};
 use ingest::mqtt::RawFrame;
 use ingest::{Device, DeviceKey, IngestConfig, KeyMaterial, Reason, SourceInfo, Trust, Verifier};
 use plant_model::Plant;
@@ -64,6 +67,31 @@ fn frame(
         samples,
     });
     let bytes = encode(Kind::Telemetry, &topic, "gw-tank", &body, key).unwrap();
+    (topic, bytes)
+}
+
+/// The same frame with the binary body (envelope version 2).
+fn binary_frame(
+    f: &Fixture,
+    seq: u64,
+    ts: i64,
+    samples: Vec<WireSample>,
+    key: &SigningKey,
+) -> (String, Vec<u8>) {
+    let topic = f.plant.telemetry_topic("tank");
+    let body = TelemetryBody {
+        seq,
+        ts_ms: ts,
+        samples,
+    };
+    let bytes = encode_telemetry(
+        &topic,
+        "gw-tank",
+        &body,
+        BodyEncoding::Binary,
+        Seal::Ed25519(key),
+    )
+    .unwrap();
     (topic, bytes)
 }
 
@@ -204,6 +232,82 @@ fn json_cannot_smuggle_non_numbers() {
         Some(&k),
     );
     assert_eq!(reason_of(&mut f, &t, &b, NOW), Reason::Malformed);
+}
+
+/// A binary body gets the verdicts a JSON body gets, sample by sample; the values JSON
+/// cannot carry arrive and are refused as not finite, the other samples kept.
+#[test]
+fn binary_bodies_are_checked_like_json_bodies() {
+    let mut f = fixture();
+    let k = f.key.clone();
+    let samples = vec![
+        sample("tank.level", 1.5, "m"),
+        sample("tank.level", 1.5, "ft"),
+        sample("tank.level", 99.0, "m"),
+        sample("tank.levle", 1.0, "m"),
+        sample("pump.flow", 10.0, "m3/h"),
+        sample("tank.inflow", 12.0, "m3/h"),
+    ];
+    let (t, json) = frame(&f, 1, NOW, samples.clone(), Some(&k));
+    let (_, bin) = binary_frame(&f, 2, NOW, samples, &k);
+    let a = f.verifier.check(&f.src, &t, &json, NOW);
+    let b = f.verifier.check(&f.src, &t, &bin, NOW);
+    let reasons = |o: &ingest::Outcome| o.rejected.iter().map(|r| r.reason).collect::<Vec<_>>();
+    assert_eq!(reasons(&a), reasons(&b));
+    assert_eq!(b.accepted.len(), 2);
+    assert_eq!(
+        b.accepted.iter().map(|s| s.value).collect::<Vec<_>>(),
+        vec![1.5, 12.0]
+    );
+    // Replay and signature checks are the same too: the seq was taken, a forger's seal
+    // does not verify.
+    assert_eq!(reason_of(&mut f, &t, &bin, NOW), Reason::Replay);
+    let forger = SigningKey::from_bytes(&[9u8; 32]);
+    let (_, forged) = binary_frame(&f, 3, NOW, level(1.5), &forger);
+    assert_eq!(reason_of(&mut f, &t, &forged, NOW), Reason::BadSignature);
+    let (_, nan) = binary_frame(
+        &f,
+        4,
+        NOW,
+        vec![
+            sample("tank.inflow", f64::NAN, "m3/h"),
+            sample("tank.level", f64::INFINITY, "m"),
+            sample("tank.level", 1.25, "m"),
+        ],
+        &k,
+    );
+    let out = f.verifier.check(&f.src, &t, &nan, NOW);
+    assert_eq!(reasons(&out), vec![Reason::NotFinite, Reason::NotFinite]);
+    assert_eq!(out.accepted.len(), 1);
+    // A body that is not the binary layout is malformed, after its signature verified.
+    let topic = f.plant.telemetry_topic("tank");
+    let bad = frames::encode_telemetry(
+        &topic,
+        "gw-tank",
+        &TelemetryBody {
+            seq: 5,
+            ts_ms: NOW,
+            samples: level(1.5),
+        },
+        BodyEncoding::Json,
+        Seal::Ed25519(&k),
+    )
+    .unwrap();
+    let env = frames::Envelope::decode(&bad).unwrap();
+    let relabelled = encode_version_2(&topic, env.body, &k);
+    assert_eq!(reason_of(&mut f, &t, &relabelled, NOW), Reason::Malformed);
+}
+
+/// A version 2 envelope around any body bytes, signed.
+fn encode_version_2(topic: &str, body: &[u8], key: &SigningKey) -> Vec<u8> {
+    let mut head = b"TGF1".to_vec();
+    head.extend_from_slice(&[2, 1, 7]);
+    head.extend_from_slice(b"gw-tank");
+    head.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    head.extend_from_slice(body);
+    let sig = ed25519_dalek::Signer::sign(key, &frames::signing_message(topic, &head));
+    head.extend_from_slice(&sig.to_bytes());
+    head
 }
 
 #[test]
@@ -432,7 +536,7 @@ fn per_signal_freshness_is_tighter_than_the_frame_limit() {
 proptest::proptest! {
     /// Batch verification gives exactly the verdicts of checking frames one by one.
     #[test]
-    fn batch_verdicts_equal_single_verdicts(kinds in proptest::collection::vec(0u8..4, 1..20)) {
+    fn batch_verdicts_equal_single_verdicts(kinds in proptest::collection::vec(0u8..6, 1..20)) {
         let f = fixture();
         let forger = SigningKey::from_bytes(&[9u8; 32]);
         let frames: Vec<(String, Vec<u8>)> = kinds
@@ -443,7 +547,9 @@ proptest::proptest! {
                 match k {
                     0 | 1 => frame(&f, seq, NOW, level(1.5), Some(&f.key)),
                     2 => frame(&f, seq, NOW, level(1.5), Some(&forger)),
-                    _ => frame(&f, seq, NOW, level(99.0), Some(&f.key)),
+                    3 => frame(&f, seq, NOW, level(99.0), Some(&f.key)),
+                    4 => binary_frame(&f, seq, NOW, level(1.5), &f.key),
+                    _ => binary_frame(&f, seq, NOW, level(1.5), &forger),
                 }
             })
             .collect();
