@@ -88,6 +88,25 @@ fn normal_run_accepts_everything_and_the_optimiser_acts() {
     );
 }
 
+/// The edge's devices send binary bodies (envelope version 2): every sample arrives, the
+/// forged frames are refused as they are with JSON bodies.
+#[test]
+fn binary_bodies_carry_the_whole_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = demo(
+        dir.path(),
+        2.0,
+        &["--body", "binary", "--attack", "forged-frames"],
+    );
+    assert_eq!(r["samples"]["accepted"], 2 * 3600 * SIGNALS);
+    assert_eq!(
+        sum(&r["frames"]["rejected"]),
+        r["attack_report"]["attempts"].as_u64().unwrap()
+    );
+    assert_eq!(sum(&r["detections"]), 0, "{}", r["detections"]);
+    assert_safe_and_audited(&r);
+}
+
 #[test]
 fn forged_frames_are_rejected_by_reason_and_quarantined() {
     let dir = tempfile::tempdir().unwrap();
@@ -721,11 +740,18 @@ fn bad_input_gets_a_clear_error() {
 /// What a run of 0.05 simulated hours shows after one `python_publish`: the device's 3
 /// signed frames accepted beside the plant's, its unsigned and tampered frames refused.
 fn assert_python_device_frames(r: &Value) {
+    // Three JSON frames of one sample, three binary frames of two, and the good sample
+    // of the binary frame that also carries a NaN.
     assert_eq!(
         r["samples"]["accepted"],
-        180 * SIGNALS + 3,
+        180 * SIGNALS + 3 + 3 * 2 + 1,
         "{}",
         r["frames"]
+    );
+    assert_eq!(
+        r["samples"]["rejected"]["not_finite"], 1,
+        "{}",
+        r["samples"]
     );
     assert_eq!(r["frames"]["rejected"]["unsigned"], 1, "{}", r["frames"]);
     assert_eq!(
@@ -735,11 +761,9 @@ fn assert_python_device_frames(r: &Value) {
     );
 }
 
-/// A publisher written in Python from `docs/frame-format.md` alone is accepted over MQTT,
-/// and its unsigned and tampered frames are refused. Needs python3 with `cryptography` and
-/// `paho-mqtt` (`.ci/run` installs them).
 /// A device key made with Python's `cryptography` package (the key stays with the device),
-/// enrolled for `asset` in the device registry of `data_dir` (only the public key).
+/// enrolled for `asset` in the device registry of `data_dir` (only the public key). Needs
+/// python3 with `cryptography` and `paho-mqtt` (`.ci/run` installs them).
 fn python_device(key: &Path, data_dir: &Path, device: &str, asset: &str) {
     let check = Command::new("python3")
         .args(["-c", "import cryptography, paho.mqtt"])
@@ -807,7 +831,7 @@ fn python_publish(
 }
 
 /// A publisher written in Python from `docs/frame-format.md` alone is accepted over MQTT,
-/// and its unsigned and tampered frames are refused.
+/// its JSON and its binary bodies, and its unsigned and tampered frames are refused.
 #[test]
 fn python_publisher_from_the_spec_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
