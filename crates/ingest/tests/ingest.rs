@@ -183,18 +183,24 @@ fn forged_frames_do_not_advance_the_replay_window() {
     assert!(f.verifier.check(&f.src, &t, &b, NOW).rejected.is_empty());
 }
 
-#[test]
-fn sample_level_rejections_keep_the_good_samples() {
-    let mut f = fixture();
-    let k = f.key.clone();
-    let samples = vec![
+/// Two good samples among one of each sample-level fault: wrong unit, out of range,
+/// unknown signal, another asset's signal.
+fn mixed_samples() -> Vec<WireSample> {
+    vec![
         sample("tank.level", 1.5, "m"),
         sample("tank.level", 1.5, "ft"),
         sample("tank.level", 99.0, "m"),
         sample("tank.levle", 1.0, "m"),
         sample("pump.flow", 10.0, "m3/h"),
         sample("tank.inflow", 12.0, "m3/h"),
-    ];
+    ]
+}
+
+#[test]
+fn sample_level_rejections_keep_the_good_samples() {
+    let mut f = fixture();
+    let k = f.key.clone();
+    let samples = mixed_samples();
     let (t, b) = frame(&f, 1, NOW, samples, Some(&k));
     let out = f.verifier.check(&f.src, &t, &b, NOW);
     assert_eq!(out.accepted.len(), 2);
@@ -240,14 +246,7 @@ fn json_cannot_smuggle_non_numbers() {
 fn binary_bodies_are_checked_like_json_bodies() {
     let mut f = fixture();
     let k = f.key.clone();
-    let samples = vec![
-        sample("tank.level", 1.5, "m"),
-        sample("tank.level", 1.5, "ft"),
-        sample("tank.level", 99.0, "m"),
-        sample("tank.levle", 1.0, "m"),
-        sample("pump.flow", 10.0, "m3/h"),
-        sample("tank.inflow", 12.0, "m3/h"),
-    ];
+    let samples = mixed_samples();
     let (t, json) = frame(&f, 1, NOW, samples.clone(), Some(&k));
     let (_, bin) = binary_frame(&f, 2, NOW, samples, &k);
     let a = f.verifier.check(&f.src, &t, &json, NOW);

@@ -228,6 +228,11 @@ pub async fn run(args: DemoArgs) -> Result<Value> {
         Some((g, s)) => (Some(g), Some(s)),
         None => (None, None),
     };
+    if sparkplug_group.is_some() && args.body != Body::Json {
+        bail!(
+            "--body is for twinguard's own frames; the configured source takes Sparkplug B payloads"
+        );
+    }
     let signals = plant.signals.iter().map(|s| s.id.clone()).collect();
     let (multivariate, multivariate_ref, shadow) =
         crate::model_cmd::core_detector(&config, args.config.as_deref(), &dir, &plant)?;
@@ -733,8 +738,8 @@ async fn opcua_link(
             serde_json::to_value(a)?.as_str().unwrap_or("?")
         );
     }
-    if args.broker.is_some() || !args.legacy_devices.is_empty() {
-        bail!("--broker and --legacy-device are for --transport mqtt");
+    if args.broker.is_some() || !args.legacy_devices.is_empty() || args.body != Body::Json {
+        bail!("--broker, --legacy-device and --body are for --transport mqtt");
     }
     // The conduit from the source's zone must allow OPC UA.
     let zone = config.zone_of(source_cfg);

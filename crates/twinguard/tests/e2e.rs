@@ -735,10 +735,26 @@ fn bad_input_gets_a_clear_error() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("unknown fault kind"), "{err}");
+
+    let (code, err) = run(&["demo", "--body", "cbor"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--body") && err.contains("binary"), "{err}");
+    let (code, err) = run(&[
+        "demo",
+        "--transport",
+        "opcua",
+        "--body",
+        "binary",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--body are for --transport mqtt"), "{err}");
 }
 
-/// What a run of 0.05 simulated hours shows after one `python_publish`: the device's 3
-/// signed frames accepted beside the plant's, its unsigned and tampered frames refused.
+/// What a run of 0.05 simulated hours shows after one `python_publish`: the device's
+/// signed frames accepted beside the plant's (its NaN sample refused), its unsigned and
+/// tampered frames refused.
 fn assert_python_device_frames(r: &Value) {
     // Three JSON frames of one sample, three binary frames of two, and the good sample
     // of the binary frame that also carries a NaN.
