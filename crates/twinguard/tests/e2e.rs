@@ -88,21 +88,17 @@ fn normal_run_accepts_everything_and_the_optimiser_acts() {
     );
 }
 
-/// The edge's devices send binary bodies (envelope version 2): every sample arrives, the
-/// forged frames are refused as they are with JSON bodies.
+/// The edge's devices send binary bodies (envelope version 2): every sample arrives, and
+/// an intruder's replays of captured binary frames are refused as JSON ones are.
 #[test]
 fn binary_bodies_carry_the_whole_loop() {
     let dir = tempfile::tempdir().unwrap();
-    let r = demo(
-        dir.path(),
-        2.0,
-        &["--body", "binary", "--attack", "forged-frames"],
-    );
+    let r = demo(dir.path(), 2.0, &["--body", "binary", "--attack", "replay"]);
     assert_eq!(r["samples"]["accepted"], 2 * 3600 * SIGNALS);
-    assert_eq!(
-        sum(&r["frames"]["rejected"]),
-        r["attack_report"]["attempts"].as_u64().unwrap()
-    );
+    let replays = r["frames"]["rejected"]["replay"].as_u64().unwrap_or(0);
+    assert!(replays >= 5, "{}", r["frames"]);
+    assert_eq!(replays, r["attack_report"]["attempts"].as_u64().unwrap());
+    assert_eq!(sum(&r["frames"]["rejected"]), replays, "{}", r["frames"]);
     assert_eq!(sum(&r["detections"]), 0, "{}", r["detections"]);
     assert_safe_and_audited(&r);
 }
