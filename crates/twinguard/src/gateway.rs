@@ -440,9 +440,10 @@ pub async fn run(
                     let key = keys
                         .get(&o.device)
                         .with_context(|| format!("no key for device {}", o.device))?;
-                    let seal = match cfg.unsigned_devices.contains(&o.device) {
-                        true => Seal::None,
-                        false => Seal::Ed25519(key),
+                    let seal = if cfg.unsigned_devices.contains(&o.device) {
+                        Seal::None
+                    } else {
+                        Seal::Ed25519(key)
                     };
                     (
                         o.topic.clone(),
