@@ -313,7 +313,7 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
     );
     Ok(BatadalResult {
         detector: format!(
-            "twinguard {}PCA (components for {} of the variance, {} lags, score averaged over {} h, threshold {}){}",
+            "twinguard {}PCA (components for {} of the variance, {} lags, score averaged over {} h, threshold {}){}{}",
             if options.ridge > 0.0 {
                 format!("one-step predictor (ridge {}) and ", options.ridge)
             } else {
@@ -335,6 +335,11 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
                     ", and relations while a switch is on (alarm beyond {} % of the value)",
                     options.relation_tolerance * 100.0
                 )
+            } else {
+                String::new()
+            },
+            if options.off_delay > 0 {
+                format!("; alarms end {} h after their evidence", options.off_delay)
             } else {
                 String::new()
             }

@@ -288,6 +288,7 @@ mod tests {
                 ridge: 0.0,
                 fold_block_rows: 0,
                 relation_tolerance: 0.0,
+                off_delay: 0,
             },
             max_age_ms: 3000,
         }

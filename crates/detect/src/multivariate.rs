@@ -57,7 +57,16 @@ pub struct FitOptions {
     /// gated value strays from its relation by more than this share of the value's mean
     /// while on is an alarm at once (0.05: five per cent). 0: none.
     pub relation_tolerance: f64,
+    /// Alarm off-delay, in observations (0: none): once raised, an alarm stays raised
+    /// until the score has stayed at or below the threshold for this many observations
+    /// more (the off-delay of ISA-18.2 alarm management). An attack or fault whose score
+    /// dips for an hour or two then reads as one alarm, not several; the alarm ends that
+    /// many observations after its evidence does.
+    pub off_delay: usize,
 }
+
+/// The longest off-delay a model may have, in observations.
+pub const MAX_OFF_DELAY: usize = 10_000;
 
 impl Default for FitOptions {
     fn default() -> Self {
@@ -70,6 +79,7 @@ impl Default for FitOptions {
             ridge: 0.0,
             fold_block_rows: 0,
             relation_tolerance: 0.0,
+            off_delay: 0,
         }
     }
 }
@@ -291,6 +301,7 @@ pub struct Score {
     /// max(T²/limit, SPE/limit), averaged over `smoothing` observations: above the
     /// model's threshold is an alarm.
     pub score: f64,
+    /// An alarm: the score is above the threshold, or was within the model's off-delay.
     pub flag: bool,
     /// Per input column, its share of the (limit-normalised) T² and SPE.
     pub contributions: Vec<f64>,
@@ -318,6 +329,12 @@ impl PcaModel {
         rows: &[Vec<f64>],
         options: FitOptions,
     ) -> Result<PcaModel, FitError> {
+        if options.off_delay > MAX_OFF_DELAY {
+            return Err(FitError::Option(format!(
+                "off_delay must be at most {MAX_OFF_DELAY} observations, got {}",
+                options.off_delay
+            )));
+        }
         let tolerance = options.relation_tolerance;
         if !(0.0..1.0).contains(&tolerance) {
             return Err(FitError::Option(format!(
@@ -537,6 +554,7 @@ impl PcaModel {
             && self.spe_limit > 0.0
             && self.threshold > 0.0
             && self.options.smoothing >= 1
+            && self.options.off_delay <= MAX_OFF_DELAY
             && match &self.predictor {
                 Some(p) => self.options.ridge > 0.0 && p.consistent(self.columns.len()),
                 None => self.options.ridge == 0.0,
@@ -593,6 +611,8 @@ pub struct Stream {
     recent: VecDeque<f64>,
     /// The previous row, for a model with a predictor.
     previous: Option<Vec<f64>>,
+    /// Observations the raised alarm still holds after its score fell (the off-delay).
+    holding: usize,
 }
 
 impl Stream {
@@ -682,14 +702,23 @@ impl Stream {
                 *slot += excess;
             }
         }
-        let flag = score > m.threshold;
+        let above = score > m.threshold;
+        let flag = if above {
+            self.holding = m.options.off_delay;
+            true
+        } else if self.holding > 0 {
+            self.holding -= 1;
+            true
+        } else {
+            false
+        };
         Some(Score {
             t2,
             spe,
             score,
             flag,
             contributions,
-            isolated: if flag {
+            isolated: if above {
                 isolate(m, &residual, spe)
             } else {
                 None
@@ -1279,6 +1308,64 @@ mod tests {
             .unwrap();
         assert_eq!(top, 1, "{score:?}");
         assert!(score.spe > model.spe_limit, "{score:?}");
+    }
+
+    /// An alarm with an off-delay of 3 stays raised for the 3 rows after its score last
+    /// crossed the threshold, through a dip, and ends 3 rows after the evidence does.
+    #[test]
+    fn an_off_delay_holds_an_alarm_through_a_dip_and_ends_after_its_evidence() {
+        let rows = process(3, 1000);
+        let held = PcaModel::fit(
+            &cols(),
+            &rows,
+            FitOptions {
+                off_delay: 3,
+                ..FitOptions::default()
+            },
+        )
+        .unwrap();
+        let plain = PcaModel::fit(&cols(), &rows, FitOptions::default()).unwrap();
+        // Normal rows, a2 broken, one normal row, a2 broken again, then normal rows.
+        let mut test = process(4, 12);
+        for i in [2, 4] {
+            test[i][1] += 0.5;
+        }
+        let flags = |m: &PcaModel| {
+            let mut s = m.scorer();
+            test.iter()
+                .map(|r| s.push(r).unwrap().flag)
+                .collect::<Vec<_>>()
+        };
+        let p = flags(&plain);
+        let h = flags(&held);
+        assert_eq!(
+            &p[..8],
+            &[false, false, true, false, true, false, false, false]
+        );
+        assert_eq!(
+            &h[..9],
+            &[false, false, true, true, true, true, true, true, false]
+        );
+        // The off-delay never lowers a score nor hides an alarm.
+        assert!(p.iter().zip(&h).all(|(a, b)| !a || *b));
+        // An older model file, without the field, has none; an absurd one is refused.
+        let mut json: serde_json::Value = serde_json::to_value(&plain).unwrap();
+        json["options"].as_object_mut().unwrap().remove("off_delay");
+        let back: PcaModel = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.options.off_delay, 0);
+        json["options"]["off_delay"] = serde_json::json!(MAX_OFF_DELAY + 1);
+        let absurd: PcaModel = serde_json::from_value(json).unwrap();
+        assert!(absurd.check().is_err());
+        let e = PcaModel::fit(
+            &cols(),
+            &rows,
+            FitOptions {
+                off_delay: MAX_OFF_DELAY + 1,
+                ..FitOptions::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("off_delay"), "{e}");
     }
 
     #[test]

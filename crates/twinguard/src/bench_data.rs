@@ -23,6 +23,7 @@ pub const SKAB_OPTIONS: FitOptions = FitOptions {
     ridge: 0.0,
     fold_block_rows: 0,
     relation_tolerance: 0.0,
+    off_delay: 0,
 };
 
 /// Prints a benchmark's result as JSON or as its table.
@@ -108,6 +109,7 @@ pub const TEP_BASELINE: FitOptions = FitOptions {
     ridge: 0.0,
     fold_block_rows: 0,
     relation_tolerance: 0.0,
+    off_delay: 0,
 };
 
 /// Our detector on Tennessee Eastman: dynamic PCA (one lag), the score averaged over 20
@@ -122,6 +124,7 @@ pub const TEP_OPTIONS: FitOptions = FitOptions {
     ridge: 0.0,
     fold_block_rows: 0,
     relation_tolerance: 0.0,
+    off_delay: 0,
 };
 
 pub fn tep(data: &Path, ours: FitOptions) -> Result<TepResult> {
@@ -224,6 +227,7 @@ pub const BATADAL_OPTIONS: FitOptions = FitOptions {
     ridge: 10.0,
     fold_block_rows: 0,
     relation_tolerance: 0.05,
+    off_delay: 5,
 };
 
 /// Our scores on training data set 2, beside the competition's scoreboard (which is on
@@ -238,7 +242,7 @@ pub fn batadal_table(r: &BatadalResult) -> String {
     let _ = writeln!(out, "{}\n", r.detector);
     let _ = writeln!(
         out,
-        "S {:.3}   S_TTD {:.3}   S_CM {:.3}   (TPR {:.3}, TNR {:.3}; attacks detected {}/{})",
+        "S {:.4}   S_TTD {:.4}   S_CM {:.4}   (TPR {:.3}, TNR {:.3}; attacks detected {}/{})",
         s.s, s.s_ttd, s.s_cm, s.tpr, s.tnr, s.detected, s.attacks
     );
     let ttd: Vec<String> = r

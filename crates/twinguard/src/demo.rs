@@ -892,6 +892,7 @@ pub(crate) fn live_options(config: &Config) -> detect::live::LiveOptions {
             fold_block_rows: ((600_000 / period_ms.max(1)).max(1) as usize)
                 .min((learn_rows / 10).max(1)),
             relation_tolerance: 0.0,
+            off_delay: 0,
         },
         // A value a few rows old is missing (its device stopped sending).
         max_age_ms: 3 * period_ms + 10_000,

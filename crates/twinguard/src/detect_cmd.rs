@@ -25,6 +25,7 @@ pub const DEFAULTS: FitOptions = FitOptions {
     ridge: 0.0,
     fold_block_rows: 0,
     relation_tolerance: 0.05,
+    off_delay: 0,
 };
 
 /// Rows `fit` holds in memory at most.

@@ -761,6 +761,10 @@ struct DetectorArgs {
     /// mean while on (0: none).
     #[arg(long)]
     relation_tolerance: Option<f64>,
+    /// Alarm off-delay in observations: a raised alarm stays raised until the score has
+    /// stayed at or below the threshold this many observations more (0: none).
+    #[arg(long)]
+    off_delay: Option<usize>,
 }
 
 impl DetectorArgs {
@@ -774,6 +778,7 @@ impl DetectorArgs {
             ridge: self.ridge.unwrap_or(base.ridge),
             fold_block_rows: self.fold_block_rows.unwrap_or(base.fold_block_rows),
             relation_tolerance: self.relation_tolerance.unwrap_or(base.relation_tolerance),
+            off_delay: self.off_delay.unwrap_or(base.off_delay),
         }
     }
 }

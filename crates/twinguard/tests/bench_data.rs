@@ -300,6 +300,9 @@ fn bench_batadal_scores_training_set_2_and_its_model_scores_any_batadal_csv() {
         "{r}"
     );
     assert!(s["s"].as_f64().unwrap() > 0.8, "{r}");
+    // The model keeps the benchmark's settings, the alarm off-delay among them.
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    assert_eq!(m["options"]["off_delay"], 5, "{}", m["options"]);
     // The model fitted on both sets scores a file in BATADAL's format hour by hour.
     let scores = dir.path().join("scores.csv");
     let out = Command::new(BIN)

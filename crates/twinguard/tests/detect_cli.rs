@@ -180,6 +180,23 @@ fn bad_input_is_refused_with_its_place() {
         p(&model),
     ]));
     assert!(e.contains("--sep must be one ASCII character"), "{e}");
+    let e = err(run(&[
+        "detect",
+        "fit",
+        "--csv",
+        p(&train),
+        "--exclude",
+        "label",
+        "--off-delay",
+        "20000",
+        "--out",
+        p(&model),
+    ]));
+    assert!(
+        e.contains("off_delay must be at most 10000 observations, got 20000"),
+        "{e}"
+    );
+    assert!(!model.exists(), "no model is written");
     // The label column is text: not a number, with its line and column.
     let e = err(run(&[
         "detect",
