@@ -6,12 +6,13 @@
 //! - [`encode`] builds an envelope, signed with Ed25519 when given a key.
 //! - [`Envelope::decode`] checks the structure and bounds of untrusted bytes without
 //!   parsing the body; [`Envelope::verify`] checks the signature against a known key.
-//! - [`TelemetryBody`] and [`CommandBody`] are the JSON bodies, parsed only after the
+//! - [`TelemetryBody`] and [`CommandBody`] are the bodies, parsed only after the
 //!   signature has been checked; [`TelemetryView`] reads a telemetry body in place (its
 //!   strings borrowed from the frame), as ingest does.
 //! - A telemetry body is JSON (envelope version 1) or the compact binary encoding
-//!   (version 2, [`BodyEncoding::Binary`]); [`encode_telemetry`] writes either and
-//!   [`TelemetryView::read`] reads whichever the envelope says.
+//!   (version 2, [`BodyEncoding::Binary`]); [`encode_telemetry`] writes either,
+//!   [`encode_body`] seals body bytes already written, and [`TelemetryView::read`] reads
+//!   whichever the envelope says. Commands are JSON only.
 
 mod binary;
 pub mod keys;
@@ -184,7 +185,7 @@ pub fn encode_sealed(
     body: &[u8],
     seal: Seal<'_>,
 ) -> Result<Vec<u8>, FrameError> {
-    encode_version(kind, BodyEncoding::Json, topic, signer, body, seal)
+    encode_body(kind, BodyEncoding::Json, topic, signer, body, seal)
 }
 
 /// Builds a telemetry envelope whose body is `body` written in `encoding`, sealed as
@@ -197,10 +198,13 @@ pub fn encode_telemetry(
     seal: Seal<'_>,
 ) -> Result<Vec<u8>, FrameError> {
     let bytes = body.to_bytes(encoding)?;
-    encode_version(Kind::Telemetry, encoding, topic, signer, &bytes, seal)
+    encode_body(Kind::Telemetry, encoding, topic, signer, &bytes, seal)
 }
 
-fn encode_version(
+/// Builds an envelope around body bytes already written in `encoding` (its version
+/// byte), sealed as `seal` says. The body is not parsed: a device that writes its own
+/// bodies seals them with this. Commands must be JSON.
+pub fn encode_body(
     kind: Kind,
     encoding: BodyEncoding,
     topic: &str,

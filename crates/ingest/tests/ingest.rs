@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use frames::{
-    BodyEncoding, Kind, Seal, TelemetryBody, WireSample, encode, encode_sealed, encode_telemetry,
-    to_body,
+    BodyEncoding, Kind, Seal, TelemetryBody, WireSample, encode, encode_body, encode_sealed,
+    encode_telemetry, to_body,
 };
 use ingest::mqtt::RawFrame;
 use ingest::{Device, DeviceKey, IngestConfig, KeyMaterial, Reason, SourceInfo, Trust, Verifier};
@@ -53,6 +53,26 @@ fn sample(signal: &str, value: f64, unit: &str) -> WireSample {
     }
 }
 
+/// A tank frame of `samples` from gw-tank, its body in `encoding`.
+fn frame_in(
+    f: &Fixture,
+    seq: u64,
+    ts: i64,
+    samples: Vec<WireSample>,
+    seal: Seal<'_>,
+    encoding: BodyEncoding,
+) -> (String, Vec<u8>) {
+    let topic = f.plant.telemetry_topic("tank");
+    let body = TelemetryBody {
+        seq,
+        ts_ms: ts,
+        samples,
+    };
+    let bytes = encode_telemetry(&topic, "gw-tank", &body, encoding, seal).unwrap();
+    (topic, bytes)
+}
+
+/// A tank frame with a JSON body, signed with `key` or unsigned.
 fn frame(
     f: &Fixture,
     seq: u64,
@@ -60,14 +80,8 @@ fn frame(
     samples: Vec<WireSample>,
     key: Option<&SigningKey>,
 ) -> (String, Vec<u8>) {
-    let topic = f.plant.telemetry_topic("tank");
-    let body = to_body(&TelemetryBody {
-        seq,
-        ts_ms: ts,
-        samples,
-    });
-    let bytes = encode(Kind::Telemetry, &topic, "gw-tank", &body, key).unwrap();
-    (topic, bytes)
+    let seal = key.map_or(Seal::None, Seal::Ed25519);
+    frame_in(f, seq, ts, samples, seal, BodyEncoding::Json)
 }
 
 /// The same frame with the binary body (envelope version 2).
@@ -78,21 +92,14 @@ fn binary_frame(
     samples: Vec<WireSample>,
     key: &SigningKey,
 ) -> (String, Vec<u8>) {
-    let topic = f.plant.telemetry_topic("tank");
-    let body = TelemetryBody {
+    frame_in(
+        f,
         seq,
-        ts_ms: ts,
+        ts,
         samples,
-    };
-    let bytes = encode_telemetry(
-        &topic,
-        "gw-tank",
-        &body,
-        BodyEncoding::Binary,
         Seal::Ed25519(key),
+        BodyEncoding::Binary,
     )
-    .unwrap();
-    (topic, bytes)
 }
 
 fn level(v: f64) -> Vec<WireSample> {
@@ -279,34 +286,21 @@ fn binary_bodies_are_checked_like_json_bodies() {
     assert_eq!(reasons(&out), vec![Reason::NotFinite, Reason::NotFinite]);
     assert_eq!(out.accepted.len(), 1);
     // A body that is not the binary layout is malformed, after its signature verified.
-    let topic = f.plant.telemetry_topic("tank");
-    let bad = frames::encode_telemetry(
-        &topic,
+    let json_body = to_body(&TelemetryBody {
+        seq: 5,
+        ts_ms: NOW,
+        samples: level(1.5),
+    });
+    let relabelled = encode_body(
+        Kind::Telemetry,
+        BodyEncoding::Binary,
+        &t,
         "gw-tank",
-        &TelemetryBody {
-            seq: 5,
-            ts_ms: NOW,
-            samples: level(1.5),
-        },
-        BodyEncoding::Json,
+        &json_body,
         Seal::Ed25519(&k),
     )
     .unwrap();
-    let env = frames::Envelope::decode(&bad).unwrap();
-    let relabelled = encode_version_2(&topic, env.body, &k);
     assert_eq!(reason_of(&mut f, &t, &relabelled, NOW), Reason::Malformed);
-}
-
-/// A version 2 envelope around any body bytes, signed.
-fn encode_version_2(topic: &str, body: &[u8], key: &SigningKey) -> Vec<u8> {
-    let mut head = b"TGF1".to_vec();
-    head.extend_from_slice(&[2, 1, 7]);
-    head.extend_from_slice(b"gw-tank");
-    head.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    head.extend_from_slice(body);
-    let sig = ed25519_dalek::Signer::sign(key, &frames::signing_message(topic, &head));
-    head.extend_from_slice(&sig.to_bytes());
-    head
 }
 
 #[test]
