@@ -1,8 +1,8 @@
 //! Ed25519 keys: generation from the operating system's generator and key files.
 //!
 //! A secret key file holds 64 hex characters and is created with mode 0600; a public key
-//! is written as 64 hex characters. Secrets are never printed: [`SecretKeyFile`] has no
-//! `Debug` output of its contents.
+//! is written as 64 hex characters. Secrets are never printed: a [`KeyError`] names the
+//! file and what is wrong with it, never its contents.
 
 use std::fs;
 use std::io::Write;
