@@ -388,7 +388,7 @@ pub struct Guard {
     breakers: BreakerState,
     /// Last commanded value per setpoint.
     commanded: HashMap<String, f64>,
-    /// Executed changes per setpoint (time, absolute change), newest last.
+    /// Executed changes per setpoint (time, absolute change), in time order, newest last.
     changes: HashMap<String, VecDeque<(i64, f64)>>,
     /// Accepted proposals per agent (time, asset), newest last.
     accepted: HashMap<String, VecDeque<(i64, String)>>,
@@ -1102,13 +1102,17 @@ impl Guard {
             ));
         }
         let history = self.changes.get(setpoint);
+        // The history is in time order (`approve_now`), so a window is its newest part:
+        // counted by bisection, summed from the newest back, never scanned whole.
         let within = |window_ms: i64| {
             history
                 .into_iter()
-                .flatten()
-                .filter(move |(t, _)| now_ms - t < window_ms)
+                .flat_map(|h| h.iter().rev())
+                .take_while(move |(t, _)| now_ms - t < window_ms)
         };
-        let last_hour = within(HOUR_MS).count();
+        let last_hour = history.map_or(0, |h| {
+            h.len() - h.partition_point(|(t, _)| now_ms - t >= HOUR_MS)
+        });
         if last_hour as u64 >= u64::from(sp.max_changes_per_hour) {
             return Err(Denial::new(
                 DenyReason::RateLimit,
@@ -1184,7 +1188,10 @@ impl Guard {
                 let previous = self.commanded.insert(setpoint.clone(), value);
                 let initial = self.plant.setpoint(&setpoint).map_or(value, |s| s.initial);
                 let changes = self.changes.entry(setpoint.clone()).or_default();
-                changes.push_back((now_ms, (value - previous.unwrap_or(initial)).abs()));
+                // Kept in time order: a clock stepped back files the change at the newest
+                // time already held, which keeps it in its windows longer, never shorter.
+                let at = changes.back().map_or(now_ms, |(t, _)| now_ms.max(*t));
+                changes.push_back((at, (value - previous.unwrap_or(initial)).abs()));
                 // Keep what the longest window can still need.
                 let keep_ms = self
                     .plant

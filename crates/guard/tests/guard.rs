@@ -29,7 +29,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let plant = Arc::new(Plant::reference());
+    setup_on(Plant::reference())
+}
+
+fn setup_on(plant: Plant) -> Setup {
+    let plant = Arc::new(plant);
     let policy = Policy::parse(DEFAULT_POLICY, "default", &plant).unwrap();
     let key = SigningKey::from_bytes(&[3u8; 32]);
     let mut reg = AgentRegistry::default();
@@ -185,6 +189,43 @@ fn changes_per_hour_are_limited() {
         ),
         "window slides"
     );
+}
+
+#[test]
+fn a_clock_stepped_back_loses_no_change_from_the_limits() {
+    // Without a slew limit, which alone refuses every change until the clock is past the
+    // newest one again.
+    let mut plant = Plant::reference();
+    for sp in &mut plant.setpoints {
+        sp.max_slew_per_min = None;
+    }
+    let mut s = setup_on(plant);
+    let reissue = |s: &mut Setup, at: i64, n: char| {
+        s.token = s
+            .guard
+            .agents()
+            .issue_token("optimiser", n.to_string().repeat(64), at)
+            .unwrap()
+            .value;
+    };
+    let start = T0 + 50 * 60_000;
+    reissue(&mut s, start, 'b');
+    let mut v = 1600.0;
+    for i in 0..5 {
+        v -= 50.0;
+        let d = s.propose("optimiser", speed(v), vec![], &[], start + i * 60_000);
+        assert!(matches!(d, Decision::Execute(_)), "{d:?}");
+    }
+    // The clock steps back 54 minutes: the sixth change is kept as the newest, not as an
+    // hour-old one that the window would already have let go.
+    reissue(&mut s, T0, 'c');
+    v -= 50.0;
+    let d = s.propose("optimiser", speed(v), vec![], &[], T0);
+    assert!(matches!(d, Decision::Execute(_)), "{d:?}");
+    let later = T0 + 62 * 60_000;
+    reissue(&mut s, later, 'd');
+    let d = s.propose("optimiser", speed(v - 50.0), vec![], &[], later);
+    assert_eq!(denied(&d), Some(DenyReason::RateLimit), "{d:?}");
 }
 
 #[test]
