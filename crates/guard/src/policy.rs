@@ -34,8 +34,8 @@ pub const KINDS: [&str; 4] = ["set_setpoint", "stop_line", "maintenance", "take_
 pub struct Policy {
     /// The policies not scoped to a single principal.
     general: PolicySet,
-    /// Principal (Cedar UID text) -> the general policies plus that principal's own.
-    by_principal: std::collections::HashMap<String, PolicySet>,
+    /// Principal -> the general policies plus that principal's own.
+    by_principal: std::collections::HashMap<EntityUid, PolicySet>,
     schema: Schema,
     entities: Entities,
     /// Policy id → its `@reason`, for decision records.
@@ -44,6 +44,43 @@ pub struct Policy {
     /// Why there is no policy in force (the file cannot be read or does not validate):
     /// every request is denied with this reason.
     unavailable: Option<String>,
+    /// The Cedar context of the latest agent decision, reused while the process looks the
+    /// same: building it is about a fifth of a decision.
+    context: ContextCache,
+}
+
+/// A [`ProcessContext`] and the Cedar context made from it; a clone of a policy starts
+/// empty. Behind a lock so that deciding stays `&self`; never contended (one guard
+/// decides at a time), and a poisoned lock only means the context is built afresh.
+#[derive(Debug, Default)]
+struct ContextCache(std::sync::Mutex<Option<(ProcessContext, Context)>>);
+
+impl Clone for ContextCache {
+    fn clone(&self) -> ContextCache {
+        ContextCache::default()
+    }
+}
+
+impl ContextCache {
+    /// The Cedar context of `process`, made by `make` unless the latest one was for the
+    /// same process state.
+    fn get(
+        &self,
+        process: &ProcessContext,
+        make: impl FnOnce() -> Result<Context, String>,
+    ) -> Result<Context, String> {
+        let Ok(mut slot) = self.0.lock() else {
+            return make();
+        };
+        if let Some((held, context)) = slot.as_ref()
+            && held == process
+        {
+            return Ok(context.clone());
+        }
+        let context = make()?;
+        *slot = Some((process.clone(), context.clone()));
+        Ok(context)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +113,7 @@ impl PolicyError {
 }
 
 /// What the process looks like when a proposal is decided (the Cedar context).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ProcessContext {
     pub line_running: bool,
     pub inputs_trusted: bool,
@@ -342,6 +379,7 @@ impl Policy {
             reasons,
             source_name: source_name.to_string(),
             unavailable: None,
+            context: ContextCache::default(),
         })
     }
 
@@ -364,16 +402,14 @@ impl Policy {
     )]
     fn index(
         set: &PolicySet,
-    ) -> Result<(PolicySet, std::collections::HashMap<String, PolicySet>), String> {
+    ) -> Result<(PolicySet, std::collections::HashMap<EntityUid, PolicySet>), String> {
         use cedar_policy::PrincipalConstraint;
         let mut general = PolicySet::new();
-        let mut own: std::collections::HashMap<String, Vec<cedar_policy::Policy>> =
+        let mut own: std::collections::HashMap<EntityUid, Vec<cedar_policy::Policy>> =
             std::collections::HashMap::new();
         for p in set.policies() {
             match p.principal_constraint() {
-                PrincipalConstraint::Eq(uid) => {
-                    own.entry(uid.to_string()).or_default().push(p.clone())
-                }
+                PrincipalConstraint::Eq(uid) => own.entry(uid).or_default().push(p.clone()),
                 _ => general.add(p.clone()).map_err(|e| e.to_string())?,
             }
         }
@@ -428,7 +464,10 @@ impl Policy {
         asset: &str,
         context: &ProcessContext,
     ) -> Verdict {
-        self.evaluate(principal, kind, asset, Self::process_pairs(context))
+        let context = self.context.get(context, || {
+            Context::from_pairs(Self::process_pairs(context)).map_err(|e| format!("context: {e}"))
+        });
+        self.evaluate(principal, kind, asset, context)
     }
 
     fn process_pairs(
@@ -468,7 +507,8 @@ impl Policy {
             ("agent".to_string(), X::new_string(review.agent.clone())),
             ("dual".to_string(), X::new_bool(review.dual)),
         ]);
-        self.evaluate(Principal::Human(human), action, asset, pairs)
+        let context = Context::from_pairs(pairs).map_err(|e| format!("context: {e}"));
+        self.evaluate(Principal::Human(human), action, asset, context)
     }
 
     fn evaluate(
@@ -476,7 +516,7 @@ impl Policy {
         principal: Principal<'_>,
         action: &str,
         asset: &str,
-        context: Vec<(String, cedar_policy::RestrictedExpression)>,
+        context: Result<Context, String>,
     ) -> Verdict {
         let deny = |e: String| Verdict {
             allowed: false,
@@ -503,9 +543,9 @@ impl Policy {
                 (Ok(p), Ok(a), Ok(r)) => (p, a, r),
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return deny(e),
             };
-        let context = match Context::from_pairs(context) {
+        let context = match context {
             Ok(c) => c,
-            Err(e) => return deny(format!("context: {e}")),
+            Err(e) => return deny(e),
         };
         let schema = checked.then_some(&self.schema);
         let request = match Request::new(principal, action, resource, context, schema) {
@@ -514,7 +554,7 @@ impl Policy {
         };
         let set = request
             .principal()
-            .and_then(|p| self.by_principal.get(&p.to_string()))
+            .and_then(|p| self.by_principal.get(p))
             .unwrap_or(&self.general);
         let entities = entities.as_ref().unwrap_or(&self.entities);
         let response = Authorizer::new().is_authorized(&request, set, entities);
@@ -643,6 +683,53 @@ mod tests {
                 .starts_with("forbidden by no-setpoint-change-on-untrusted-data: "),
             "{}",
             v.explain()
+        );
+    }
+
+    /// Each decision's Cedar context is reused while the process state is the same: every
+    /// field of the state changes the verdict here, and each decision is compared with a
+    /// fresh copy of the policy, which builds its context anew.
+    #[test]
+    fn a_reused_context_decides_as_a_fresh_one() {
+        let plant = Plant::reference();
+        let text = "@id(\"calm\")\npermit (principal, action == Twinguard::Action::\"set_setpoint\", resource)\nwhen { context.line_running && context.inputs_trusted && context.anomalies < 2 && !context.anomaly_kinds.contains(\"attack\") };";
+        let p = Policy::parse(text, "calm", &plant).unwrap();
+        let mut states = Vec::new();
+        for line_running in [true, false] {
+            for inputs_trusted in [true, false] {
+                for anomalies in [0, 1, 2] {
+                    for kinds in [
+                        vec![],
+                        vec!["attack".to_string()],
+                        vec!["sensor_fault".into()],
+                    ] {
+                        states.push(ProcessContext {
+                            line_running,
+                            inputs_trusted,
+                            anomalies,
+                            anomaly_kinds: kinds,
+                        });
+                    }
+                }
+            }
+        }
+        let forwards = states.iter();
+        let back = states.iter().rev();
+        let (mut allowed, mut denied) = (0, 0);
+        for state in forwards.clone().chain(back).chain(forwards) {
+            for _ in 0..2 {
+                let v = p.decide(Principal::Agent("optimiser"), "set_setpoint", "pump", state);
+                let fresh =
+                    p.clone()
+                        .decide(Principal::Agent("optimiser"), "set_setpoint", "pump", state);
+                assert_eq!(v.allowed, fresh.allowed, "{state:?}");
+                assert_eq!(v.policies, fresh.policies, "{state:?}");
+                if v.allowed { allowed += 1 } else { denied += 1 }
+            }
+        }
+        assert!(
+            allowed > 0 && denied > allowed,
+            "{allowed} allowed, {denied} denied"
         );
     }
 
