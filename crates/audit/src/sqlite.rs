@@ -8,12 +8,17 @@
 //! verification never reads them.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::journal::{self, Row};
 use crate::merkle::{self, Frontier, Hash, Subtrees};
 use crate::{
     AuditError, AuditStore, Checkpoint, ConsistencyProof, Entry, Head, InclusionProof, LogCheck,
@@ -61,6 +66,58 @@ pub struct SqliteStore {
     quarantine_cap: u64,
     /// Stopped with the store (see `Drop`).
     wal: Option<WalCheckpointer>,
+    journal: Journal,
+}
+
+/// The append lock and, for a store that keeps an append journal
+/// ([`SqliteStore::with_append_journal`]), the journal and the thread that copies it into
+/// SQLite.
+struct Journal {
+    path: PathBuf,
+    wait_path: PathBuf,
+    shared: Arc<Shared>,
+    writer: Option<IndexWriter>,
+    /// The lines of the append being written (kept to reuse its allocation).
+    buf: Vec<u8>,
+}
+
+/// What the store and its index writer share.
+struct Shared {
+    state: Mutex<JournalState>,
+    changed: Condvar,
+}
+
+struct JournalState {
+    /// The journal; its `flock` is the append lock.
+    file: File,
+    /// The wait file, whose shared locks announce processes waiting for the append lock.
+    wait: File,
+    /// This store holds the append lock between appends (a store with a journal).
+    owned: bool,
+    /// Bytes in the journal.
+    len: u64,
+    /// The newest record in the journal, and the newest SQLite holds, as far as this
+    /// store wrote them.
+    journaled: u64,
+    written: u64,
+    /// Why the index writer cannot write (it retries); appends are refused meanwhile.
+    failed: Option<String>,
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, JournalState> {
+    shared.state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The thread that copies journaled appends into SQLite, and the way to feed and stop it.
+struct IndexWriter {
+    tx: Option<mpsc::Sender<Batch>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One append's rows and the tiles they complete.
+struct Batch {
+    rows: Vec<Row>,
+    tiles: Vec<(u64, Hash)>,
 }
 
 /// The thread that copies the WAL into the database, and the way to stop it.
@@ -76,6 +133,22 @@ impl Drop for SqliteStore {
     /// auditor). If a reader holds the WAL, it stays beside the file, which SQLite reads
     /// together.
     fn drop(&mut self) {
+        // The index writer copies what is left of the journal, and the journal is
+        // emptied only once SQLite holds all of it.
+        if let Some(mut w) = self.journal.writer.take() {
+            drop(w.tx.take());
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+            let mut st = lock(&self.journal.shared);
+            if st.owned && st.written >= st.journaled && st.failed.is_none() {
+                let _ = st.file.set_len(0);
+            }
+            if st.owned {
+                let _ = st.file.unlock();
+                st.owned = false;
+            }
+        }
         if let Some(w) = self.wal.take() {
             drop(w.stop);
             let _ = w.thread.join();
@@ -239,7 +312,18 @@ impl SqliteStore {
             seq: tree.size(),
             hash: tree.frontier.root(),
         });
-        Ok(SqliteStore {
+        let jpath = journal::journal_path(path);
+        let wait_path = journal::wait_path(path);
+        let file = journal::open(&jpath)
+            .map_err(|e| open_err(format!("cannot open its journal {}: {e}", jpath.display())))?;
+        let wait = journal::open(&wait_path).map_err(|e| {
+            open_err(format!(
+                "cannot open its wait file {}: {e}",
+                wait_path.display()
+            ))
+        })?;
+        let size = tree.size();
+        let mut store = SqliteStore {
             conn,
             path: name,
             key,
@@ -252,7 +336,381 @@ impl SqliteStore {
             quarantined_bytes: quarantined_bytes.max(0) as u64,
             quarantine_cap: DEFAULT_QUARANTINE_CAP,
             wal: wal_checkpointer(path),
-        })
+            journal: Journal {
+                path: jpath,
+                wait_path,
+                shared: Arc::new(Shared {
+                    state: Mutex::new(JournalState {
+                        file,
+                        wait,
+                        owned: false,
+                        len: 0,
+                        journaled: size,
+                        written: size,
+                        failed: None,
+                    }),
+                    changed: Condvar::new(),
+                }),
+                writer: None,
+                buf: Vec::new(),
+            },
+        };
+        // What a crashed twinguard left in the journal goes into the log now, unless a
+        // live one holds the append lock (then the journal is its own).
+        let shared = Arc::clone(&store.journal.shared);
+        let st = lock(&shared);
+        if st.file.try_lock().is_ok() {
+            let recovered = store.recover(&st.file);
+            let _ = st.file.unlock();
+            recovered?;
+        }
+        drop(st);
+        Ok(store)
+    }
+
+    /// Makes this store the log's running writer: it holds the append lock (yielding it
+    /// to a process that waits for it, such as `twinguard device rotate`), and an append
+    /// returns once its records are in the journal (one `write`); a thread of the store's
+    /// own copies them into SQLite in group commits. Whatever reads SQLite through this
+    /// store (proofs, checkpoints, verification) waits for that thread first; other
+    /// processes see the log a few milliseconds behind. If SQLite cannot be written,
+    /// appends are refused (nothing that waits for one goes ahead) and the journal keeps
+    /// what was accepted until the thread, which retries, or the next opening writes it.
+    pub fn with_append_journal(mut self) -> Result<SqliteStore, AuditError> {
+        let shared = Arc::clone(&self.journal.shared);
+        let mut st = lock(&shared);
+        journal::acquire(&st.file, &self.journal.wait_path, journal::LOCK_TIMEOUT)
+            .map_err(|m| self.journal_err(m))?;
+        let ready = self.recover(&st.file).and_then(|()| {
+            let conn = Connection::open(&self.path).map_err(|e| self.io(e))?;
+            init(&conn).map_err(|e| self.io(e))?;
+            Ok(conn)
+        });
+        let conn = match ready {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = st.file.unlock();
+                return Err(e);
+            }
+        };
+        st.owned = true;
+        st.journaled = self.tree.size();
+        st.written = self.tree.size();
+        drop(st);
+        let wait = lock(&self.journal.shared)
+            .wait
+            .try_clone()
+            .map_err(|e| self.journal_err(e))?;
+        let (tx, rx) = mpsc::channel();
+        let name = self.path.clone();
+        let shared = Arc::clone(&self.journal.shared);
+        let thread = std::thread::Builder::new()
+            .name("audit-index".into())
+            .spawn(move || index_writer(conn, &shared, &wait, &rx, &name))
+            .map_err(|e| self.io(format!("cannot start the thread writing the log: {e}")))?;
+        self.journal.writer = Some(IndexWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        });
+        Ok(self)
+    }
+
+    fn journal_err(&self, message: impl std::fmt::Display) -> AuditError {
+        AuditError::Io {
+            path: self.journal.path.display().to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Waits until SQLite holds every record this store has journaled.
+    fn sync(&self) -> Result<(), AuditError> {
+        if self.journal.writer.is_none() {
+            return Ok(());
+        }
+        let mut st = lock(&self.journal.shared);
+        while st.written < st.journaled {
+            if let Some(m) = &st.failed {
+                return Err(self.journal_err(format!(
+                    "records {}..={} wait in the journal: the log cannot be written: {m}",
+                    st.written + 1,
+                    st.journaled
+                )));
+            }
+            st = self
+                .journal
+                .shared
+                .changed
+                .wait_timeout(st, Duration::from_millis(100))
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
+        Ok(())
+    }
+
+    /// Writes into the log what a journal holds beyond it (a twinguard that stopped
+    /// without copying it), checking every line against the leaf it carries, then empties
+    /// the journal. Called with the append lock held. A journal that does not continue
+    /// the log is reported and left in place.
+    fn recover(&mut self, file: &File) -> Result<(), AuditError> {
+        let len = file.metadata().map_err(|e| self.journal_err(e))?.len();
+        if len == 0 {
+            return Ok(());
+        }
+        if len > journal::MAX_JOURNAL_BYTES {
+            return Err(self.journal_err(format!(
+                "holds {len} bytes, more than a journal can ({} bytes); it is left in place",
+                journal::MAX_JOURNAL_BYTES
+            )));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        file.read_exact_at(&mut bytes, 0)
+            .map_err(|e| self.journal_err(e))?;
+        let (rows, torn) = journal::parse(&bytes)
+            .map_err(|m| self.journal_err(format!("{m}; the journal is left in place")))?;
+        self.reload()?;
+        let stored = self.tree.size();
+        let rest: Vec<Row> = rows.into_iter().filter(|r| r.seq > stored).collect();
+        let replayed = rest.len();
+        if !rest.is_empty() {
+            let items = rest
+                .iter()
+                .map(|r| (r.ts_ms, r.kind.clone(), r.body.clone()))
+                .collect();
+            self.append_direct(items, Some(&rest))?;
+        }
+        file.set_len(0).map_err(|e| self.journal_err(e))?;
+        if replayed > 0 || torn > 0 {
+            let body = serde_json::json!({
+                "journal": self.journal.path.display().to_string(),
+                "records_recovered": replayed,
+                "bytes_cut_short": torn,
+            });
+            let item = (
+                now_ms(),
+                "audit_journal_recovered".to_string(),
+                body.to_string(),
+            );
+            self.append_direct(vec![item], None)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the append lock back if this store yielded it, and catches up with what the
+    /// process it yielded to appended.
+    fn take_back_lock(&mut self) -> Result<(), AuditError> {
+        let shared = Arc::clone(&self.journal.shared);
+        let mut st = lock(&shared);
+        if st.owned {
+            return Ok(());
+        }
+        let (file, wait) = (&st.file, &st.wait);
+        journal::reacquire(file, wait, &self.journal.wait_path, journal::LOCK_TIMEOUT)
+            .map_err(|m| self.journal_err(m))?;
+        let caught_up = self.recover(&st.file).and_then(|()| {
+            let stored: i64 = self
+                .conn
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
+                .map_err(|e| self.io(e))?;
+            if stored.max(0) as u64 != self.tree.size() {
+                self.reload()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = caught_up {
+            let _ = st.file.unlock();
+            return Err(e);
+        }
+        st.owned = true;
+        st.journaled = self.tree.size();
+        st.written = self.tree.size();
+        Ok(())
+    }
+
+    /// Appends with the append lock taken for this append alone (a store without a
+    /// journal: a command beside a running twinguard, which yields the lock to it).
+    fn append_locked(&mut self, items: Vec<Item>) -> Result<Head, AuditError> {
+        let shared = Arc::clone(&self.journal.shared);
+        let st = lock(&shared);
+        journal::acquire(&st.file, &self.journal.wait_path, journal::LOCK_TIMEOUT)
+            .map_err(|m| self.journal_err(m))?;
+        let r = self
+            .recover(&st.file)
+            .and_then(|()| self.append_direct(items, None));
+        let _ = st.file.unlock();
+        r.map(|(head, _)| head)
+    }
+
+    /// Appends through the journal: one `write`, then the rows go to the index writer.
+    fn append_journaled(&mut self, items: Vec<Item>) -> Result<Head, AuditError> {
+        self.take_back_lock()?;
+        let size = self.tree.size() + items.len() as u64;
+        if checkpoint_due(
+            &self.policy,
+            self.latest.as_ref(),
+            self.last_checkpoint,
+            size,
+            false,
+        ) {
+            // Signing happens in SQLite's transaction: let the writer catch up first.
+            self.sync()?;
+            let (head, _) = self.append_direct(items, None)?;
+            let mut st = lock(&self.journal.shared);
+            st.journaled = head.seq;
+            st.written = head.seq;
+            return Ok(head);
+        }
+        let mut frontier = self.tree.frontier.clone();
+        let (rows, tiles) = rows_for(self.tree.complete_tiles(), &mut frontier, items);
+        let leaves: Vec<Hash> = rows.iter().map(|r| r.leaf).collect();
+        if !rows.is_empty() {
+            self.journal.buf.clear();
+            journal::encode(&rows, &mut self.journal.buf);
+            let mut st = lock(&self.journal.shared);
+            if let Some(m) = &st.failed {
+                let m = format!(
+                    "the log cannot be written ({m}); records {}..={} wait in the journal",
+                    st.written + 1,
+                    st.journaled
+                );
+                drop(st);
+                return Err(self.journal_err(m));
+            }
+            if let Err(e) = (&st.file).write_all(&self.journal.buf) {
+                // Cut off whatever part of the lines went in: the append did not happen.
+                let _ = st.file.set_len(st.len);
+                drop(st);
+                return Err(self.journal_err(e));
+            }
+            st.len += self.journal.buf.len() as u64;
+            st.journaled = frontier.size();
+        }
+        let sent = rows.is_empty()
+            || self
+                .journal
+                .writer
+                .as_ref()
+                .and_then(|w| w.tx.as_ref())
+                .is_some_and(|tx| {
+                    tx.send(Batch {
+                        rows,
+                        tiles: tiles.clone(),
+                    })
+                    .is_ok()
+                });
+        // The journal holds the records: the tree takes them whatever happens next.
+        let head = self.apply(frontier, &leaves, tiles);
+        if !sent {
+            let mut st = lock(&self.journal.shared);
+            st.failed = Some("the thread writing the log has stopped".into());
+            drop(st);
+            return Err(self.journal_err(
+                "the thread writing the log has stopped; the journal keeps the records for the next opening",
+            ));
+        }
+        Ok(head)
+    }
+
+    /// The tree in memory takes rows that are durable.
+    fn apply(&mut self, frontier: Frontier, leaves: &[Hash], tiles: Vec<(u64, Hash)>) -> Head {
+        self.tree.frontier = frontier;
+        for leaf in leaves {
+            self.tree.tail.push(*leaf);
+            if self.tree.tail.len() as u64 == TILE {
+                self.tree.tail.clear();
+            }
+        }
+        for (_, t) in tiles {
+            self.tree.add_tile(t);
+        }
+        let head = Head {
+            seq: self.tree.size(),
+            hash: self.tree.frontier.root(),
+        };
+        self.head = Some(head.clone());
+        head
+    }
+
+    /// Appends in one SQLite transaction (the append lock held), first catching up with
+    /// another process's appends. `expect`: the rows a journal says these are (their
+    /// numbers and leaves must come out the same).
+    fn append_direct(
+        &mut self,
+        items: Vec<Item>,
+        expect: Option<&[Row]>,
+    ) -> Result<(Head, Vec<Row>), AuditError> {
+        let path = self.path.clone();
+        let io = |e: rusqlite::Error| AuditError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        // Another process may have appended since this one last did (`twinguard device
+        // rotate` beside a running twinguard): under the write lock, catch up first.
+        let mut attempts = 0;
+        let tx = loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(io)?;
+            let stored: i64 = tx
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM audit")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(io)?;
+            if stored.max(0) as u64 == self.tree.size() {
+                break tx;
+            }
+            drop(tx);
+            attempts += 1;
+            if attempts > 3 {
+                return Err(AuditError::Io {
+                    path: self.path.clone(),
+                    message: format!(
+                        "another process keeps appending to this log (it holds {stored} records, this one expected {})",
+                        self.tree.size()
+                    ),
+                });
+            }
+            self.reload()?;
+        };
+        // Work on a copy of the tree's growing edge (one hash per set bit of its size): a
+        // failed transaction leaves the tree in memory as the database is.
+        let mut frontier = self.tree.frontier.clone();
+        let (rows, tiles) = rows_for(self.tree.complete_tiles(), &mut frontier, items);
+        if let Some(want) = expect {
+            let differs = rows
+                .iter()
+                .zip(want)
+                .find(|(got, want)| got.seq != want.seq || got.leaf != want.leaf);
+            if let Some((got, want)) = differs {
+                return Err(AuditError::Io {
+                    path: self.journal.path.display().to_string(),
+                    message: format!(
+                        "does not continue the log: its line for record {} would be record {} with another leaf hash (the journal or the log was altered); the journal is left in place",
+                        want.seq, got.seq
+                    ),
+                });
+            }
+        }
+        let due = checkpoint_due(
+            &self.policy,
+            self.latest.as_ref(),
+            self.last_checkpoint,
+            frontier.size(),
+            false,
+        );
+        insert_rows(&tx, &rows, &tiles).map_err(io)?;
+        // The tree in memory changes only once the data is durable.
+        let checkpoint = if due {
+            Some(Self::sign_checkpoint(&tx, &self.key, &self.origin, &frontier).map_err(io)?)
+        } else {
+            None
+        };
+        tx.commit().map_err(io)?;
+        let leaves: Vec<Hash> = rows.iter().map(|r| r.leaf).collect();
+        let head = self.apply(frontier, &leaves, tiles);
+        if let Some((cp, _)) = checkpoint {
+            self.latest = Some(cp);
+            self.last_checkpoint = Some(Instant::now());
+        }
+        Ok((head, rows))
     }
 
     /// Sets the most bytes of rejected frames the quarantine keeps.
@@ -304,6 +762,7 @@ impl SqliteStore {
 
     /// The newest record of a kind, if any.
     pub fn newest_of_kind(&self, kind: &str) -> Result<Option<u64>, AuditError> {
+        self.sync()?;
         self.conn
             .query_row("SELECT MAX(seq) FROM audit WHERE kind = ?1", [kind], |r| {
                 r.get::<_, Option<i64>>(0)
@@ -374,6 +833,7 @@ impl SqliteStore {
 
     /// The sizes of every stored checkpoint, ascending.
     pub fn checkpoint_sizes(&self) -> Result<Vec<u64>, AuditError> {
+        self.sync()?;
         self.conn
             .prepare("SELECT size FROM checkpoint ORDER BY size")
             .and_then(|mut s| {
@@ -386,6 +846,7 @@ impl SqliteStore {
 
     /// The signed note of the checkpoint of exactly `size` records, or of the newest.
     pub fn checkpoint_note(&self, size: Option<u64>) -> Result<Option<String>, AuditError> {
+        self.sync()?;
         match size {
             None => latest_note(&self.conn).map_err(|e| self.io(e)),
             Some(s) => self
@@ -407,6 +868,7 @@ impl SqliteStore {
         seq: u64,
         size: Option<u64>,
     ) -> Result<InclusionProof, AuditError> {
+        self.sync()?;
         if seq == 0 || seq > self.tree.size() {
             return Err(AuditError::Proof(format!(
                 "there is no record {seq}: the log holds records 1..={}",
@@ -455,6 +917,7 @@ impl SqliteStore {
     /// Proves that the log of the newest checkpoint extends the one of `old` (a signed
     /// note someone kept); fails, saying so, when it does not.
     pub fn prove_consistency(&mut self, old: &str) -> Result<ConsistencyProof, AuditError> {
+        self.sync()?;
         let key = self.key.verifying_key();
         let old_cp = Checkpoint::open(old, &key).map_err(|e| AuditError::Proof(e.to_string()))?;
         if self
@@ -531,6 +994,159 @@ impl SqliteStore {
         .execute(params![cp.size as i64, cp.timestamp_ms, note])?;
         Ok((cp, note))
     }
+}
+
+/// A record to append: its time, kind and body as JSON text.
+type Item = (i64, String, String);
+
+/// The rows of `items` numbered on from the tree's edge `frontier` (which they advance),
+/// and the tiles they complete (`tiles`: how many the tree had).
+fn rows_for(tiles: u64, frontier: &mut Frontier, items: Vec<Item>) -> (Vec<Row>, Vec<(u64, Hash)>) {
+    let mut rows = Vec::with_capacity(items.len());
+    let mut done = Vec::new();
+    for (ts_ms, kind, body) in items {
+        let seq = frontier.size() + 1;
+        let leaf = record_leaf(seq, ts_ms, &kind, &body);
+        // A tile's root falls out of the frontier's merges when its last leaf arrives: no
+        // append hashes a whole tile over again.
+        if let Some(h) = frontier.push_completing(leaf, TILE_BITS) {
+            done.push((tiles + done.len() as u64, h));
+        }
+        rows.push(Row {
+            seq,
+            ts_ms,
+            kind,
+            body,
+            leaf,
+        });
+    }
+    (rows, done)
+}
+
+fn insert_rows(conn: &Connection, rows: &[Row], tiles: &[(u64, Hash)]) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO audit (seq, ts_ms, kind, body, leaf) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for r in rows {
+        insert.execute(params![r.seq as i64, r.ts_ms, r.kind, r.body, &r.leaf[..]])?;
+    }
+    let mut tile = conn.prepare_cached("INSERT INTO tile (idx, hash) VALUES (?1, ?2)")?;
+    for (idx, h) in tiles {
+        tile.execute(params![*idx as i64, &h[..]])?;
+    }
+    Ok(())
+}
+
+/// Copies journaled appends into SQLite: whatever has arrived, in one transaction (a
+/// group commit), then empties the journal once SQLite holds all of it, and yields the
+/// append lock when another process waits for it. A failed write is retried every 100 ms
+/// and reported through `failed` meanwhile. Ends when the store drops its sender, after
+/// writing what is left.
+fn index_writer(
+    mut conn: Connection,
+    shared: &Shared,
+    wait: &File,
+    rx: &mpsc::Receiver<Batch>,
+    name: &str,
+) {
+    let mut pending: Vec<Batch> = Vec::new();
+    let mut stopping = false;
+    let mut busy = false;
+    loop {
+        if busy {
+            // While appends keep coming, collect them on a timer: a sender wakes a
+            // receiver blocked in `recv` with a system call, which the append would pay.
+            std::thread::sleep(Duration::from_millis(1));
+        } else {
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Ok(b) => pending.push(b),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => stopping = true,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(b) => pending.push(b),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    stopping = true;
+                    break;
+                }
+            }
+        }
+        busy = !pending.is_empty();
+        if let Some(last) = pending
+            .iter()
+            .rev()
+            .find_map(|b| b.rows.last())
+            .map(|r| r.seq)
+        {
+            let written = write_batches(&mut conn, &pending);
+            let mut st = lock(shared);
+            match written {
+                Ok(()) => {
+                    pending.clear();
+                    st.written = last;
+                    st.failed = None;
+                    shared.changed.notify_all();
+                }
+                Err(e) => {
+                    st.failed = Some(format!("audit database {name}: {e}"));
+                    shared.changed.notify_all();
+                    drop(st);
+                    if stopping {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+        }
+        // The journal is emptied (appends wait meanwhile) when it has grown large, when
+        // appends pause, and before the lock is yielded; asking whether anyone waits is a
+        // system call, made without holding the state.
+        let waiting = journal::someone_waits(wait);
+        let mut st = lock(shared);
+        if st.owned
+            && st.written >= st.journaled
+            && (waiting || !busy || st.len >= journal::EMPTY_AT_BYTES)
+        {
+            if st.len > 0 && st.file.set_len(0).is_ok() {
+                st.len = 0;
+            }
+            if waiting {
+                let _ = st.file.unlock();
+                st.owned = false;
+            }
+        }
+        drop(st);
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// One transaction holding every batch, which must continue the stored log.
+fn write_batches(conn: &mut Connection, batches: &[Batch]) -> Result<(), String> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    let stored: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM audit")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(|e| e.to_string())?;
+    if let Some(first) = batches.iter().find_map(|b| b.rows.first())
+        && first.seq != stored.max(0) as u64 + 1
+    {
+        return Err(format!(
+            "it holds {stored} records, so record {} cannot follow (another process appended without the append lock)",
+            first.seq
+        ));
+    }
+    for b in batches {
+        insert_rows(&tx, &b.rows, &b.tiles).map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())
 }
 
 /// Copies the write-ahead log into the database every second from a connection of its own
@@ -768,110 +1384,24 @@ fn verify_conn(
 
 impl AuditStore for SqliteStore {
     fn append(&mut self, entries: &[Entry]) -> Result<Head, AuditError> {
-        let path = self.path.clone();
-        let io = |e: rusqlite::Error| AuditError::Io {
-            path: path.clone(),
-            message: e.to_string(),
-        };
-        // Another process may have appended since this one last did (`twinguard device
-        // rotate` beside a running twinguard): under the write lock, catch up first.
-        let mut attempts = 0;
-        let tx = loop {
-            let tx = self
-                .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(io)?;
-            let stored: i64 = tx
-                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM audit")
-                .and_then(|mut s| s.query_row([], |r| r.get(0)))
-                .map_err(io)?;
-            if stored.max(0) as u64 == self.tree.size() {
-                break tx;
-            }
-            drop(tx);
-            attempts += 1;
-            if attempts > 3 {
-                return Err(AuditError::Io {
-                    path: self.path.clone(),
-                    message: format!(
-                        "another process keeps appending to this log (it holds {stored} records, this one expected {})",
-                        self.tree.size()
-                    ),
-                });
-            }
-            self.reload()?;
-        };
-        // Work on a copy of the tree's growing edge (one hash per set bit of its size): a
-        // failed transaction leaves the tree in memory as the database is.
-        let mut frontier = self.tree.frontier.clone();
-        let mut new_leaves: Vec<Hash> = Vec::with_capacity(entries.len());
-        let mut new_tiles: Vec<Hash> = Vec::new();
-        let due = checkpoint_due(
-            &self.policy,
-            self.latest.as_ref(),
-            self.last_checkpoint,
-            self.tree.size() + entries.len() as u64,
-            false,
-        );
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO audit (seq, ts_ms, kind, body, leaf) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(io)?;
-            let mut tile_insert = tx
-                .prepare_cached("INSERT INTO tile (idx, hash) VALUES (?1, ?2)")
-                .map_err(io)?;
-            let mut tiles = self.tree.complete_tiles();
-            for e in entries {
-                let seq = frontier.size() + 1;
-                let body = serde_json::to_string(&e.body).map_err(|err| AuditError::Body {
-                    kind: e.kind.clone(),
-                    message: err.to_string(),
-                })?;
-                let leaf = record_leaf(seq, e.ts_ms, &e.kind, &body);
-                insert
-                    .execute(params![seq as i64, e.ts_ms, e.kind, body, &leaf[..]])
-                    .map_err(io)?;
-                new_leaves.push(leaf);
-                // A tile's root falls out of the frontier's merges when its last leaf
-                // arrives: no append hashes a whole tile over again.
-                if let Some(h) = frontier.push_completing(leaf, TILE_BITS) {
-                    tile_insert
-                        .execute(params![tiles as i64, &h[..]])
-                        .map_err(io)?;
-                    tiles += 1;
-                    new_tiles.push(h);
+        let items = entries
+            .iter()
+            .map(|e| {
+                if !journal::kind_is_plain(&e.kind) {
+                    return Err(AuditError::Body {
+                        kind: e.kind.clone(),
+                        message: "a record kind must be non-empty and hold no control characters"
+                            .into(),
+                    });
                 }
-            }
-        }
-        // The tree in memory changes only once the data is durable.
-        let checkpoint = if due {
-            Some(Self::sign_checkpoint(&tx, &self.key, &self.origin, &frontier).map_err(io)?)
+                Ok((e.ts_ms, e.kind.clone(), e.body().to_string()))
+            })
+            .collect::<Result<Vec<Item>, AuditError>>()?;
+        if self.journal.writer.is_some() {
+            self.append_journaled(items)
         } else {
-            None
-        };
-        tx.commit().map_err(io)?;
-        self.tree.frontier = frontier;
-        for leaf in new_leaves {
-            self.tree.tail.push(leaf);
-            if self.tree.tail.len() as u64 == TILE {
-                self.tree.tail.clear();
-            }
+            self.append_locked(items)
         }
-        for t in new_tiles {
-            self.tree.add_tile(t);
-        }
-        if let Some((cp, _)) = checkpoint {
-            self.latest = Some(cp);
-            self.last_checkpoint = Some(Instant::now());
-        }
-        let head = Head {
-            seq: self.tree.size(),
-            hash: self.tree.frontier.root(),
-        };
-        self.head = Some(head.clone());
-        Ok(head)
     }
 
     fn quarantine(&mut self, item: &Quarantined, audit_seq: u64) -> Result<bool, AuditError> {
@@ -909,6 +1439,10 @@ impl AuditStore for SqliteStore {
         // Nothing to commit to: an empty log, or one the newest checkpoint covers.
         if self.latest.as_ref().map_or(0, |c| c.size) >= self.tree.size() {
             return Ok(None);
+        }
+        if self.journal.writer.is_some() {
+            self.take_back_lock()?;
+            self.sync()?;
         }
         let path = self.path.clone();
         let io = |e: rusqlite::Error| AuditError::Io {
@@ -952,6 +1486,7 @@ impl AuditStore for SqliteStore {
     }
 
     fn prune(&mut self, before_ms: i64) -> Result<u64, AuditError> {
+        self.sync()?;
         let covered = self.latest.as_ref().map_or(0, |c| c.size) as i64;
         let tx = self.conn.transaction().map_err(|e| AuditError::Io {
             path: self.path.clone(),
@@ -984,6 +1519,7 @@ impl AuditStore for SqliteStore {
     }
 
     fn verify(&self, key: &VerifyingKey) -> Result<Verification, AuditError> {
+        self.sync()?;
         verify_conn(&self.conn, key, &[]).map_err(|e| self.io(e))
     }
 }

@@ -1206,14 +1206,7 @@ impl Core {
         let trust = self.input_trust();
         let (id, decision, rec) = self.guard.decide(sp, &refs, &trust, now);
         let proposal: Value = serde_json::from_str(&sp.body).unwrap_or(Value::Null);
-        self.audit(vec![
-            Entry::new(
-                now,
-                "proposal",
-                json!({ "proposal_id": id, "proposal": proposal }),
-            ),
-            Entry::new(now, "decision", json!(rec)),
-        ]);
+        self.audit(decision_entries(now, id, &proposal, &rec));
         self.remember(
             json!({ "proposal_id": id, "t_ms": now, "proposal": proposal, "decision": rec }),
         );
@@ -1914,6 +1907,42 @@ fn device_changes(old: &[&Device], new: &[Device]) -> Vec<Value> {
         }
     }
     out
+}
+
+/// The audit records of one guard decision: the proposal as the agent sent it, and the
+/// decision. Written straight to JSON text (a `serde_json::Value` of each would cost as
+/// much as the rest of the append).
+pub(crate) fn decision_entries<P: serde::Serialize>(
+    now: i64,
+    id: u64,
+    proposal: &P,
+    rec: &DecisionRecord,
+) -> Vec<Entry> {
+    #[derive(serde::Serialize)]
+    struct ProposalBody<'a, P> {
+        proposal_id: u64,
+        proposal: &'a P,
+    }
+    let body = ProposalBody {
+        proposal_id: id,
+        proposal,
+    };
+    vec![
+        Entry::of(now, "proposal", &body).unwrap_or_else(|e| {
+            Entry::new(
+                now,
+                "proposal",
+                json!({ "proposal_id": id, "error": e.to_string() }),
+            )
+        }),
+        Entry::of(now, "decision", rec).unwrap_or_else(|e| {
+            Entry::new(
+                now,
+                "decision",
+                json!({ "proposal_id": id, "error": e.to_string() }),
+            )
+        }),
+    ]
 }
 
 #[cfg(test)]

@@ -82,18 +82,20 @@ pub struct DemoArgs {
 type EndpointFor = Arc<dyn Fn(&str, MqttVersion) -> BrokerEndpoint + Send + Sync>;
 
 /// The configuration file, or the embedded default; every error with its location.
-/// The audit log of a data directory, checkpointed as the configuration says.
+/// The audit log of a data directory as the running twinguard writes it: checkpointed as
+/// the configuration says, appends through the append journal (a guard decision waits
+/// for one `write`, not for SQLite's commit).
 pub fn audit_store(
     dir: &DataDir,
     key: ed25519_dalek::SigningKey,
     config: &Config,
 ) -> Result<SqliteStore> {
-    Ok(
-        SqliteStore::open(&dir.audit_db(), key)?.with_checkpoints(audit::CheckpointPolicy {
+    Ok(SqliteStore::open(&dir.audit_db(), key)?
+        .with_checkpoints(audit::CheckpointPolicy {
             every: config.audit.checkpoint_every(),
             records: *config.audit.checkpoint_records.get_ref(),
-        }),
-    )
+        })
+        .with_append_journal()?)
 }
 
 pub fn load_config(path: &Option<PathBuf>) -> Result<Config> {
