@@ -177,6 +177,11 @@ pub trait AuditStore: Send {
     /// checkpoint remains checkable. Returns the records pruned.
     fn prune(&mut self, before_ms: i64) -> Result<u64, AuditError>;
     fn verify(&self, key: &VerifyingKey) -> Result<Verification, AuditError>;
+    /// Why the store cannot write what it has accepted, if it knows already (a store that
+    /// writes behind an append: the next append would be refused with this reason).
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The bytes a record's leaf hash is taken over.

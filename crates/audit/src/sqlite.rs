@@ -1039,8 +1039,8 @@ fn insert_rows(conn: &Connection, rows: &[Row], tiles: &[(u64, Hash)]) -> rusqli
 
 /// Copies journaled appends into SQLite: whatever has arrived, in one transaction (a
 /// group commit), then empties the journal once SQLite holds all of it, and yields the
-/// append lock when another process waits for it. A failed write is retried every 100 ms
-/// and reported through `failed` meanwhile. Ends when the store drops its sender, after
+/// append lock when another process waits for it. A failed write is retried every 10 ms
+/// (each try waits out SQLite's busy timeout) and reported through `failed` meanwhile. Ends when the store drops its sender, after
 /// writing what is left.
 fn index_writer(
     mut conn: Connection,
@@ -1097,7 +1097,7 @@ fn index_writer(
                     if stopping {
                         return;
                     }
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::sleep(Duration::from_millis(10));
                     continue;
                 }
             }
@@ -1516,6 +1516,16 @@ impl AuditStore for SqliteStore {
             .map_err(|e| self.io(e))?;
         self.quarantined_bytes = q.max(0) as u64;
         Ok(n as u64)
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.journal.writer.as_ref()?;
+        let failed = lock(&self.journal.shared).failed.clone()?;
+        Some(format!(
+            "audit database {}: the log cannot be written ({failed}); what was accepted waits in {}",
+            self.path,
+            self.journal.path.display()
+        ))
     }
 
     fn verify(&self, key: &VerifyingKey) -> Result<Verification, AuditError> {

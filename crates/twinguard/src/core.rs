@@ -571,6 +571,13 @@ impl Core {
             tracing::error!(error = %e, "audit log cannot be checkpointed: nothing will execute");
             self.audit_failure = Some(e.to_string());
         }
+        // A log that writes behind its appends may have failed since the last one.
+        if self.audit_failure.is_none()
+            && let Some(why) = self.audit.unavailable()
+        {
+            tracing::error!(error = %why, "audit log unavailable: nothing will execute");
+            self.audit_failure = Some(why);
+        }
     }
 
     /// Appends to the audit log; on failure the core stops executing anything (fail safe).
@@ -1416,7 +1423,8 @@ impl Core {
     /// unavailable: the audit log, or the policy.
     fn failure(&self) -> Option<String> {
         self.audit_failure
-            .as_ref()
+            .clone()
+            .or_else(|| self.audit.unavailable())
             .map(|why| format!("the audit log is unavailable, so nothing executes: {why}"))
             .or_else(|| {
                 self.policy_failure

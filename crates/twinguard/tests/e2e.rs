@@ -3308,6 +3308,32 @@ fn nothing_executes_while_the_audit_log_is_unavailable_but_a_stop() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "locked");
+    // The running twinguard's appends go to its append journal first; copying them into
+    // SQLite fails once the lock outlasts its patience, and from then on nothing executes.
+    // Another proposal is something to copy.
+    python_agent(
+        run.api_port,
+        &[
+            "scheduler",
+            key,
+            "propose",
+            t["token"].as_str().unwrap(),
+            r#"{"kind": "maintenance", "asset": "pump"}"#,
+            request.to_str().unwrap(),
+        ],
+    );
+    let start = Instant::now();
+    loop {
+        let (s, health) = http(run.api_port, "GET", "/healthz", "");
+        if s == 503 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the audit log's failure never showed: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The approval is taken, but the command is not sent: its decision cannot be recorded.
     let (s, v) = http(
