@@ -34,6 +34,21 @@ fn entries(from: u64, n: u64) -> Vec<Entry> {
         .collect()
 }
 
+/// The store as a running twinguard opens it.
+fn running(path: &Path) -> SqliteStore {
+    SqliteStore::open(path, key())
+        .unwrap()
+        .with_append_journal()
+        .unwrap()
+}
+
+/// A fresh log's path, in a directory removed with the guard.
+fn fresh() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    (dir, path)
+}
+
 fn journal_of(db: &Path) -> PathBuf {
     PathBuf::from(format!("{}.appends", db.display()))
 }
@@ -60,12 +75,8 @@ fn stored_ns(path: &Path) -> Vec<u64> {
 
 #[test]
 fn journaled_appends_reach_the_database_whole_and_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
-    let mut store = SqliteStore::open(&path, key())
-        .unwrap()
-        .with_append_journal()
-        .unwrap();
+    let (_dir, path) = fresh();
+    let mut store = running(&path);
     // 600 records, two to an append: more than two tiles of 256 leaves.
     let mut n = 0;
     let mut head = None;
@@ -109,8 +120,7 @@ fn journal_lines(stored: u64, from: u64, n: u64) -> String {
 
 #[test]
 fn what_a_crash_left_in_the_journal_goes_into_the_log_at_the_next_opening() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
+    let (_dir, path) = fresh();
     let mut store = SqliteStore::open(&path, key()).unwrap();
     store.append(&entries(0, 5)).unwrap();
     drop(store);
@@ -142,8 +152,7 @@ fn what_a_crash_left_in_the_journal_goes_into_the_log_at_the_next_opening() {
 
 #[test]
 fn a_journal_that_does_not_continue_the_log_is_refused_and_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
+    let (_dir, path) = fresh();
     let mut store = SqliteStore::open(&path, key()).unwrap();
     store.append(&entries(0, 2)).unwrap();
     drop(store);
@@ -169,12 +178,8 @@ fn a_journal_that_does_not_continue_the_log_is_refused_and_kept() {
 
 #[test]
 fn another_process_appends_beside_a_running_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
-    let mut running = SqliteStore::open(&path, key())
-        .unwrap()
-        .with_append_journal()
-        .unwrap();
+    let (_dir, path) = fresh();
+    let mut running = running(&path);
     // A second opening of the file locks it as another process would (`flock` locks
     // belong to each opening).
     let mut other = SqliteStore::open(&path, key()).unwrap();
@@ -205,12 +210,8 @@ fn another_process_appends_beside_a_running_writer() {
 
 #[test]
 fn appends_are_refused_while_the_log_cannot_be_written_and_none_accepted_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
-    let mut store = SqliteStore::open(&path, key())
-        .unwrap()
-        .with_append_journal()
-        .unwrap();
+    let (_dir, path) = fresh();
+    let mut store = running(&path);
     store.append(&entries(0, 1)).unwrap();
     store.checkpoint().unwrap();
     // Someone else holds SQLite's write lock past the store's patience.
@@ -233,6 +234,8 @@ fn appends_are_refused_while_the_log_cannot_be_written_and_none_accepted_is_lost
         refusal.contains("cannot be written") && refusal.contains("wait in the journal"),
         "{refusal}"
     );
+    let why = store.unavailable().expect("the store says it cannot write");
+    assert!(why.contains("locked"), "{why}");
     blocker.execute_batch("COMMIT").unwrap();
     drop(blocker);
     // The writer retries; appends are taken again once it has caught up.
@@ -245,6 +248,7 @@ fn appends_are_refused_while_the_log_cannot_be_written_and_none_accepted_is_lost
         std::thread::sleep(Duration::from_millis(20));
     }
     accepted += 1;
+    assert_eq!(store.unavailable(), None);
     drop(store);
     assert_eq!(stored_ns(&path), (0..accepted).collect::<Vec<_>>());
     assert_eq!(verify(&path).problem, None);
@@ -252,8 +256,7 @@ fn appends_are_refused_while_the_log_cannot_be_written_and_none_accepted_is_lost
 
 #[test]
 fn a_kind_that_cannot_stand_in_a_journal_line_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
+    let (_dir, path) = fresh();
     let mut store = SqliteStore::open(&path, key()).unwrap();
     for kind in ["", "deci\tsion", "decision\n"] {
         let e = store

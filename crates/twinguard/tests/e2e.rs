@@ -3277,17 +3277,20 @@ fn nothing_executes_while_the_audit_log_is_unavailable_but_a_stop() {
     let key = key.to_str().unwrap();
     let t = python_agent(run.api_port, &["scheduler", key, "token"]);
     let request = dir.path().join("request.json");
-    let d = python_agent(
-        run.api_port,
-        &[
-            "scheduler",
-            key,
-            "propose",
-            t["token"].as_str().unwrap(),
-            r#"{"kind": "maintenance", "asset": "pump"}"#,
-            request.to_str().unwrap(),
-        ],
-    );
+    let propose = || {
+        python_agent(
+            run.api_port,
+            &[
+                "scheduler",
+                key,
+                "propose",
+                t["token"].as_str().unwrap(),
+                r#"{"kind": "maintenance", "asset": "pump"}"#,
+                request.to_str().unwrap(),
+            ],
+        )
+    };
+    let d = propose();
     assert_eq!(d["outcome"], "pending", "{d}");
     let id = d["proposal_id"].as_u64().unwrap();
     let (s, v) = http(run.api_port, "GET", "/healthz", "");
@@ -3311,17 +3314,7 @@ fn nothing_executes_while_the_audit_log_is_unavailable_but_a_stop() {
     // The running twinguard's appends go to its append journal first; copying them into
     // SQLite fails once the lock outlasts its patience, and from then on nothing executes.
     // Another proposal is something to copy.
-    python_agent(
-        run.api_port,
-        &[
-            "scheduler",
-            key,
-            "propose",
-            t["token"].as_str().unwrap(),
-            r#"{"kind": "maintenance", "asset": "pump"}"#,
-            request.to_str().unwrap(),
-        ],
-    );
+    propose();
     let start = Instant::now();
     loop {
         let (s, health) = http(run.api_port, "GET", "/healthz", "");
