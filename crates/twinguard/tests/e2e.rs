@@ -2777,6 +2777,22 @@ fn external_agent_setup(
 }
 
 /// Runs tests/python/agent.py (written from docs/agent-api.md) against the API on `port`.
+/// The Python scheduler agent proposes maintenance of the pump (the request it signed is
+/// kept at `request`).
+fn propose_maintenance(port: u16, key: &str, token: &str, request: &Path) -> Value {
+    python_agent(
+        port,
+        &[
+            "scheduler",
+            key,
+            "propose",
+            token,
+            r#"{"kind": "maintenance", "asset": "pump"}"#,
+            request.to_str().unwrap(),
+        ],
+    )
+}
+
 fn python_agent(port: u16, args: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/agent.py");
     let out = Command::new("python3")
@@ -3277,19 +3293,7 @@ fn nothing_executes_while_the_audit_log_is_unavailable_but_a_stop() {
     let key = key.to_str().unwrap();
     let t = python_agent(run.api_port, &["scheduler", key, "token"]);
     let request = dir.path().join("request.json");
-    let propose = || {
-        python_agent(
-            run.api_port,
-            &[
-                "scheduler",
-                key,
-                "propose",
-                t["token"].as_str().unwrap(),
-                r#"{"kind": "maintenance", "asset": "pump"}"#,
-                request.to_str().unwrap(),
-            ],
-        )
-    };
+    let propose = || propose_maintenance(run.api_port, key, t["token"].as_str().unwrap(), &request);
     let d = propose();
     assert_eq!(d["outcome"], "pending", "{d}");
     let id = d["proposal_id"].as_u64().unwrap();
@@ -3530,17 +3534,7 @@ fn an_edited_policy_is_in_force_at_once_and_a_broken_one_stops_everything_but_a_
     let request = dir.path().join("request.json");
     let propose = || {
         let t = python_agent(run.api_port, &["scheduler", key, "token"]);
-        python_agent(
-            run.api_port,
-            &[
-                "scheduler",
-                key,
-                "propose",
-                t["token"].as_str().unwrap(),
-                r#"{"kind": "maintenance", "asset": "pump"}"#,
-                request.to_str().unwrap(),
-            ],
-        )
+        propose_maintenance(run.api_port, key, t["token"].as_str().unwrap(), &request)
     };
     let d = propose();
     assert_eq!(d["outcome"], "pending", "{d}");
