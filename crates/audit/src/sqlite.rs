@@ -506,11 +506,7 @@ impl SqliteStore {
         journal::reacquire(file, wait, &self.journal.wait_path, journal::LOCK_TIMEOUT)
             .map_err(|m| self.journal_err(m))?;
         let caught_up = self.recover(&st.file).and_then(|()| {
-            let stored: i64 = self
-                .conn
-                .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
-                .map_err(|e| self.io(e))?;
-            if stored.max(0) as u64 != self.tree.size() {
+            if stored_records(&self.conn).map_err(|e| self.io(e))? != self.tree.size() {
                 self.reload()?;
             }
             Ok(())
@@ -650,11 +646,8 @@ impl SqliteStore {
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(io)?;
-            let stored: i64 = tx
-                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM audit")
-                .and_then(|mut s| s.query_row([], |r| r.get(0)))
-                .map_err(io)?;
-            if stored.max(0) as u64 == self.tree.size() {
+            let stored = stored_records(&tx).map_err(io)?;
+            if stored == self.tree.size() {
                 break tx;
             }
             drop(tx);
@@ -807,14 +800,12 @@ impl SqliteStore {
         // twinguard appends.
         conn.execute_batch("BEGIN").map_err(io)?;
         let notes = all_notes(&conn).map_err(io)?;
-        let records: i64 = conn
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
-            .map_err(io)?;
+        let records = stored_records(&conn).map_err(io)?;
         let header = crate::export::Header {
             format: crate::export::FORMAT.into(),
             version: crate::export::VERSION,
             origin: origin_for(key),
-            records: records.max(0) as u64,
+            records,
             checkpoints: notes.len() as u64,
         };
         let mut stmt = conn
@@ -1126,17 +1117,21 @@ fn index_writer(
     }
 }
 
+/// How many records the database holds (the newest record's number).
+fn stored_records(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM audit")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|n| n.max(0) as u64)
+}
+
 /// One transaction holding every batch, which must continue the stored log.
 fn write_batches(conn: &mut Connection, batches: &[Batch]) -> Result<(), String> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| e.to_string())?;
-    let stored: i64 = tx
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM audit")
-        .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .map_err(|e| e.to_string())?;
+    let stored = stored_records(&tx).map_err(|e| e.to_string())?;
     if let Some(first) = batches.iter().find_map(|b| b.rows.first())
-        && first.seq != stored.max(0) as u64 + 1
+        && first.seq != stored + 1
     {
         return Err(format!(
             "it holds {stored} records, so record {} cannot follow (another process appended without the append lock)",
@@ -1290,10 +1285,7 @@ fn load_tree(conn: &Connection) -> Result<Tree, String> {
             }
         })
         .collect::<Result<_, String>>()?;
-    let records: i64 = conn
-        .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    let records = records.max(0) as u64;
+    let records = stored_records(conn).map_err(|e| e.to_string())?;
     let tiled = tiles.len() as u64 * TILE;
     if tiled > records {
         return Err(format!(
@@ -1453,10 +1445,8 @@ impl AuditStore for SqliteStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(io)?;
-        let stored: i64 = tx
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
-            .map_err(io)?;
-        if stored.max(0) as u64 != self.tree.size() {
+        let stored = stored_records(&tx).map_err(io)?;
+        if stored != self.tree.size() {
             return Err(AuditError::Io {
                 path: self.path.clone(),
                 message: format!(
