@@ -64,7 +64,7 @@ impl Entry {
     }
 
     /// An entry whose body is `body` written straight to JSON text, without building a
-    /// `serde_json::Value` of it first (half the cost of a guard decision's append).
+    /// `serde_json::Value` of it first (one of the costs of a guard decision's append).
     pub fn of<T: Serialize + ?Sized>(
         ts_ms: i64,
         kind: &str,

@@ -1918,8 +1918,8 @@ fn device_changes(old: &[&Device], new: &[Device]) -> Vec<Value> {
 }
 
 /// The audit records of one guard decision: the proposal as the agent sent it, and the
-/// decision. Written straight to JSON text (a `serde_json::Value` of each would cost as
-/// much as the rest of the append).
+/// decision. Written straight to JSON text: building a `serde_json::Value` of each first
+/// was one of the costs of the append a decision waits for.
 pub(crate) fn decision_entries<P: serde::Serialize>(
     now: i64,
     id: u64,
