@@ -790,11 +790,12 @@ impl Guard {
         match d {
             Decision::Execute(a) => {
                 self.stats.executed += 1;
-                *self
-                    .stats
-                    .executed_by_agent
-                    .entry(agent.to_string())
-                    .or_default() += 1;
+                match self.stats.executed_by_agent.get_mut(agent) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.stats.executed_by_agent.insert(agent.to_string(), 1);
+                    }
+                }
                 if a.0.command == PlantCommand::StopLine {
                     self.stats.line_stops += 1;
                 }
@@ -1038,22 +1039,42 @@ impl Guard {
     /// The agent's accepted proposals in the last hour, overall and on `asset`, against
     /// its limits.
     fn check_agent_rate(&mut self, agent: &str, asset: &str, now_ms: i64) -> Result<(), Denial> {
-        let recent = self.accepted.entry(agent.to_string()).or_default();
+        let Some(recent) = self.accepted.get_mut(agent) else {
+            // Nothing accepted yet; a limit of zero still refuses the first.
+            return Self::within_rate(agent, asset, 0, 0, self.limits);
+        };
         while recent.front().is_some_and(|(t, _)| now_ms - t >= HOUR_MS) {
             recent.pop_front();
         }
         let limits = self.limits;
-        if recent.len() as u64 >= u64::from(limits.agent_actions_per_hour) {
+        // Fewer actions overall than the asset's limit: under it on the asset too, without
+        // counting.
+        let on_asset = if (recent.len() as u64) < u64::from(limits.agent_asset_actions_per_hour) {
+            0
+        } else {
+            recent.iter().filter(|(_, a)| a == asset).count()
+        };
+        Self::within_rate(agent, asset, recent.len(), on_asset, limits)
+    }
+
+    /// Whether one more action of `agent` on `asset` fits its limits, with `overall` and
+    /// `on_asset` accepted in the last hour.
+    fn within_rate(
+        agent: &str,
+        asset: &str,
+        overall: usize,
+        on_asset: usize,
+        limits: GuardLimits,
+    ) -> Result<(), Denial> {
+        if overall as u64 >= u64::from(limits.agent_actions_per_hour) {
             return Err(Denial::new(
                 DenyReason::RateLimit,
                 format!(
-                    "agent {agent} already had {} actions accepted in the last hour (limit {})",
-                    recent.len(),
+                    "agent {agent} already had {overall} actions accepted in the last hour (limit {})",
                     limits.agent_actions_per_hour
                 ),
             ));
         }
-        let on_asset = recent.iter().filter(|(_, a)| a == asset).count();
         if on_asset as u64 >= u64::from(limits.agent_asset_actions_per_hour) {
             return Err(Denial::new(
                 DenyReason::RateLimit,
