@@ -2780,33 +2780,50 @@ fn external_agent_setup(
 /// The Python scheduler agent proposes maintenance of the pump (the request it signed is
 /// kept at `request`).
 fn propose_maintenance(port: u16, key: &str, token: &str, request: &Path) -> Value {
-    python_agent(
-        port,
-        &[
-            "scheduler",
-            key,
-            "propose",
-            token,
-            r#"{"kind": "maintenance", "asset": "pump"}"#,
-            request.to_str().unwrap(),
-        ],
-    )
+    python_agent(port, &maintenance_proposal(key, token, request))
+}
+
+/// tests/python/agent.py's arguments for [`propose_maintenance`].
+fn maintenance_proposal<'a>(key: &'a str, token: &'a str, request: &'a Path) -> [&'a str; 6] {
+    [
+        "scheduler",
+        key,
+        "propose",
+        token,
+        r#"{"kind": "maintenance", "asset": "pump"}"#,
+        request.to_str().unwrap(),
+    ]
 }
 
 fn python_agent(port: u16, args: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/agent.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(format!("http://127.0.0.1:{port}"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = python_agent_run(port, args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs tests/python/agent.py with `args`, whatever comes of it.
+fn python_agent_run(port: u16, args: &[&str]) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/agent.py");
+    Command::new("python3")
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// An external agent written in Python from `docs/agent-api.md` alone: registered with
@@ -3293,37 +3310,52 @@ fn nothing_executes_while_the_audit_log_is_unavailable_but_a_stop() {
     let key = key.to_str().unwrap();
     let t = python_agent(run.api_port, &["scheduler", key, "token"]);
     let request = dir.path().join("request.json");
-    let propose = || propose_maintenance(run.api_port, key, t["token"].as_str().unwrap(), &request);
-    let d = propose();
+    let token = t["token"].as_str().unwrap();
+    let d = propose_maintenance(run.api_port, key, token, &request);
     assert_eq!(d["outcome"], "pending", "{d}");
     let id = d["proposal_id"].as_u64().unwrap();
     let (s, v) = http(run.api_port, "GET", "/healthz", "");
     assert_eq!(s, 200, "{v}");
 
-    // Another process takes the log's write lock and keeps it.
-    let mut locker = Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(600)",
-        ])
-        .arg(data.join("audit.db"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Another process takes the log's write lock and keeps it (killed, whatever happens,
+    // when the test ends; its output is not the test's, so that nothing waits on it).
+    let mut locker = KillOnDrop(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(600)",
+            ])
+            .arg(data.join("audit.db"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
-    BufReader::new(locker.stdout.take().unwrap())
+    BufReader::new(locker.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "locked");
     // The running twinguard's appends go to its append journal first; copying them into
     // SQLite fails once the lock outlasts its patience, and from then on nothing executes.
-    // Another proposal is something to copy.
-    propose();
+    // Its own agents and ticks append; another proposal is something more to copy, made
+    // while the health check still says 200 (the agent asks it the time first), and
+    // refused or not depending on whether the failure showed in between.
+    let mut proposed = false;
     let start = Instant::now();
     loop {
         let (s, health) = http(run.api_port, "GET", "/healthz", "");
         if s == 503 {
             break;
+        }
+        if !proposed {
+            proposed = true;
+            let token = token.to_string();
+            let (port, key, request) = (run.api_port, key.to_string(), request.clone());
+            std::thread::spawn(move || {
+                python_agent_run(port, &maintenance_proposal(&key, &token, &request))
+            });
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
@@ -3373,8 +3405,7 @@ fn nothing_executes_while_the_audit_log_is_unavailable_but_a_stop() {
         r["audit"]
     );
 
-    locker.kill().unwrap();
-    locker.wait().unwrap();
+    drop(locker);
     run.interrupt();
     let r = run.finish();
     assert!(r["audit"]["failure"].is_string(), "{}", r["audit"]);
