@@ -10,9 +10,17 @@
 //!
 //! One line per record, fields separated by tabs:
 //! `seq \t ts_ms \t kind \t leaf (64 hex digits) \t body (compact JSON)\n`. Compact JSON
-//! escapes tabs and line breaks inside strings, and kinds may hold neither, so a line
-//! splits unambiguously. A last line without its line break was cut short by a crash
-//! mid-write (an append that had not returned) and is dropped.
+//! escapes tabs, line breaks and every other control character inside strings, and kinds
+//! may hold none, so a line splits unambiguously and holds no zero byte. A last line
+//! without its line break was cut short by a crash mid-write (an append that had not
+//! returned) and is dropped.
+//!
+//! The journal ends at its first zero byte (or the file's end). A running store writes
+//! the journal from its start over zeros it wrote beforehand (the file is preallocated),
+//! and once SQLite holds every line it empties the journal by writing zeros over them
+//! and starts again from the start, instead of truncating the file: an append then
+//! overwrites pages the file already has rather than making the file system allocate
+//! new ones, which took most of a slow append's time (docs/benchmarks.md).
 //!
 //! The append lock is an advisory lock (`flock`) on the journal file. Every writer of the
 //! log holds it while it appends; a running twinguard holds it for as long as it runs and
@@ -24,6 +32,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -47,6 +56,10 @@ pub(crate) const MAX_JOURNAL_BYTES: u64 = 1 << 30;
 /// appends pause): emptying it holds appends back for a moment.
 pub(crate) const EMPTY_AT_BYTES: u64 = 1 << 20;
 
+/// A running store's journal is made this long (zeros) when it takes the append lock, so
+/// that appends up to [`EMPTY_AT_BYTES`] and beyond overwrite the file's own pages.
+pub(crate) const PREALLOCATED_BYTES: u64 = 2 * EMPTY_AT_BYTES;
+
 /// How long a writer waits for the append lock before reporting who holds it.
 pub(crate) const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -62,13 +75,48 @@ pub(crate) fn wait_path(db: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Opens (or creates) a file of the journal's pair for locking, reading and appending.
+/// Opens (or creates) a file of the journal's pair for locking, reading and writing at
+/// an offset (not in append mode, in which Linux would ignore the offset).
 pub(crate) fn open(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
-        .append(true)
+        .write(true)
         .create(true)
+        .truncate(false)
         .open(path)
+}
+
+/// Zeros, written a chunk at a time.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Writes zeros over bytes `from..to` of `file`.
+fn zero(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let n = usize::try_from(to - at).map_or(ZEROS.len(), |n| n.min(ZEROS.len()));
+        file.write_all_at(ZEROS.get(..n).unwrap_or(&ZEROS), at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Empties a journal whose lines take its first `len` bytes: zeros over them, or, if
+/// that fails, the file truncated. An error means neither worked, and the journal may
+/// then end anywhere before `len`: nothing may be written after it until a rewind works.
+pub(crate) fn rewind(file: &File, len: u64) -> std::io::Result<()> {
+    zero(file, 0, len).or_else(|_| file.set_len(0))
+}
+
+/// Readies an empty journal for a store that starts writing it: truncated, then
+/// [`PREALLOCATED_BYTES`] of zeros. Whatever an earlier rewind that failed halfway left
+/// after the first zero byte is gone, so every byte after the journal's end is zero. The
+/// zeros only save time later: if writing them fails, the file stays empty.
+pub(crate) fn reset(file: &File) -> std::io::Result<()> {
+    file.set_len(0)?;
+    if zero(file, 0, PREALLOCATED_BYTES).is_err() {
+        file.set_len(0)?;
+    }
+    Ok(())
 }
 
 /// Whether a record kind can stand in a journal line.
@@ -93,9 +141,11 @@ pub(crate) fn encode(rows: &[Row], buf: &mut Vec<u8>) {
     }
 }
 
-/// The rows of a journal's bytes, and how many bytes at its end were cut short (a line
-/// without its line break). A malformed whole line is an error naming it.
+/// The rows of a journal's bytes (up to the first zero byte), and how many bytes at its
+/// end were cut short (a line without its line break). A malformed whole line is an error
+/// naming it.
 pub(crate) fn parse(bytes: &[u8]) -> Result<(Vec<Row>, usize), String> {
+    let (bytes, _) = bytes.split_at(journal_end(bytes));
     let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let (lines, torn) = bytes.split_at(whole);
     let mut rows = Vec::new();
@@ -142,6 +192,11 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(Vec<Row>, usize), String> {
         });
     }
     Ok((rows, torn.len()))
+}
+
+/// Where a journal's bytes end: at the first zero byte, or their end.
+pub(crate) fn journal_end(bytes: &[u8]) -> usize {
+    bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())
 }
 
 /// Someone announced that they wait for the append lock.
@@ -241,6 +296,43 @@ mod tests {
         let mut b = Vec::new();
         encode(rows, &mut b);
         b.len()
+    }
+
+    #[test]
+    fn the_journal_ends_at_its_first_zero_byte() {
+        let mut buf = Vec::new();
+        encode(&[row(1, "{}"), row(2, r#"{"k":1}"#)], &mut buf);
+        let first = rows_len(&[row(1, "{}")]);
+        // Zeros after whole lines, and after a line cut short, hide whatever follows.
+        let mut after_whole = buf.clone();
+        after_whole.extend_from_slice(b"\0\0garbage\n");
+        assert_eq!(
+            parse(&after_whole).unwrap(),
+            (vec![row(1, "{}"), row(2, r#"{"k":1}"#)], 0)
+        );
+        let mut after_torn = buf.get(..first + 5).unwrap().to_vec();
+        after_torn.extend_from_slice(&[0; 4]);
+        after_torn.extend_from_slice(&buf);
+        assert_eq!(parse(&after_torn).unwrap(), (vec![row(1, "{}")], 5));
+        assert_eq!(parse(&[0; 16]).unwrap(), (vec![], 0));
+    }
+
+    #[test]
+    fn a_rewound_journal_is_zeros_where_its_lines_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = open(&dir.path().join("j")).unwrap();
+        reset(&file).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), PREALLOCATED_BYTES);
+        let mut buf = Vec::new();
+        encode(&[row(1, "{}"), row(2, "{}")], &mut buf);
+        file.write_all_at(&buf, 0).unwrap();
+        let mut back = vec![0; buf.len() + 8];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(parse(&back).unwrap().0.len(), 2);
+        rewind(&file, buf.len() as u64).unwrap();
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert!(back.iter().all(|&b| b == 0));
+        assert_eq!(file.metadata().unwrap().len(), PREALLOCATED_BYTES);
     }
 
     #[test]

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
@@ -94,7 +93,8 @@ struct JournalState {
     wait: File,
     /// This store holds the append lock between appends (a store with a journal).
     owned: bool,
-    /// Bytes in the journal.
+    /// Where the journal's lines end and the next append's go; every byte after it is
+    /// zero or past the file's end.
     len: u64,
     /// The newest record in the journal, and the newest SQLite holds, as far as this
     /// store wrote them.
@@ -382,6 +382,7 @@ impl SqliteStore {
         journal::acquire(&st.file, &self.journal.wait_path, journal::LOCK_TIMEOUT)
             .map_err(|m| self.journal_err(m))?;
         let ready = self.recover(&st.file).and_then(|()| {
+            journal::reset(&st.file).map_err(|e| self.journal_err(e))?;
             let conn = Connection::open(&self.path).map_err(|e| self.io(e))?;
             init(&conn).map_err(|e| self.io(e))?;
             Ok(conn)
@@ -452,7 +453,9 @@ impl SqliteStore {
     /// the log is reported and left in place.
     fn recover(&mut self, file: &File) -> Result<(), AuditError> {
         let len = file.metadata().map_err(|e| self.journal_err(e))?.len();
-        if len == 0 {
+        let mut first = [0u8];
+        if len == 0 || (file.read_exact_at(&mut first, 0).is_ok() && first == [0]) {
+            // Empty: the journal ends at its first zero byte.
             return Ok(());
         }
         if len > journal::MAX_JOURNAL_BYTES {
@@ -506,6 +509,7 @@ impl SqliteStore {
         journal::reacquire(file, wait, &self.journal.wait_path, journal::LOCK_TIMEOUT)
             .map_err(|m| self.journal_err(m))?;
         let caught_up = self.recover(&st.file).and_then(|()| {
+            journal::reset(&st.file).map_err(|e| self.journal_err(e))?;
             if stored_records(&self.conn).map_err(|e| self.io(e))? != self.tree.size() {
                 self.reload()?;
             }
@@ -516,6 +520,7 @@ impl SqliteStore {
             return Err(e);
         }
         st.owned = true;
+        st.len = 0;
         st.journaled = self.tree.size();
         st.written = self.tree.size();
         Ok(())
@@ -570,7 +575,7 @@ impl SqliteStore {
                 drop(st);
                 return Err(self.journal_err(m));
             }
-            if let Err(e) = (&st.file).write_all(&self.journal.buf) {
+            if let Err(e) = st.file.write_all_at(&self.journal.buf, st.len) {
                 // Cut off whatever part of the lines went in: the append did not happen.
                 let _ = st.file.set_len(st.len);
                 drop(st);
@@ -1102,8 +1107,18 @@ fn index_writer(
             && st.written >= st.journaled
             && (waiting || !busy || st.len >= journal::EMPTY_AT_BYTES)
         {
-            if st.len > 0 && st.file.set_len(0).is_ok() {
-                st.len = 0;
+            // SQLite holds every line, so no write has failed since the last that worked
+            // (which cleared `failed`): only a rewind can have set it.
+            if st.len > 0 {
+                match journal::rewind(&st.file, st.len) {
+                    Ok(()) => {
+                        st.len = 0;
+                        st.failed = None;
+                    }
+                    Err(e) => {
+                        st.failed = Some(format!("audit journal of {name}: cannot empty it: {e}"));
+                    }
+                }
             }
             if waiting {
                 let _ = st.file.unlock();

@@ -10,7 +10,9 @@
     reason = "test code: a panic is a test failure"
 )]
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use audit::{AuditStore, Entry, SqliteStore, check_proof, record_leaf};
@@ -125,10 +127,14 @@ fn what_a_crash_left_in_the_journal_goes_into_the_log_at_the_next_opening() {
     store.append(&entries(0, 5)).unwrap();
     drop(store);
     // Records 4 and 5 again (already stored: skipped), 6 to 8 new, and a line cut short
-    // mid-write.
+    // mid-write; then the zeros a running writer leaves after the journal's end, and
+    // behind them what they hide (never read: the journal ends at its first zero byte).
     let mut text = journal_lines(3, 3, 2);
     text.push_str(&journal_lines(5, 5, 3));
     text.push_str("9\t1009\tdecis");
+    text.push_str("\0\0\0");
+    text.push_str(&journal_lines(8, 8, 1));
+    text.push_str("not a line\n");
     std::fs::write(journal_of(&path), &text).unwrap();
 
     let store = SqliteStore::open(&path, key()).unwrap();
@@ -266,4 +272,108 @@ fn a_kind_that_cannot_stand_in_a_journal_line_is_refused() {
         assert!(e.contains("control characters"), "{e}");
     }
     assert_eq!(store.records(), 0);
+}
+
+/// Set in the child process of the kill test: the log it writes.
+const CHILD_LOG: &str = "AUDIT_JOURNAL_TEST_CHILD_LOG";
+
+/// Kills the child when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A record whose line is longer than any of `entries`.
+fn long_entry(n: u64) -> Entry {
+    Entry::new(
+        1_000 + n as i64,
+        "decision",
+        json!({"n": n, "note": "x".repeat(2_000)}),
+    )
+}
+
+#[test]
+fn a_writer_killed_after_its_journal_was_emptied_loses_no_accepted_record() {
+    const NAME: &str = "a_writer_killed_after_its_journal_was_emptied_loses_no_accepted_record";
+    if let Some(path) = std::env::var_os(CHILD_LOG) {
+        kill_test_child(Path::new(&path));
+    }
+    let (_dir, path) = fresh();
+    let mut child = Killed(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env(CHILD_LOG, &path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let accepted: u64 = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        // The harness prints the test's name first, on the same line.
+        .find_map(|l| {
+            l.split("accepted ")
+                .nth(1)
+                .map(|n| n.trim().parse().unwrap())
+        })
+        .expect("the child process ended before its appends were accepted");
+    // Killed with records in the journal that SQLite does not hold.
+    drop(child);
+    let store = SqliteStore::open(&path, key()).unwrap();
+    drop(store);
+    assert_eq!(accepted, 105);
+    assert_eq!(stored_ns(&path), (0..accepted).collect::<Vec<_>>());
+    let rec = SqliteStore::newest_record_of(&path, &["audit_journal_recovered"])
+        .unwrap()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(rec.body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (
+            body["records_recovered"].as_u64(),
+            body["bytes_cut_short"].as_u64()
+        ),
+        (Some(5), Some(0))
+    );
+    let v = verify(&path);
+    assert_eq!((v.records, v.problem), (accepted + 1, None));
+}
+
+/// The kill test's child: a running writer appends long records, waits until its journal
+/// has been emptied (SQLite holds them), then, with SQLite's write lock held elsewhere,
+/// appends five short records in one append, says so, and waits to be killed. Were the
+/// emptied journal's old lines left behind the new ones, the next opening would read
+/// them after the new lines.
+fn kill_test_child(path: &Path) -> ! {
+    let mut store = running(path);
+    for n in 0..100 {
+        store.append(&[long_entry(n)]).unwrap();
+    }
+    let journal = journal_of(path);
+    let start = Instant::now();
+    loop {
+        let bytes = std::fs::read(&journal).unwrap();
+        // Emptied in place: the file keeps its length, and starts with a zero byte.
+        if bytes.len() > 100 * 2_000 && bytes.first() == Some(&0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the journal was not emptied in place ({} bytes, first {:?})",
+            bytes.len(),
+            bytes.first()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let blocker = Connection::open(path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    store.append(&entries(100, 5)).unwrap();
+    println!("accepted 105");
+    // Killed long before this; the bound only keeps a broken test from hanging.
+    std::thread::sleep(Duration::from_secs(120));
+    std::process::exit(1)
 }
