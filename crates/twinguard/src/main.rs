@@ -1417,16 +1417,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .map(|m| serde_json::json!({ "mosquitto": m }))
             } else if guard_only {
                 bench_guard::run(&dir).and_then(|g| {
+                    let writes = bench_guard::journal_writes(&dir.join("journal"))?;
                     let http = bench_guard::http(&dir.join("http"))?;
-                    Ok(serde_json::json!({ "guard": g, "guard_http": http }))
+                    Ok(serde_json::json!({ "guard": g, "journal_writes": writes, "guard_http": http }))
                 })
             } else {
                 rt.block_on(bench::run(hours, dir.clone()))
                     .and_then(|mut r| {
                         let guard = bench_guard::run(&dir.join("guard"))?;
+                        let writes = bench_guard::journal_writes(&dir.join("journal"))?;
                         let http = bench_guard::http(&dir.join("guard-http"))?;
                         if let Some(m) = r.as_object_mut() {
                             m.insert("guard".into(), guard);
+                            m.insert("journal_writes".into(), writes);
                             m.insert("guard_http".into(), http);
                         }
                         Ok(r)
