@@ -129,7 +129,8 @@ pub fn run(dir: &std::path::Path) -> Result<Value> {
                 let audit = us(t2);
                 let total = us(t);
                 let t3 = Instant::now();
-                fixed_sink ^= sha2::Sha256::digest(std::hint::black_box(&fixed_input))[0];
+                let digest = sha2::Sha256::digest(std::hint::black_box(&fixed_input));
+                fixed_sink ^= digest.first().copied().unwrap_or_default();
                 fixed_times.push(us(t3));
                 times.push(total);
                 proof_times.push(proof);
