@@ -203,7 +203,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(Vec<Row>, usize), String> {
 }
 
 /// Where a journal's bytes end: at the first zero byte, or their end.
-pub(crate) fn journal_end(bytes: &[u8]) -> usize {
+fn journal_end(bytes: &[u8]) -> usize {
     bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())
 }
 

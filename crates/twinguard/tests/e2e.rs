@@ -1270,24 +1270,17 @@ fn check_config_explains_every_error_with_its_location() {
 
 /// Debian's mosquitto, started by the test on loopback (`.ci/run` installs it).
 struct Mosquitto {
-    child: std::process::Child,
+    child: KillOnDrop,
     port: u16,
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Mosquitto {
     /// Stops it the way an operator would (SIGTERM), so that it saves its persistence file.
     fn stop(mut self) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.child.0.id().to_string()])
             .status();
-        let _ = self.child.wait();
+        let _ = self.child.0.wait();
     }
 }
 
@@ -1326,7 +1319,10 @@ fn mosquitto_at(dir: &Path, port: u16, conf_extra: &str) -> Mosquitto {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Mosquitto { child, port }
+    Mosquitto {
+        child: KillOnDrop(child),
+        port,
+    }
 }
 
 /// A CA, a broker certificate for 127.0.0.1, and one client certificate per common name, as
@@ -1712,16 +1708,10 @@ fn opc_ua_values_drive_nothing_when_policy_demands_device_signatures() {
 
 /// FreeOpcUa's asyncua server (tests/python/opcua_server.py), killed on drop.
 struct AsyncuaServer {
-    child: std::process::Child,
+    /// Held for its `Drop`: the server is killed with this value.
+    _child: KillOnDrop,
     port: u16,
     lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for AsyncuaServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl AsyncuaServer {
@@ -1773,7 +1763,11 @@ impl AsyncuaServer {
                 }
             }
         });
-        let s = AsyncuaServer { child, port, lines };
+        let s = AsyncuaServer {
+            _child: KillOnDrop(child),
+            port,
+            lines,
+        };
         let ready = s.wait_for("READY", 30);
         assert!(ready.is_some(), "the asyncua server did not start");
         s
