@@ -1078,10 +1078,15 @@ fn index_writer(
             .map(|r| r.seq)
         {
             let written = write_batches(&mut conn, &pending);
+            if written.is_ok() {
+                // Freed before taking the state that appends wait for. Freed under it,
+                // a millisecond's rows (allocated by the appending thread) held the
+                // appends up often enough to set their p99 (docs/benchmarks.md).
+                pending.clear();
+            }
             let mut st = lock(shared);
             match written {
                 Ok(()) => {
-                    pending.clear();
                     st.written = last;
                     st.failed = None;
                     shared.changed.notify_all();
