@@ -145,7 +145,12 @@ pub fn run(dir: &std::path::Path) -> Result<Value> {
             std::hint::black_box(fixed_sink);
             let p = |name: &str, v: &mut Vec<f64>| {
                 v.sort_by(f64::total_cmp);
-                (name.to_string(), percentile(v, 0.5), percentile(v, 0.99))
+                (
+                    name.to_string(),
+                    percentile(v, 0.5),
+                    percentile(v, 0.99),
+                    percentile(v, 0.999),
+                )
             };
             let parts = [
                 p("total", &mut times),
@@ -156,10 +161,10 @@ pub fn run(dir: &std::path::Path) -> Result<Value> {
                 p("fixed_sha256_8k", &mut fixed_times),
             ];
             eprintln!(
-                "bench: guard with {n} agents x assets, audit append through {path} (policy load {load_s:.2} s), p50/p99 us: {}",
+                "bench: guard with {n} agents x assets, audit append through {path} (policy load {load_s:.2} s), p50/p99/p99.9 us: {}",
                 parts
                     .iter()
-                    .map(|(name, p50, p99)| format!("{name} {p50:.1}/{p99:.1}"))
+                    .map(|(name, p50, p99, p999)| format!("{name} {p50:.1}/{p99:.1}/{p999:.1}"))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -168,9 +173,10 @@ pub fn run(dir: &std::path::Path) -> Result<Value> {
             row.insert("audit_append".into(), json!(path));
             row.insert("decisions".into(), json!(DECISIONS));
             row.insert("policy_load_s".into(), json!(load_s));
-            for (name, p50, p99) in parts {
+            for (name, p50, p99, p999) in parts {
                 row.insert(format!("{name}_p50_us"), json!(p50));
                 row.insert(format!("{name}_p99_us"), json!(p99));
+                row.insert(format!("{name}_p999_us"), json!(p999));
             }
             rows.push(Value::Object(row));
         }
