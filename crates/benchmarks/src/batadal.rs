@@ -248,6 +248,11 @@ pub struct BatadalResult {
     /// which value, while which switch is on, how well it held out of sample and where
     /// the alarm starts (in the value's unit).
     pub relations: Vec<RelationSummary>,
+    /// The switches whose status bounds a value ("S_PU2 bounds F_PU2": no flow while off,
+    /// some while on), and the columns held to the value they kept in all of set 1
+    /// ("F_PU3 = 0").
+    pub switch_bands: Vec<String>,
+    pub held_constant: Vec<String>,
     #[serde(skip)]
     pub model_for_test: PcaModel,
 }
@@ -283,6 +288,16 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
             alarm_beyond: options.relation_tolerance * r.on_mean,
         })
         .collect();
+    let switch_bands = model
+        .switch_bands
+        .iter()
+        .map(|b| format!("{} bounds {}", name(b.gate), name(b.target)))
+        .collect();
+    let held_constant = model
+        .held_constant
+        .iter()
+        .map(|(c, v)| format!("{} = {v}", name(*c)))
+        .collect();
     let mut scorer = model.scorer();
     for r in normal.rows.iter().rev().take(model.warm_up()).rev() {
         scorer.push(r);
@@ -313,7 +328,7 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
     );
     Ok(BatadalResult {
         detector: format!(
-            "twinguard {}PCA (components for {} of the variance, {} lags, score averaged over {} h, threshold {}){}{}",
+            "twinguard {}PCA (components for {} of the variance, {} lags, score averaged over {} h, threshold {}){}{}{}",
             if options.ridge > 0.0 {
                 format!("one-step predictor (ridge {}) and ", options.ridge)
             } else {
@@ -338,6 +353,11 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
             } else {
                 String::new()
             },
+            if options.hold_constants {
+                ", and what never moved in training held still"
+            } else {
+                ""
+            },
             if options.off_delay > 0 {
                 format!("; alarms end {} h after their evidence", options.off_delay)
             } else {
@@ -347,6 +367,8 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
         score,
         per_attack_ttd_hours,
         relations,
+        switch_bands,
+        held_constant,
         model_for_test: fit(&both)?,
     })
 }

@@ -103,6 +103,53 @@ impl GatedRelation {
     }
 }
 
+/// What a switch says of the value it gates, whatever the relation between them: a pump
+/// that is off moves no water, a pump that runs moves some. Each side is held only where
+/// the training data never contradicted it, by more than the tolerance: while the switch
+/// is off, the value stays within the largest magnitude it had while off; while on, it
+/// stays out of that band (unless some training row ran inside it). A status reading
+/// spoofed against its flow, or a flow spoofed against its status, contradicts it at
+/// once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchBand {
+    /// Indices into the model's columns.
+    pub gate: usize,
+    pub target: usize,
+    /// The target's largest magnitude while the gate was off in training.
+    pub off_max: f64,
+    /// Its smallest magnitude while the gate was on.
+    pub on_min: f64,
+    /// Its mean magnitude while on: the tolerance is a share of it.
+    pub on_mean: f64,
+}
+
+impl SwitchBand {
+    /// Whether `row` contradicts the switch, beyond `tolerance` times the target's mean
+    /// magnitude while on.
+    pub fn contradicted(&self, row: &[f64], tolerance: f64) -> bool {
+        let (Some(gate), Some(y)) = (row.get(self.gate), row.get(self.target)) else {
+            return false;
+        };
+        let edge = self.off_max + tolerance * self.on_mean;
+        if *gate < 0.5 {
+            y.abs() > edge
+        } else {
+            self.on_min > edge && y.abs() <= edge
+        }
+    }
+
+    pub(crate) fn consistent(&self, columns: usize) -> bool {
+        self.gate < columns
+            && self.target < columns
+            && self.gate != self.target
+            && self.on_mean > 0.0
+            && [self.off_max, self.on_min, self.on_mean]
+                .iter()
+                .all(|v| v.is_finite() && *v >= 0.0)
+    }
+}
+
 /// Each standardised value, then its square, then 1.
 fn features(z: &[f64]) -> Vec<f64> {
     z.iter()
@@ -113,8 +160,13 @@ fn features(z: &[f64]) -> Vec<f64> {
 }
 
 /// The relations that hold in `rows` (normal operation, checked finite and
-/// `width` wide) to within a quarter of `tolerance` out of sample.
-pub fn discover(rows: &[Vec<f64>], width: usize, tolerance: f64) -> Vec<GatedRelation> {
+/// `width` wide) to within a quarter of `tolerance` out of sample, and the band of every
+/// gated column (whether or not a relation was found for it).
+pub fn discover(
+    rows: &[Vec<f64>],
+    width: usize,
+    tolerance: f64,
+) -> (Vec<GatedRelation>, Vec<SwitchBand>) {
     let cols: Vec<Vec<f64>> = (0..width)
         .map(|c| {
             rows.iter()
@@ -162,6 +214,30 @@ pub fn discover(rows: &[Vec<f64>], width: usize, tolerance: f64) -> Vec<GatedRel
             pairs.push((g, c));
         }
     }
+    let bands = pairs
+        .iter()
+        .map(|&(gate, target)| {
+            let (mut off_max, mut on_min, mut on_sum, mut on) =
+                (0.0f64, f64::INFINITY, 0.0, 0usize);
+            for (r, y) in rows.iter().zip(col(target)) {
+                if r.get(gate).copied().unwrap_or(0.0) < 0.5 {
+                    off_max = off_max.max(y.abs());
+                } else {
+                    on_min = on_min.min(y.abs());
+                    on_sum += y.abs();
+                    on += 1;
+                }
+            }
+            SwitchBand {
+                gate,
+                target,
+                off_max,
+                on_min,
+                on_mean: on_sum / on.max(1) as f64,
+            }
+        })
+        .filter(|b| b.on_min.is_finite() && b.on_mean > 0.0)
+        .collect();
     let candidates: Vec<usize> = (0..width)
         .filter(|c| !gates.contains(c) && !pairs.iter().any(|(_, t)| t == c))
         .filter(|&c| {
@@ -169,7 +245,7 @@ pub fn discover(rows: &[Vec<f64>], width: usize, tolerance: f64) -> Vec<GatedRel
             v.iter().any(|x| Some(x) != v.first())
         })
         .collect();
-    pairs
+    let relations = pairs
         .into_iter()
         .filter_map(|(gate, target)| {
             let on: Vec<&Vec<f64>> = rows
@@ -180,7 +256,8 @@ pub fn discover(rows: &[Vec<f64>], width: usize, tolerance: f64) -> Vec<GatedRel
             (relation.held_out_error <= HELD_OUT_SHARE * tolerance * relation.on_mean)
                 .then_some(relation)
         })
-        .collect()
+        .collect();
+    (relations, bands)
 }
 
 /// Regressors chosen one at a time, each the candidate that most lowers the held-out
@@ -384,7 +461,7 @@ mod tests {
     #[test]
     fn a_pump_curve_is_found_and_a_noisy_valve_flow_is_not() {
         let rows = station(2000, 1, usize::MAX, 1.0);
-        let found = discover(&rows, 7, 0.05);
+        let (found, bands) = discover(&rows, 7, 0.05);
         assert_eq!(found.len(), 1, "{found:?}");
         let r = &found[0];
         assert_eq!((r.gate, r.target), (3, 4));
@@ -394,9 +471,22 @@ mod tests {
         assert!(r.held_out_error < 0.25 * 0.05 * r.on_mean, "{r:?}");
         assert!(r.consistent(7));
         assert!(!r.consistent(4));
+        // Both switches bound their flows, the valve's too (for which no relation holds):
+        // off is (nearly) zero, on is far from it.
+        assert_eq!(
+            bands.iter().map(|b| (b.gate, b.target)).collect::<Vec<_>>(),
+            vec![(3, 4), (5, 6)]
+        );
+        assert!(
+            bands[0].off_max < 0.03 && bands[0].on_min > 10.0,
+            "{bands:?}"
+        );
+        assert_eq!(bands[1].off_max, 0.0);
+        assert!(bands.iter().all(|b| b.consistent(7) && !b.consistent(4)));
         // Nothing to learn without a switch.
         let no_gates: Vec<Vec<f64>> = rows.iter().map(|r| r[..3].to_vec()).collect();
-        assert!(discover(&no_gates, 3, 0.05).is_empty());
+        let (found, bands_found) = discover(&no_gates, 3, 0.05);
+        assert!(found.is_empty() && bands_found.is_empty());
     }
 
     #[test]
@@ -449,6 +539,72 @@ mod tests {
         )
         .unwrap();
         assert!(plain.relations.is_empty());
+    }
+
+    /// A status spoofed against its flow, or a flow against its status, is an alarm at
+    /// once, blamed on both; a valve without a relation is bound by its band all the
+    /// same; fresh normal rows contradict nothing.
+    #[test]
+    fn a_switch_contradicted_by_its_flow_is_an_alarm_at_once() {
+        let options = FitOptions {
+            relation_tolerance: 0.05,
+            smoothing: 6,
+            folds: 5,
+            ..FitOptions::default()
+        };
+        let model = PcaModel::fit(&columns(), &station(3000, 1, usize::MAX, 1.0), options).unwrap();
+        model.check().unwrap();
+        assert_eq!(model.switch_bands.len(), 2);
+        let normal = station(2000, 7, usize::MAX, 1.0);
+        let contradicted = normal
+            .iter()
+            .filter(|r| model.switch_bands.iter().any(|b| b.contradicted(r, 0.05)))
+            .count();
+        assert_eq!(contradicted, 0);
+        let mut scorer = model.scorer();
+        for r in &normal[..100] {
+            scorer.push(r);
+        }
+        let top_two = |c: &[f64]| {
+            let mut order: Vec<usize> = (0..c.len()).collect();
+            order.sort_by(|&a, &b| c[b].total_cmp(&c[a]));
+            let mut two = order[..2].to_vec();
+            two.sort_unstable();
+            two
+        };
+        // The pump's status says off while its flow says it runs...
+        let mut row = normal[100].clone();
+        (row[3], row[4]) = (0.0, 60.0);
+        let s = scorer.push(&row).unwrap();
+        assert!(s.flag && top_two(&s.contributions) == vec![3, 4], "{s:?}");
+        // ...the valve's status says open while nothing flows through it...
+        let mut row = normal[101].clone();
+        (row[5], row[6]) = (1.0, 0.0);
+        let s = scorer.push(&row).unwrap();
+        assert!(s.flag && top_two(&s.contributions) == vec![5, 6], "{s:?}");
+        // ...and either way round. A flow within the tolerance of zero while off is not.
+        let b = &model.switch_bands[1];
+        let mut row = normal[102].clone();
+        (row[5], row[6]) = (0.0, 0.04 * b.on_mean);
+        assert!(!b.contradicted(&row, 0.05));
+        row[6] = 0.06 * b.on_mean;
+        assert!(b.contradicted(&row, 0.05));
+        // A side the training data contradicted is not held: had the valve run dry
+        // while open, its open side says nothing.
+        let lax = SwitchBand {
+            on_min: 0.0,
+            ..b.clone()
+        };
+        (row[5], row[6]) = (1.0, 0.0);
+        assert!(b.contradicted(&row, 0.05) && !lax.contradicted(&row, 0.05));
+        // Bands need a tolerance, and must name columns the model has.
+        let mut bad = model.clone();
+        bad.switch_bands[0].target = 7;
+        assert!(bad.check().is_err());
+        let mut bad = model;
+        bad.options.relation_tolerance = 0.0;
+        bad.relations.clear();
+        assert!(bad.check().is_err());
     }
 
     #[test]

@@ -289,6 +289,7 @@ mod tests {
                 fold_block_rows: 0,
                 relation_tolerance: 0.0,
                 off_delay: 0,
+                hold_constants: false,
             },
             max_age_ms: 3000,
         }

@@ -13,7 +13,7 @@ use nalgebra::{DMatrix, SymmetricEigen};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, FisherSnedecor, Normal};
 
-use crate::gated::{self, GatedRelation};
+use crate::gated::{self, GatedRelation, SwitchBand};
 
 pub use crate::EpisodeClass;
 
@@ -63,6 +63,12 @@ pub struct FitOptions {
     /// dips for an hour or two then reads as one alarm, not several; the alarm ends that
     /// many observations after its evidence does.
     pub off_delay: usize,
+    /// Hold the columns that were constant in the training data to their value: a row
+    /// in which one departs from it (by more than a millionth of its magnitude, or of 1
+    /// for values under 1) is an alarm at once, blamed on that column. A pump never run,
+    /// a valve never moved, a setpoint never changed in all of the plant's history is
+    /// worth a look the first time it does. Off: such columns are left out unseen.
+    pub hold_constants: bool,
 }
 
 /// The longest off-delay a model may have, in observations.
@@ -80,9 +86,19 @@ impl Default for FitOptions {
             fold_block_rows: 0,
             relation_tolerance: 0.0,
             off_delay: 0,
+            hold_constants: false,
         }
     }
 }
+
+/// What a broken rule (a switch contradicted, a constant that departed) counts for: the
+/// row's score is raised to this many times the threshold, and this is added to each
+/// column it involves.
+pub const RULE_EXCESS: f64 = 2.0;
+
+/// A held constant departs when it moves by more than this share of its magnitude (or
+/// of 1, for magnitudes under 1).
+const HOLD_TOLERANCE: f64 = 1e-6;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FitError {
@@ -148,6 +164,14 @@ pub struct PcaModel {
     /// 0; there may be none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relations: Vec<GatedRelation>,
+    /// What each switch says of the value it gates (learnt with the relations, for every
+    /// gated column).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub switch_bands: Vec<SwitchBand>,
+    /// The columns constant in the training data, each with its value (index into
+    /// `columns`), held to it (`options.hold_constants`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_constant: Vec<(usize, f64)>,
 }
 
 /// A one-step predictor learned by ridge regression: each used column's next value,
@@ -351,7 +375,14 @@ impl PcaModel {
         )?;
         model.options.relation_tolerance = tolerance;
         if tolerance > 0.0 {
-            model.relations = gated::discover(rows, columns.len(), tolerance);
+            (model.relations, model.switch_bands) = gated::discover(rows, columns.len(), tolerance);
+        }
+        if options.hold_constants {
+            let varying = varying_columns(rows, columns.len());
+            model.held_constant = (0..columns.len())
+                .filter(|c| !varying.contains(c))
+                .filter_map(|c| rows.first().and_then(|r| r.get(c)).map(|v| (c, *v)))
+                .collect();
         }
         Ok(model)
     }
@@ -529,6 +560,8 @@ impl PcaModel {
             training: TrainingInfo::default(),
             predictor: None,
             relations: Vec::new(),
+            switch_bands: Vec::new(),
+            held_constant: Vec::new(),
         })
     }
 
@@ -560,11 +593,22 @@ impl PcaModel {
                 None => self.options.ridge == 0.0,
             }
             && (self.options.relation_tolerance > 0.0 && self.options.relation_tolerance < 1.0
-                || self.options.relation_tolerance == 0.0 && self.relations.is_empty())
+                || self.options.relation_tolerance == 0.0
+                    && self.relations.is_empty()
+                    && self.switch_bands.is_empty())
             && self
                 .relations
                 .iter()
-                .all(|r| r.consistent(self.columns.len()));
+                .all(|r| r.consistent(self.columns.len()))
+            && self
+                .switch_bands
+                .iter()
+                .all(|b| b.consistent(self.columns.len()))
+            && (self.options.hold_constants || self.held_constant.is_empty())
+            && self
+                .held_constant
+                .iter()
+                .all(|(c, v)| *c < self.columns.len() && v.is_finite());
         if consistent {
             Ok(())
         } else {
@@ -618,16 +662,33 @@ pub struct Stream {
 impl Stream {
     /// See [`Scorer::push`].
     pub fn push(&mut self, m: &PcaModel, row: &[f64]) -> Option<Score> {
-        // The gated relations judge the row as it came (before any predictor).
-        let broken: Vec<(usize, f64)> = m
+        // The gated relations and the rules judge the row as it came (before any
+        // predictor).
+        let tolerance = m.options.relation_tolerance;
+        let mut broken: Vec<(usize, f64)> = m
             .relations
             .iter()
             .filter_map(|r| {
-                r.excess(row, m.options.relation_tolerance)
+                r.excess(row, tolerance)
                     .filter(|e| *e > 1.0)
                     .map(|e| (r.target, e))
             })
             .collect();
+        for b in m
+            .switch_bands
+            .iter()
+            .filter(|b| b.contradicted(row, tolerance))
+        {
+            broken.extend([(b.target, RULE_EXCESS), (b.gate, RULE_EXCESS)]);
+        }
+        for &(c, held) in &m.held_constant {
+            if row
+                .get(c)
+                .is_some_and(|v| (v - held).abs() > HOLD_TOLERANCE * held.abs().max(1.0))
+            {
+                broken.push((c, RULE_EXCESS));
+            }
+        }
         let row = match &m.predictor {
             Some(p) => {
                 let previous = self.previous.replace(row.to_vec())?;
@@ -695,7 +756,7 @@ impl Stream {
             self.recent.pop_front();
         }
         let mut score = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
-        // A broken relation is an alarm at once, blamed on the value that strayed.
+        // A broken relation or rule is an alarm at once, blamed on the values involved.
         for (target, excess) in broken {
             score = score.max(m.threshold * excess);
             if let Some(slot) = contributions.get_mut(target) {
@@ -1308,6 +1369,72 @@ mod tests {
             .unwrap();
         assert_eq!(top, 1, "{score:?}");
         assert!(score.spe > model.spe_limit, "{score:?}");
+    }
+
+    /// A column constant in all the training data is held to its value when asked: the
+    /// first row in which it moves is an alarm, blamed on it; a value equal to within
+    /// rounding is not; without the option the move goes unseen, as documented.
+    #[test]
+    fn a_held_constant_that_moves_is_an_alarm_at_once() {
+        let rows = process(5, 1000);
+        let held = PcaModel::fit(
+            &cols(),
+            &rows,
+            FitOptions {
+                hold_constants: true,
+                smoothing: 6,
+                ..FitOptions::default()
+            },
+        )
+        .unwrap();
+        held.check().unwrap();
+        assert_eq!(held.held_constant, vec![(5, 7.0)]);
+        let plain = PcaModel::fit(
+            &cols(),
+            &rows,
+            FitOptions {
+                smoothing: 6,
+                ..FitOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(plain.held_constant.is_empty());
+        let mut test = process(6, 20);
+        test[10][5] = 8.0;
+        test[12][5] = 7.0 + 1e-9;
+        let run = |m: &PcaModel| {
+            let mut s = m.scorer();
+            test.iter().map(|r| s.push(r).unwrap()).collect::<Vec<_>>()
+        };
+        let h = run(&held);
+        let p = run(&plain);
+        assert!(h[10].flag && !p[10].flag, "{:?} {:?}", h[10], p[10]);
+        assert!(h[10].score >= RULE_EXCESS * held.threshold);
+        let top = (0..6)
+            .max_by(|&x, &y| h[10].contributions[x].total_cmp(&h[10].contributions[y]))
+            .unwrap();
+        assert_eq!(top, 5, "{:?}", h[10]);
+        // Only the row that moved: the smoothing window carries no memory of it, and a
+        // difference of rounding is not a move.
+        for (i, (a, b)) in h.iter().zip(&p).enumerate().filter(|(i, _)| *i != 10) {
+            assert_eq!(a, b, "row {i}");
+        }
+        // The model file keeps the held values; one that names a column it has not, or
+        // holds values without the option, is refused.
+        let back: PcaModel = serde_json::from_str(&serde_json::to_string(&held).unwrap()).unwrap();
+        assert_eq!(
+            (&back.held_constant, back.options),
+            (&held.held_constant, held.options)
+        );
+        let mut bad = held.clone();
+        bad.held_constant = vec![(6, 7.0)];
+        assert!(bad.check().is_err());
+        let mut bad = held.clone();
+        bad.options.hold_constants = false;
+        assert!(bad.check().is_err());
+        let mut bad = held;
+        bad.held_constant = vec![(5, f64::NAN)];
+        assert!(bad.check().is_err());
     }
 
     /// An alarm with an off-delay of 3 stays raised for the 3 rows after its score last

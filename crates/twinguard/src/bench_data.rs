@@ -24,6 +24,7 @@ pub const SKAB_OPTIONS: FitOptions = FitOptions {
     fold_block_rows: 0,
     relation_tolerance: 0.0,
     off_delay: 0,
+    hold_constants: false,
 };
 
 /// Prints a benchmark's result as JSON or as its table.
@@ -110,6 +111,7 @@ pub const TEP_BASELINE: FitOptions = FitOptions {
     fold_block_rows: 0,
     relation_tolerance: 0.0,
     off_delay: 0,
+    hold_constants: false,
 };
 
 /// Our detector on Tennessee Eastman: dynamic PCA (one lag), the score averaged over 20
@@ -125,6 +127,7 @@ pub const TEP_OPTIONS: FitOptions = FitOptions {
     fold_block_rows: 0,
     relation_tolerance: 0.0,
     off_delay: 0,
+    hold_constants: false,
 };
 
 pub fn tep(data: &Path, ours: FitOptions) -> Result<TepResult> {
@@ -228,6 +231,7 @@ pub const BATADAL_OPTIONS: FitOptions = FitOptions {
     fold_block_rows: 0,
     relation_tolerance: 0.05,
     off_delay: 5,
+    hold_constants: true,
 };
 
 /// Our scores on training data set 2, beside the competition's scoreboard (which is on
@@ -272,14 +276,23 @@ pub fn batadal_table(r: &BatadalResult) -> String {
             )
         })
         .collect();
-    let _ = writeln!(
-        out,
-        "relations learnt: {}\n",
-        if relations.is_empty() {
+    let listed = |items: &[String]| {
+        if items.is_empty() {
             "none".to_string()
         } else {
-            relations.join("; ")
+            items.join("; ")
         }
+    };
+    let _ = writeln!(out, "relations learnt: {}", listed(&relations));
+    let _ = writeln!(
+        out,
+        "switches bounding a value: {}",
+        listed(&r.switch_bands)
+    );
+    let _ = writeln!(
+        out,
+        "held to their value in set 1: {}\n",
+        listed(&r.held_constant)
     );
     let _ = writeln!(
         out,

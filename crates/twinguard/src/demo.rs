@@ -895,6 +895,7 @@ pub(crate) fn live_options(config: &Config) -> detect::live::LiveOptions {
                 .min((learn_rows / 10).max(1)),
             relation_tolerance: 0.0,
             off_delay: 0,
+            hold_constants: false,
         },
         // A value a few rows old is missing (its device stopped sending).
         max_age_ms: 3 * period_ms + 10_000,

@@ -26,6 +26,7 @@ pub const DEFAULTS: FitOptions = FitOptions {
     fold_block_rows: 0,
     relation_tolerance: 0.05,
     off_delay: 0,
+    hold_constants: true,
 };
 
 /// Rows `fit` holds in memory at most.
@@ -216,13 +217,28 @@ pub fn fit(spec: &CsvSpec, options: FitOptions, out: &Path) -> Result<Value> {
         "spe_limit": model.spe_limit,
         "threshold": model.threshold,
         "relations": relations(&model),
+        "switch_bands": model
+            .switch_bands
+            .iter()
+            .map(|b| format!("{} bounds {}", name(&model, b.gate), name(&model, b.target)))
+            .collect::<Vec<_>>(),
+        "held_constant": model
+            .held_constant
+            .iter()
+            .map(|(c, v)| format!("{} = {v}", name(&model, *c)))
+            .collect::<Vec<_>>(),
     }))
+}
+
+/// The name of the model's column `c`.
+fn name(model: &PcaModel, c: usize) -> String {
+    model.columns.get(c).cloned().unwrap_or_default()
 }
 
 /// The gated relations a model learnt, in words: "flow from p_in, p_out while pump is
 /// on (alarm beyond 2.5)".
 pub fn relations(model: &PcaModel) -> Vec<String> {
-    let name = |c: usize| model.columns.get(c).cloned().unwrap_or_default();
+    let name = |c: usize| name(model, c);
     model
         .relations
         .iter()

@@ -765,6 +765,10 @@ struct DetectorArgs {
     /// stayed at or below the threshold this many observations more (0: none).
     #[arg(long)]
     off_delay: Option<usize>,
+    /// Hold the columns constant in the training data to their value: a row in which
+    /// one departs is an alarm (true or false).
+    #[arg(long)]
+    hold_constants: Option<bool>,
 }
 
 impl DetectorArgs {
@@ -779,6 +783,7 @@ impl DetectorArgs {
             fold_block_rows: self.fold_block_rows.unwrap_or(base.fold_block_rows),
             relation_tolerance: self.relation_tolerance.unwrap_or(base.relation_tolerance),
             off_delay: self.off_delay.unwrap_or(base.off_delay),
+            hold_constants: self.hold_constants.unwrap_or(base.hold_constants),
         }
     }
 }

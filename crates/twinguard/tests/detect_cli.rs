@@ -343,3 +343,75 @@ fn a_pump_running_off_its_curve_is_flagged_from_its_first_hour() {
     ]));
     assert_eq!(fitted["relations"], serde_json::json!([]));
 }
+
+/// A spare pump that never ran in all the training history is held still by default: the
+/// hour it starts is flagged and blamed on it, and a pump's status that says off while
+/// its flow says it runs is flagged and blamed on both. `--hold-constants false` lets
+/// the spare pass unseen, as the model file documents.
+#[test]
+fn a_spare_pump_that_never_ran_and_a_status_against_its_flow_are_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_spare = |csv: String, started: Option<usize>| {
+        csv.lines()
+            .enumerate()
+            .map(|(i, l)| match i {
+                0 => format!("{l},spare\n"),
+                _ => format!("{l},{}\n", u8::from(started == Some(i - 1))),
+            })
+            .collect::<String>()
+    };
+    let (train, test) = (dir.path().join("train.csv"), dir.path().join("test.csv"));
+    std::fs::write(&train, with_spare(station(1, 3000, usize::MAX), None)).unwrap();
+    // Hour 150: the spare starts; hour 250, a running pump's status reads off.
+    let mut test_csv = with_spare(station(3, 300, usize::MAX), Some(150));
+    let mut lines: Vec<String> = test_csv.lines().map(String::from).collect();
+    let running = (240..300)
+        .find(|&i| lines[i + 1].split(',').nth(3) == Some("1"))
+        .unwrap();
+    let mut cells: Vec<String> = lines[running + 1].split(',').map(String::from).collect();
+    cells[3] = "0".into();
+    lines[running + 1] = cells.join(",");
+    test_csv = lines.join("\n") + "\n";
+    std::fs::write(&test, &test_csv).unwrap();
+    let score = |extra: &[&str]| {
+        let (model, scores) = (dir.path().join("m.json"), dir.path().join("s.csv"));
+        let mut args = vec!["detect", "fit", "--csv", p(&train), "--out", p(&model)];
+        args.extend(extra);
+        let fitted = ok(run(&args));
+        ok(run(&[
+            "detect",
+            "score",
+            "--model",
+            p(&model),
+            "--csv",
+            p(&test),
+            "--out",
+            p(&scores),
+        ]));
+        let text = std::fs::read_to_string(&scores).unwrap();
+        let rows: Vec<Vec<String>> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect();
+        (fitted, rows)
+    };
+    let (fitted, rows) = score(&[]);
+    assert_eq!(fitted["held_constant"], serde_json::json!(["spare = 0"]));
+    assert_eq!(
+        fitted["switch_bands"],
+        serde_json::json!(["pump bounds flow"])
+    );
+    assert_eq!(rows[150][2], "1", "{:?}", rows[150]);
+    assert!(rows[150][3].starts_with("spare"), "{:?}", rows[150]);
+    assert_eq!(rows[running][2], "1", "{:?}", rows[running]);
+    let named: Vec<&str> = rows[running][3].split(';').take(2).collect();
+    assert!(
+        named.contains(&"pump") && named.contains(&"flow"),
+        "{:?}",
+        rows[running]
+    );
+    let (fitted, rows) = score(&["--hold-constants", "false"]);
+    assert_eq!(fitted["held_constant"], serde_json::json!([]));
+    assert!(!rows[150][3].contains("spare"), "{:?}", rows[150]);
+}
