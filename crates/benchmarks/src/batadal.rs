@@ -253,6 +253,14 @@ pub struct BatadalResult {
     /// ("F_PU3 = 0").
     pub switch_bands: Vec<String>,
     pub held_constant: Vec<String>,
+    /// The alarm threshold of the model fitted on set 1.
+    pub threshold: f64,
+    /// The model for the official test set, checked: its threshold, the segments it was
+    /// fitted in, and its scores on set 2 (whose normal hours it was fitted on, so its
+    /// TNR there is optimistic; its attacks it never saw).
+    pub model_for_test_threshold: f64,
+    pub model_for_test_segments: usize,
+    pub model_for_test_on_set_2: Score,
     #[serde(skip)]
     pub model_for_test: PcaModel,
 }
@@ -269,13 +277,15 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
             message: "its columns differ from training data set 1's".into(),
         });
     }
-    let fit = |rows: &[Vec<f64>]| {
-        PcaModel::fit(&normal.columns, rows, options).map_err(|e| DataError::File {
-            path: dir.join(TRAINING_1).display().to_string(),
-            message: format!("fitting: {e}"),
+    let fit = |rows: &[Vec<f64>], breaks: &[usize]| {
+        PcaModel::fit_segments(&normal.columns, rows, breaks, options).map_err(|e| {
+            DataError::File {
+                path: dir.join(TRAINING_1).display().to_string(),
+                message: format!("fitting: {e}"),
+            }
         })
     };
-    let model = fit(&normal.rows)?;
+    let model = fit(&normal.rows, &[])?;
     let name = |c: usize| normal.columns.get(c).cloned().unwrap_or_default();
     let relations = model
         .relations
@@ -298,15 +308,18 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
         .iter()
         .map(|(c, v)| format!("{} = {v}", name(*c)))
         .collect();
-    let mut scorer = model.scorer();
-    for r in normal.rows.iter().rev().take(model.warm_up()).rev() {
-        scorer.push(r);
-    }
-    let flags: Vec<bool> = test
-        .rows
-        .iter()
-        .map(|r| scorer.push(r).is_some_and(|s| s.flag))
-        .collect();
+    // Set 2's hours, flagged by `m` (warmed up on the end of set 1).
+    let flags_of = |m: &PcaModel| -> Vec<bool> {
+        let mut scorer = m.scorer();
+        for r in normal.rows.iter().rev().take(m.warm_up()).rev() {
+            scorer.push(r);
+        }
+        test.rows
+            .iter()
+            .map(|r| scorer.push(r).is_some_and(|s| s.flag))
+            .collect()
+    };
+    let flags = flags_of(&model);
     let score = score(&test.hours, &flags, &attacks);
     let per_attack_ttd_hours = attacks
         .iter()
@@ -318,14 +331,22 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
                 .map(|(h, _)| h - a.start)
         })
         .collect();
+    // Set 1, then the hours of set 2 outside every attack: a segment each, since a
+    // stretch of set 2 does not follow set 1, nor the stretch before its attack.
     let mut both = normal.rows.clone();
-    both.extend(
-        test.hours
-            .iter()
-            .zip(&test.rows)
-            .filter(|(h, _)| !attacks.iter().any(|a| **h >= a.start && **h <= a.end))
-            .map(|(_, r)| r.clone()),
-    );
+    let mut breaks = Vec::new();
+    let mut previous = None;
+    for (i, (h, r)) in test.hours.iter().zip(&test.rows).enumerate() {
+        if attacks.iter().any(|a| *h >= a.start && *h <= a.end) {
+            continue;
+        }
+        if previous.is_none_or(|p| p + 1 != i) {
+            breaks.push(both.len());
+        }
+        both.push(r.clone());
+        previous = Some(i);
+    }
+    let model_for_test = fit(&both, &breaks)?;
     Ok(BatadalResult {
         detector: format!(
             "twinguard {}PCA (components for {} of the variance, {} lags, score averaged over {} h, threshold {}){}{}{}",
@@ -369,7 +390,11 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
         relations,
         switch_bands,
         held_constant,
-        model_for_test: fit(&both)?,
+        threshold: model.threshold,
+        model_for_test_threshold: model_for_test.threshold,
+        model_for_test_segments: breaks.len() + 1,
+        model_for_test_on_set_2: self::score(&test.hours, &flags_of(&model_for_test), &attacks),
+        model_for_test,
     })
 }
 

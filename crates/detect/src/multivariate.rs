@@ -189,11 +189,18 @@ pub struct Predictor {
 }
 
 impl Predictor {
-    /// Fits on consecutive `rows` (already checked: `width` finite values each).
-    fn fit(rows: &[Vec<f64>], width: usize, ridge: f64) -> Result<Predictor, FitError> {
+    /// Fits on `rows` (already checked: `width` finite values each), consecutive except
+    /// across `breaks` (see [`PcaModel::fit_segments`]).
+    fn fit(
+        rows: &[Vec<f64>],
+        breaks: &[usize],
+        width: usize,
+        ridge: f64,
+    ) -> Result<Predictor, FitError> {
         let used = varying_columns(rows, width);
         let u = used.len();
-        let n = rows.len().saturating_sub(1);
+        let pairs = consecutive_pairs(rows.len(), breaks);
+        let n = pairs.len();
         if u == 0 {
             return Err(FitError::AllConstant);
         }
@@ -223,8 +230,9 @@ impl Predictor {
                 / std.get(j).copied().unwrap_or(1.0)
         };
         // Normal equations with the penalty on the slopes, not the intercept.
-        let x = DMatrix::from_fn(n, u + 1, |i, j| if j < u { z(i, j) } else { 1.0 });
-        let y = DMatrix::from_fn(n, u, |i, j| z(i + 1, j));
+        let at = |i: usize| pairs.get(i).copied().unwrap_or(0);
+        let x = DMatrix::from_fn(n, u + 1, |i, j| if j < u { z(at(i), j) } else { 1.0 });
+        let y = DMatrix::from_fn(n, u, |i, j| z(at(i) + 1, j));
         let mut a = x.transpose() * &x;
         for d in 0..u {
             if let Some(v) = a.get_mut((d, d)) {
@@ -289,6 +297,19 @@ impl Predictor {
     }
 }
 
+/// The rows r whose successor r + 1 follows them in time (is not across a break).
+fn consecutive_pairs(rows: usize, breaks: &[usize]) -> Vec<usize> {
+    (0..rows.saturating_sub(1))
+        .filter(|r| breaks.binary_search(&(r + 1)).is_err())
+        .collect()
+}
+
+/// Whether rows `a..=b` follow one another in time (no break after `a` up to `b`).
+fn same_segment(breaks: &[usize], a: usize, b: usize) -> bool {
+    let first_after = breaks.partition_point(|&s| s <= a);
+    breaks.get(first_after).is_none_or(|&s| s > b)
+}
+
 /// The columns that vary in `rows` (constant ones carry no information about normal
 /// variation).
 fn varying_columns(rows: &[Vec<f64>], width: usize) -> Vec<usize> {
@@ -347,12 +368,33 @@ pub struct Isolated {
 }
 
 impl PcaModel {
-    /// Fits the model to `rows` (each `columns.len()` wide) of normal operation.
+    /// Fits the model to `rows` (each `columns.len()` wide) of normal operation, one
+    /// after the other in time.
     pub fn fit(
         columns: &[String],
         rows: &[Vec<f64>],
         options: FitOptions,
     ) -> Result<PcaModel, FitError> {
+        PcaModel::fit_segments(columns, rows, &[], options)
+    }
+
+    /// [`PcaModel::fit`] on rows in segments: `breaks` are the indices of the rows that
+    /// do not follow the row before them (the first row after a gap in the history, or
+    /// after hours left out). No lag, prediction or smoothing window reaches across a
+    /// break: a jump between two segments is not taken for the process's dynamics.
+    pub fn fit_segments(
+        columns: &[String],
+        rows: &[Vec<f64>],
+        breaks: &[usize],
+        options: FitOptions,
+    ) -> Result<PcaModel, FitError> {
+        let mut breaks: Vec<usize> = breaks
+            .iter()
+            .copied()
+            .filter(|&b| b > 0 && b < rows.len())
+            .collect();
+        breaks.sort_unstable();
+        breaks.dedup();
         if options.off_delay > MAX_OFF_DELAY {
             return Err(FitError::Option(format!(
                 "off_delay must be at most {MAX_OFF_DELAY} observations, got {}",
@@ -368,6 +410,7 @@ impl PcaModel {
         let mut model = PcaModel::fit_pca(
             columns,
             rows,
+            &breaks,
             FitOptions {
                 relation_tolerance: 0.0,
                 ..options
@@ -387,10 +430,12 @@ impl PcaModel {
         Ok(model)
     }
 
-    /// [`PcaModel::fit`] without the gated relations.
+    /// [`PcaModel::fit_segments`] without the gated relations (`breaks` sorted, each
+    /// within the rows).
     fn fit_pca(
         columns: &[String],
         rows: &[Vec<f64>],
+        breaks: &[usize],
         options: FitOptions,
     ) -> Result<PcaModel, FitError> {
         if !(options.explained_variance > 0.0 && options.explained_variance < 1.0) {
@@ -435,15 +480,20 @@ impl PcaModel {
             }
         }
         if options.ridge > 0.0 {
-            let predictor = Predictor::fit(rows, width, options.ridge)?;
-            let innovations: Vec<Vec<f64>> = rows
+            let predictor = Predictor::fit(rows, breaks, width, options.ridge)?;
+            let pairs = consecutive_pairs(rows.len(), breaks);
+            let innovations: Vec<Vec<f64>> = pairs
                 .iter()
-                .zip(rows.iter().skip(1))
-                .map(|(a, b)| predictor.innovation(a, b))
+                .filter_map(|&r| Some(predictor.innovation(rows.get(r)?, rows.get(r + 1)?)))
+                .collect();
+            // The innovations break where their pairs do not follow one another.
+            let innovation_breaks: Vec<usize> = (1..pairs.len())
+                .filter(|&j| pairs.get(j) != pairs.get(j - 1).map(|p| p + 1).as_ref())
                 .collect();
             let mut model = PcaModel::fit_pca(
                 columns,
                 &innovations,
+                &innovation_breaks,
                 FitOptions {
                     ridge: 0.0,
                     folds: 0,
@@ -458,7 +508,7 @@ impl PcaModel {
                 .collect();
             model.predictor = Some(predictor);
             if options.folds >= 2 {
-                model.threshold = cross_validated_threshold(columns, rows, options)?;
+                model.threshold = cross_validated_threshold(columns, rows, breaks, options)?;
             }
             return Ok(model);
         }
@@ -471,7 +521,11 @@ impl PcaModel {
             .flat_map(|lag| used.iter().map(move |&c| (c, lag)))
             .collect();
         let m = variables.len();
-        let n = rows.len().saturating_sub(options.lags);
+        // The observations whose lags lie in their own segment.
+        let observed: Vec<usize> = (options.lags..rows.len())
+            .filter(|&t| same_segment(breaks, t - options.lags, t))
+            .collect();
+        let n = observed.len();
         if n < m + 2 || n < 10 {
             return Err(FitError::TooFewRows {
                 rows: n,
@@ -490,7 +544,7 @@ impl PcaModel {
                 })
                 .collect()
         };
-        let data: Vec<Vec<f64>> = (options.lags..rows.len()).map(augmented).collect();
+        let data: Vec<Vec<f64>> = observed.into_iter().map(augmented).collect();
         let mut mean = vec![0.0; m];
         for row in &data {
             for (s, v) in mean.iter_mut().zip(row) {
@@ -534,7 +588,7 @@ impl PcaModel {
         let t2_limit = t2_limit(k, n, options.confidence);
         let spe_limit = spe_limit(&residual_eigenvalues, options.confidence);
         let threshold = if options.folds >= 2 {
-            cross_validated_threshold(columns, rows, options)?
+            cross_validated_threshold(columns, rows, breaks, options)?
         } else {
             1.0
         };
@@ -1031,6 +1085,7 @@ impl Episodes {
 fn cross_validated_threshold(
     columns: &[String],
     rows: &[Vec<f64>],
+    breaks: &[usize],
     options: FitOptions,
 ) -> Result<f64, FitError> {
     let n = rows.len();
@@ -1055,15 +1110,25 @@ fn cross_validated_threshold(
     };
     for f in 0..folds {
         let held = segments(f);
-        let train: Vec<Vec<f64>> = rows
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !held.iter().any(|(a, b)| i >= a && i < b))
-            .map(|(_, r)| r.clone())
-            .collect();
+        // The rest, with a break wherever rows were held out between two kept ones, and
+        // wherever the data had one.
+        let mut train: Vec<Vec<f64>> = Vec::with_capacity(n);
+        let mut train_breaks: Vec<usize> = Vec::new();
+        let mut last: Option<usize> = None;
+        for (i, r) in rows.iter().enumerate() {
+            if held.iter().any(|(a, b)| i >= *a && i < *b) {
+                continue;
+            }
+            if last.is_some_and(|l| !same_segment(breaks, l, i) || l + 1 != i) {
+                train_breaks.push(train.len());
+            }
+            train.push(r.clone());
+            last = Some(i);
+        }
         let model = PcaModel::fit_pca(
             columns,
             &train,
+            &train_breaks,
             FitOptions {
                 folds: 0,
                 relation_tolerance: 0.0,
@@ -1072,11 +1137,18 @@ fn cross_validated_threshold(
         )?;
         for (a, b) in held {
             let mut scorer = model.scorer();
-            // Lags and smoothing start from the observations just before the segment.
-            for r in rows.get(a.saturating_sub(warm)..a).unwrap_or_default() {
+            // Lags and smoothing start from the observations just before the held-out
+            // rows, in their segment; a break starts them afresh.
+            let from = (a.saturating_sub(warm)..a)
+                .find(|&w| same_segment(breaks, w, a))
+                .unwrap_or(a);
+            for r in rows.get(from..a).unwrap_or_default() {
                 scorer.push(r);
             }
-            for r in rows.get(a..b).unwrap_or_default() {
+            for (i, r) in rows.iter().enumerate().take(b).skip(a) {
+                if i > a && breaks.binary_search(&i).is_ok() {
+                    scorer = model.scorer();
+                }
                 if let Some(s) = scorer.push(r) {
                     scores.push(s.score);
                 }
@@ -1237,6 +1309,56 @@ mod tests {
             }
         }
         assert!(top[1] > top[0] && top[1] > top[2], "{top:?}");
+    }
+
+    /// History in stretches (hours left out between them): the jumps between stretches
+    /// are not the process's dynamics. Fitted as one run, they inflate the
+    /// cross-validated threshold; fitted in segments, the threshold is that of a
+    /// history without gaps.
+    #[test]
+    fn segments_keep_the_jumps_between_them_out_of_the_model() {
+        let options = FitOptions {
+            ridge: 1.0,
+            lags: 1,
+            smoothing: 5,
+            folds: 5,
+            ..FitOptions::default()
+        };
+        let long = dynamic(3, 40_000);
+        // Forty stretches of 50 rows, each 1,000 rows after the one before.
+        let stitched: Vec<Vec<f64>> = (0..40)
+            .flat_map(|k| long[1000 * k..1000 * k + 50].to_vec())
+            .collect();
+        let breaks: Vec<usize> = (1..40).map(|k| 50 * k).collect();
+        let whole = PcaModel::fit(&dynamic_cols(), &long[..2000], options).unwrap();
+        let segmented =
+            PcaModel::fit_segments(&dynamic_cols(), &stitched, &breaks, options).unwrap();
+        let as_one = PcaModel::fit(&dynamic_cols(), &stitched, options).unwrap();
+        segmented.check().unwrap();
+        assert!(
+            segmented.threshold < 1.5 * whole.threshold,
+            "{} against {}",
+            segmented.threshold,
+            whole.threshold
+        );
+        assert!(
+            as_one.threshold > 2.0 * whole.threshold,
+            "{} against {}",
+            as_one.threshold,
+            whole.threshold
+        );
+        // Breaks out of order, repeated, at 0 or past the end change nothing.
+        let mut messy = breaks.clone();
+        messy.reverse();
+        messy.extend([0, 50, 2000, 5000]);
+        let again = PcaModel::fit_segments(&dynamic_cols(), &stitched, &messy, options).unwrap();
+        assert_eq!(again.threshold, segmented.threshold);
+        // Segments too short for a lag and a prediction leave nothing to learn from.
+        let every: Vec<usize> = (1..stitched.len()).collect();
+        assert!(matches!(
+            PcaModel::fit_segments(&dynamic_cols(), &stitched, &every, options),
+            Err(FitError::TooFewRows { .. })
+        ));
     }
 
     #[test]

@@ -291,8 +291,21 @@ pub fn batadal_table(r: &BatadalResult) -> String {
     );
     let _ = writeln!(
         out,
-        "held to their value in set 1: {}\n",
+        "held to their value in set 1: {}",
         listed(&r.held_constant)
+    );
+    let t = &r.model_for_test_on_set_2;
+    let _ = writeln!(
+        out,
+        "model for the official test set (set 1 and set 2's hours outside the attacks, in {} segments): threshold {:.2} (set 1's: {:.2}); on set 2, whose normal hours it was fitted on: S {:.4} (TPR {:.3}, TNR {:.3}; attacks detected {}/{})\n",
+        r.model_for_test_segments,
+        r.model_for_test_threshold,
+        r.threshold,
+        t.s,
+        t.tpr,
+        t.tnr,
+        t.detected,
+        t.attacks
     );
     let _ = writeln!(
         out,

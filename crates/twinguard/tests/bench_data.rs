@@ -300,6 +300,12 @@ fn bench_batadal_scores_training_set_2_and_its_model_scores_any_batadal_csv() {
         "{r}"
     );
     assert!(s["s"].as_f64().unwrap() > 0.8, "{r}");
+    // The model for the test set is fitted on set 1 and set 2's hours before and after
+    // the attack, three segments, and still finds the attack it never saw.
+    assert_eq!(r["model_for_test_segments"], 3, "{r}");
+    let t = &r["model_for_test_on_set_2"];
+    assert_eq!(t["detected"], 1, "{r}");
+    assert!(t["s"].as_f64().unwrap() > 0.8, "{r}");
     // The model keeps the benchmark's settings, the alarm off-delay among them.
     let m: Value = serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
     assert_eq!(m["options"]["off_delay"], 5, "{}", m["options"]);
