@@ -2,7 +2,8 @@
 //! score another CSV row by row (time, score, flag, top contributors, episode class).
 //!
 //! Cells: numbers; empty, `NA`, `NaN` and `null` are missing. In `fit`, a row with a
-//! missing value is left out (the count is reported and kept in the model file). In
+//! missing value is left out (the count is reported and kept in the model file), and the
+//! rows either side of it are not taken for consecutive (no lag or prediction spans it). In
 //! `score`, such a row is written with an empty score, flag 0, the missing columns as
 //! contributors (`missing:COL`) and class `missing_data`; it does not enter the lags or the
 //! smoothing. Any other non-numeric cell is an error naming its line and column.
@@ -177,11 +178,22 @@ pub fn fit(spec: &CsvSpec, options: FitOptions, out: &Path) -> Result<Value> {
     let columns: Vec<String> = table.columns.iter().map(|(_, n)| n.clone()).collect();
     let mut rows = Vec::new();
     let mut skipped = 0usize;
+    // A row kept after rows left out does not follow the one kept before it.
+    let mut breaks = Vec::new();
+    let mut gap = false;
     for row in table.rows() {
         let (line, _, values) = row?;
         match values.into_iter().collect::<Option<Vec<f64>>>() {
-            Some(v) => rows.push(v),
-            None => skipped += 1,
+            Some(v) => {
+                if std::mem::take(&mut gap) && !rows.is_empty() {
+                    breaks.push(rows.len());
+                }
+                rows.push(v);
+            }
+            None => {
+                skipped += 1;
+                gap = true;
+            }
         }
         if rows.len() > MAX_FIT_ROWS {
             bail!(
@@ -197,7 +209,7 @@ pub fn fit(spec: &CsvSpec, options: FitOptions, out: &Path) -> Result<Value> {
         "\rdetect fit: {} rows read, {skipped} left out for missing values",
         rows.len() + skipped
     );
-    let mut model = PcaModel::fit(&columns, &rows, options)
+    let mut model = PcaModel::fit_segments(&columns, &rows, &breaks, options)
         .map_err(|e| anyhow::anyhow!("{}: {e}", spec.path.display()))?;
     model.training = TrainingInfo {
         source: spec.path.display().to_string(),

@@ -415,3 +415,66 @@ fn a_spare_pump_that_never_ran_and_a_status_against_its_flow_are_flagged() {
     assert_eq!(fitted["held_constant"], serde_json::json!([]));
     assert!(!rows[150][3].contains("spare"), "{:?}", rows[150]);
 }
+
+/// Hours of an autocorrelated process (a level that wanders, a flow that follows it an
+/// hour late); `gaps` rows, every 50, have an empty level (a historian outage), and
+/// each gap spans 950 hours of the process, so the rows either side of it are far apart.
+fn wandering(rows: usize, gaps: bool) -> String {
+    let mut u = uniform(9);
+    let mut noise = move || u() - 0.5;
+    let mut s = String::from("time,level,flow\n");
+    let mut level = 0.0;
+    let mut written = 0;
+    let mut hour = 0usize;
+    while written < rows {
+        let before = level;
+        level = 0.95 * level + noise();
+        let flow = 2.0 + before + 0.05 * noise();
+        hour += 1;
+        if gaps && written % 50 == 49 {
+            // The outage: one row with the level missing, then 950 hours unrecorded.
+            let _ = writeln!(s, "{hour},,{flow:.4}");
+            for _ in 0..950 {
+                level = 0.95 * level + noise();
+            }
+            written += 1;
+            continue;
+        }
+        let _ = writeln!(s, "{hour},{level:.4},{flow:.4}");
+        written += 1;
+    }
+    s
+}
+
+/// Rows left out for a missing value split the history: the rows either side are not
+/// taken for consecutive, so the jumps across outages do not inflate the threshold of a
+/// model with a predictor and lags.
+#[test]
+fn fit_does_not_take_rows_either_side_of_a_missing_one_for_consecutive() {
+    let dir = tempfile::tempdir().unwrap();
+    let threshold = |csv: String| {
+        let (data, model) = (dir.path().join("h.csv"), dir.path().join("m.json"));
+        std::fs::write(&data, csv).unwrap();
+        let fitted = ok(run(&[
+            "detect",
+            "fit",
+            "--csv",
+            p(&data),
+            "--ridge",
+            "1",
+            "--lags",
+            "1",
+            "--smoothing",
+            "5",
+            "--out",
+            p(&model),
+        ]));
+        fitted["threshold"].as_f64().unwrap()
+    };
+    let whole = threshold(wandering(2000, false));
+    let with_outages = threshold(wandering(2040, true));
+    assert!(
+        with_outages < 1.5 * whole,
+        "{with_outages} against {whole} without outages"
+    );
+}
