@@ -8,6 +8,7 @@
 //! versioned artifact that `twinguard detect fit` writes.
 
 use std::collections::VecDeque;
+use std::sync::OnceLock;
 
 use nalgebra::{DMatrix, SymmetricEigen};
 use serde::{Deserialize, Serialize};
@@ -172,6 +173,43 @@ pub struct PcaModel {
     /// `columns`), held to it (`options.hold_constants`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held_constant: Vec<(usize, f64)>,
+    /// What isolating a column costs to set up, worked out from the loadings the first
+    /// time a row is flagged (not part of the artifact).
+    #[serde(skip)]
+    isolation: IsolationCache,
+}
+
+/// Per model column: its variables (its lags) and the inverse of the residual projector
+/// (I − P Pᵀ) restricted to them, row-major; None for a column that cannot be isolated
+/// (too many lags, or a projector that is singular there). It depends on the loadings and
+/// variables alone, so it is worked out once per model; a clone starts without it.
+#[derive(Default)]
+struct IsolationCache(OnceLock<Vec<Option<ColumnIsolation>>>);
+
+/// One column's variables and the inverse of the residual projector restricted to them.
+struct ColumnIsolation {
+    vars: Vec<usize>,
+    /// Row-major, `vars.len()` squared.
+    inverse: Vec<f64>,
+}
+
+impl Clone for IsolationCache {
+    fn clone(&self) -> Self {
+        IsolationCache::default()
+    }
+}
+
+impl PartialEq for IsolationCache {
+    /// A cache says nothing about the model: any two are equal.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for IsolationCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IsolationCache")
+    }
 }
 
 /// A one-step predictor learned by ridge regression: each used column's next value,
@@ -616,6 +654,7 @@ impl PcaModel {
             relations: Vec::new(),
             switch_bands: Vec::new(),
             held_constant: Vec::new(),
+            isolation: IsolationCache::default(),
         })
     }
 
@@ -847,52 +886,28 @@ const MAX_ISOLATION_DIM: usize = 8;
 
 /// The column whose reconstruction removes the most of `spe` (whose residual vector is
 /// `residual`), and the SPE left. For the variables S of a column (its lags), the SPE
-/// removed is r_S' (I - P P')_SS⁻¹ r_S, with r the residual and P the loadings.
+/// removed is r_S' (I - P P')_SS⁻¹ r_S, with r the residual and P the loadings; the
+/// inverses are the model's, worked out on first use.
 fn isolate(m: &PcaModel, residual: &[f64], spe: f64) -> Option<Isolated> {
-    // Each column's variables (its lags), in one pass.
-    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); m.columns.len()];
-    for (j, &(c, _)) in m.variables.iter().enumerate() {
-        if let Some(g) = groups.get_mut(c) {
-            g.push(j);
-        }
-    }
+    let inverses = m.isolation.0.get_or_init(|| isolation_inverses(m));
     let mut best: Option<(usize, f64)> = None;
-    for (c, vars) in groups.iter().enumerate() {
-        if vars.is_empty() || vars.len() > MAX_ISOLATION_DIM {
-            continue;
-        }
-        let n = vars.len();
-        // The residual projector restricted to S, augmented with r_S.
-        let mut a: Vec<Vec<f64>> = vars
-            .iter()
-            .enumerate()
-            .map(|(i, &ja)| {
-                let mut row: Vec<f64> = vars
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &jb)| {
-                        let pp: f64 = m
-                            .loadings
-                            .iter()
-                            .map(|p| {
-                                p.get(ja).copied().unwrap_or(0.0)
-                                    * p.get(jb).copied().unwrap_or(0.0)
-                            })
-                            .sum();
-                        f64::from(u8::from(i == k)) - pp
-                    })
-                    .collect();
-                row.push(residual.get(ja).copied().unwrap_or(0.0));
-                row
-            })
-            .collect();
-        let Some(x) = solve(&mut a, n) else {
+    for (c, entry) in inverses.iter().enumerate() {
+        let Some(ColumnIsolation { vars, inverse }) = entry else {
             continue;
         };
-        let removed: f64 = vars
-            .iter()
-            .zip(&x)
-            .map(|(&j, xi)| residual.get(j).copied().unwrap_or(0.0) * xi)
+        let n = vars.len();
+        let r = |i: usize| {
+            vars.get(i)
+                .and_then(|&j| residual.get(j))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let removed: f64 = (0..n)
+            .map(|i| {
+                r(i) * (0..n)
+                    .map(|k| inverse.get(i * n + k).copied().unwrap_or(0.0) * r(k))
+                    .sum::<f64>()
+            })
             .sum();
         if removed.is_finite() && best.is_none_or(|(_, b)| removed > b) {
             best = Some((c, removed));
@@ -902,6 +917,63 @@ fn isolate(m: &PcaModel, residual: &[f64], spe: f64) -> Option<Isolated> {
         column,
         spe_left: (spe - removed).max(0.0),
     })
+}
+
+/// See [`IsolationCache`].
+fn isolation_inverses(m: &PcaModel) -> Vec<Option<ColumnIsolation>> {
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); m.columns.len()];
+    for (j, &(c, _)) in m.variables.iter().enumerate() {
+        if let Some(g) = groups.get_mut(c) {
+            g.push(j);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|vars| {
+            if vars.is_empty() || vars.len() > MAX_ISOLATION_DIM {
+                return None;
+            }
+            let n = vars.len();
+            let projector: Vec<Vec<f64>> = vars
+                .iter()
+                .enumerate()
+                .map(|(i, &ja)| {
+                    vars.iter()
+                        .enumerate()
+                        .map(|(k, &jb)| {
+                            let pp: f64 = m
+                                .loadings
+                                .iter()
+                                .map(|p| {
+                                    p.get(ja).copied().unwrap_or(0.0)
+                                        * p.get(jb).copied().unwrap_or(0.0)
+                                })
+                                .sum();
+                            f64::from(u8::from(i == k)) - pp
+                        })
+                        .collect()
+                })
+                .collect();
+            // Column k of the inverse solves the system for the k-th unit vector.
+            let mut inverse = vec![0.0; n * n];
+            for k in 0..n {
+                let mut a: Vec<Vec<f64>> = projector
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| {
+                        let mut row = row.clone();
+                        row.push(f64::from(u8::from(i == k)));
+                        row
+                    })
+                    .collect();
+                let x = solve(&mut a, n)?;
+                for (i, v) in x.into_iter().enumerate() {
+                    *inverse.get_mut(i * n + k)? = v;
+                }
+            }
+            Some(ColumnIsolation { vars, inverse })
+        })
+        .collect()
 }
 
 /// Solves the n×n system in `a` (each row augmented with its right-hand side) by
