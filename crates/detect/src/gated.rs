@@ -458,6 +458,20 @@ mod tests {
             .collect()
     }
 
+    /// The station's model with relations at 5 %, 6 h smoothing and a cross-validated
+    /// threshold, checked.
+    fn station_model() -> (FitOptions, PcaModel) {
+        let options = FitOptions {
+            relation_tolerance: 0.05,
+            smoothing: 6,
+            folds: 5,
+            ..FitOptions::default()
+        };
+        let model = PcaModel::fit(&columns(), &station(3000, 1, usize::MAX, 1.0), options).unwrap();
+        model.check().unwrap();
+        (options, model)
+    }
+
     #[test]
     fn a_pump_curve_is_found_and_a_noisy_valve_flow_is_not() {
         let rows = station(2000, 1, usize::MAX, 1.0);
@@ -491,14 +505,7 @@ mod tests {
 
     #[test]
     fn a_slowed_pump_is_an_alarm_at_once_and_blamed_on_its_flow() {
-        let options = FitOptions {
-            relation_tolerance: 0.05,
-            smoothing: 6,
-            folds: 5,
-            ..FitOptions::default()
-        };
-        let model = PcaModel::fit(&columns(), &station(3000, 1, usize::MAX, 1.0), options).unwrap();
-        model.check().unwrap();
+        let (options, model) = station_model();
         assert_eq!(model.relations.len(), 1);
         // Fresh normal hours raise nothing from the relation...
         let mut scorer = model.scorer();
@@ -546,14 +553,7 @@ mod tests {
     /// same; fresh normal rows contradict nothing.
     #[test]
     fn a_switch_contradicted_by_its_flow_is_an_alarm_at_once() {
-        let options = FitOptions {
-            relation_tolerance: 0.05,
-            smoothing: 6,
-            folds: 5,
-            ..FitOptions::default()
-        };
-        let model = PcaModel::fit(&columns(), &station(3000, 1, usize::MAX, 1.0), options).unwrap();
-        model.check().unwrap();
+        let (_, model) = station_model();
         assert_eq!(model.switch_bands.len(), 2);
         let normal = station(2000, 7, usize::MAX, 1.0);
         let contradicted = normal

@@ -274,6 +274,27 @@ fn station(seed: u64, rows: usize, slowed_from: usize) -> String {
     s
 }
 
+/// `detect score` of `csv` with `model`, written to `out`: its rows, split into cells,
+/// without the header.
+fn scored(model: &Path, csv: &Path, out: &Path) -> Vec<Vec<String>> {
+    ok(run(&[
+        "detect",
+        "score",
+        "--model",
+        p(model),
+        "--csv",
+        p(csv),
+        "--out",
+        p(out),
+    ]));
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect()
+}
+
 #[test]
 fn a_pump_running_off_its_curve_is_flagged_from_its_first_hour() {
     let dir = tempfile::tempdir().unwrap();
@@ -297,22 +318,7 @@ fn a_pump_running_off_its_curve_is_flagged_from_its_first_hour() {
         described.starts_with("flow from ") && described.contains("while pump is on"),
         "{described}"
     );
-    ok(run(&[
-        "detect",
-        "score",
-        "--model",
-        p(&model),
-        "--csv",
-        p(&test),
-        "--out",
-        p(&scores),
-    ]));
-    let text = std::fs::read_to_string(&scores).unwrap();
-    let rows: Vec<Vec<&str>> = text
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').collect())
-        .collect();
+    let rows = scored(&model, &test, &scores);
     let test_rows: Vec<Vec<String>> = station(2, 300, 200)
         .lines()
         .skip(1)
@@ -378,23 +384,7 @@ fn a_spare_pump_that_never_ran_and_a_status_against_its_flow_are_flagged() {
         let mut args = vec!["detect", "fit", "--csv", p(&train), "--out", p(&model)];
         args.extend(extra);
         let fitted = ok(run(&args));
-        ok(run(&[
-            "detect",
-            "score",
-            "--model",
-            p(&model),
-            "--csv",
-            p(&test),
-            "--out",
-            p(&scores),
-        ]));
-        let text = std::fs::read_to_string(&scores).unwrap();
-        let rows: Vec<Vec<String>> = text
-            .lines()
-            .skip(1)
-            .map(|l| l.split(',').map(String::from).collect())
-            .collect();
-        (fitted, rows)
+        (fitted, scored(&model, &test, &scores))
     };
     let (fitted, rows) = score(&[]);
     assert_eq!(fitted["held_constant"], serde_json::json!(["spare = 0"]));
