@@ -298,16 +298,7 @@ pub fn run(dir: &Path, options: FitOptions) -> Result<BatadalResult, DataError> 
             alarm_beyond: options.relation_tolerance * r.on_mean,
         })
         .collect();
-    let switch_bands = model
-        .switch_bands
-        .iter()
-        .map(|b| format!("{} bounds {}", name(b.gate), name(b.target)))
-        .collect();
-    let held_constant = model
-        .held_constant
-        .iter()
-        .map(|(c, v)| format!("{} = {v}", name(*c)))
-        .collect();
+    let (switch_bands, held_constant) = model.rules_described();
     // Set 2's hours, flagged by `m` (warmed up on the end of set 1).
     let flags_of = |m: &PcaModel| -> Vec<bool> {
         let mut scorer = m.scorer();

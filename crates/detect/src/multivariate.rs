@@ -709,6 +709,22 @@ impl PcaModel {
         }
     }
 
+    /// The rules in words: each switch band ("pump bounds flow") and each held constant
+    /// ("spare = 0"), as `detect fit` and `bench batadal` report them.
+    pub fn rules_described(&self) -> (Vec<String>, Vec<String>) {
+        let name = |c: usize| self.columns.get(c).cloned().unwrap_or_default();
+        (
+            self.switch_bands
+                .iter()
+                .map(|b| format!("{} bounds {}", name(b.gate), name(b.target)))
+                .collect(),
+            self.held_constant
+                .iter()
+                .map(|(c, v)| format!("{} = {v}", name(*c)))
+                .collect(),
+        )
+    }
+
     /// Rows a scorer needs before its scores are fully formed: the lags, the predictor's
     /// previous row and the smoothing window.
     pub fn warm_up(&self) -> usize {

@@ -218,6 +218,7 @@ pub fn fit(spec: &CsvSpec, options: FitOptions, out: &Path) -> Result<Value> {
     };
     let text = serde_json::to_string_pretty(&model)?;
     std::fs::write(out, text + "\n").with_context(|| format!("cannot write {}", out.display()))?;
+    let (switch_bands, held_constant) = model.rules_described();
     Ok(json!({
         "model": out.display().to_string(),
         "columns": model.columns,
@@ -229,28 +230,15 @@ pub fn fit(spec: &CsvSpec, options: FitOptions, out: &Path) -> Result<Value> {
         "spe_limit": model.spe_limit,
         "threshold": model.threshold,
         "relations": relations(&model),
-        "switch_bands": model
-            .switch_bands
-            .iter()
-            .map(|b| format!("{} bounds {}", name(&model, b.gate), name(&model, b.target)))
-            .collect::<Vec<_>>(),
-        "held_constant": model
-            .held_constant
-            .iter()
-            .map(|(c, v)| format!("{} = {v}", name(&model, *c)))
-            .collect::<Vec<_>>(),
+        "switch_bands": switch_bands,
+        "held_constant": held_constant,
     }))
-}
-
-/// The name of the model's column `c`.
-fn name(model: &PcaModel, c: usize) -> String {
-    model.columns.get(c).cloned().unwrap_or_default()
 }
 
 /// The gated relations a model learnt, in words: "flow from p_in, p_out while pump is
 /// on (alarm beyond 2.5)".
 pub fn relations(model: &PcaModel) -> Vec<String> {
-    let name = |c: usize| name(model, c);
+    let name = |c: usize| model.columns.get(c).cloned().unwrap_or_default();
     model
         .relations
         .iter()
